@@ -1,0 +1,1 @@
+"""The SQLite/PostgreSQL record (schema, queue, registry). Filled in by the daemon issue."""

@@ -1,0 +1,86 @@
+"""Frozen dataclasses that every layer shares.
+
+Conventions: units in names (``_nm``, ``_nm2``, ``_v``, ``_a``, ``_k``, ``_deg``); pixel
+coordinates are ``(row, col)`` with row 0 = top of the frame as Gwyddion shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """One recorded channel of a scan file (a row of the `.sxm` DATA_INFO table)."""
+
+    name: str
+    unit: str
+    direction: str  # "both" | "forward" | "backward"
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """One image channel of one scan file, oriented and in SI units.
+
+    ``data`` has shape ``(ny, nx)``, native float32, row 0 = top of the frame (up scans are
+    flipped, backward images un-mirrored); rows that were not acquired (aborted scans) are NaN
+    and ``acquired_rows`` is False for them.
+    """
+
+    path: str
+    channel: str
+    direction: str  # "forward" | "backward"
+    unit: str
+    data: np.ndarray  # (ny, nx) float32, SI units (m for Z, A for Current)
+    acquired_rows: np.ndarray  # (ny,) bool
+    width_nm: float
+    height_nm: float
+    scan_dir: str  # "up" | "down"
+    angle_deg: float
+    offset_x_nm: float
+    offset_y_nm: float
+    recorded_at: datetime | None
+    bias_v: float | None
+    setpoint_a: float | None
+    constant_height: bool
+    temperature_k: float | None
+    comment: str
+    channels: tuple[ChannelInfo, ...]
+    header: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def ny(self) -> int:
+        """Lines (rows) in the frame."""
+        return int(self.data.shape[0])
+
+    @property
+    def nx(self) -> int:
+        """Pixels per line (columns)."""
+        return int(self.data.shape[1])
+
+    @property
+    def pixel_size_x_nm(self) -> float:
+        """Width of one pixel along the fast axis, nm."""
+        return self.width_nm / self.nx
+
+    @property
+    def pixel_size_y_nm(self) -> float:
+        """Height of one pixel along the slow axis, nm."""
+        return self.height_nm / self.ny
+
+    @property
+    def acquired_fraction(self) -> float:
+        """Share of lines that hold data (0 for an all-NaN aborted scan)."""
+        return float(np.count_nonzero(self.acquired_rows)) / self.ny if self.ny else 0.0
+
+    @property
+    def acquired_area_nm2(self) -> float:
+        """Area actually scanned, nm^2 (frame area x acquired fraction)."""
+        return self.width_nm * self.height_nm * self.acquired_fraction
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)

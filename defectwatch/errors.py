@@ -1,0 +1,33 @@
+"""The one exception hierarchy of defectwatch.
+
+Every error a user can cause (a bad file, a missing model, a wrong option) is a
+`DefectwatchError`; its message says what is wrong, naming the value, and how to fix it.
+Boundaries translate them once: the CLI prints the message and exits 1; the worker retries
+`ScanIncompleteError` and fails the job with the message of any other.
+"""
+
+from __future__ import annotations
+
+
+class DefectwatchError(Exception):
+    """Base of every error defectwatch raises on purpose."""
+
+
+class ScanReadError(DefectwatchError):
+    """A scan file is not a readable scan (corrupt, not a scan, unsupported)."""
+
+
+class ScanIncompleteError(ScanReadError):
+    """A scan file is shorter than its header promises: it may still be being written (retry)."""
+
+
+class ModelLoadError(DefectwatchError):
+    """A model version directory is missing, incomplete, or does not match its checksum."""
+
+
+class NotFoundError(DefectwatchError):
+    """A named thing (scan, sample, model version, channel) does not exist."""
+
+
+class ConfigError(DefectwatchError):
+    """A setting or option has a value that cannot work."""

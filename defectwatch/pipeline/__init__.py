@@ -1,0 +1,1 @@
+"""Pure science: arrays in, dataclasses out. No database, no daemon, no settings."""

@@ -1,0 +1,1 @@
+"""The composition root: configuration, use cases and the command line."""

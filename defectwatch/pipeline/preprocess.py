@@ -10,6 +10,7 @@ fit again) -> resample to the model's pixel size -> gaussian -> CLAHE -> [0, 1] 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -25,7 +26,7 @@ class PreprocessParams:
     line_order: int = 2  # polynomial order of the line-by-line fit (2 = the paper's quadratic)
     mask_sigma: float = 3.0  # strong features beyond this many robust sigmas are excluded
     mask_dilate_px: int = 3  # ... grown by this many pixels; mask_sigma <= 0 turns masking off
-    mask_passes: int = 2  # flatten, mask, flatten again (passes of masking)
+    mask_passes: int = 3  # flatten, mask, flatten again (passes of masking)
     smooth_sigma_px: float = 1.0  # gaussian sigma in model pixels; 0 turns smoothing off
     clip_percentiles: tuple[float, float] = (0.1, 99.9)  # robust range mapped to CLAHE input
     clahe_clip_limit: float = 2.0  # OpenCV clipLimit (the paper: 2.0); 0 turns CLAHE off
@@ -143,23 +144,33 @@ def robust_sigma(values: np.ndarray) -> float:
 
 
 def strong_feature_mask(z: np.ndarray, *, sigma: float = 3.0, dilate_px: int = 3) -> np.ndarray:
-    """True where a flattened image departs from its median by more than ``sigma`` robust sigmas.
+    """True where a flattened image departs from its line's median by > ``sigma`` robust sigmas.
 
-    The image is smoothed by two pixels first so the atomic lattice does not trip the mask.
+    Judged line by line (each line's own spread, floored at half the image's), on an image
+    smoothed by one pixel, so a whole line left offset by a poor fit is not itself a feature
+    while a deep trough or a tall peak within a line is.
     """
-    smooth = nan_gaussian(z, sigma_px=2.0)
-    dev = np.abs(smooth - np.nanmedian(smooth)) if np.isfinite(smooth).any() else smooth
-    s = robust_sigma(smooth)
-    if s == 0:
+    smooth = nan_gaussian(z, sigma_px=1.0)
+    finite = np.isfinite(smooth)
+    if not finite.any():
         return np.zeros(z.shape, dtype=bool)
-    mask = np.nan_to_num(dev, nan=0.0) > sigma * s
+    filled = np.where(finite, smooth, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN lines
+        dev = filled - np.nanmedian(filled, axis=1, keepdims=True)
+        row_sigma = 1.4826 * np.nanmedian(np.abs(dev), axis=1, keepdims=True)
+    floor = 0.5 * robust_sigma(dev)
+    row_sigma = np.fmax(np.nan_to_num(row_sigma, nan=floor), floor)
+    if not np.any(row_sigma > 0):
+        return np.zeros(z.shape, dtype=bool)
+    mask = np.abs(np.nan_to_num(dev, nan=0.0)) > sigma * row_sigma
     if dilate_px > 0 and mask.any():
         mask = ndimage.binary_dilation(mask, iterations=int(dilate_px))
     return mask
 
 
 def flatten(z: np.ndarray, *, order: int = 2, mask_sigma: float = 3.0, mask_dilate_px: int = 3,
-            passes: int = 2) -> np.ndarray:
+            passes: int = 3) -> np.ndarray:
     """Plane correction + line flattening, re-done with strong features masked out.
 
     Masking keeps deep troughs and tall peaks from dragging their lines' fits, which would leave
@@ -264,11 +275,12 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
         scaled[~valid] = float(np.median(scaled[valid]))
     out = clahe(scaled, clip_limit=params.clahe_clip_limit, tiles=params.clahe_tiles,
                 bits=params.clahe_bits)
-    lo, hi = float(out[valid].min(initial=0.0)), float(out[valid].max(initial=1.0))
-    if valid.any() and hi > lo:
-        out = np.clip((out - lo) / (hi - lo), 0.0, 1.0)
-    if valid.any() and not valid.all():
-        out[~valid] = float(np.median(out[valid]))
+    if valid.any():
+        lo, hi = float(out[valid].min()), float(out[valid].max())
+        if hi > lo:
+            out = np.clip((out - lo) / (hi - lo), 0.0, 1.0)
+        if not valid.all():
+            out[~valid] = float(np.median(out[valid]))
     return out.astype(np.float32)
 
 

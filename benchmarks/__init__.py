@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): heavy measurements kept out of the timed test suite."""

@@ -1,0 +1,26 @@
+"""Shared test fixtures: bundled real .sxm files and the optional ../shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+SHARED = TESTS.parent.parent / "shared" / "fixtures"
+
+
+@pytest.fixture
+def bundled_sxm() -> dict[str, Path]:
+    """The Apache/MIT real files copied into tests/data (see tests/data/SOURCES.md)."""
+    return {p.stem: p for p in sorted(DATA.glob("*.sxm"))}
+
+
+@pytest.fixture
+def shared_sxm() -> dict[str, Path]:
+    """All five real files in ../shared/fixtures/real-sxm (skips when that folder is absent)."""
+    folder = SHARED / "real-sxm"
+    if not folder.is_dir():
+        pytest.skip("../shared/fixtures/real-sxm is not present")
+    return {p.stem: p for p in sorted(folder.glob("*.sxm"))}

@@ -1,0 +1,126 @@
+"""The simulator's statistics and physics, and its truth after a write/read round trip."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from defectwatch.pipeline.preprocess import flatten
+from defectwatch.pipeline.scan import read_scan
+from defectwatch.pipeline.simulate import (
+    CLASSES,
+    MATERIALS,
+    draw_recipe,
+    simulate,
+    simulate_scan,
+)
+from defectwatch.pipeline.sxm import write_sxm
+
+
+def test_same_seed_same_scan():
+    a, b = simulate(3, pixels=96, size_nm=10), simulate(3, pixels=96, size_nm=10)
+    for key in a.images:
+        np.testing.assert_array_equal(a.images[key], b.images[key])
+    assert a.truth == b.truth
+
+
+def test_density_within_poisson_bounds():
+    density, size, scans = 1e12, 40.0, 16
+    total = sum(len(simulate(s, pixels=64, size_nm=size, density_per_cm2=density).truth)
+                for s in range(scans))
+    expected = density * size * size * 1e-14 * scans  # 16 cm^-2 ... = 256 defects
+    lo, hi = stats.poisson.ppf([0.0005, 0.9995], expected)
+    assert lo <= total <= hi, (total, expected)
+
+
+def test_class_mix_follows_the_annotation_statistics():
+    counts: Counter[str] = Counter()
+    for seed in range(12):
+        sim = simulate(seed, pixels=64, size_nm=40, density_per_cm2=1e13)
+        counts.update(d.subtype for d in sim.truth)
+    total = sum(counts.values())
+    assert total > 1500
+    for cls in CLASSES:
+        assert abs(counts[cls.name] / total - cls.share) < 0.06, (cls.name, counts)
+    assert counts["small bright trough"] == max(counts.values())
+
+
+def test_lattice_is_the_se_lattice_at_fine_sampling():
+    rng = np.random.default_rng(5)
+    r = draw_recipe(rng, size_nm=12.5, pixels=256, density_per_cm2=1e8, artifacts=False)
+    r = replace(r, tip_sigma_nm=0.06, corrugation_nm=0.02)  # a sharp tip, 0.049 nm/px
+    sim = simulate_scan(rng, r)
+    z = flatten(sim.images[("Z", "forward")].astype(np.float64))
+    power = np.abs(np.fft.fftshift(np.fft.fft2(z - z.mean()))) ** 2
+    f = np.fft.fftshift(np.fft.fftfreq(256, d=12.5 / 256))
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    radius = np.hypot(fx, fy)
+    peak = radius[np.unravel_index(np.argmax(power * (radius > 1.0)), power.shape)]
+    row_spacing = MATERIALS["wse2"].lattice_nm * np.sqrt(3) / 2  # 0.284 nm
+    assert peak == pytest.approx(1 / row_spacing, rel=0.05)
+    corrugation_pm = (np.percentile(z, 99) - np.percentile(z, 1)) * 1e12
+    assert 5 < corrugation_pm < 40
+
+
+def test_flattened_frames_have_realistic_height_spread():
+    spreads = []
+    for seed in range(12):
+        sim = simulate(seed, pixels=128, size_nm=25)
+        if sim.recipe.mode == "stm":
+            spreads.append(np.nanstd(flatten(sim.images[("Z", "forward")].astype(float))) * 1e12)
+    # real flattened WSe2 frames: 7-31 pm; tip changes and steps push a few higher
+    assert 4 < np.median(spreads) < 35
+
+
+@pytest.mark.parametrize("mode,artifacts,share", [("stm", False, 0.95), ("stm", True, 0.8),
+                                                  ("cafm", True, 0.8)])
+def test_truth_lands_on_its_defects_after_write_and_read(tmp_path, mode, artifacts, share):
+    """Core darker (trough) or brighter (peak) than a 2-3 nm ring around each visible truth."""
+    hits = {"trough": [0, 0], "peak": [0, 0]}
+    dirs = set()
+    for seed in range(16):
+        sim = simulate(seed, mode=mode, pixels=192, size_nm=25, density_per_cm2=1e12,
+                       artifacts=artifacts)
+        r = sim.recipe
+        dirs.add(r.scan_dir)
+        path = tmp_path / f"s{seed}.sxm"
+        write_sxm(path, images=sim.images, units={"Z": "m", "Current": "A"},
+                  width_m=r.width_nm * 1e-9, height_m=r.height_nm * 1e-9, scan_dir=r.scan_dir)
+        scan = read_scan(path, channel=sim.analysis_channel)
+        flat = flatten(scan.data.astype(np.float64))
+        px = scan.pixel_size_x_nm
+        yy, xx = np.mgrid[0:scan.ny, 0:scan.nx]
+        for d in sim.truth:
+            if not d.visible:
+                continue
+            dist = np.hypot(yy - d.row, xx - d.col) * px
+            core = np.nanmean(flat[dist < 0.4])
+            ring = np.nanmean(flat[(dist > 2.0) & (dist < 3.0)])
+            hits[d.kind][0] += (core < ring) if d.kind == "trough" else (core > ring)
+            hits[d.kind][1] += 1
+    assert dirs == {"up", "down"}
+    for kind, (ok, n) in hits.items():
+        assert n >= 10 and ok / n > share, (kind, ok, n)
+
+
+def test_aborted_scans_have_nan_lines_and_no_truth_there():
+    rng = np.random.default_rng(11)
+    r = replace(draw_recipe(rng, pixels=64, size_nm=20, density_per_cm2=5e12),
+                abort_fraction=0.5, scan_dir="down")
+    sim = simulate_scan(rng, r)
+    z = sim.images[("Z", "forward")]
+    assert np.isnan(z[33:]).all() and np.isfinite(z[:31]).all()
+    assert not any(d.visible for d in sim.truth if d.row > 33)
+
+
+def test_materials_and_modes_differ_as_physics_says():
+    w = simulate(1, material="wse2", pixels=64, size_nm=10).recipe
+    m = simulate(1, material="mose2", pixels=64, size_nm=10).recipe
+    assert w.bias_v * m.bias_v > 0 or abs(abs(m.bias_v) - 1.9) < 0.4
+    c = simulate(1, mode="cafm", pixels=64, size_nm=10)
+    assert c.analysis_channel == "Current" and c.recipe.gain_sigma >= 0.1
+    assert np.nanmin(c.images[("Current", "forward")]) > 0  # a current, not a height

@@ -1,0 +1,105 @@
+"""The command line as a user meets it: real files, real processes, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from defectwatch.service.cli import app
+
+runner = CliRunner()
+INSPECT_KEYS = {"path", "nx", "ny", "width_nm", "height_nm", "pixel_size_nm", "scan_dir",
+                "angle_deg", "bias_v", "setpoint_a", "recorded_at", "channels",
+                "acquired_fraction", "constant_height"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "defectwatch", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_inspect_json_one_object_per_file(bundled_sxm):
+    result = _cli("inspect", "--json", *map(str, bundled_sxm.values()))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(bundled_sxm)
+    for line in lines:
+        obj = json.loads(line)
+        assert INSPECT_KEYS <= set(obj)
+        assert len(obj["pixel_size_nm"]) == 2 and obj["recorded_at"][4] == "-"
+
+
+def test_inspect_table_and_the_aborted_scan(shared_sxm):
+    result = runner.invoke(app, ["inspect", *map(str, shared_sxm.values())])
+    assert result.exit_code == 0, result.output
+    assert "240x96" in result.output and "0%" in result.output
+
+
+def test_inspect_bad_files_one_line_each_nonzero_exit(tmp_path, bundled_sxm):
+    garbage = tmp_path / "garbage.sxm"
+    garbage.write_bytes(b"not a scan at all")
+    truncated = tmp_path / "half written.sxm"
+    truncated.write_bytes(bundled_sxm["FeBr2_Au111_4nm_gen45_down"].read_bytes()[:50_000])
+    good = bundled_sxm["FeBr2_Au111_4nm_gen45_down"]
+    result = _cli("inspect", "--json", str(garbage), str(good), str(truncated))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 2
+    assert "garbage.sxm" in errors[0] and "half written.sxm" in errors[1]
+    assert "still being written" in errors[1]
+    assert json.loads(result.stdout)["nx"] == 256  # the good one still came out
+
+
+def test_simulate_writes_scans_truth_and_previews(tmp_path):
+    out = tmp_path / "sim out"
+    result = runner.invoke(app, ["simulate", str(out), "--n", "2", "--pixels", "128",
+                                 "--size-nm", "20", "--density", "2e12", "--seed", "5",
+                                 "--preview", "--material", "mose2"])
+    assert result.exit_code == 0, result.output
+    sxm = sorted(out.glob("*.sxm"))
+    assert [p.stem for p in sxm] == ["MoSe2-sim_stm_20nm_0005", "MoSe2-sim_stm_20nm_0006"]
+    for p in sxm:
+        with open(p.with_suffix(".csv"), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert list(rows[0]) == ["row", "col", "x_nm", "y_nm", "kind", "subtype", "visible"]
+        assert {r["kind"] for r in rows} <= {"trough", "peak"}
+        png = cv2.imread(str(p.with_suffix(".png")))
+        assert png is not None and png.shape[1] > png.shape[0] >= 512
+    inspected = _cli("inspect", "--json", *map(str, sxm))
+    assert inspected.returncode == 0 and '"nx": 128' in inspected.stdout
+
+
+def test_simulate_rejects_unknown_material(tmp_path):
+    result = _cli("simulate", str(tmp_path), "--material", "graphene")
+    assert result.returncode == 1 and "wse2 or mose2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_on_the_embedded_defaults(tmp_path):
+    result = runner.invoke(app, ["demo", "--outdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "WSe2-SL445" in result.output and "MoSe2-M12" in result.output
+    assert len(list(tmp_path.rglob("*.png"))) == 3
+
+
+@pytest.mark.parametrize("command", ["inspect", "simulate", "demo"])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    doc = getattr(app.registered_commands[[c.callback.__name__ for c in
+                                           app.registered_commands].index(command)].callback,
+                  "__doc__")
+    assert doc and doc.strip().split("\n")[0] in " ".join(result.output.split())
+
+
+def test_python_dash_m_entry_point():
+    result = _cli("--help")
+    assert result.returncode == 0 and "inspect" in result.stdout

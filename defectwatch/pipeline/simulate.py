@@ -16,7 +16,7 @@ the top of the frame; ``x_nm = (col + 0.5) * pixel_size``, ``y_nm = (row + 0.5) 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -162,6 +162,9 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
     mat = MATERIALS[material]
     density = density_per_cm2 if density_per_cm2 is not None else _log_uniform(rng, 1e10, 1e13)
     base = np.array([c.share for c in CLASSES])
+    if mode == "cafm":  # the real C-AFM frame shows about three bright spots per dark blob
+        base = base * np.array([3.0 if c.kind == PEAK else 1.0 for c in CLASSES])
+        base = base / base.sum()
     mix = rng.dirichlet(base * 60.0)
     bias = mat.bias_v * (-1.0 if rng.random() < 0.12 else 1.0) * rng.uniform(0.85, 1.15)
     r = Recipe(material=material, mode=mode, width_nm=size_nm, height_nm=size_nm, nx=pixels,
@@ -302,10 +305,16 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
         sub = rng.choice([0.0, 1.0 / 3.0])
         x, y = basis @ (n12 + sub)
         size = cls.diameter_nm * r.size_scale * float(rng.lognormal(0.0, 0.2))
+        lobes = float(rng.uniform(0.05, 0.3))
+        if r.mode == "cafm":  # C-AFM: bright spots 1.5-3 nm, diffuse dark blobs 3-6 nm
+            size = float(rng.uniform(1.5, 3.0) if cls.kind == PEAK else rng.uniform(3.0, 6.0))
+            lobes = float(rng.uniform(0.1, 0.3) if cls.kind == PEAK else rng.uniform(0.0, 0.1))
         strength = r.peak_strength if cls.kind == PEAK else r.trough_strength
         amp = cls.height_pm * 1e-3 * strength * float(rng.lognormal(0.0, 0.25))
         if cls.kind == PEAK and "large bright" not in cls.name:
             amp = max(amp, 0.4 * cls.height_pm * 1e-3 * float(rng.lognormal(0.0, 0.25)))
+        if r.mode == "cafm":  # in nm-equivalent of log-current contrast (x 3-8 decades/nm)
+            amp = math.copysign(_log_uniform(rng, 0.03, 0.15), cls.height_pm)
         kind = cls.kind
         halo, halo_amp = 0.0, 0.0
         if cls.charged:
@@ -316,8 +325,8 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
                 amp, halo_amp = -amp, -halo_amp
                 kind = PEAK if kind == TROUGH else TROUGH
         gain = float(rng.uniform(0.5, 1.5)) if kind == PEAK and not cls.charged else 0.0
-        out.append(_Defect(float(x), float(y), cls, kind, amp, size / 2.0,
-                           float(rng.uniform(0.05, 0.3)), halo, halo_amp, gain))
+        out.append(_Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo,
+                           halo_amp, gain))
     return out
 
 
@@ -558,6 +567,11 @@ def _cafm_channels(rng: np.random.Generator, r: Recipe, images: dict, signal: di
         z = images[("Z", direction)]
         log_i = base_log + decades * signal[direction]
         log_i += rng.normal(0, 0.04, log_i.shape)
+        # streaks: noise correlated along lines and short bright/dark line segments
+        streaky = replace(r, streak_nm=float(rng.uniform(0.02, 0.08)),
+                          streak_length_px=float(rng.uniform(5, 40)))
+        log_i += _streaks(rng, streaky, direction)
+        _add_scars(rng, replace(r, scar_rate=float(rng.uniform(0.01, 0.04))), log_i)
         current = 10.0 ** log_i * gain[:, None]
         out[("Z", direction)] = z - signal[direction] * 0.9  # contact mode: little topography
         out[("Current", direction)] = current

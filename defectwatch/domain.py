@@ -84,3 +84,32 @@ class Scan:
     @property
     def channel_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.channels)
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One detected defect. ``row, col``: float pixels of the oriented scan (row 0 = top);
+    ``x_nm, y_nm``: the same point from the frame's top-left corner; ``confidence``: the
+    ensemble's mean class probability at the defect (0-1); ``uncertainty``: the members' mean
+    standard deviation over the defect's pixels; ``area_nm2``: the thresholded blob's area."""
+
+    row: float
+    col: float
+    x_nm: float
+    y_nm: float
+    kind: str  # "trough" | "peak"
+    confidence: float
+    uncertainty: float
+    area_nm2: float
+
+
+@dataclass(frozen=True)
+class Density:
+    """Defects of one kind per area, with an exact (Garwood) 95% Poisson interval."""
+
+    kind: str  # "trough" | "peak" | "total"
+    count: int
+    area_nm2: float
+    per_cm2: float
+    ci95_low_per_cm2: float
+    ci95_high_per_cm2: float

@@ -1,0 +1,63 @@
+"""Ensemble probability maps -> defects: threshold, connected components, weighted centroids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from defectwatch.domain import Defect
+
+DEFAULT_CLASSES = ("background", "trough", "peak")
+
+
+def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
+                 pixel_size_nm: tuple[float, float], threshold: float = 0.5,
+                 min_area_px: int = 2, classes: Sequence[str] = DEFAULT_CLASSES,
+                 valid: np.ndarray | None = None) -> list[Defect]:
+    """Defects of every non-background class, sorted by confidence (highest first).
+
+    ``mean_probs`` and ``spread``: (C, H, W) mean class probabilities and member standard
+    deviations; ``pixel_size_nm``: (x, y); ``valid``: (H, W) or (H,) bool, False where nothing
+    was acquired: no defect is reported whose centroid lies there.
+    """
+    mean_probs = np.asarray(mean_probs, dtype=np.float32)
+    spread = np.asarray(spread, dtype=np.float32)
+    if mean_probs.ndim != 3 or spread.shape != mean_probs.shape:
+        raise ValueError(f"expected (C, H, W) maps of one shape, got {mean_probs.shape} and "
+                         f"{spread.shape}")
+    if len(classes) != mean_probs.shape[0]:
+        raise ValueError(f"{len(classes)} class names for {mean_probs.shape[0]} channels")
+    _, h, w = mean_probs.shape
+    if valid is None:
+        valid2d = np.ones((h, w), dtype=bool)
+    else:
+        valid2d = np.asarray(valid, dtype=bool)
+        if valid2d.ndim == 1:
+            valid2d = np.repeat(valid2d[:, None], w, axis=1)
+    px, py = pixel_size_nm
+    found: list[Defect] = []
+    for c, kind in enumerate(classes):
+        if kind == "background":
+            continue
+        prob = mean_probs[c]
+        labels, n = ndimage.label(prob >= threshold)
+        if n == 0:
+            continue
+        index = np.arange(1, n + 1)
+        area = ndimage.sum_labels(np.ones_like(prob), labels, index)
+        centres = ndimage.center_of_mass(prob, labels, index)
+        conf = ndimage.mean(prob, labels, index)
+        unc = ndimage.mean(spread[c], labels, index)
+        for (row, col), a, p, u in zip(centres, area, conf, unc):
+            if a < min_area_px:
+                continue
+            r, k = int(round(row)), int(round(col))
+            if not valid2d[min(max(r, 0), h - 1), min(max(k, 0), w - 1)]:
+                continue
+            found.append(Defect(float(row), float(col), float((col + 0.5) * px),
+                                float((row + 0.5) * py), kind, float(p), float(u),
+                                float(a * px * py)))
+    found.sort(key=lambda d: -d.confidence)
+    return found

@@ -1,0 +1,161 @@
+"""Model versions: AtomAI U-Net members as safetensors plus a JSON config, checked on load.
+
+A version directory holds ``member_00.safetensors`` ... and ``config.json``::
+
+    {"format": 1, "version": "...", "classes": ["background", "trough", "peak"],
+     "pixel_size_nm": 0.098, "architecture": {...}, "preprocess": {...}, "training": {...},
+     "data": {...}, "metrics": {...}, "created_at": "...", "parent": null,
+     "members": {"member_00.safetensors": "<sha256>", ...}}
+
+Loading checks every file and hash and raises `ModelLoadError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from defectwatch.errors import ModelLoadError
+
+CONFIG_NAME = "config.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class UnetSpec:
+    """Arguments of ``atomai.nets.Unet`` (3 max-pools: inputs must be multiples of 8)."""
+
+    nb_classes: int = 3
+    nb_filters: int = 16
+    batch_norm: bool = True
+    dropout: bool = False
+    upsampling_mode: str = "bilinear"
+    layers: tuple[int, ...] = (1, 2, 2, 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UnetSpec:
+        d = dict(d)
+        d["layers"] = tuple(d.get("layers", (1, 2, 2, 3)))
+        return cls(**d)
+
+
+@dataclass
+class ModelConfig:
+    """What a model version needs besides its weights."""
+
+    version: str
+    pixel_size_nm: float
+    architecture: UnetSpec = field(default_factory=UnetSpec)
+    classes: tuple[str, ...] = ("background", "trough", "peak")
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    parent: str | None = None
+    members: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["architecture"] = self.architecture.to_dict()
+        d["classes"] = list(self.classes)
+        return {"format": FORMAT, **d}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModelConfig:
+        d = dict(d)
+        if d.pop("format", None) != FORMAT:
+            raise ValueError(f"unknown config format (expected {FORMAT})")
+        d["architecture"] = UnetSpec.from_dict(d.get("architecture", {}))
+        d["classes"] = tuple(d.get("classes", ()))
+        return cls(**d)
+
+
+def build_member(spec: UnetSpec):
+    """A fresh ``atomai.nets.Unet`` (imports atomai lazily: it takes seconds)."""
+    from atomai.nets import Unet
+
+    return Unet(nb_classes=spec.nb_classes, nb_filters=spec.nb_filters,
+                batch_norm=spec.batch_norm, dropout=spec.dropout,
+                upsampling_mode=spec.upsampling_mode, layers=list(spec.layers))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_version(directory: str | os.PathLike[str], config: ModelConfig,
+                 members: Sequence[Mapping[str, Any]], *, half: bool = True) -> Path:
+    """Write member state dicts (fp16 floats when ``half``) and config.json; returns the dir."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    hashes: dict[str, str] = {}
+    for i, state in enumerate(members):
+        tensors = {}
+        for k, v in state.items():
+            v = v.detach().cpu().contiguous()
+            if half and v.is_floating_point():
+                v = v.to(torch.float16)
+            tensors[k] = v
+        name = f"member_{i:02d}.safetensors"
+        save_file(tensors, str(out / name))
+        hashes[name] = _sha256(out / name)
+    config.members = hashes
+    (out / CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=2))
+    return out
+
+
+def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[dict[str, Any]]]:
+    """Read and check a version directory -> (config, member state dicts in float32)."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    cfg_path = d / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{d}: no {CONFIG_NAME}; is this a model version directory?")
+    try:
+        config = ModelConfig.from_json(json.loads(cfg_path.read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"{cfg_path}: unreadable config ({exc})") from None
+    if not config.members:
+        raise ModelLoadError(f"{cfg_path}: lists no members")
+    states = []
+    for name, digest in config.members.items():
+        path = d / name
+        if not path.is_file():
+            raise ModelLoadError(f"{d}: member file {name} is missing")
+        if _sha256(path) != digest:
+            raise ModelLoadError(f"{path}: sha256 does not match config.json (corrupted or "
+                                 "replaced weights)")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
+        states.append({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+    # weights must fit the declared architecture
+    probe = build_member(config.architecture)
+    for name, state in zip(config.members, states):
+        try:
+            probe.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"{d / name}: weights do not fit the architecture in "
+                                 f"config.json ({str(exc).splitlines()[0]})") from None
+    return config, states

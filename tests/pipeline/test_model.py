@@ -1,0 +1,61 @@
+"""Model version directories: save, load, and refuse what does not check out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from defectwatch.errors import ModelLoadError
+from defectwatch.pipeline.model import ModelConfig, UnetSpec, build_member, load_version, save_version
+
+TINY = UnetSpec(nb_filters=4)
+
+
+def _members(n=2):
+    torch.manual_seed(0)
+    return [build_member(TINY).state_dict() for _ in range(n)]
+
+
+def test_round_trip_in_fp16(tmp_path):
+    members = _members()
+    cfg = ModelConfig(version="v1", pixel_size_nm=0.098, architecture=TINY)
+    save_version(tmp_path / "v1", cfg, members)
+    loaded_cfg, states = load_version(tmp_path / "v1")
+    assert loaded_cfg.architecture == TINY and loaded_cfg.classes[1:] == ("trough", "peak")
+    assert len(states) == 2 and set(loaded_cfg.members) == {"member_00.safetensors",
+                                                             "member_01.safetensors"}
+    for a, b in zip(members, states):
+        for k, v in a.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(b[k], v.float(), atol=2e-3, rtol=2e-3)
+            else:
+                assert torch.equal(b[k], v)
+    net = build_member(TINY)
+    net.load_state_dict(states[0])
+    assert net.eval()(torch.zeros(1, 1, 32, 40)).shape == (1, 3, 32, 40)
+
+
+def test_corrupted_missing_or_mismatched_weights_are_refused(tmp_path):
+    save_version(tmp_path / "v", ModelConfig(version="v", pixel_size_nm=0.1,
+                                             architecture=TINY), _members(1))
+    weights = tmp_path / "v" / "member_00.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_version(tmp_path / "v")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_version(tmp_path / "v")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_version(tmp_path / "nothing")
+
+    save_version(tmp_path / "w", ModelConfig(version="w", pixel_size_nm=0.1,
+                                             architecture=TINY), _members(1))
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    cfg["architecture"]["nb_filters"] = 8
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_version(tmp_path / "w")

@@ -356,8 +356,8 @@ def _reach_nm(d: _Defect) -> float:
 
 
 def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
-                    shift: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Topography (nm) and the lattice-only part, as seen through one tip apex at ``shift``."""
+                    shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Topography (nm), as seen through one tip apex at ``shift`` (nm)."""
     ny, nx = r.ny, r.nx
     rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float64)
     xs, ys = geo.surface(rows, cols)
@@ -367,13 +367,14 @@ def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
     gain = np.zeros((ny, nx))
     theta0 = r.lattice_angle_rad
     px = geo.px
-    for d in defects:
+    centre_rows, centre_cols = geo.pixel(np.array([d.x - shift[0] for d in defects]),
+                                         np.array([d.y - shift[1] for d in defects]))
+    for d, cr, cc in zip(defects, centre_rows, centre_cols):
         reach = _reach_nm(d)
-        cr, cc = geo.pixel(np.array([d.x - shift[0]]), np.array([d.y - shift[1]]))
         rr = int(round(reach / geo.py)) + 2
         rc = int(round(reach / px)) + 2
-        r0, r1 = max(int(cr[0]) - rr, 0), min(int(cr[0]) + rr + 1, ny)
-        c0, c1 = max(int(cc[0]) - rc, 0), min(int(cc[0]) + rc + 1, nx)
+        r0, r1 = max(int(cr) - rr, 0), min(int(cr) + rr + 1, ny)
+        c0, c1 = max(int(cc) - rc, 0), min(int(cc) + rc + 1, nx)
         if r0 >= r1 or c0 >= c1:
             continue
         h, g = _defect_field(xs[r0:r1, c0:c1] - d.x, ys[r0:r1, c0:c1] - d.y, d, theta0,
@@ -381,13 +382,11 @@ def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
         defects_h[r0:r1, c0:c1] += h
         gain[r0:r1, c0:c1] += g
     if r.mode == "cafm":
-        return defects_h, np.zeros_like(defects_h)
-    lattice = _lattice(r, xs, ys, px)
-    lattice = lattice * (1.0 + gain)
-    topo = defects_h + lattice
+        return defects_h
+    topo = defects_h + _lattice(r, xs, ys, px) * (1.0 + gain)
     if r.step_edge:
         topo += _step(r, xs, ys)
-    return topo, lattice
+    return topo
 
 
 def _lattice(r: Recipe, xs: np.ndarray, ys: np.ndarray, px: float) -> np.ndarray:
@@ -483,10 +482,10 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
     pink = _pink_noise(rng, 2 * nx * ny, r.pink_exponent) * r.pink_nm if r.pink_nm else None
     for k, direction in enumerate(("forward", "backward")):
         geo = _Geometry(r, backward=direction == "backward")
-        topo, _lat = _render_surface(r, geo, defects)
+        topo = _render_surface(r, geo, defects)
         if r.double_tip:
             dt = r.double_tip
-            ghost, _ = _render_surface(r, geo, defects, (dt["dx_nm"], dt["dy_nm"]))
+            ghost = _render_surface(r, geo, defects, (dt["dx_nm"], dt["dy_nm"]))
             w = dt["weight"]
             topo = (1 - w) * topo + w * ghost
         signal = topo * tip_contrast[:, None]

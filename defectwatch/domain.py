@@ -113,3 +113,34 @@ class Density:
     per_cm2: float
     ci95_low_per_cm2: float
     ci95_high_per_cm2: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One scan run through one model version: what gets recorded.
+
+    ``area_nm2``: the acquired area the densities are computed over; ``densities``: keyed
+    ``trough``, ``peak``, ``total``; ``seconds``: wall time of the whole run (read to defects).
+    """
+
+    model_version: str
+    defects: tuple[Defect, ...]
+    densities: dict[str, Density]
+    area_nm2: float
+    started_at: datetime
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """A scan file in the durable job queue (see ``defectwatch.daemon.ports.JobQueue``).
+
+    ``attempts`` counts claims so far, this one included; ``sample`` is the sample name the
+    queue resolved for the file (None when no rule matched).
+    """
+
+    id: int
+    path: str
+    sha256: str
+    attempts: int
+    sample: str | None = None

@@ -31,3 +31,8 @@ class NotFoundError(DefectwatchError):
 
 class ConfigError(DefectwatchError):
     """A setting or option has a value that cannot work."""
+
+
+class LabelFormatError(DefectwatchError):
+    """A label file (VIA CSV, Pascal VOC, COCO, our CSV) is malformed: the message names the file
+    and line (or element) and what was expected there."""

@@ -2,19 +2,28 @@
 
 A detection matches a label of the same kind within ``radius_nm``. Labels marked not visible
 are "don't care": a detection on one is neither a true nor a false positive, and missing one is
-no false negative. AP ranks detections by confidence (greedy matching, highest first, as COCO).
+no false negative. AP ranks the matched and unmatched detections by confidence (the matching
+itself is the optimal one over all detections).
+
+Per scan: `object_scores` (precision, recall, F1, AP, localisation error per kind) and
+`density_errors` (predicted vs true density per kind). Over many scans: `ObjectEvaluation`
+pools the counts, ranks all detections together for AP, and records precision / recall / F1
+against a confidence threshold (re-matched at every threshold).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from defectwatch.domain import Defect
+from defectwatch.pipeline.density import NM2_PER_CM2
+from defectwatch.pipeline.pixel_metrics import jsonable
 
 
 class Label(Protocol):
@@ -70,33 +79,276 @@ def _ap(confidences: np.ndarray, is_tp: np.ndarray, n_truth: int) -> float:
     return float(np.sum(np.diff(recall) * precision[1:]))
 
 
+@dataclass(frozen=True)
+class _KindMatch:
+    """Matching of one kind's detections to its labels in one scan."""
+
+    tp: int
+    fp: int
+    fn: int
+    n_dont_care: int  # detections on labels that are not visible
+    n_truth: int  # visible labels
+    n_hidden: int  # labels that are not visible
+    confidences: np.ndarray  # (K,) of the detections that count (not "don't care")
+    is_tp: np.ndarray  # (K,) bool
+    distances: list[float]  # of the true positives, nm
+
+
+def _xy(items: Sequence[Defect] | Sequence[Label]) -> np.ndarray:
+    return np.array([(d.x_nm, d.y_nm) for d in items], dtype=float).reshape(-1, 2)
+
+
+def _match_kind(p: Sequence[Defect], t: Sequence[Label], radius_nm: float) -> _KindMatch:
+    visible = np.array([bool(getattr(lab, "visible", True)) for lab in t], dtype=bool)
+    pairs = match(_xy(p), _xy(t), radius_nm=radius_nm)
+    on_visible = [(i, j, dd) for i, j, dd in pairs if visible[j]]
+    on_hidden = {i for i, j, _ in pairs if not visible[j]}
+    tp = len(on_visible)
+    fp = len(p) - tp - len(on_hidden)
+    n_truth = int(visible.sum())
+    keep = [i for i in range(len(p)) if i not in on_hidden]
+    matched = {i for i, _, _ in on_visible}
+    return _KindMatch(tp, fp, n_truth - tp, len(on_hidden), n_truth, len(t) - n_truth,
+                      np.array([p[i].confidence for i in keep], dtype=float),
+                      np.array([i in matched for i in keep], dtype=bool),
+                      [dd for _, _, dd in on_visible])
+
+
+def _split(preds: Sequence[Defect], labels: Sequence[Label], kind: str
+           ) -> tuple[list[Defect], list[Label]]:
+    return [d for d in preds if d.kind == kind], [lab for lab in labels if lab.kind == kind]
+
+
 def object_scores(preds: Sequence[Defect], labels: Sequence[Label], *, radius_nm: float = 1.0,
                   kinds: Sequence[str] = ("trough", "peak")) -> dict[str, ObjectScores]:
-    """Precision, recall, F1, AP and localisation error per kind for one or more scans' objects.
+    """Precision, recall, F1, AP and localisation error per kind for one scan's objects.
 
-    For several scans, call per scan and pool the counts with `pool`.
+    For several scans use `ObjectEvaluation`, which pools the counts and ranks all
+    detections together for AP.
     """
     out: dict[str, ObjectScores] = {}
     for kind in kinds:
-        p = [d for d in preds if d.kind == kind]
-        t = [lab for lab in labels if lab.kind == kind]
-        pxy = np.array([(d.x_nm, d.y_nm) for d in p], dtype=float).reshape(-1, 2)
-        txy = np.array([(lab.x_nm, lab.y_nm) for lab in t], dtype=float).reshape(-1, 2)
-        visible = np.array([bool(lab.visible) for lab in t], dtype=bool)
-        pairs = match(pxy, txy, radius_nm=radius_nm)
-        on_visible = [(i, j, dd) for i, j, dd in pairs if visible[j]]
-        on_hidden = {i for i, j, _ in pairs if not visible[j]}
-        tp = len(on_visible)
-        fp = len(p) - tp - len(on_hidden)
-        fn = int(visible.sum()) - tp
-        # AP: greedy by confidence over the detections that are not "don't care"
-        keep = [i for i in range(len(p)) if i not in on_hidden]
-        conf = np.array([p[i].confidence for i in keep], dtype=float)
-        matched = {i for i, _, _ in on_visible}
-        is_tp = np.array([i in matched for i in keep], dtype=bool)
-        out[kind] = _scores(kind, tp, fp, fn, _ap(conf, is_tp, int(visible.sum())),
-                            [dd for _, _, dd in on_visible])
+        m = _match_kind(*_split(preds, labels, kind), radius_nm)
+        out[kind] = _scores(kind, m.tp, m.fp, m.fn, _ap(m.confidences, m.is_tp, m.n_truth),
+                            m.distances)
     return out
+
+
+@dataclass(frozen=True)
+class DensityError:
+    """Predicted against true density of one kind (or ``"total"``) in one scan.
+
+    Detections on labels that are not visible are "don't care" and left out of the predicted
+    count, as the invisible labels are left out of the true count (so predicted - true =
+    false positives - false negatives). ``relative_error`` = (predicted - true) / true; 0.0
+    when both are 0, NaN when only the truth is 0.
+    """
+
+    kind: str
+    predicted_count: int
+    true_count: int
+    area_nm2: float
+    predicted_per_cm2: float
+    true_per_cm2: float
+    relative_error: float
+
+
+def _density_error(kind: str, n_pred: int, n_true: int, area_nm2: float) -> DensityError:
+    per = NM2_PER_CM2 / area_nm2 if area_nm2 > 0 else float("nan")
+    if n_true:
+        rel = (n_pred - n_true) / n_true
+    else:
+        rel = 0.0 if n_pred == 0 else float("nan")
+    return DensityError(kind, n_pred, n_true, float(area_nm2), n_pred * per, n_true * per,
+                        float(rel))
+
+
+def density_errors(preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
+                   radius_nm: float = 1.0, kinds: Sequence[str] = ("trough", "peak")
+                   ) -> dict[str, DensityError]:
+    """Per-kind and ``"total"`` density error of one scan over ``area_nm2`` (the acquired area).
+
+    ``radius_nm`` only decides which detections fall on invisible labels ("don't care").
+    """
+    out: dict[str, DensityError] = {}
+    total_p = total_t = 0
+    for kind in kinds:
+        m = _match_kind(*_split(preds, labels, kind), radius_nm)
+        out[kind] = _density_error(kind, m.tp + m.fp, m.n_truth, area_nm2)
+        total_p += m.tp + m.fp
+        total_t += m.n_truth
+    out["total"] = _density_error("total", total_p, total_t, area_nm2)
+    return out
+
+
+@dataclass(frozen=True)
+class ThresholdCurve:
+    """Precision, recall and F1 of one kind against the confidence threshold, pooled over
+    scans; detections below each threshold are dropped and the rest matched again."""
+
+    kind: str
+    thresholds: tuple[float, ...]
+    precision: tuple[float, ...]
+    recall: tuple[float, ...]
+    f1: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ScanEvaluation:
+    """One scan's object scores and density errors, as `ObjectEvaluation.add` returns them."""
+
+    name: str
+    area_nm2: float
+    scores: dict[str, ObjectScores]
+    densities: dict[str, DensityError]
+
+
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21))
+
+
+class ObjectEvaluation:
+    """Object-level evaluation pooled over many scans (constant work per scan, no images kept).
+
+    Per kind it sums TP / FP / FN across scans, ranks all counted detections by confidence for
+    one AP, averages the distances of all matched pairs, and keeps per-scan density errors.
+    Invisible labels are "don't care", as in `object_scores`.
+
+    Parameters
+    ----------
+    kinds
+        Defect kinds to score.
+    thresholds
+        Confidence thresholds of the precision / recall / F1 curve (`threshold_curves`).
+    """
+
+    def __init__(self, *, kinds: Sequence[str] = ("trough", "peak"),
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> None:
+        self.kinds = tuple(kinds)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.scans: list[ScanEvaluation] = []
+        self._counts = {k: np.zeros(3, dtype=np.int64) for k in self.kinds}  # tp, fp, fn
+        self._conf: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
+        self._is_tp: dict[str, list[np.ndarray]] = {k: [] for k in self.kinds}
+        self._n_truth = dict.fromkeys(self.kinds, 0)
+        self._dists: dict[str, list[float]] = {k: [] for k in self.kinds}
+        # per threshold: tp, fp, fn
+        self._curve = {k: np.zeros((len(self.thresholds), 3), dtype=np.int64)
+                       for k in self.kinds}
+        self._radii: set[float] = set()
+
+    def add(self, preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
+            radius_nm: float = 1.0, name: str = "") -> ScanEvaluation:
+        """Score one scan's detections against its labels and pool the counts.
+
+        ``area_nm2``: the scan's acquired area (for densities); ``name``: how the scan is
+        called in `summary`. Returns the scan's own scores.
+        """
+        self._radii.add(float(radius_nm))
+        scores: dict[str, ObjectScores] = {}
+        for kind in self.kinds:
+            p, t = _split(preds, labels, kind)
+            m = _match_kind(p, t, radius_nm)
+            scores[kind] = _scores(kind, m.tp, m.fp, m.fn,
+                                   _ap(m.confidences, m.is_tp, m.n_truth), m.distances)
+            self._counts[kind] += (m.tp, m.fp, m.fn)
+            self._conf[kind].append(m.confidences)
+            self._is_tp[kind].append(m.is_tp)
+            self._n_truth[kind] += m.n_truth
+            self._dists[kind].extend(m.distances)
+            conf = np.array([d.confidence for d in p], dtype=float)
+            for i, th in enumerate(self.thresholds):
+                keep = np.flatnonzero(conf >= th)
+                mt = _match_kind([p[j] for j in keep], t, radius_nm)
+                self._curve[kind][i] += (mt.tp, mt.fp, mt.fn)
+        dens = density_errors(preds, labels, area_nm2=area_nm2, radius_nm=radius_nm,
+                              kinds=self.kinds)
+        result = ScanEvaluation(name or f"scan {len(self.scans)}", float(area_nm2), scores,
+                                dens)
+        self.scans.append(result)
+        return result
+
+    def scores(self) -> dict[str, ObjectScores]:
+        """Pooled scores per kind over every scan added."""
+        out = {}
+        for kind in self.kinds:
+            tp, fp, fn = (int(v) for v in self._counts[kind])
+            conf = np.concatenate(self._conf[kind]) if self._conf[kind] else np.zeros(0)
+            is_tp = (np.concatenate(self._is_tp[kind]) if self._is_tp[kind]
+                     else np.zeros(0, dtype=bool))
+            out[kind] = _scores(kind, tp, fp, fn, _ap(conf, is_tp, self._n_truth[kind]),
+                                self._dists[kind])
+        return out
+
+    def threshold_curves(self) -> dict[str, ThresholdCurve]:
+        """Pooled precision / recall / F1 against the confidence threshold, per kind."""
+        out = {}
+        for kind in self.kinds:
+            rows = [_scores(kind, int(tp), int(fp), int(fn), float("nan"), [])
+                    for tp, fp, fn in self._curve[kind]]
+            out[kind] = ThresholdCurve(kind, self.thresholds,
+                                       tuple(r.precision for r in rows),
+                                       tuple(r.recall for r in rows), tuple(r.f1 for r in rows))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (NaN -> None): pooled scores per kind with density errors over
+        scans (mean signed and mean absolute relative error over scans where it is defined,
+        and the pooled ratio of counts), their means over kinds, the threshold curves and each
+        scan's figures."""
+        pooled = self.scores()
+        per_kind: dict[str, Any] = {}
+        for kind in (*self.kinds, "total"):
+            entry: dict[str, Any] = asdict(pooled[kind]) if kind in pooled else {"kind": kind}
+            rel = np.array([s.densities[kind].relative_error for s in self.scans], dtype=float)
+            finite = rel[np.isfinite(rel)]
+            n_pred = sum(s.densities[kind].predicted_count for s in self.scans)
+            n_true = sum(s.densities[kind].true_count for s in self.scans)
+            area = sum(s.area_nm2 for s in self.scans)
+            entry["density"] = {
+                "mean_relative_error": float(finite.mean()) if finite.size else float("nan"),
+                "mean_abs_relative_error": (float(np.abs(finite).mean()) if finite.size
+                                            else float("nan")),
+                "scans_defined": int(finite.size),
+                "pooled": asdict(_density_error(kind, n_pred, n_true, area)),
+            }
+            per_kind[kind] = entry
+
+        def mean(values: list[float]) -> float:
+            finite = [v for v in values if math.isfinite(v)]
+            return float(np.mean(finite)) if finite else float("nan")
+
+        return jsonable({
+            "n_scans": len(self.scans),
+            "radius_nm": sorted(self._radii),
+            "kinds": per_kind,
+            "mean": {key: mean([getattr(pooled[k], key) for k in self.kinds])
+                     for key in ("precision", "recall", "f1", "ap", "localisation_nm")},
+            "threshold_curves": {k: asdict(c) for k, c in self.threshold_curves().items()},
+            "scans": [{"name": s.name, "area_nm2": s.area_nm2,
+                       "scores": {k: asdict(v) for k, v in s.scores.items()},
+                       "densities": {k: asdict(v) for k, v in s.densities.items()}}
+                      for s in self.scans],
+        })
+
+
+@dataclass(frozen=True)
+class TruthPoint:
+    """A true defect position in nm from the frame's top-left corner (satisfies `Label`)."""
+
+    x_nm: float
+    y_nm: float
+    kind: str
+    visible: bool = True
+
+
+def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]
+                 ) -> list[TruthPoint]:
+    """Labels in pixels (anything with ``row, col, kind`` and optionally ``visible``, such as
+    `defectwatch.pipeline.label_formats.PointLabel`) -> `TruthPoint` in nm, using the same
+    pixel-centre convention as `defectwatch.pipeline.detect` (x_nm = (col + 0.5) * px)."""
+    px, py = pixel_size_nm
+    return [TruthPoint(float((p.col + 0.5) * px), float((p.row + 0.5) * py), str(p.kind),
+                       bool(getattr(p, "visible", True))) for p in points]
 
 
 def _scores(kind: str, tp: int, fp: int, fn: int, ap: float, dists: list[float]

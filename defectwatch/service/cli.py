@@ -165,6 +165,9 @@ def demo(
         out.print(f"  {w.preview}", highlight=False)
 
 
+from defectwatch.service import cli_record  # noqa: E402,F401  (samples, density, scans, ...)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the defectwatch schema (run by ``defectwatch.db.migrate``)."""

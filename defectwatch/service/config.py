@@ -1,0 +1,79 @@
+"""Settings from the environment (``DEFECTWATCH_*``); only the service layer reads them.
+
+``DEFECTWATCH_DB`` (a URL or a SQLite file path), ``DEFECTWATCH_MODELS_DIR`` and
+``DEFECTWATCH_SAMPLE_RULE`` (``folder`` | ``regex:<pattern with (?P<sample>...)>`` |
+``comment``). Lower layers are handed plain values. Tests call ``get_settings.cache_clear()``
+after changing the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from defectwatch.errors import ConfigError
+
+APP = "defectwatch"
+
+
+def data_dir() -> Path:
+    """The user's data directory for defectwatch (platform-specific)."""
+    return Path(user_data_dir(APP, appauthor=False))
+
+
+def default_db_url() -> str:
+    """The default database: one SQLite file in the user's data directory."""
+    return f"sqlite:///{data_dir() / 'defectwatch.db'}"
+
+
+def check_sample_rule(rule: str) -> str:
+    """Return ``rule`` if it is usable, else raise ConfigError saying what to write."""
+    if rule in ("folder", "comment"):
+        return rule
+    if rule.startswith("regex:"):
+        pattern = rule[len("regex:"):]
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"sample rule {rule!r}: bad regular expression ({exc})") from None
+        if "sample" not in compiled.groupindex:
+            raise ConfigError(f"sample rule {rule!r}: the pattern needs a (?P<sample>...) group")
+        return rule
+    raise ConfigError(f"sample rule {rule!r}: use folder, comment or "
+                      f"regex:<pattern with (?P<sample>...)>")
+
+
+class Settings(BaseSettings):
+    """What a user can configure through ``DEFECTWATCH_*`` variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEFECTWATCH_", env_file=None,
+                                      extra="ignore")
+
+    db: str = Field(default_factory=default_db_url)
+    models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
+    sample_rule: str = "folder"
+
+    @field_validator("sample_rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        try:
+            return check_sample_rule(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings, read once from the environment (ConfigError when a value is unusable)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DEFECTWATCH_{'_'.join(map(str, e['loc'])).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(problems) from None

@@ -2,7 +2,9 @@
 
 - ``ScanIncompleteError``: the file may still grow: retry with exponential backoff, failed
   after ``max_attempts`` with the reason;
-- another ``DefectwatchError`` (a corrupt or foreign file, a missing model...): failed at once;
+- ``ModelLoadError``: not the file's fault (a broken or missing model version): retried like an
+  incomplete file, so the scans wait while someone activates a working version;
+- another ``DefectwatchError`` (a corrupt or foreign file...): failed at once with its message;
 - anything else is a bug: the traceback is logged and the job retried like an incomplete one.
 
 Nothing a file contains can stop the loop; neither can a database hiccup.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from defectwatch.daemon.ports import JobQueue, Process
 from defectwatch.domain import Job
-from defectwatch.errors import DefectwatchError, ScanIncompleteError
+from defectwatch.errors import DefectwatchError, ModelLoadError, ScanIncompleteError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class Worker:
             return
         try:
             summary = self.process(job)
-        except ScanIncompleteError as exc:
+        except (ScanIncompleteError, ModelLoadError) as exc:
             self._retry(job, str(exc))
         except DefectwatchError as exc:
             self._fail(job, str(exc))

@@ -166,6 +166,7 @@ def demo(
 
 
 from defectwatch.service import cli_record  # noqa: E402,F401  (samples, density, scans, ...)
+from defectwatch.service import cli_watch  # noqa: E402,F401  (watch)
 
 
 def main() -> None:

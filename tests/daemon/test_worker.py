@@ -9,7 +9,7 @@ import pytest
 
 from defectwatch.daemon.worker import RetryPolicy, Worker
 from defectwatch.domain import Job
-from defectwatch.errors import ModelLoadError, ScanIncompleteError
+from defectwatch.errors import ModelLoadError, ScanIncompleteError, ScanReadError
 from tests.daemon.queue_double import InMemoryJobQueue
 
 
@@ -45,12 +45,12 @@ def test_other_defectwatch_errors_fail_at_once():
     q = _queue("a.sxm")
 
     def process(job: Job) -> str:
-        raise ModelLoadError("models/v3: weights missing")
+        raise ScanReadError("a.sxm: not a Nanonis .sxm file")
 
     w = Worker(q, process, name="t:1")
     assert w.run_once() and not w.run_once()
     row = q.by_name()["a.sxm"]
-    assert (row.status, row.attempts, row.last_error) == ("failed", 1, "models/v3: weights missing")
+    assert (row.status, row.attempts, row.last_error) == ("failed", 1, "a.sxm: not a Nanonis .sxm file")
 
 
 def test_a_bug_is_logged_with_its_traceback_and_the_worker_carries_on(caplog):
@@ -110,3 +110,14 @@ def test_queue_errors_do_not_stop_the_worker(caplog):
     stop.set()
     t.join(5)
     assert q.rows[1].status == "done" and "database is locked" in caplog.text
+
+
+def test_a_broken_model_is_retried_not_blamed_on_the_file():
+    q = _queue("a.sxm")
+
+    def process(job: Job) -> str:
+        raise ModelLoadError("models/v3: member_01.safetensors does not match its sha256")
+
+    w = Worker(q, process, name="t:1", retry=RetryPolicy(max_attempts=2, base_delay_s=0))
+    w.run_once()
+    assert q.rows[1].status == "queued" and "sha256" in q.rows[1].last_error

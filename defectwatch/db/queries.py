@@ -66,7 +66,7 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
         .join(DetectionRun, DetectionRun.id == latest.c.run_id)
         .where(ScanRow.status == "done")
         .group_by(ScanRow.sample_id))
-    names = dict(session.execute(select(Sample.id, Sample.name)).tuples().all())
+    names = dict(session.execute(select(Sample.id, Sample.name)).all())
     if samples is not None:
         wanted = {sid for sid, name in names.items() if name in set(samples)}
         by_status = by_status.where(ScanRow.sample_id.in_(wanted))
@@ -109,7 +109,7 @@ def list_scans(*, session: Session, sample: str | None = None, status: str | Non
         query = query.where(ScanRow.status == status)
     if limit is not None:
         query = query.limit(limit)
-    return [(s, n, r) for s, n, r in session.execute(query).tuples()]
+    return [(s, n, r) for s, n, r in session.execute(query)]
 
 
 def find_scans(ref: str, *, session: Session) -> list[ScanRow]:
@@ -144,7 +144,7 @@ def status_counts(*, session: Session) -> dict[str, int]:
     """Scans per job status (every status present, 0 when none)."""
     counts = dict.fromkeys(("queued", "processing", "done", "failed"), 0)
     for status, n in session.execute(select(ScanRow.status, func.count())
-                                     .group_by(ScanRow.status)).tuples():
+                                     .group_by(ScanRow.status)):
         counts[status] = int(n)
     return counts
 
@@ -154,7 +154,7 @@ def last_processed(*, session: Session) -> tuple[ScanRow, DetectionRun] | None:
     row = session.execute(select(ScanRow, DetectionRun)
                           .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
                           .order_by(DetectionRun.finished_at.desc(), DetectionRun.id.desc())
-                          .limit(1)).tuples().first()
+                          .limit(1)).first()
     return (row[0], row[1]) if row else None
 
 

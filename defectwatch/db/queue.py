@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,20 @@ def _claimed(job: Job):  # type: ignore[no-untyped-def]
     """WHERE clause: the scan row is still held under this claim."""
     return and_(ScanRow.id == job.id, ScanRow.status == "processing",
                 ScanRow.attempts == job.attempts)
+
+
+def due_query(now: datetime, *, dialect: str) -> Select[tuple[ScanRow]]:
+    """The oldest job due at ``now``: queued and past its backoff, or its lease expired. On
+    servers (not SQLite, whose BEGIN IMMEDIATE already serialises writers) the row is locked
+    and rows other workers hold are skipped."""
+    due = or_(
+        and_(ScanRow.status == "queued",
+             or_(ScanRow.not_before.is_(None), ScanRow.not_before <= now)),
+        and_(ScanRow.status == "processing", ScanRow.lease_expires_at < now))
+    query = select(ScanRow).where(due).order_by(ScanRow.id).limit(1)
+    if dialect != "sqlite":
+        query = query.with_for_update(skip_locked=True, of=ScanRow)
+    return query
 
 
 def mark_done(job: Job, *, session: Session) -> bool:
@@ -93,13 +107,7 @@ class SqlJobQueue:
     def claim(self, *, worker: str, lease_s: float) -> Job | None:
         """Lease the oldest due job (queued and past its backoff, or lease expired)."""
         now = self.clock()
-        due = or_(
-            and_(ScanRow.status == "queued",
-                 or_(ScanRow.not_before.is_(None), ScanRow.not_before <= now)),
-            and_(ScanRow.status == "processing", ScanRow.lease_expires_at < now))
-        query = select(ScanRow).where(due).order_by(ScanRow.id).limit(1)
-        if self.engine.dialect.name != "sqlite":
-            query = query.with_for_update(skip_locked=True, of=ScanRow)
+        query = due_query(now, dialect=self.engine.dialect.name)
         with write_transaction(self.engine) as s:
             row = s.scalars(query).first()
             if row is None:

@@ -85,7 +85,8 @@ def _draw_pr(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
     ax.set_ylabel("precision")
     ax.set_title(f"precision-recall (mAP {_fmt(metrics.map)})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="lower left", fontsize=9)
 
 
 def _draw_roc(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
@@ -101,7 +102,8 @@ def _draw_roc(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC (mean AUROC {_fmt(metrics.mean_auroc, 3)})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="lower right", fontsize=9)
 
 
 def plot_confusion(confusion: ConfusionMatrix, path: PathLike, *,

@@ -72,6 +72,11 @@ def _require_existing_file(url: str) -> None:
                             f"`defectwatch watch`, or pass --db / set DEFECTWATCH_DB)")
 
 
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC for ours)."""
+    return (iso or "-")[:19].replace("T", " ")
+
+
 def _sci(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -101,7 +106,7 @@ def samples(ctx: typer.Context, db: DbOption = None,
         table.add_row(r["sample"] or "(none)", str(r["scans"]), str(r["done"]),
                       str(r["failed"]), str(r["pending"]), _area(r["area_nm2"]),
                       PurePath(r["latest_path"]).name if r["latest_path"] else "-",
-                      (r["latest_seen_at"] or "-")[:19].replace("T", " "),
+                      _when(r["latest_seen_at"]),
                       _sci(d["trough"]), _sci(d["peak"]), _sci(d["total"]))
     out.print(table if rows else "no samples recorded yet")
 
@@ -256,11 +261,12 @@ def status(
 def _print_status(s: dict[str, Any]) -> None:
     if s["daemon_alive"]:
         d = s["daemons"][0]
-        alive = f"[green]alive[/green] (pid {d['pid']} on {d['host']}, since {d['started_at']})"
+        alive = (f"[green]alive[/green] (pid {d['pid']} on {d['host']}, "
+                 f"since {_when(d['started_at'])} UTC)")
         if len(s["daemons"]) > 1:
             alive += f" +{len(s['daemons']) - 1} more"
     else:
-        alive = "[red]not running[/red]" + (f" (last heartbeat {s['last_beat_at']})"
+        alive = "[red]not running[/red]" + (f" (last heartbeat {_when(s['last_beat_at'])} UTC)"
                                             if s["last_beat_at"] else "")
     c = s["status_counts"]
     last = s["last_processed"]
@@ -270,7 +276,7 @@ def _print_status(s: dict[str, Any]) -> None:
     table.add_row("queue", f"{s['queue_depth']} ({c['queued']} queued, "
                            f"{c['processing']} processing)")
     table.add_row("done", str(c["done"]))
-    table.add_row("last processed", f"{last['path']} at {last['finished_at']} "
+    table.add_row("last processed", f"{last['path']} at {_when(last['finished_at'])} UTC "
                                     f"({last['defects']} defects, {last['model_version']})"
                   if last else "-")
     table.add_row("failed", str(s["failures"]))

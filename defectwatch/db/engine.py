@@ -45,7 +45,13 @@ def make_engine(url: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> E
         raise ConfigError(f"database URL {text!r} is not a URL (e.g. sqlite:////path/to/x.db "
                           f"or postgresql+psycopg://user@host/db)") from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except ImportError as exc:
+            raise ConfigError(
+                f"database {parsed.render_as_string(hide_password=True)}: its driver "
+                f"{exc.name or parsed.get_driver_name()!r} is not installed (e.g. pip install "
+                f"'psycopg[binary]' and use postgresql+psycopg://...)") from None
 
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):

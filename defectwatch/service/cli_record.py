@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError, NotFoundError
@@ -43,21 +44,34 @@ def _database(db: str | None) -> Iterator[Engine]:
     from defectwatch.service.config import get_settings
 
     engine = None
+    where = "--db" if db else "DEFECTWATCH_DB"
     try:
         url = normalize_url(db or get_settings().db)
+        where = _safe_url(url)
         _require_existing_file(url)
         engine = open_database(url)
         yield engine
     except DefectwatchError as exc:
-        _fail(str(exc))
+        _fail(escape(str(exc)))
         raise typer.Exit(1) from None
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        _fail(f"database {db or 'DEFECTWATCH_DB'}: {reason}")
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        _fail(escape(f"database {where}: {reason}"))
         raise typer.Exit(1) from None
     finally:
         if engine is not None:
             engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    """The URL as it may be shown (password hidden)."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def _require_existing_file(url: str) -> None:

@@ -165,3 +165,15 @@ def test_every_record_command_has_help():
                     ["status"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "--db" in result.stdout, command
+
+
+def test_unusable_databases_are_one_line_errors(tmp_path):
+    garbage = tmp_path / "not a db.db"
+    garbage.write_text("this is not SQLite")
+    for url, message in [(str(garbage), "file is not a database"),
+                         ("nosuchdialect://x", "database nosuchdialect://x:"),
+                         ("postgresql+nodriver://u:secret@/db", "u:***@")]:
+        result = invoke("density", "--db", url)
+        assert result.exit_code == 1, url
+        assert message in result.output and "Traceback" not in result.output, result.output
+        assert "secret" not in result.output

@@ -111,3 +111,31 @@ def test_readers_never_see_database_is_locked_while_a_writer_writes(db_url, engi
     with read_transaction(engine) as s:
         assert s.scalar(select(func.count()).select_from(DefectRow)) == n * 30
     print(f"{n} write transactions and {reads} density+status reads in {elapsed:.2f} s")
+
+
+def _opener(url: str, start, results) -> None:  # type: ignore[no-untyped-def]
+    from defectwatch.db import open_database
+    from defectwatch.db.migrate import current_revision
+
+    start.wait()
+    try:
+        engine = open_database(url)
+        results.put(("ok", current_revision(engine)))
+        engine.dispose()
+    except Exception:  # noqa: BLE001
+        results.put(("error", traceback.format_exc()))
+
+
+def test_processes_starting_together_on_a_new_file_migrate_it_once(tmp_path):
+    from defectwatch.db.migrate import head_revision
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    start, results = CTX.Event(), CTX.Queue()
+    procs = [CTX.Process(target=_opener, args=(url, start, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    start.set()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert outcomes == [("ok", head_revision())] * 3, outcomes

@@ -86,10 +86,10 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
             total=int(total or 0),
             latest_seen_at=latest_row.created_at if latest_row else None,
             latest_path=latest_row.path if latest_row else None))
-    present = {t.sample for t in out}
-    for name in (samples if samples is not None else names.values()):
-        if name in names.values() and name not in present:  # a sample with no scans (yet)
-            out.append(SampleTotals(name, 0, 0, 0, 0, 0.0, 0, 0, 0, None, None))
+    known = set(names.values())
+    asked = known if samples is None else known & set(samples)
+    for name in asked - {t.sample for t in out}:  # samples without scans (e.g. all merged)
+        out.append(SampleTotals(name, 0, 0, 0, 0, 0.0, 0, 0, 0, None, None))
     return sorted(out, key=lambda t: (t.sample is None, t.sample or ""))
 
 

@@ -37,6 +37,7 @@ class UnetSpec:
     dropout: bool = False
     upsampling_mode: str = "bilinear"
     layers: tuple[int, ...] = (1, 2, 2, 3)
+    with_dilation: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +89,8 @@ def build_member(spec: UnetSpec):
 
     return Unet(nb_classes=spec.nb_classes, nb_filters=spec.nb_filters,
                 batch_norm=spec.batch_norm, dropout=spec.dropout,
-                upsampling_mode=spec.upsampling_mode, layers=list(spec.layers))
+                upsampling_mode=spec.upsampling_mode, with_dilation=spec.with_dilation,
+                layers=list(spec.layers))
 
 
 def _sha256(path: Path) -> str:
@@ -159,3 +161,64 @@ def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[d
             raise ModelLoadError(f"{d / name}: weights do not fit the architecture in "
                                  f"config.json ({str(exc).splitlines()[0]})") from None
     return config, states
+
+
+def import_atomai_ensemble(tar_path: str | os.PathLike[str], directory: str | os.PathLike[str],
+                           *, version: str, pixel_size_nm: float,
+                           preprocess: Mapping[str, Any] | None = None,
+                           layers: Sequence[int] = (1, 2, 2, 3)) -> Path:
+    """An ensemble trained with AtomAI (``*_ensemble_metadict.tar``) -> a version directory.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain containers only,
+    nothing is unpickled. AtomAI stores no pixel size or preprocessing, so the caller states
+    them (``pixel_size_nm``: nm per pixel of the images it was trained on); its metadict does
+    not store ``layers`` either (AtomAI's default is used unless given).
+    """
+    import torch
+
+    src = Path(tar_path)
+    try:
+        meta = torch.load(src, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{src}: no such file") from None
+    except Exception as exc:  # pickle / zip errors of every kind
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{src}: not a weights-only AtomAI ensemble file ({first}); "
+                             "re-save it with only the metadata and member state dicts") from None
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("weights"), Mapping) \
+            or not meta["weights"]:
+        raise ModelLoadError(f"{src}: expected AtomAI's ensemble metadict with a 'weights' dict "
+                             "of member state dicts")
+    if str(meta.get("model", "Unet")) != "Unet" or str(meta.get("model_type", "seg")) != "seg":
+        raise ModelLoadError(f"{src}: model {meta.get('model')!r} ({meta.get('model_type')!r}); "
+                             "only AtomAI's segmentation Unet is supported")
+    spec = UnetSpec(nb_classes=int(meta.get("nb_classes", 3)),
+                    nb_filters=_nb_filters(meta["weights"]),
+                    batch_norm=bool(meta.get("batch_norm", True)),
+                    dropout=bool(meta.get("dropout", False)),
+                    upsampling_mode=str(meta.get("upsampling", "bilinear")),
+                    layers=tuple(layers), with_dilation=bool(meta.get("with_dilation", False)))
+    members = [meta["weights"][k] for k in sorted(meta["weights"], key=lambda k: int(k))]
+    probe = build_member(spec)
+    for i, state in enumerate(members):
+        try:
+            probe.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{src}: member {i} does not fit an AtomAI Unet with "
+                                 f"{spec.nb_filters} filters and layers {list(spec.layers)} "
+                                 f"({str(exc).splitlines()[0]})") from None
+    classes = ("background", "trough", "peak") if spec.nb_classes == 3 else tuple(
+        ["background"] + [f"class{i}" for i in range(1, spec.nb_classes)])
+    config = ModelConfig(version=version, pixel_size_nm=float(pixel_size_nm), architecture=spec,
+                         classes=classes, preprocess=dict(preprocess or {}),
+                         training={"imported_from": src.name, "trainer": "atomai"})
+    return save_version(directory, config, members, half=False)
+
+
+def _nb_filters(state: Mapping[Any, Mapping[str, Any]]) -> int:
+    """AtomAI's Unet: the first conv has nb_filters output channels."""
+    first = next(iter(state.values()))
+    for key, value in first.items():
+        if key.endswith("weight") and getattr(value, "ndim", 0) == 4:
+            return int(value.shape[0])
+    raise ModelLoadError("no convolution weights in the first member")

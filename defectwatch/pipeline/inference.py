@@ -1,0 +1,201 @@
+"""A resident U-Net ensemble: one scan in, mean class probabilities and member spread out.
+
+Loaded once and kept; per scan it prepares the image exactly as training did (flatten, CLAHE,
+per-image [0, 1], resampled to the model's pixel size), runs every member tile by tile and
+accumulates the mean and variance of the softmax probabilities in float32 (Welford), so ten
+full-size maps are never held. Tiles overlap by ``margin_px`` on each side (more than half the
+U-Net's ~122 px receptive field is not needed in practice; 64 px keeps seams invisible) and each
+is reflect-padded to a multiple of 8.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from defectwatch.domain import Defect, Scan
+from defectwatch.pipeline.detect import find_defects
+from defectwatch.pipeline.model import ModelConfig, build_member, load_version
+from defectwatch.pipeline.preprocess import PreprocessParams, Resampling, prepare
+from defectwatch.pipeline.training import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scan through the ensemble, at the model's pixel size.
+
+    ``image01``: (H, W) the prepared input; ``valid``: (H, W) bool, False where nothing was
+    acquired; ``mean``/``spread``: (C, H, W) float32 mean probability and member standard
+    deviation; ``mapping``: model pixels <-> scan pixels; ``scan_pixel_nm``: (x, y) of the scan.
+    """
+
+    image01: np.ndarray
+    valid: np.ndarray
+    mean: np.ndarray
+    spread: np.ndarray
+    mapping: Resampling
+    scan_pixel_nm: tuple[float, float]
+    classes: tuple[str, ...]
+
+    @property
+    def pixel_nm(self) -> tuple[float, float]:
+        """(x, y) size of one model pixel in nm."""
+        (ny, nx), (my, mx) = self.mapping.shape_in, self.mapping.shape_out
+        return self.scan_pixel_nm[0] * nx / mx, self.scan_pixel_nm[1] * ny / my
+
+    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05) -> list[Defect]:
+        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner."""
+        px, py = self.pixel_nm
+        min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
+        found = find_defects(self.mean, self.spread, pixel_size_nm=(px, py),
+                             threshold=threshold, min_area_px=min_px, classes=self.classes,
+                             valid=self.valid)
+        if not found:
+            return []
+        rows, cols = self.mapping.to_original(np.array([d.row for d in found]),
+                                              np.array([d.col for d in found]))
+        sx, sy = self.scan_pixel_nm
+        return [Defect(float(r), float(c), float((c + 0.5) * sx), float((r + 0.5) * sy),
+                       d.kind, d.confidence, d.uncertainty, d.area_nm2)
+                for d, r, c in zip(found, rows, cols)]
+
+
+class Ensemble:
+    """The members of one model version, on one device, in inference mode.
+
+    ``fast``: channels-last memory layout, and fp16 autocast on CUDA; ``tile_px``: the core
+    size of a tile (a multiple of 8); ``margin_px``: context added on each side of a tile.
+    """
+
+    def __init__(self, config: ModelConfig, states: Sequence[dict[str, Any]], *,
+                 device: str = "auto", fast: bool = False, tile_px: int = 1024,
+                 margin_px: int = 64, threads: int | None = None):
+        import torch
+
+        if tile_px % 8 or margin_px % 8:
+            raise ValueError("tile_px and margin_px must be multiples of 8")
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = config
+        self.device = resolve_device(device)
+        self.fast = fast
+        self.tile_px = tile_px
+        self.margin_px = margin_px
+        self.params = PreprocessParams.from_dict(config.preprocess)
+        self.members = []
+        for state in states:
+            m = build_member(config.architecture)
+            m.load_state_dict(state)
+            m.to(self.device).eval()
+            if fast:
+                m.to(memory_format=torch.channels_last)
+            self.members.append(m)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> Ensemble:
+        """Read a version directory (checked: see `model.load_version`) and build it."""
+        config, states = load_version(directory)
+        return cls(config, states, **kwargs)
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.config.classes)
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return float(self.config.pixel_size_nm)
+
+    def predict_image(self, image01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) float32 prepared image -> ``(mean, spread)``, each (C, H, W) float32."""
+        image01 = np.ascontiguousarray(image01, dtype=np.float32)
+        if image01.ndim != 2:
+            raise ValueError(f"expected one (H, W) image, got shape {image01.shape}")
+        h, w = image01.shape
+        c = self.config.architecture.nb_classes
+        mean = np.empty((c, h, w), np.float32)
+        spread = np.empty((c, h, w), np.float32)
+        for (r0, r1), (c0, c1), window, core in self._tiles(image01):
+            m, s = self._run_members(window)
+            mean[:, r0:r1, c0:c1] = m[:, core[0], core[1]]
+            spread[:, r0:r1, c0:c1] = s[:, core[0], core[1]]
+        return mean, spread
+
+    def predict_scan(self, scan: Scan) -> Prediction:
+        """Prepare a scan at the model's pixel size and run the ensemble on it."""
+        px = (scan.pixel_size_x_nm, scan.pixel_size_y_nm)
+        image01, valid, mapping = prepare(scan.data, pixel_size_nm=px,
+                                          target_nm=self.pixel_size_nm, params=self.params)
+        mean, spread = self.predict_image(image01)
+        return Prediction(image01, valid, mean, spread, mapping, px, self.classes)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _tiles(self, image: np.ndarray):
+        """Yield ((r0, r1), (c0, c1), window, (row slice, col slice)): the core region in the
+        image, the padded input window, and where the core sits in the window's output.
+
+        The pooling grid is anchored at the image's top-left pixel in both modes (padding goes
+        to the bottom and right; tile starts are multiples of ``tile_px``), so tiled and
+        single-pass results agree away from the frame's edges.
+        """
+        h, w = image.shape
+        m, t = self.margin_px, self.tile_px
+        if h <= t + 2 * m and w <= t + 2 * m:  # one pass: reflect-pad to a multiple of 8
+            window = _reflect_pad(image, (0, (-h) % 8), (0, (-w) % 8))
+            yield (0, h), (0, w), window, (slice(0, h), slice(0, w))
+            return
+        nr, nc = -(-h // t), -(-w // t)
+        padded = _reflect_pad(image, (m, m + nr * t - h), (m, m + nc * t - w))
+        for r0 in range(0, h, t):
+            for c0 in range(0, w, t):
+                window = padded[r0:r0 + t + 2 * m, c0:c0 + t + 2 * m]
+                r1, c1 = min(r0 + t, h), min(c0 + t, w)
+                yield (r0, r1), (c0, c1), window, (slice(m, m + r1 - r0), slice(m, m + c1 - c0))
+
+    def _run_members(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Welford mean and population std of the members' softmax over one window."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(window))[None, None].to(self.device)
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = self.fast and self.device.type == "cuda"
+        mean = m2 = None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                    enabled=autocast):
+            for k, member in enumerate(self.members, start=1):
+                p = torch.softmax(member(x).float(), dim=1)[0]
+                if mean is None:
+                    mean = p.clone()
+                    m2 = torch.zeros_like(p)
+                    continue
+                delta = p - mean
+                mean += delta / k
+                m2 += delta * (p - mean)
+        n = len(self.members)
+        spread = torch.sqrt(torch.clamp(m2 / n, min=0.0))
+        return mean.float().cpu().numpy(), spread.float().cpu().numpy()
+
+
+def _reflect_pad(a: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Reflect padding that also works when a pad exceeds the image (repeats the reflection)."""
+    while rows[0] >= a.shape[0] or rows[1] >= a.shape[0] or cols[0] >= a.shape[1] \
+            or cols[1] >= a.shape[1]:
+        step_r = [min(p, a.shape[0] - 1) for p in rows]
+        step_c = [min(p, a.shape[1] - 1) for p in cols]
+        a = np.pad(a, (tuple(step_r), tuple(step_c)), mode="reflect")
+        rows = (rows[0] - step_r[0], rows[1] - step_r[1])
+        cols = (cols[0] - step_c[0], cols[1] - step_c[1])
+    return np.pad(a, (rows, cols), mode="reflect")

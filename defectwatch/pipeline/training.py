@@ -1,0 +1,185 @@
+"""Training an ensemble the paper's way, with AtomAI's traps handled.
+
+Each member: an ``atomai.nets.Unet`` from its own seed, cross-entropy (IGNORE pixels excluded),
+Adam 1e-3, random crops of the examples (no flips or rotations by default), the weights of the
+last iterates averaged, then BatchNorm statistics recomputed for the averaged weights (AtomAI's
+``swa=True`` skips that step). Inputs are the examples' ``image01``: normalised per image exactly
+as inference normalises them. Reproducible from ``seed`` on one device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from defectwatch.pipeline.labels import IGNORE
+from defectwatch.pipeline.model import UnetSpec, build_member
+from defectwatch.pipeline.training_data import Example
+
+log = logging.getLogger(__name__)
+
+# on_progress(member, iteration, iterations, loss): member counts from 0
+TrainingProgress = Callable[[int, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """The paper's recipe as the default; ``iterations`` counts mini-batches per member."""
+
+    members: int = 10
+    iterations: int = 500
+    batch_size: int = 4
+    crop_px: int = 256
+    learning_rate: float = 1e-3
+    average_last: float = 0.2  # share of the last iterations whose weights are averaged
+    bn_batches: int = 16  # batches used to recompute BatchNorm statistics after averaging
+    flips: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingRecipe:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def resolve_device(device: str = "auto"):
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CropSampler:
+    """Random ``crop_px`` squares from examples chosen in proportion to their area; examples
+    smaller than a crop are reflect-padded (their mask padded with IGNORE)."""
+
+    def __init__(self, examples: Sequence[Example], *, crop_px: int, rng: np.random.Generator,
+                 flips: bool = False):
+        if not examples:
+            raise ValueError("no training examples")
+        self.examples = [self._pad(e, crop_px) for e in examples]
+        areas = np.array([e.image01.size for e in self.examples], float)
+        self.p = areas / areas.sum()
+        self.crop = crop_px
+        self.rng = rng
+        self.flips = flips
+
+    @staticmethod
+    def _pad(e: Example, crop: int) -> Example:
+        h, w = e.image01.shape
+        ph, pw = max(0, crop - h), max(0, crop - w)
+        if ph == 0 and pw == 0:
+            return e
+        pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        return Example(np.pad(e.image01, pad, mode="reflect"),
+                       np.pad(e.mask, pad, constant_values=IGNORE), e.source)
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 1, crop, crop) float32 images and (n, crop, crop) int64 targets."""
+        xs = np.empty((n, 1, self.crop, self.crop), np.float32)
+        ys = np.empty((n, self.crop, self.crop), np.int64)
+        for i in range(n):
+            e = self.examples[self.rng.choice(len(self.examples), p=self.p)]
+            h, w = e.image01.shape
+            r = int(self.rng.integers(0, h - self.crop + 1))
+            c = int(self.rng.integers(0, w - self.crop + 1))
+            img = e.image01[r:r + self.crop, c:c + self.crop]
+            msk = e.mask[r:r + self.crop, c:c + self.crop]
+            if self.flips:
+                k = int(self.rng.integers(0, 4))
+                img, msk = np.rot90(img, k), np.rot90(msk, k)
+            xs[i, 0] = img
+            ys[i] = msk
+        ys[ys == IGNORE] = -100  # torch's ignore_index
+        return xs, ys
+
+
+def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: TrainingRecipe,
+                 member: int = 0, device: str = "auto", init_state: dict | None = None,
+                 on_progress: TrainingProgress | None = None) -> dict[str, Any]:
+    """Train one member (seed ``recipe.seed + member``) -> its averaged state dict (CPU)."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    dev = resolve_device(device)
+    seed = recipe.seed + member
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 104729])
+    model = build_member(spec)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+    sampler = CropSampler(examples, crop_px=recipe.crop_px, rng=rng, flips=recipe.flips)
+    start_avg = int(round(recipe.iterations * (1.0 - recipe.average_last)))
+    averaged = AveragedModel(model)
+    n_avg = 0
+    for it in range(recipe.iterations):
+        xs, ys = sampler.batch(recipe.batch_size)
+        x = torch.from_numpy(xs).to(dev)
+        y = torch.from_numpy(ys).to(dev)
+        if bool((y == -100).all()):
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if it >= start_avg:
+            averaged.update_parameters(model)
+            n_avg += 1
+        if on_progress:
+            on_progress(member, it + 1, recipe.iterations, float(loss.detach()))
+    final = averaged.module if n_avg else model
+    _recompute_batchnorm(final, sampler, recipe, dev)
+    return {k: v.detach().cpu().clone() for k, v in final.state_dict().items()}
+
+
+def _recompute_batchnorm(model, sampler: CropSampler, recipe: TrainingRecipe, dev) -> None:
+    """Running BatchNorm statistics for the (averaged) weights: a cumulative average over
+    ``recipe.bn_batches`` fresh training batches."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for _ in range(recipe.bn_batches):
+            xs, _ = sampler.batch(recipe.batch_size)
+            model(torch.from_numpy(xs).to(dev))
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()
+
+
+def train_ensemble(examples: Sequence[Example], *, spec: UnetSpec = UnetSpec(),
+                   recipe: TrainingRecipe = TrainingRecipe(), device: str = "auto",
+                   init_states: Sequence[dict] | None = None,
+                   on_progress: TrainingProgress | None = None,
+                   on_member: Callable[[int, dict[str, Any]], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """``recipe.members`` members, each from its own seed -> their state dicts (CPU).
+
+    ``on_member(k, state)`` is called as each member finishes (e.g. to checkpoint it).
+    """
+    states = []
+    for k in range(recipe.members):
+        init = init_states[k % len(init_states)] if init_states else None
+        states.append(train_member(examples, spec=spec, recipe=recipe, member=k, device=device,
+                                   init_state=init, on_progress=on_progress))
+        if on_member:
+            on_member(k, states[-1])
+        log.info("member %d/%d trained", k + 1, recipe.members)
+    return states

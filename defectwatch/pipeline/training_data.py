@@ -1,0 +1,98 @@
+"""Training examples: a model-ready image and its class mask, from simulations or labels.
+
+An example lives at the model's pixel size: images are prepared exactly as inference prepares
+them (`preprocess.prepare`), so training and inference see the same normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from defectwatch.pipeline.labels import DEFAULT_RADIUS_NM, IGNORE, circle_mask
+from defectwatch.pipeline.preprocess import PreprocessParams, prepare
+from defectwatch.pipeline.simulate import SimulatedScan, simulate
+
+
+@dataclass(frozen=True)
+class Example:
+    """``image01``: (H, W) float32 in [0, 1]; ``mask``: (H, W) uint8 class index or IGNORE;
+    ``source``: the scan it came from (splits are by scan, never by crop)."""
+
+    image01: np.ndarray
+    mask: np.ndarray
+    source: str
+
+
+def example_from_points(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float,
+                        rows: Sequence[float], cols: Sequence[float], kinds: Sequence[str],
+                        ignore: Sequence[bool] | None = None,
+                        radius_nm: Sequence[float] | None = None,
+                        source: str = "",
+                        params: PreprocessParams = PreprocessParams()) -> Example:
+    """A raw image (ny, nx) plus point labels in its pixels -> an Example at ``target_nm``."""
+    image01, valid, mapping = prepare(z, pixel_size_nm=pixel_size_nm, target_nm=target_nm,
+                                      params=params)
+    base = np.where(valid, 0, IGNORE).astype(np.uint8)
+    r, c = mapping.to_resampled(np.asarray(rows, float), np.asarray(cols, float))
+    radii = (np.asarray(radius_nm, float) if radius_nm is not None
+             else np.array([DEFAULT_RADIUS_NM[k] for k in kinds], float)) / target_nm
+    mask = circle_mask(image01.shape, r, c, kinds, radius_px=radii, ignore=ignore, base=base)
+    return Example(image01, mask, source)
+
+
+def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str = "",
+                            params: PreprocessParams = PreprocessParams()) -> Example:
+    """A simulated scan's analysis channel (forward) and truth -> an Example; defects too
+    faint to see are IGNORE, not background."""
+    z = sim.images[(sim.analysis_channel, "forward")]
+    t = sim.truth
+    return example_from_points(
+        z, pixel_size_nm=sim.recipe.pixel_size_nm, target_nm=target_nm,
+        rows=[d.row for d in t], cols=[d.col for d in t], kinds=[d.kind for d in t],
+        ignore=[not d.visible for d in t], source=source or f"sim-{sim.recipe.seed}",
+        params=params)
+
+
+@dataclass(frozen=True)
+class SimulationMix:
+    """How training scans are drawn: wide on purpose (materials, modes, sizes, pixel sizes)."""
+
+    material_weights: tuple[tuple[str, float], ...] = (("wse2", 0.65), ("mose2", 0.35))
+    cafm_share: float = 0.15
+    size_nm: tuple[float, float] = (10.0, 100.0)  # log-uniform frame size
+    pixel_size_nm: tuple[float, float] = (0.04, 0.25)  # log-uniform source pixel size
+    max_model_px: int = 768  # frames larger than this at the model's pixel size are cropped
+    artifacts_share: float = 0.9
+    density_per_cm2: tuple[float, float] = (1e11, 2e13)  # log-uniform; most crops hold defects
+
+    def draw(self, rng: np.random.Generator, *, target_nm: float) -> dict:
+        names, weights = zip(*self.material_weights)
+        material = str(rng.choice(names, p=np.asarray(weights) / sum(weights)))
+        mode = "cafm" if rng.random() < self.cafm_share else "stm"
+        lo, hi = np.log(self.size_nm)
+        size = float(np.exp(rng.uniform(lo, min(hi, np.log(self.max_model_px * target_nm)))))
+        plo, phi = np.log(self.pixel_size_nm)
+        px = float(np.exp(rng.uniform(plo, phi)))
+        pixels = int(np.clip(round(size / px / 8) * 8, 64, 1024))
+        dlo, dhi = np.log(self.density_per_cm2)
+        return {"material": material, "mode": mode, "size_nm": round(size, 2),
+                "pixels": pixels, "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))), "artifacts": bool(rng.random() < self.artifacts_share)}
+
+
+def simulated_examples(seeds: Sequence[int], *, target_nm: float,
+                       mix: SimulationMix = SimulationMix(),
+                       params: PreprocessParams = PreprocessParams(),
+                       on_progress: Callable[[int, int], None] | None = None
+                       ) -> Iterator[Example]:
+    """One Example per seed (scan ``seed`` is reproducible on its own)."""
+    for i, seed in enumerate(seeds):
+        rng = np.random.default_rng([seed, 7919])
+        draw = mix.draw(rng, target_nm=target_nm)
+        sim = simulate(int(seed), **draw)
+        yield example_from_simulation(sim, target_nm=target_nm, params=params,
+                                      source=f"sim-{seed}")
+        if on_progress:
+            on_progress(i + 1, len(seeds))

@@ -1,0 +1,170 @@
+"""The shipped default ensemble: trained on the simulator alone, reproducible by one command.
+
+``make default-model`` runs ``python -m defectwatch.service.default_model``: it simulates a wide
+mix of scans (materials, modes, sizes, pixel sizes, artifacts), prepares them exactly as
+inference does, trains the members and writes the version directory inside the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from defectwatch.pipeline.model import ModelConfig, UnetSpec, save_version
+from defectwatch.pipeline.preprocess import PreprocessParams
+from defectwatch.pipeline.training import TrainingRecipe, resolve_device, train_ensemble
+from defectwatch.pipeline.training_data import Example, SimulationMix, simulated_examples
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERSION = "default-sim-1"
+MODEL_PIXEL_NM = 0.1
+DEFAULT_SPEC = UnetSpec(nb_filters=8)
+DEFAULT_RECIPE = TrainingRecipe(members=10, iterations=1000, batch_size=4, crop_px=256, seed=0)
+TRAINING_SEEDS = range(1_000_000, 1_000_300)  # held-out evaluation uses seeds below 1e6
+
+
+def default_model_dir() -> Path:
+    """The version directory shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_VERSION
+
+
+def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM, mix: SimulationMix = SimulationMix(),
+                   params: PreprocessParams = PreprocessParams(), on_progress=None) -> list[Example]:
+    return list(simulated_examples(list(seeds), target_nm=target_nm, mix=mix, params=params,
+                                   on_progress=on_progress))
+
+
+def save_examples(path: Path, examples: list[Example]) -> None:
+    """Cache prepared examples (images, masks, sources) in one .npz file."""
+    arrays = {}
+    for i, e in enumerate(examples):
+        arrays[f"image_{i}"] = e.image01
+        arrays[f"mask_{i}"] = e.mask
+    np.savez(path, sources=np.array([e.source for e in examples]), **arrays)
+
+
+def load_examples(path: Path) -> list[Example]:
+    with np.load(path) as z:
+        return [Example(z[f"image_{i}"], z[f"mask_{i}"], str(src))
+                for i, src in enumerate(z["sources"])]
+
+
+def _train_one(args: tuple) -> tuple[int, dict]:
+    """Worker: one member on one CPU thread (several run side by side without contention)."""
+    cache, spec, recipe, member, device = args
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    last = [time.perf_counter()]
+
+    def progress(m: int, it: int, total: int, loss: float) -> None:
+        if it % 100 == 0 or it == total:
+            now = time.perf_counter()
+            log.info("member %d  iteration %d/%d  loss %.4f  (%.2f s/it)", m + 1, it, total,
+                     loss, (now - last[0]) / 100)
+            last[0] = now
+
+    from defectwatch.pipeline.training import train_member
+
+    state = train_member(load_examples(cache), spec=spec, recipe=recipe, member=member,
+                         device=device, on_progress=progress)
+    return member, state
+
+
+def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
+                  spec: UnetSpec = DEFAULT_SPEC, seeds=TRAINING_SEEDS, device: str = "auto",
+                  version: str = DEFAULT_VERSION, jobs: int = 1, on_data=None) -> Path:
+    """Simulate, prepare, train (``jobs`` members at a time, one thread each) and save."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    import torch
+
+    t0 = time.perf_counter()
+    params = PreprocessParams()
+    mix = SimulationMix()
+    seeds = list(seeds)
+    partial = out.parent / f".{out.name}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    cache = partial / f"examples_{seeds[0]}_{len(seeds)}.npz"
+    if cache.is_file():
+        examples = load_examples(cache)
+    else:
+        examples = build_examples(seeds, mix=mix, params=params, on_progress=on_data)
+        save_examples(cache, examples)
+    t_data = time.perf_counter() - t0
+    states: dict[int, dict] = {}
+    todo = []
+    for k in range(recipe.members):  # members already trained by an interrupted run are kept
+        ck = partial / f"member_{k:02d}.pt"
+        if ck.is_file():
+            states[k] = torch.load(ck, weights_only=True)
+        else:
+            todo.append(k)
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for k, state in pool.map(_train_one, [(cache, spec, recipe, k, device) for k in todo]):
+            torch.save(state, partial / f"member_{k:02d}.pt")
+            states[k] = state
+            log.info("member %d/%d done", k + 1, recipe.members)
+    t_train = time.perf_counter() - t0 - t_data
+    dev = resolve_device(device)
+    config = ModelConfig(
+        version=version, pixel_size_nm=MODEL_PIXEL_NM, architecture=spec,
+        preprocess=params.to_dict(), training={
+            **recipe.to_dict(), "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam",
+            "weight_averaging": "mean of the last iterates, BatchNorm recomputed",
+            "device": str(dev), "hardware": _hardware(dev), "parallel_members": jobs,
+            "torch": torch.__version__, "data_seconds": round(t_data, 1),
+            "train_seconds": round(t_train, 1)},
+        data={"source": "defectwatch simulator", "scans": len(examples),
+              "seeds": [seeds[0], seeds[-1]], "mix": dict(mix.__dict__),
+              "model_pixels": int(sum(e.image01.size for e in examples))})
+    return save_version(out, config, [states[k] for k in range(recipe.members)])
+
+
+def _hardware(dev) -> str:
+    import os
+
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, " \
+           f"{torch.get_num_threads()} torch threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_model_dir())
+    parser.add_argument("--iterations", type=int, default=DEFAULT_RECIPE.iterations)
+    parser.add_argument("--members", type=int, default=DEFAULT_RECIPE.members)
+    parser.add_argument("--scans", type=int, default=len(TRAINING_SEEDS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
+                        help="members trained side by side, one CPU thread each")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    recipe = TrainingRecipe(**{**DEFAULT_RECIPE.to_dict(), "iterations": args.iterations,
+                               "members": args.members})
+    seeds = range(TRAINING_SEEDS.start, TRAINING_SEEDS.start + args.scans)
+
+    def data(i: int, n: int) -> None:
+        if i % 20 == 0 or i == n:
+            log.info("simulated %d/%d scans", i, n)
+
+    jobs = 1 if resolve_device(args.device).type == "cuda" else args.jobs
+    out = train_default(args.out, recipe=recipe, seeds=seeds, device=args.device, jobs=jobs,
+                        on_data=data)
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""One scan file -> its defects and densities, with a resident ensemble (no database here).
+
+The composition the daemon, ``process`` and ``evaluate`` share: read the scan, run the
+ensemble, find defects, compute densities over the acquired area.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from defectwatch.domain import Detection, Scan
+from defectwatch.errors import ModelLoadError
+from defectwatch.pipeline.density import densities
+from defectwatch.pipeline.inference import Ensemble, Prediction
+from defectwatch.pipeline.scan import read_scan
+from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+
+__all__ = ["DEFAULT_VERSION", "DetectedScan", "default_model_dir", "detect_file", "detect_scan",
+           "load_ensemble"]
+
+
+@dataclass(frozen=True)
+class DetectedScan:
+    """A scan, the ensemble's maps for it and what was recorded from them."""
+
+    scan: Scan
+    prediction: Prediction
+    detection: Detection
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(directory: str, device: str, fast: bool) -> Ensemble:
+    return Ensemble.load(directory, device=device, fast=fast)
+
+
+def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: str = "auto",
+                  fast: bool = False) -> Ensemble:
+    """The ensemble of a version directory (the shipped default when None), loaded once per
+    process and kept resident."""
+    path = Path(directory) if directory is not None else default_model_dir()
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: no such model version directory")
+    return _cached(str(path.resolve()), device, fast)
+
+
+def detect_scan(scan: Scan, *, ensemble: Ensemble, threshold: float | None = None
+                ) -> DetectedScan:
+    """Run the ensemble on an already-read scan."""
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    prediction = ensemble.predict_scan(scan)
+    thr = threshold if threshold is not None else float(
+        ensemble.config.metrics.get("threshold", DEFAULT_THRESHOLD))
+    defects = tuple(prediction.defects(threshold=thr))
+    area = scan.acquired_area_nm2
+    dens = densities(defects, area)
+    detection = Detection(model_version=ensemble.version, defects=defects, densities=dens,
+                          area_nm2=area, started_at=started, seconds=time.perf_counter() - t0)
+    return DetectedScan(scan, prediction, detection)
+
+
+def detect_file(path: str | os.PathLike[str], *, ensemble: Ensemble, channel: str = "Z",
+                threshold: float | None = None) -> tuple[Scan, Detection]:
+    """Read one .sxm file and detect its defects -> (scan, detection).
+
+    Raises ScanIncompleteError for a file still being written, ScanReadError for one that
+    cannot be read (the caller decides: retry, fail, report).
+    """
+    t0 = time.perf_counter()
+    scan = read_scan(path, channel=channel)
+    result = detect_scan(scan, ensemble=ensemble, threshold=threshold)
+    d = result.detection
+    detection = Detection(d.model_version, d.defects, d.densities, d.area_nm2, d.started_at,
+                          time.perf_counter() - t0)
+    return scan, detection

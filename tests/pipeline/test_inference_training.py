@@ -1,0 +1,147 @@
+"""Training and inference with tiny members: masks, reproducibility, tiling, mapping, import."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectwatch.errors import ModelLoadError
+from defectwatch.pipeline.inference import Ensemble, Prediction
+from defectwatch.pipeline.labels import IGNORE, circle_mask
+from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member,
+                                        import_atomai_ensemble, load_version, save_version)
+from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
+from defectwatch.pipeline.simulate import simulate
+from defectwatch.pipeline.training import TrainingRecipe, train_ensemble, train_member
+from defectwatch.pipeline.training_data import example_from_simulation
+
+TINY = UnetSpec(nb_filters=4)
+RECIPE = TrainingRecipe(members=2, iterations=6, batch_size=2, crop_px=64, bn_batches=2)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    sims = [simulate(s, size_nm=12.0, pixels=96, density_per_cm2=3e12) for s in (1, 2)]
+    return [example_from_simulation(s, target_nm=0.1) for s in sims]
+
+
+@pytest.fixture(scope="module")
+def tiny_version(examples, tmp_path_factory):
+    states = train_ensemble(examples, spec=TINY, recipe=RECIPE)
+    cfg = ModelConfig(version="tiny", pixel_size_nm=0.1, architecture=TINY,
+                      preprocess=PreprocessParams().to_dict())
+    return save_version(tmp_path_factory.mktemp("models") / "tiny", cfg, states)
+
+
+def test_circle_mask_draws_classes_and_never_hides_a_defect_under_an_ignored_one():
+    mask = circle_mask((40, 40), [10, 30, 12], [10, 30, 12], ["trough", "peak", "peak"],
+                       radius_px=3, ignore=[False, False, True])
+    assert mask[10, 10] == 1 and mask[30, 30] == 2
+    assert mask[12, 16] == IGNORE  # the ignored disc is 1.5x larger
+    assert mask[0, 0] == 0 and mask[20, 20] == 0
+    with pytest.raises(ValueError, match="unknown defect kind"):
+        circle_mask((8, 8), [1], [1], ["crater"], radius_px=1)
+
+
+def test_simulated_example_marks_visible_defects_where_the_truth_is(examples):
+    sim = simulate(1, size_nm=12.0, pixels=96, density_per_cm2=3e12)
+    ex = examples[0]
+    assert ex.image01.shape == ex.mask.shape == (120, 120)  # 12 nm at 0.1 nm/px
+    assert 0.0 <= ex.image01.min() and ex.image01.max() <= 1.0
+    for d in sim.truth:
+        r, c = int(round((d.row + 0.5) * 1.25 - 0.5)), int(round((d.col + 0.5) * 1.25 - 0.5))
+        if 0 <= r < 120 and 0 <= c < 120:
+            expected = {"trough": 1, "peak": 2}[d.kind] if d.visible else IGNORE
+            assert ex.mask[r, c] in (expected, 1, 2)  # overlapping neighbours may win
+
+
+def test_training_is_reproducible_and_members_differ(examples):
+    a = train_member(examples, spec=TINY, recipe=RECIPE, member=0, device="cpu")
+    b = train_member(examples, spec=TINY, recipe=RECIPE, member=0, device="cpu")
+    c = train_member(examples, spec=TINY, recipe=RECIPE, member=1, device="cpu")
+    key = "c1.block.0.weight"
+    assert torch.equal(a[key], b[key])
+    assert not torch.equal(a[key], c[key])
+    # BatchNorm statistics were recomputed for the averaged weights (not the init values)
+    bn = [k for k in a if k.endswith("running_var")][0]
+    assert not torch.allclose(a[bn], torch.ones_like(a[bn]))
+
+
+def test_progress_is_reported_per_iteration(examples):
+    seen = []
+    train_member(examples, spec=TINY, recipe=RECIPE, on_progress=lambda *a: seen.append(a))
+    assert [s[1] for s in seen] == list(range(1, RECIPE.iterations + 1))
+    assert all(np.isfinite(s[3]) for s in seen)
+
+
+def test_ensemble_output_is_a_probability_with_spread_on_any_size(tiny_version):
+    ens = Ensemble.load(tiny_version, device="cpu")
+    rng = np.random.default_rng(0)
+    for shape in ((37, 53), (64, 64), (130, 9)):
+        mean, spread = ens.predict_image(rng.random(shape, dtype=np.float32))
+        assert mean.shape == spread.shape == (3, *shape)
+        np.testing.assert_allclose(mean.sum(axis=0), 1.0, atol=1e-5)
+        assert (spread >= 0).all() and spread.max() > 0  # two members disagree somewhere
+
+
+def test_tiled_inference_matches_one_pass_away_from_the_edges(tiny_version):
+    image = np.random.default_rng(1).random((300, 420), dtype=np.float32)
+    one = Ensemble.load(tiny_version, device="cpu").predict_image(image)
+    tiled = Ensemble.load(tiny_version, device="cpu", tile_px=128, margin_px=64)
+    two = tiled.predict_image(image)
+    inner = (slice(None), slice(64, -64), slice(64, -64))
+    assert np.abs(one[0][inner] - two[0][inner]).max() < 1e-4
+    assert np.abs(one[1][inner] - two[1][inner]).max() < 1e-4
+
+
+def test_fast_mode_agrees_with_exact_mode(tiny_version):
+    image = np.random.default_rng(2).random((96, 96), dtype=np.float32)
+    exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
+    fast = Ensemble.load(tiny_version, device="cpu", fast=True).predict_image(image)
+    assert np.abs(exact[0] - fast[0]).max() < 1e-3
+
+
+def test_defects_are_reported_in_the_scans_pixels():
+    """A blob at model pixel (50, 60) of a frame resampled 2x -> scan pixel (100.5, 120.5)."""
+    mean = np.zeros((3, 100, 120), np.float32)
+    mean[0] = 1.0
+    mean[1, 48:53, 58:63] = 0.9
+    mean[0, 48:53, 58:63] = 0.1
+    pred = Prediction(image01=np.zeros((100, 120), np.float32),
+                      valid=np.ones((100, 120), bool), mean=mean,
+                      spread=np.full_like(mean, 0.05), mapping=Resampling((200, 240), (100, 120)),
+                      scan_pixel_nm=(0.05, 0.05), classes=("background", "trough", "peak"))
+    (d,) = pred.defects(threshold=0.5)
+    assert d.kind == "trough" and d.row == pytest.approx(100.5) and d.col == pytest.approx(120.5)
+    assert d.x_nm == pytest.approx(121 * 0.05) and d.area_nm2 == pytest.approx(25 * 0.01)
+    assert d.confidence == pytest.approx(0.9) and d.uncertainty == pytest.approx(0.05)
+
+
+def test_atomai_ensemble_file_imports_and_predicts_the_same(tmp_path):
+    torch.manual_seed(0)
+    members = {i: build_member(TINY).state_dict() for i in range(2)}
+    meta = {"model_type": "seg", "model": "Unet", "nb_classes": 3, "batch_norm": True,
+            "dropout": False, "upsampling": "bilinear", "with_dilation": False,
+            "weights": members}
+    torch.save(meta, tmp_path / "wse2_ensemble_metadict.tar")
+    out = import_atomai_ensemble(tmp_path / "wse2_ensemble_metadict.tar", tmp_path / "v",
+                                 version="imported", pixel_size_nm=0.049)
+    cfg, states = load_version(out)
+    assert cfg.architecture.nb_filters == 4 and cfg.pixel_size_nm == 0.049 and len(states) == 2
+    for i, state in enumerate(states):
+        for k, v in members[i].items():
+            assert torch.equal(state[k], v.float() if v.is_floating_point() else v)
+
+
+def test_atomai_file_with_pickled_objects_is_refused(tmp_path):
+    net = build_member(TINY)
+    meta = {"model": "Unet", "weights": {0: net.state_dict()},
+            "optimizer": torch.optim.Adam(net.parameters())}
+    torch.save(meta, tmp_path / "x_ensemble_metadict.tar")
+    with pytest.raises(ModelLoadError, match="weights-only"):
+        import_atomai_ensemble(tmp_path / "x_ensemble_metadict.tar", tmp_path / "v",
+                               version="x", pixel_size_nm=0.1)
+    with pytest.raises(ModelLoadError, match="no such file"):
+        import_atomai_ensemble(tmp_path / "missing.tar", tmp_path / "w", version="x",
+                               pixel_size_nm=0.1)

@@ -165,6 +165,7 @@ def demo(
         out.print(f"  {w.preview}", highlight=False)
 
 
+from defectwatch.service import cli_detect  # noqa: E402,F401  (process, evaluate)
 from defectwatch.service import cli_record  # noqa: E402,F401  (samples, density, scans, ...)
 from defectwatch.service import cli_watch  # noqa: E402,F401  (watch)
 

@@ -188,10 +188,9 @@ class Readiness:
             # incomplete: only time we have watched counts (a skewed mtime must not fail it)
             if watched_s < self.incomplete_after_s:
                 return _WAIT
-            promised = "unknown" if seen.expected is None else f"{seen.expected}"
+            promised = "" if seen.expected is None else f" of {seen.expected}"
             return self._release(path, st, note=(
-                f"incomplete: {st.st_size} bytes, header promises {promised}; unchanged for "
-                f"{watched_s:.0f} s"))
+                f"incomplete ({st.st_size}{promised} bytes, unchanged for {watched_s:.0f} s)"))
         if quiet_s < self.stable_for_s:
             return _WAIT
         return self._release(path, st, note=None)

@@ -129,7 +129,7 @@ class Worker:
             return
         if again:
             self.stats.retried += 1
-            log.warning("%s: %s; retry in %.0f s (attempt %d of %d)", job.path, reason, delay,
+            log.warning("%s: %s; retry in %.3g s (attempt %d of %d)", job.path, reason, delay,
                         job.attempts, self.retry.max_attempts)
         else:
             self.stats.failed += 1

@@ -146,7 +146,11 @@ class Readiness:
             added += bool(new)
             if f.note:
                 log.warning("%s: queued although %s", f.path, f.note)
-            log.info("%s: %s", f.path, "queued" if new else "already recorded (same sha256)")
+            if new:
+                log.debug("%s: queued", f.path)
+            else:
+                log.info("%s: already recorded (same content, sha256 %s...)", f.path,
+                         f.sha256[:12])
         return added
 
     # -- one file -------------------------------------------------------------------------

@@ -283,3 +283,28 @@ def test_signals_first_warm_then_cold():
         wait_until(lambda: exits == [128 + signal.SIGINT], 2)
     assert s.received == 2
     assert signal.getsignal(signal.SIGINT) is not s._handle
+
+
+def test_a_rescan_finds_what_the_observer_missed(tmp_path):
+    q = InMemoryJobQueue()
+    # a polling observer that never polls again after its first snapshot stands in for an
+    # inotify queue overflow: only the periodic rescan can find the new file
+    with daemon([tmp_path], q, ReadingProcess(q), poll_s=1000.0, rescan_s=0.3) as d:
+        write_scan(tmp_path / "missed.sxm", 70)
+        wait_until(lambda: statuses(q) == {"missed.sxm": "done"})
+        d.finish()
+
+
+def test_a_deleted_file_is_forgotten_and_a_rewritten_one_is_a_new_scan(tmp_path):
+    q = InMemoryJobQueue()
+    data = sxm_bytes(80)
+    with daemon([tmp_path], q, ReadingProcess(q)) as d:
+        (tmp_path / "gone.sxm").write_bytes(data[:2000])
+        time.sleep(0.2)
+        (tmp_path / "gone.sxm").unlink()
+        write_scan(tmp_path / "same.sxm", 81)
+        wait_until(lambda: statuses(q) == {"same.sxm": "done"})
+        write_scan(tmp_path / "same.sxm", 82)  # new content under the same name
+        wait_until(lambda: len(q.rows) == 2 and set(statuses(q).values()) == {"done"})
+        report = d.finish()
+    assert report.pending_files == 0 and report.done == 2

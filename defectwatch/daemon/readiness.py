@@ -144,9 +144,9 @@ class Readiness:
                 continue
             self._remember(f)
             added += bool(new)
-            if f.note:
+            if new and f.note:
                 log.warning("%s: queued although %s", f.path, f.note)
-            if new:
+            elif new:
                 log.debug("%s: queued", f.path)
             else:
                 log.info("%s: already recorded (same content, sha256 %s...)", f.path,

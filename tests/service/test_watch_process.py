@@ -232,7 +232,7 @@ def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_m
     folder = tmp_path / "scans"
     n = 24
     for k in range(n):
-        write_scan(folder / f"scan_{k:03d}.sxm", 300 + k, pixels=64)
+        write_scan(folder / f"scan_{k:03d}.sxm", 300 + k, pixels=128)
     # the lease outlives a slow scan on a loaded machine, and has expired by the time the
     # restarted daemons are up (start-up takes longer than that)
     args = [str(folder), "--db", str(db), "--lease", "6", *FAST]

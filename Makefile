@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean default-model
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)  ## the whole test suite, layer contracts included
 
 bench: $(STAMP)  ## heavy measurements (not part of the tests)
 	$(BIN)/python -m benchmarks
+
+default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 1 h on 2 CPU cores)
+	$(BIN)/python -m defectwatch.service.default_model
 
 lint: $(STAMP)
 	$(BIN)/lint-imports

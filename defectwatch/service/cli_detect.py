@@ -60,10 +60,20 @@ def process(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fast: Annotated[bool, typer.Option(help="Channels-last (+ fp16 on CUDA) inference.")
                     ] = False,
+    no_db: Annotated[bool, typer.Option("--no-db", help="Do not record into the database.")
+                     ] = False,
+    db: Annotated[str | None, typer.Option(
+        "--db", metavar="URL", show_default=False,
+        help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).")
+    ] = None,
+    sample_rule: Annotated[str | None, typer.Option(
+        help="How a scan's sample is named: folder (the folder holding the file), "
+             "regex:PATTERN with a (?P<sample>...) group, or comment.")] = None,
 ) -> None:
-    """Find the defects in scans: coordinates, confidence, uncertainty, densities."""
-    from defectwatch.service.detection import detect_scan, load_ensemble
+    """Find the defects in scans: coordinates, confidence, uncertainty, densities; record
+    them in the database (unless --no-db)."""
     from defectwatch.pipeline.scan import read_scan
+    from defectwatch.service.detection import detect_scan, load_ensemble
     from defectwatch.service.pictures import write_overlay
 
     files = _expand(paths)
@@ -71,6 +81,7 @@ def process(
         _fail("no .sxm files found in " + ", ".join(str(p) for p in paths))
         raise typer.Exit(1)
     ensemble = load_ensemble(model, device=device, fast=fast)
+    record = None if no_db else _recorder(db, sample_rule)
     table = Table("file", "px", "nm", "troughs", "peaks", "density cm^-2 (95% CI)",
                   "mean conf", "s")
     failed = 0
@@ -89,6 +100,8 @@ def process(
                 bar.update(task, completed=k + 1)
                 continue
             det = detected.detection
+            if record is not None:
+                record(path, scan, det)
             if overlay is not None:
                 write_overlay(overlay / f"{path.stem}.png", detected.prediction, det.defects,
                               title=path.name)
@@ -113,6 +126,25 @@ def process(
         raise typer.Exit(1)
 
 
+def _recorder(db: str | None, sample_rule: str | None):
+    """``record(path, scan, detection)`` into the database (created and migrated if new)."""
+    from defectwatch.db.engine import normalize_url
+    from defectwatch.db.migrate import open_database
+    from defectwatch.service.config import check_sample_rule, get_settings
+    from defectwatch.service.ingest import record_file
+
+    settings = get_settings()
+    rule = check_sample_rule(sample_rule or settings.sample_rule)
+    engine = open_database(normalize_url(db or settings.db))
+
+    def record(path: Path, scan, detection) -> None:
+        # "folder": the sample is the folder holding the file
+        record_file(path, scan, detection, engine=engine, rule=rule,
+                    watch_root=path.resolve().parent.parent)
+
+    return record
+
+
 def _expand(paths: list[Path]) -> list[Path]:
     """Files as given; folders -> their .sxm files (case-insensitive), sorted."""
     files: list[Path] = []
@@ -122,3 +154,93 @@ def _expand(paths: list[Path]) -> list[Path]:
         else:
             files.append(p)
     return files
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Folders of simulated scans with truth CSVs, or rendered images (with --labels).")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Box labels for rendered images: VIA CSV (the paper's), VOC XML or COCO JSON.")
+    ] = None,
+    simulate_n: Annotated[int, typer.Option(
+        "--simulate", min=0, help="Also evaluate on N scans simulated in memory.")] = 0,
+    material: Annotated[str, typer.Option(help="Simulated: wse2 or mose2.")] = "wse2",
+    mode: Annotated[str, typer.Option(help="Simulated: stm or cafm.")] = "stm",
+    size_nm: Annotated[float, typer.Option("--size-nm", help="Simulated frame, nm.")] = 50.0,
+    pixels: Annotated[int, typer.Option(help="Simulated pixels per side.")] = 512,
+    seed: Annotated[int, typer.Option(help="Simulated: seed of the first scan.")] = 0,
+    model: Annotated[Path | None, typer.Option(
+        help="Model version directory (default: the shipped ensemble).")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Mean-probability threshold (default: the model's).")] = None,
+    radius_nm: Annotated[float, typer.Option(help="Matching radius, nm.")] = 1.0,
+    baseline: Annotated[bool, typer.Option(
+        help="Also tune and score the classical LoG baseline on the same scans.")] = False,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Write summary.json and the figures (PNG) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score the ensemble against ground truth: object level and the paper's pixel level."""
+    from defectwatch.service.detection import load_ensemble
+    from defectwatch.service.evaluation import (cases_from_folder, cases_from_images, evaluate
+                                                as run_evaluation, headline, simulated_cases,
+                                                write_report)
+
+    cases: list = []
+    images: list[Path] = []
+    for p in paths or []:
+        if p.is_dir() and any(q.suffix.lower() == ".sxm" for q in p.iterdir()):
+            cases += cases_from_folder(p)
+        elif p.is_dir():
+            images += sorted(q for q in p.iterdir()
+                             if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
+        elif p.is_file():
+            images.append(p)
+        else:
+            _fail(f"{p}: no such file or folder")
+            raise typer.Exit(1)
+    if images:
+        if labels is None:
+            _fail("rendered images need --labels (a VIA CSV, VOC XML or COCO JSON file)")
+            raise typer.Exit(1)
+        cases += cases_from_images(images, labels)
+    n = len(cases) + simulate_n
+    if n == 0:
+        _fail("nothing to evaluate: give folders, images with --labels, or --simulate N")
+        raise typer.Exit(1)
+    sims = simulated_cases(range(seed, seed + simulate_n), material=material.lower(),
+                           mode=mode.lower(), size_nm=size_nm, pixels=pixels)
+    ensemble = load_ensemble(model)
+    with _progress() as bar:
+        task = bar.add_task("evaluating", total=n)
+        report = run_evaluation(ensemble, [*cases, *sims], threshold=threshold,
+                                radius_nm=radius_nm, baseline=baseline, n_cases=n,
+                                on_progress=lambda done, total: bar.update(task,
+                                                                           completed=done))
+    if out_dir is not None:
+        written = write_report(report, out_dir)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    table = Table("method", "kind", "precision", "recall", "F1", "AP", "loc. nm", "TP", "FP",
+                  "FN")
+    rows = [("ensemble", report.objects)]
+    if report.baseline is not None:
+        rows.append(("LoG baseline", report.baseline))
+    for name, summary in rows:
+        for kind, s in headline(summary).items():
+            table.add_row(name, kind, *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1",
+                                                                 "ap")),
+                          f"{s['localisation_nm']:.2f}",
+                          *(str(int(s[k])) if math.isfinite(s[k]) else "-"
+                            for k in ("tp", "fp", "fn")))
+    out.print(table)
+    pm = report.pixels
+    out.print(f"pixel level: mAP {pm['map']:.3f}, mean AUROC {pm['mean_auroc']:.3f}, "
+              f"mean F1 {pm['mean_f1']:.3f}  ({n} scans, threshold "
+              f"{report.settings['threshold']:.2f}, matching within {radius_nm:g} nm)",
+              highlight=False)
+    if out_dir is not None:
+        out.print("wrote " + ", ".join(str(p) for p in written), highlight=False)

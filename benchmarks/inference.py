@@ -1,0 +1,138 @@
+"""Ensemble inference: ours (exact float32 and fast) against AtomAI's EnsemblePredictor + Locator.
+
+Same weights (the shipped default ensemble), same prepared images (simulated WSe2 scans at the
+model's pixel size), one image per call, this machine's CPU. Reports median seconds per image,
+peak extra resident memory (sampled), the largest difference of the mean probabilities against
+AtomAI, and the detection F1 between fast and exact mode.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import psutil
+
+from defectwatch.pipeline.inference import Ensemble
+from defectwatch.pipeline.metrics import match
+from defectwatch.pipeline.model import build_member, load_version
+from defectwatch.pipeline.preprocess import prepare
+from defectwatch.pipeline.simulate import simulate
+
+
+class PeakRss:
+    """Peak resident memory above the starting level while the block runs (sampled 200 Hz)."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        gc.collect()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    fn()  # warm-up (allocators, kernels)
+    times, peak, result = [], 0.0, None
+    for _ in range(repeats):
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+        peak = max(peak, mem.mb)
+    return float(np.median(times)), peak, result
+
+
+def prepared_image(pixels: int, model_nm: float) -> np.ndarray:
+    """A simulated WSe2 scan of ``pixels`` at the model's pixel size, prepared as inference does."""
+    size_nm = pixels * model_nm
+    sim = simulate(7, size_nm=size_nm, pixels=pixels, density_per_cm2=2e12)
+    image01, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(model_nm, model_nm),
+                            target_nm=model_nm)
+    return image01
+
+
+def atomai_runner(config, states) -> Callable[[np.ndarray], tuple[np.ndarray, dict]]:
+    import atomai as aoi
+
+    skeleton = build_member(config.architecture)
+    ensemble = {i: s for i, s in enumerate(states)}
+    nb = config.architecture.nb_classes
+
+    def run(image01: np.ndarray):
+        # a new predictor per image: EnsemblePredictor caches the first image's output shape
+        p = aoi.predictors.EnsemblePredictor(skeleton, ensemble, nb_classes=nb, verbose=False)
+        p.everbose = False  # AtomAI 0.8.1 forgets to set it when verbose=False
+        mean, _var = p.predict(image01[None], norm=False)  # (1, H, W, C) channel last
+        coords = aoi.predictors.Locator(threshold=0.5).run(mean)
+        return mean[0].transpose(2, 0, 1), coords
+
+    return run
+
+
+def detection_f1(a, b, radius_px: float = 10.0) -> float:
+    """F1 between two detection lists (same kind, within ``radius_px`` model pixels)."""
+    tp = 0
+    for kind in ("trough", "peak"):
+        pa = np.array([(d.col, d.row) for d in a if d.kind == kind]).reshape(-1, 2)
+        pb = np.array([(d.col, d.row) for d in b if d.kind == kind]).reshape(-1, 2)
+        tp += len(match(pa, pb, radius_nm=radius_px))
+    n = len(a) + len(b)
+    return 1.0 if n == 0 else 2 * tp / n
+
+
+def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
+    from defectwatch.pipeline.inference import Prediction
+    from defectwatch.pipeline.preprocess import Resampling
+
+    config, states = load_version(model_dir)
+    exact = Ensemble(config, states, device="cpu")
+    fast = Ensemble(config, states, device="cpu", fast=True)
+    atomai = atomai_runner(config, states)
+    rows = []
+    print("| pixels | AtomAI s | MB | ours exact s | MB | speed-up | max abs diff | "
+          "ours fast s | MB | speed-up | F1 fast vs exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for px in sizes:
+        image = prepared_image(px, config.pixel_size_nm)
+        full = Resampling(image.shape, image.shape)
+
+        def ours(ens):
+            def run():
+                mean, spread = ens.predict_image(image)
+                pred = Prediction(image, np.ones(image.shape, bool), mean, spread, full,
+                                  (config.pixel_size_nm,) * 2, tuple(config.classes))
+                return mean, pred.defects()
+            return run
+
+        t_a, m_a, (mean_a, _) = timed(lambda: atomai(image), repeats)
+        t_e, m_e, (mean_e, det_e) = timed(ours(exact), repeats)
+        t_f, m_f, (mean_f, det_f) = timed(ours(fast), repeats)
+        diff = float(np.abs(mean_e - mean_a).max())
+        f1 = detection_f1(det_e, det_f)
+        rows.append({"pixels": px, "atomai_s": t_a, "atomai_mb": m_a, "exact_s": t_e,
+                     "exact_mb": m_e, "max_abs_diff": diff, "fast_s": t_f, "fast_mb": m_f,
+                     "f1_fast_vs_exact": f1, "defects": len(det_e)})
+        print(f"| {px} | {t_a:.2f} | {m_a:.0f} | {t_e:.2f} | {m_e:.0f} | {t_a / t_e:.1f}x | "
+              f"{diff:.1e} | {t_f:.2f} | {m_f:.0f} | {t_a / t_f:.1f}x | {f1:.3f} |", flush=True)
+    return rows

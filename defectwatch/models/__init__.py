@@ -1,0 +1,1 @@
+"""Model versions shipped inside the package (see defectwatch.service.default_model)."""

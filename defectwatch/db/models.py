@@ -210,3 +210,16 @@ class DaemonHeartbeat(Base):
     started_at: Mapped[datetime]
     beat_at: Mapped[datetime] = mapped_column(index=True)
     stopped_at: Mapped[datetime | None]
+
+
+class SplitAssignment(Base):
+    """A labelled scan's frozen split (``train`` | ``test``): assigned once, never changed, so
+    every model version is compared on the same test scans (see ``db.splits``)."""
+
+    __tablename__ = "split_assignment"
+    __table_args__ = (CheckConstraint("split IN ('train', 'test')", name="split"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id", ondelete="CASCADE"), unique=True)
+    split: Mapped[str] = mapped_column(String(8))
+    assigned_at: Mapped[datetime] = mapped_column(default=utcnow)

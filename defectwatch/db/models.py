@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Dialect, Float,
-                        ForeignKey, Index, Integer, MetaData, String, Text)
+                        ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -197,6 +197,26 @@ class Label(Base):
     source: Mapped[str] = mapped_column(String(200))  # e.g. "via:file.json", "review:alice"
     exhaustive: Mapped[bool] = mapped_column(Boolean, default=False)  # every defect labelled
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabelSet(Base):
+    """The labels of one scan from one source (a label file, or accepted detections).
+
+    ``label`` rows with the same ``(scan_id, source)`` belong to it and carry its
+    ``exhaustive`` flag. It exists even when it holds no label, so a scan labelled as clean
+    (exhaustive, zero defects) is known. A scan is exhaustively labelled when any of its sets is.
+    """
+
+    __tablename__ = "label_set"
+    __table_args__ = (UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(200))  # e.g. "via:labels.csv", "accepted"
+    exhaustive: Mapped[bool] = mapped_column(Boolean, default=False)
+    labels: Mapped[int] = mapped_column(Integer, default=0)  # label rows it holds
+    file: Mapped[str | None] = mapped_column(Text)  # the file imported (None: not a file)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class DaemonHeartbeat(Base):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -135,39 +136,106 @@ def simulate(
 @app.command()
 def demo(
     outdir: Annotated[Path | None, typer.Option(
-        help="Keep the demo's files here (default: a temporary folder).")] = None,
+        help="Run in this new or empty folder and keep it (default: a temporary folder).")
+    ] = None,
+    scans: Annotated[int, typer.Option(min=1, max=100,
+                                       help="How many scans the simulated session writes.")
+                     ] = 9,
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Keep the temporary folder (scans, database, log) afterwards.")
+    ] = False,
+    model: Annotated[Path | None, typer.Option(
+        help="Model version directory (default: the shipped ensemble).")] = None,
 ) -> None:
-    """Simulate a short session (three scans of two samples) and inspect what was written."""
-    from defectwatch.service.scans import scan_summary
-    from defectwatch.service.simulation import write_simulated_scans
+    """Watch a folder while a simulated STM session writes scans of three samples into it, then
+    show the defect density of each sample (well under a minute of CPU)."""
+    from defectwatch.service.cli_record import density as density_command
+    from defectwatch.service.demo import DemoOptions, demo_folder, run_demo
 
-    folder = outdir or Path(tempfile.mkdtemp(prefix="defectwatch-demo-"))
-    plan = [("WSe2-SL445", "wse2", "stm", 0), ("WSe2-SL445", "wse2", "stm", 1),
-            ("MoSe2-M12", "mose2", "stm", 2)]
-    out.print(f"[bold]defectwatch demo[/bold]: writing simulated scans into {folder}")
-    written = []
-    with _progress() as bar:
-        task = bar.add_task("scanning", total=len(plan))
-        for k, (sample, material, mode, seed) in enumerate(plan):
-            written += write_simulated_scans(folder / sample, n=1, material=material, mode=mode,
-                                             seed=seed, preview=True, prefix=f"STM_{sample}")
-            bar.update(task, completed=k + 1)
-    table = Table("sample", "file", "px", "nm", "bias V", "acquired", "true defects",
-                  "visible")
-    for (sample, *_), w in zip(plan, written):
-        s = scan_summary(w.sxm, channel="Z")
-        table.add_row(sample, w.sxm.name, f"{s['nx']}x{s['ny']}",
-                      f"{s['width_nm']:.4g}", _num(s["bias_v"]), f"{s['acquired_fraction']:.0%}",
-                      str(w.defects), str(w.visible))
-    out.print(table)
-    out.print("Previews (flattened scan, truth overlaid):", highlight=False)
-    for w in written:
-        out.print(f"  {w.preview}", highlight=False)
+    try:
+        with demo_folder(outdir, keep=keep) as paths:
+            out.print(f"[bold]defectwatch demo[/bold]: a simulated STM session written into "
+                      f"{escape(str(paths.watch_dir))}; the daemon records it in "
+                      f"{escape(str(paths.db_file))}", highlight=False)
+            out.print("starting the daemon (loading the model)...", highlight=False)
+            result = run_demo(paths, options=DemoOptions(scans=scans), model_dir=model,
+                              on_event=_print_demo_event)
+            out.print()
+            out.print(f"[bold]Defect density per sample[/bold] (`defectwatch density`), "
+                      f"model {escape(result.model)}:", highlight=False)
+            density_command(samples=None, as_json=False, as_csv=False, db=paths.db_url)
+            if result.truth_per_cm2:
+                truth = ", ".join(f"{sample} {value:.3g}" for sample, value
+                                  in sorted(result.truth_per_cm2.items()))
+                out.print(f"simulated truth (visible defects, cm⁻²): {escape(truth)}",
+                          highlight=False)
+            _print_demo_end(result)
+    except DefectwatchError as exc:
+        _fail(escape(str(exc)))
+        raise typer.Exit(1) from None
+    if result.missing or result.failed:
+        raise typer.Exit(1)
+
+
+def _print_demo_event(event: Any) -> None:
+    """One line per thing that happened in the demo."""
+    t = f"[dim]{event.elapsed_s:5.1f} s[/dim]"
+    if event.kind == "started":
+        out.print(f"{t}  daemon watching, model {escape(event.model or '?')}",
+                  highlight=False)
+    elif event.kind == "written":
+        out.print(f"{t}  [dim]wrote    {escape(f'{event.sample}/{event.path.name}')}[/dim]",
+                  highlight=False)
+    elif event.kind == "recorded":
+        s = event.scan
+        where = escape(f"[{event.index}/{event.total}] {s['sample']}/{s['file']}")
+        if s["status"] == "done":
+            c = s["counts"] or {}
+            seconds = f", {s['seconds']:.1f} s" if s["seconds"] is not None else ""
+            out.print(f"{t}  [green]recorded[/green] {where}: {c.get('trough', 0)} trough, "
+                      f"{c.get('peak', 0)} peak, {_num(s['density_per_cm2'])} cm⁻²{seconds}",
+                      highlight=False)
+        else:
+            out.print(f"{t}  [red]failed[/red]   {where}: {escape(str(s['last_error']))}",
+                      highlight=False)
+    elif event.kind == "stopped":
+        out.print(f"{t}  daemon stopped", highlight=False)
+
+
+def _print_demo_end(result: Any) -> None:
+    """Where things are, what went wrong, and what to try next."""
+    paths = result.paths
+    for path in result.missing:
+        _fail(escape(f"{path}: not recorded within the demo's time limit "
+                     f"(see {paths.log_file})"))
+    for s in result.failed:
+        _fail(escape(f"{s['path']}: failed: {s['last_error']}"))
+    out.print(f"\n{len(result.scans)} scans recorded in {result.seconds:.0f} s.",
+              highlight=False)
+    if not paths.kept:
+        out.print("The demo's folder was temporary and is gone; `defectwatch demo --keep` "
+                  "(or --outdir DIR) keeps the scans, database and log to try more commands.",
+                  highlight=False)
+        return
+    first = result.written[0] if result.written else paths.watch_dir
+    out.print(escape(f"scans:    {paths.watch_dir}  (truth CSV beside each .sxm)\n"
+                     f"database: {paths.db_file}\n"
+                     f"log:      {paths.log_file}"), highlight=False, soft_wrap=True)
+    out.print("Try:", highlight=False)
+    db, q = shlex.quote(str(paths.db_file)), shlex.quote
+    for command in (f"defectwatch density --db {db}",
+                    f"defectwatch scans --db {db}",
+                    f"defectwatch defects {q(first.name)} --db {db}",
+                    f"defectwatch process {q(str(first))} --overlay "
+                    f"{q(str(paths.root / 'overlays'))} --no-db",
+                    f"defectwatch watch {q(str(paths.watch_dir))} --recursive --db {db}"):
+        out.print(f"  {escape(command)}", highlight=False, soft_wrap=True)
 
 
 from defectwatch.service import cli_detect  # noqa: E402,F401  (process, evaluate)
 from defectwatch.service import cli_record  # noqa: E402,F401  (samples, density, scans, ...)
 from defectwatch.service import cli_watch  # noqa: E402,F401  (watch)
+from defectwatch.service import cli_retrain  # noqa: E402,F401  (retrain)
 
 
 def main() -> None:

@@ -83,13 +83,6 @@ def test_simulate_rejects_unknown_material(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_demo_runs_on_the_embedded_defaults(tmp_path):
-    result = runner.invoke(app, ["demo", "--outdir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "WSe2-SL445" in result.output and "MoSe2-M12" in result.output
-    assert len(list(tmp_path.rglob("*.png"))) == 3
-
-
 @pytest.mark.parametrize("command", ["inspect", "simulate", "demo"])
 def test_every_command_has_help(command):
     help_text = typer.main.get_command(app).commands[command].help

@@ -17,10 +17,10 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from defectwatch.db.models import Label, ScanRow, SplitAssignment, utcnow
+from defectwatch.db.models import Label, LabelSet, ScanRow, SplitAssignment, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,26 @@ TEST_SHARE = 0.25
 
 
 def labelled_scans(*, session: Session) -> list[ScanRow]:
-    """Scans with at least one label, oldest first."""
-    has_label = select(Label.scan_id).distinct()
-    return list(session.scalars(select(ScanRow).where(ScanRow.id.in_(has_label))
+    """Scans a model can learn from, oldest first: those with at least one label, and those
+    labelled clean (an exhaustive label set holding no label)."""
+    has_label = select(Label.scan_id)
+    clean = select(LabelSet.scan_id).where(LabelSet.exhaustive.is_(True))
+    return list(session.scalars(select(ScanRow).where(or_(ScanRow.id.in_(has_label),
+                                                          ScanRow.id.in_(clean)))
                                 .order_by(ScanRow.id)))
+
+
+def exhaustive_scan_ids(scan_ids: Iterable[int], *, session: Session) -> set[int]:
+    """The scans among ``scan_ids`` whose every defect is marked: any of their label sets (or
+    label rows) says so."""
+    ids = list(scan_ids)
+    if not ids:
+        return set()
+    sets = session.scalars(select(LabelSet.scan_id).where(LabelSet.scan_id.in_(ids),
+                                                          LabelSet.exhaustive.is_(True)))
+    rows = session.scalars(select(Label.scan_id).where(Label.scan_id.in_(ids),
+                                                       Label.exhaustive.is_(True)))
+    return {int(i) for i in sets} | {int(i) for i in rows}
 
 
 def scan_labels(scan_ids: Iterable[int], *, session: Session) -> dict[int, list[Label]]:

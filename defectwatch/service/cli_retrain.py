@@ -1,0 +1,135 @@
+"""`defectwatch retrain`: train a candidate from the labels in the record, compare it with the
+active version on the frozen test split, and promote it only when it is no worse.
+
+Exit status 0 whether the candidate was activated or kept as a candidate (both are normal
+outcomes; ``--json`` says which); 1 with one line on stderr when nothing could be trained
+(too few labelled scans, another retrain running, no model, a bad option).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import TaskID
+from rich.table import Table
+
+from defectwatch.service.cli import _progress, app, err, out
+from defectwatch.service.cli_record import DbOption, _database
+
+
+@app.command()
+def retrain(
+    members: Annotated[int, typer.Option(min=1, help="Ensemble members to train.")] = 10,
+    iterations: Annotated[int, typer.Option(
+        min=1, help="Mini-batches per member.")] = 500,
+    from_active: Annotated[bool, typer.Option(
+        "--from-active", help="Fine-tune the active version's members instead of training "
+                              "from scratch.")] = False,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")
+                      ] = "auto",
+    promote: Annotated[str, typer.Option(
+        help="auto: activate only if no class's F1 drops by more than --tolerance and the "
+             "mean F1 holds; never: keep it a candidate; force: activate.")] = "auto",
+    db: DbOption = None,
+    models_dir: Annotated[Path | None, typer.Option(
+        "--models-dir", help="Where version directories are written (default: "
+                             "DEFECTWATCH_MODELS_DIR, else the user data dir's models).")
+    ] = None,
+    filters: Annotated[int | None, typer.Option(
+        min=1, help="U-Net filters (default: the active version's).")] = None,
+    crop: Annotated[int, typer.Option(
+        "--crop", min=16, help="Training crop side, model pixels (a multiple of 8).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of member 0 (member k uses seed + k).")] = 0,
+    tolerance: Annotated[float, typer.Option(
+        min=0.0, max=0.99, help="Largest F1 drop of one class that --promote auto accepts.")
+    ] = 0.02,
+    learning_rate: Annotated[float, typer.Option(
+        "--learning-rate", min=1e-7, help="Adam learning rate.")] = 1e-3,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Name of the new version (default: retrain-<UTC time>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")
+                       ] = False,
+) -> None:
+    """Retrain the ensemble from all accumulated labels and promote it only if it is no
+    worse than the active version on the frozen test split."""
+    from defectwatch.service.config import get_settings
+    from defectwatch.service.retraining import RetrainOptions, retrain as run_retrain
+
+    options = RetrainOptions(members=members, iterations=iterations, from_active=from_active,
+                             device=device, promote=promote.lower(), filters=filters,
+                             crop_px=crop, seed=seed, tolerance=tolerance,
+                             learning_rate=learning_rate, version=name)
+
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
+                  soft_wrap=True)
+
+    with _database(db) as engine:
+        folder = models_dir or get_settings().models_dir
+        with _progress() as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(task: str, done: int, total: int) -> None:
+                if task not in tasks:
+                    tasks[task] = bar.add_task(task, total=total or None)
+                bar.update(tasks[task], completed=done)
+
+            result = run_retrain(engine, models_dir=folder, options=options,
+                                 on_progress=progress, on_note=warn)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    out.print(comparison_table(result.candidate, result.active,
+                               candidate_name=result.version, active_name=result.parent))
+    why = result.decision.summary()
+    if result.activated:
+        out.print(f"[green]activated[/green] {escape(result.version)} (was "
+                  f"{escape(result.parent)}): {escape(why)}", highlight=False)
+    else:
+        out.print(f"[yellow]kept as a candidate[/yellow] {escape(result.version)} "
+                  f"({escape(result.parent)} stays active): {escape(why)}", highlight=False)
+    out.print(f"written to {escape(str(result.directory))}", highlight=False)
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) \
+        else f"{value:.3f}"
+
+
+def comparison_table(candidate: dict[str, Any], active: dict[str, Any], *,
+                     candidate_name: str = "candidate", active_name: str = "active") -> Table:
+    """Both versions side by side on the test split: per class object-level precision,
+    recall, F1 and AP (TP/FP/FN in brackets), the mean F1 and object mAP over the classes, and
+    the paper's pixel-level mean F1 and mAP; the last column is the change in F1."""
+    table = Table("kind", "active P", "R", "F1 (TP/FP/FN)", "AP", "candidate P", "R",
+                  "F1 (TP/FP/FN)", "AP", "ΔF1",
+                  title=f"active {escape(active_name)} vs candidate {escape(candidate_name)} "
+                        f"on the frozen test split ({candidate.get('scans')} scan(s))")
+
+    def counts(s: dict[str, Any]) -> str:
+        return "" if s.get("tp") is None else f" ({s['tp']}/{s['fp']}/{s['fn']})"
+
+    for kind in candidate["kinds"]:
+        a, c = active["kinds"][kind], candidate["kinds"][kind]
+        table.add_row(kind, _f(a["precision"]), _f(a["recall"]),
+                      _f(a["f1"]) + counts(a), _f(a["ap"]), _f(c["precision"]),
+                      _f(c["recall"]), _f(c["f1"]) + counts(c), _f(c["ap"]),
+                      _delta(c["f1"], a["f1"]))
+    table.add_row("mean (object mAP)", "", "", _f(active["mean_f1"]), _f(active["map"]), "", "",
+                  _f(candidate["mean_f1"]), _f(candidate["map"]),
+                  _delta(candidate["mean_f1"], active["mean_f1"]), end_section=True)
+    ap, cp = active["pixels"], candidate["pixels"]
+    table.add_row("pixel level (mAP)", "", "", _f(ap["mean_f1"]), _f(ap["map"]), "", "",
+                  _f(cp["mean_f1"]), _f(cp["map"]), _delta(cp["mean_f1"], ap["mean_f1"]))
+    return table
+
+
+def _delta(new: Any, old: Any) -> str:
+    if new is None or old is None:
+        return "-"
+    return f"{new - old:+.3f}"

@@ -104,6 +104,21 @@ def test_cli_demo_prints_progress_density_table_and_next_commands(tmp_path, tiny
     assert (outdir / "defectwatch.db").is_file() and (outdir / "watch.log").is_file()
 
 
+def test_daemon_stopped_when_the_demo_is_interrupted(tmp_path, tiny_model):
+    """Ctrl-C (here: an error in the caller's callback) still stops the daemon thread."""
+
+    def interrupt(event):
+        if event.kind == "written":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with demo_folder() as paths:
+            run_demo(paths, options=dataclasses.replace(QUICK, scans=2), model_dir=tiny_model,
+                     on_event=interrupt)
+    assert not any(t.name == "defectwatch-demo-daemon" for t in threading.enumerate())
+    assert not paths.root.exists()
+
+
 def test_temporary_folder_removed_unless_kept():
     with demo_folder() as paths:
         (paths.watch_dir / "x").mkdir(parents=True)

@@ -28,7 +28,7 @@ SPLITS = ("train", "test")
 TEST_SHARE = 0.25
 
 
-def labelled_scans(*, session: Session) -> list[ScanRow]:
+def trainable_scans(*, session: Session) -> list[ScanRow]:
     """Scans a model can learn from, oldest first: those with at least one label, and those
     labelled clean (an exhaustive label set holding no label)."""
     has_label = select(Label.scan_id)

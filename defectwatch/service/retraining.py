@@ -44,7 +44,7 @@ from defectwatch.db.engine import read_transaction, write_transaction
 from defectwatch.db.models import utcnow
 from defectwatch.db.registry import active_version, list_versions, register_version
 from defectwatch.db.splits import (TEST_SHARE, assign_splits, exhaustive_scan_ids,
-                                   labelled_scans, scan_labels)
+                                   scan_labels, trainable_scans)
 from defectwatch.domain import Scan
 from defectwatch.errors import ConfigError, DefectwatchError
 from defectwatch.pipeline.labels import CLASS_INDEX, DEFAULT_RADIUS_NM, IGNORE, circle_mask
@@ -249,7 +249,7 @@ def gather_labelled_scans(engine: Engine, *, test_share: float = TEST_SHARE,
     file. NotEnoughLabelsError below ``MIN_LABELLED_SCANS``; unreadable files are skipped with
     a note."""
     with read_transaction(engine) as session:
-        rows = labelled_scans(session=session)
+        rows = trainable_scans(session=session)
         labels = scan_labels([r.id for r in rows], session=session)
         exhaustive = exhaustive_scan_ids([r.id for r in rows], session=session)
         meta = [(r.id, r.path, r.channel, r.width_nm, r.height_nm) for r in rows]

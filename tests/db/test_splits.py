@@ -7,9 +7,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from defectwatch.db import open_database, read_transaction, write_transaction
-from defectwatch.db.models import Label, ScanRow, SplitAssignment
-from defectwatch.db.splits import (assign_splits, label_counts, labelled_scans, scan_labels,
-                                   split_assignments, target_test_count)
+from defectwatch.db.models import Label, LabelSet, ScanRow, SplitAssignment
+from defectwatch.db.splits import (assign_splits, exhaustive_scan_ids, label_counts,
+                                   scan_labels, split_assignments, target_test_count,
+                                   trainable_scans)
 from tests.db.factories import record
 
 
@@ -37,11 +38,29 @@ def test_labelled_scans_and_their_labels(engine):
     ids = add_scans(engine, ["a", "b"], labels=3)
     bare = record(engine, "/w/S/unlabelled.sxm", sample="S", runs=[])
     with read_transaction(engine) as s:
-        assert [r.id for r in labelled_scans(session=s)] == ids
+        assert [r.id for r in trainable_scans(session=s)] == ids
         assert label_counts(session=s) == {ids[0]: 3, ids[1]: 3}
         got = scan_labels([*ids, bare], session=s)
         assert set(got) == set(ids) and [lab.row for lab in got[ids[0]]] == [10.0, 11.0, 12.0]
         assert scan_labels([], session=s) == {}
+
+
+def test_clean_scans_count_and_exhaustive_comes_from_sets_or_rows(engine):
+    partial, from_rows = add_scans(engine, ["partial", "rows"])
+    clean = record(engine, "/w/S/clean.sxm", sample="S", runs=[])
+    empty_partial = record(engine, "/w/S/nothing.sxm", sample="S", runs=[])
+    with write_transaction(engine) as s:
+        s.get(ScanRow, partial).path = "/w/S/partial.sxm"
+        for label in s.scalars(select(Label).where(Label.scan_id == partial)):
+            label.exhaustive = False
+        s.add(LabelSet(scan_id=partial, source="test", exhaustive=False, labels=2))
+        s.add(LabelSet(scan_id=clean, source="review", exhaustive=True, labels=0))
+        s.add(LabelSet(scan_id=empty_partial, source="review", exhaustive=False, labels=0))
+    with read_transaction(engine) as s:
+        assert [r.id for r in trainable_scans(session=s)] == [partial, from_rows, clean]
+        assert exhaustive_scan_ids([partial, from_rows, clean, empty_partial], session=s) == \
+            {from_rows, clean}
+        assert exhaustive_scan_ids([], session=s) == set()
 
 
 def test_first_use_freezes_a_quarter_deterministically(tmp_path):

@@ -32,6 +32,7 @@ class SampleTotals:
     total: int
     latest_seen_at: datetime | None  # when defectwatch first saw its newest scan (UTC)
     latest_path: str | None  # that scan's path
+    counted: int = 0  # done scans with a detection run (images recorded for labels have none)
 
 
 def latest_runs():  # type: ignore[no-untyped-def]
@@ -59,7 +60,7 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
         .group_by(ScanRow.sample_id))
     latest = latest_runs()
     sums = (
-        select(ScanRow.sample_id, func.sum(DetectionRun.area_nm2),
+        select(ScanRow.sample_id, func.count(ScanRow.id), func.sum(DetectionRun.area_nm2),
                func.sum(DetectionRun.trough_count), func.sum(DetectionRun.peak_count),
                func.sum(DetectionRun.defect_count))
         .join(latest, latest.c.scan_id == ScanRow.id)
@@ -77,7 +78,7 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
         select(ScanRow).where(ScanRow.id.in_([row[5] for row in rows])))}
     out = []
     for sample_id, scans, done, failed, pending, newest_id in rows:
-        area, trough, peak, total = counted.get(sample_id, (0.0, 0, 0, 0))
+        n_counted, area, trough, peak, total = counted.get(sample_id, (0, 0.0, 0, 0, 0))
         latest_row = newest.get(newest_id)
         out.append(SampleTotals(
             sample=names.get(sample_id) if sample_id is not None else None, scans=int(scans),
@@ -85,7 +86,7 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
             area_nm2=float(area or 0.0), trough=int(trough or 0), peak=int(peak or 0),
             total=int(total or 0),
             latest_seen_at=latest_row.created_at if latest_row else None,
-            latest_path=latest_row.path if latest_row else None))
+            latest_path=latest_row.path if latest_row else None, counted=int(n_counted or 0)))
     known = set(names.values())
     asked = known if samples is None else known & set(samples)
     for name in asked - {t.sample for t in out}:  # samples without scans (e.g. all merged)

@@ -50,7 +50,7 @@ def _density(t: q.SampleTotals) -> SampleDensity:
     counts = {"trough": t.trough, "peak": t.peak, "total": t.total}
     per = {k: density(n, t.area_nm2, kind=k) for k, n in counts.items()}
     return SampleDensity(
-        sample=t.sample, scans=t.done, area_nm2=t.area_nm2, counts=counts,
+        sample=t.sample, scans=t.counted, area_nm2=t.area_nm2, counts=counts,
         density_per_cm2={k: d.per_cm2 for k, d in per.items()},
         ci95_per_cm2={k: (d.ci95_low_per_cm2, d.ci95_high_per_cm2) for k, d in per.items()})
 
@@ -75,7 +75,7 @@ def density_report(engine: Engine, samples: Sequence[str] | None = None
     if samples:
         order = {name: i for i, name in enumerate(samples)}
         return [_density(t) for t in sorted(totals, key=lambda t: order.get(t.sample or "", 0))]
-    return [_density(t) for t in totals if t.done]
+    return [_density(t) for t in totals if t.counted]
 
 
 def samples_overview(engine: Engine) -> list[dict[str, Any]]:

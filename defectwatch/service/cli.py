@@ -236,6 +236,9 @@ from defectwatch.service import cli_detect  # noqa: E402,F401  (process, evaluat
 from defectwatch.service import cli_record  # noqa: E402,F401  (samples, density, scans, ...)
 from defectwatch.service import cli_watch  # noqa: E402,F401  (watch)
 from defectwatch.service import cli_retrain  # noqa: E402,F401  (retrain)
+from defectwatch.service import cli_labels  # noqa: E402,F401  (labels, import-image)
+from defectwatch.service import cli_models  # noqa: E402,F401  (models, reprocess)
+from defectwatch.service import cli_service  # noqa: E402,F401  (service install/uninstall)
 
 
 def main() -> None:

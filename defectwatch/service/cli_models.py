@@ -1,0 +1,126 @@
+"""Commands for model versions: ``models list | activate | rollback`` and ``reprocess``.
+Registered on the main app by one import line in ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePath
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from defectwatch.service.cli import _progress, app, err, out
+from defectwatch.service.cli_labels import _writable_database
+from defectwatch.service.cli_record import DbOption, _database
+
+models_app = typer.Typer(help="Model versions: list, activate, roll back.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _metrics_summary(metrics: dict[str, Any], *, limit: int = 4) -> str:
+    """A few numeric metrics as ``key=value`` (nested keys joined with dots)."""
+    flat: list[tuple[str, float]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (int, float)):
+            flat.append((prefix, float(value)))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+
+    walk("", metrics)
+    preferred = sorted(flat, key=lambda kv: ("f1" not in kv[0].lower(), kv[0]))
+    shown = " ".join(f"{k}={v:.3g}" for k, v in preferred[:limit])
+    return shown + (f" (+{len(flat) - limit})" if len(flat) > limit else "") or "-"
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="A JSON list of {version, active, created_at, parent, members, "
+        "metrics}.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Registered model versions, oldest first; the active one is marked."""
+    from defectwatch.service.model_versions import versions_report
+
+    with _writable_database(db) as engine:
+        rows = versions_report(engine)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("", "version", "created (UTC)", "parent", "members", "metrics")
+    for r in rows:
+        table.add_row("[green]*[/green]" if r["active"] else "", escape(r["version"]),
+                      (r["created_at"] or "-")[:19].replace("T", " "),
+                      escape(r["parent"] or "-"), str(r["members"]),
+                      escape(_metrics_summary(r["metrics"])))
+    out.print(table)
+
+
+@models_app.command("activate")
+def models_activate(
+    version: Annotated[str, typer.Argument(help="A registered version's name.")],
+    db: DbOption = None,
+) -> None:
+    """Make VERSION the active model (the daemon takes it between scans). Refused when its
+    directory no longer loads."""
+    from defectwatch.service.model_versions import activate
+
+    with _writable_database(db) as engine:
+        s = activate(engine, version)
+    if not s.changed:
+        out.print(escape(f"{s.version} is already the active version"), highlight=False)
+        return
+    out.print(escape(f"activated {s.version} (was {s.previous or '-'})"), highlight=False)
+
+
+@models_app.command("rollback")
+def models_rollback(db: DbOption = None) -> None:
+    """Undo the latest activation: the previously active version is active again."""
+    from defectwatch.service.model_versions import rollback
+
+    with _writable_database(db) as engine:
+        s = rollback(engine)
+    out.print(escape(f"rolled back to {s.version} (was {s.previous or '-'})"),
+              highlight=False)
+
+
+@app.command()
+def reprocess(
+    sample: Annotated[str | None, typer.Option(help="Only this sample's scans.")] = None,
+    outdated: Annotated[bool, typer.Option(
+        "--outdated", help="Only scans whose latest run used another model version.")] = False,
+    channel: Annotated[str | None, typer.Option(
+        help="Channel to analyse (default: the one each scan was recorded with).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Re-score recorded .sxm scans with the active model version; earlier runs are kept and
+    densities use each scan's latest run."""
+    from defectwatch.service.reprocess import reprocess as run_reprocess
+
+    with _database(db) as engine, _progress() as bar:
+        task = bar.add_task("re-scoring", total=None)
+        result = run_reprocess(
+            engine, sample=sample, outdated=outdated, channel=channel,
+            on_progress=lambda i, n: bar.update(task, completed=i, total=n))
+        bar.update(task, total=max(result.considered, 1), completed=max(result.considered, 1))
+    for path, why in result.skipped:
+        err.print(f"[yellow]warning:[/yellow] {escape(f'{path}: not re-scored: {why}')}",
+                  highlight=False, soft_wrap=True)
+    out.print(escape(f"re-scored {len(result.rescored)} of {result.considered} scan(s) with "
+                     f"{result.model_version}"
+                     + (f"; {len(result.skipped)} skipped" if result.skipped else "")),
+              highlight=False)
+    for r in result.rescored:
+        out.print(escape(f"  {PurePath(r.path).name}: {r.defects} defects "
+                         f"(was {r.previous_version})"), highlight=False)
+    if result.skipped and not result.rescored:
+        raise typer.Exit(1)
+

@@ -1,0 +1,111 @@
+"""Use cases: the model registry as ``defectwatch models`` shows and changes it.
+
+The registry is never empty when asked: the shipped default is registered and activated first
+(``ingest.active_model``). A version is activated (or rolled back to) only when its directory
+still loads (``pipeline.model.load_version``: config, member files, sha256, architecture), so
+the daemon never meets a broken active version; the check runs outside the write lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from defectwatch.db.engine import read_transaction, write_transaction
+from defectwatch.db.registry import (activate_version, active_version, get_version,
+                                     list_versions, rollback_version)
+from defectwatch.errors import ConfigError
+from defectwatch.service.ingest import active_model
+
+log = logging.getLogger(__name__)
+
+JSON_KEYS = ("version", "active", "created_at", "parent", "members", "metrics")
+
+Check = Callable[[Path], None]  # raises ModelLoadError when a version directory is unusable
+
+
+def check_loads(directory: Path) -> None:
+    """Raise ModelLoadError naming what is wrong when ``directory`` is not a loadable version."""
+    from defectwatch.pipeline.model import load_version
+
+    load_version(directory)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The outcome of ``activate`` / ``rollback``."""
+
+    version: str
+    directory: str
+    previous: str | None
+    changed: bool  # False: it was already the active version
+
+
+def versions_report(engine: Engine) -> list[dict[str, Any]]:
+    """Every registered version, oldest first, as the ``models list --json`` objects:
+    ``version, active, created_at (ISO, UTC), parent, members, metrics``."""
+    active_model(engine)
+    with read_transaction(engine) as session:
+        return [{"version": v.name, "active": bool(v.active),
+                 "created_at": v.created_at.isoformat() if v.created_at else None,
+                 "parent": v.parent, "members": int(v.members or 0),
+                 "metrics": dict(v.metrics or {})} for v in list_versions(session=session)]
+
+
+def version_directories(engine: Engine) -> dict[str, str]:
+    """Version name -> its directory."""
+    with read_transaction(engine) as session:
+        return {v.name: v.directory for v in list_versions(session=session)}
+
+
+def activate(engine: Engine, name: str, *, check: Check = check_loads) -> Switch:
+    """Make ``name`` the active version (NotFoundError for an unknown one; ModelLoadError when
+    its directory no longer loads, nothing changed)."""
+    active_model(engine)
+    with read_transaction(engine) as session:
+        target = get_version(name, session=session)
+        current = active_version(session=session)
+        directory = target.directory
+        previous = current.name if current else None
+    if previous == name:
+        return Switch(name, directory, previous, changed=False)
+    check(Path(directory))
+    with write_transaction(engine) as session:
+        current = active_version(session=session)
+        version = activate_version(name, session=session)
+        return Switch(version.name, version.directory, current.name if current else None,
+                      changed=True)
+
+
+class _Undo(Exception):
+    """Raised to roll back a trial transaction."""
+
+
+def rollback(engine: Engine, *, check: Check = check_loads) -> Switch:
+    """Undo the latest activation (NotFoundError when there is nothing to go back to;
+    ModelLoadError when the previous version no longer loads, nothing changed)."""
+    active_model(engine)
+    found: dict[str, str] = {}
+    try:  # find the target without keeping the change (the check may take seconds)
+        with write_transaction(engine) as session:
+            current = active_version(session=session)
+            target = rollback_version(session=session)
+            found = {"name": target.name, "directory": target.directory,
+                     "previous": current.name if current else ""}
+            raise _Undo
+    except _Undo:
+        pass
+    check(Path(found["directory"]))
+    with write_transaction(engine) as session:
+        current = active_version(session=session)
+        target = rollback_version(session=session)
+        if target.name != found["name"]:  # another process changed the registry meanwhile
+            raise ConfigError("the model registry changed while the rollback target was "
+                              "checked; nothing was changed, run the rollback again")
+        return Switch(target.name, target.directory, current.name if current else None,
+                      changed=True)

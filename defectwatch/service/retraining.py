@@ -450,6 +450,13 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
     from defectwatch.service.ingest import active_model
 
     options.check()
+    try:
+        device = resolve_device(options.device)
+    except RuntimeError:
+        raise ConfigError(f"--device {options.device!r}: use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {options.device}: no CUDA GPU is usable here; use auto "
+                          "or cpu")
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -488,7 +495,6 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         recipe = TrainingRecipe(members=options.members, iterations=options.iterations,
                                 batch_size=options.batch_size, crop_px=options.crop_px,
                                 learning_rate=options.learning_rate, seed=options.seed)
-        device = resolve_device(options.device)
 
         def progress(member: int, it: int, total: int, _loss: float) -> None:
             if on_progress:

@@ -312,3 +312,16 @@ def test_partial_labels_leave_unmarked_areas_ignored(sim_scans):
     # the peak's 2 nm box radius is capped at its class default (0.7 nm = 7 model px)
     r, c = at(70, 60)
     assert full[r, c + 6] == 2 and full[r, c + 9] == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--crop", "60"], "--crop 60: use a multiple of 8"),
+    (["--promote", "sometimes"], "--promote 'sometimes': choose auto, never or force"),
+    (["--device", "tpu"], "--device 'tpu': use auto, cpu or cuda"),
+])
+def test_bad_options_are_one_line_and_exit_1(record, args, message):
+    db, models = record
+    result = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models), *args])
+    assert result.exit_code == 1 and message in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    assert versions(db) == [("blind-1", True, None)]

@@ -121,6 +121,4 @@ def reprocess(
     for r in result.rescored:
         out.print(escape(f"  {PurePath(r.path).name}: {r.defects} defects "
                          f"(was {r.previous_version})"), highlight=False)
-    if result.skipped and not result.rescored:
-        raise typer.Exit(1)
 

@@ -83,10 +83,49 @@ class ModelConfig:
         return cls(**d)
 
 
-def build_member(spec: UnetSpec):
-    """A fresh ``atomai.nets.Unet`` (imports atomai lazily: it takes seconds)."""
-    from atomai.nets import Unet
+_LIGHT_PACKAGE = "_defectwatch_atomai_nets"
 
+
+def unet_class():
+    """``atomai.nets.Unet`` without importing all of atomai.
+
+    ``import atomai`` pulls gpytorch, mendeleev, its trainers and predictors (seconds and about
+    400 MB per process); the U-Net needs only ``atomai/nets/fcnn.py`` and ``blocks.py``, which
+    are loaded here from atomai's installed files under a private package name. Same classes,
+    same state dict keys. Falls back to the normal import if atomai's layout differs.
+    """
+    import importlib.util
+    import sys
+
+    if "atomai.nets" in sys.modules:
+        return sys.modules["atomai.nets"].Unet
+    if f"{_LIGHT_PACKAGE}.fcnn" in sys.modules:
+        return sys.modules[f"{_LIGHT_PACKAGE}.fcnn"].Unet
+    try:
+        import types
+
+        root = Path(importlib.util.find_spec("atomai").origin).parent / "nets"
+        package = types.ModuleType(_LIGHT_PACKAGE)
+        package.__path__ = [str(root)]
+        sys.modules[_LIGHT_PACKAGE] = package
+        for name in ("blocks", "fcnn"):
+            spec = importlib.util.spec_from_file_location(f"{_LIGHT_PACKAGE}.{name}",
+                                                          root / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        return sys.modules[f"{_LIGHT_PACKAGE}.fcnn"].Unet
+    except Exception:  # pragma: no cover - another atomai layout: take the slow road
+        for name in (f"{_LIGHT_PACKAGE}.fcnn", f"{_LIGHT_PACKAGE}.blocks", _LIGHT_PACKAGE):
+            sys.modules.pop(name, None)
+        from atomai.nets import Unet
+
+        return Unet
+
+
+def build_member(spec: UnetSpec):
+    """A fresh ``atomai.nets.Unet`` (see `unet_class`)."""
+    Unet = unet_class()
     return Unet(nb_classes=spec.nb_classes, nb_filters=spec.nb_filters,
                 batch_norm=spec.batch_norm, dropout=spec.dropout,
                 upsampling_mode=spec.upsampling_mode, with_dilation=spec.with_dilation,

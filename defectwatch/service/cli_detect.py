@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
@@ -80,8 +81,12 @@ def process(
     if not files:
         _fail("no .sxm files found in " + ", ".join(str(p) for p in paths))
         raise typer.Exit(1)
-    ensemble = load_ensemble(model, device=device, fast=fast)
-    record = None if no_db else _recorder(db, sample_rule)
+    try:
+        ensemble = load_ensemble(model, device=device, fast=fast)
+        record = None if no_db else _recorder(db, sample_rule)
+    except DefectwatchError as exc:
+        _fail(escape(str(exc)))
+        raise typer.Exit(1) from None
     table = Table("file", "px", "nm", "troughs", "peaks", "density cm^-2 (95% CI)",
                   "mean conf", "s")
     failed = 0
@@ -96,7 +101,7 @@ def process(
                 if as_json:
                     print(json.dumps(failed_json(path, str(exc))), flush=True)
                 else:
-                    _fail(str(exc))
+                    _fail(escape(str(exc)))
                 bar.update(task, completed=k + 1)
                 continue
             det = detected.detection
@@ -212,7 +217,11 @@ def evaluate(
         raise typer.Exit(1)
     sims = simulated_cases(range(seed, seed + simulate_n), material=material.lower(),
                            mode=mode.lower(), size_nm=size_nm, pixels=pixels)
-    ensemble = load_ensemble(model)
+    try:
+        ensemble = load_ensemble(model)
+    except DefectwatchError as exc:
+        _fail(escape(str(exc)))
+        raise typer.Exit(1) from None
     with _progress() as bar:
         task = bar.add_task("evaluating", total=n)
         report = run_evaluation(ensemble, [*cases, *sims], threshold=threshold,

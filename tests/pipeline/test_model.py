@@ -59,3 +59,22 @@ def test_corrupted_missing_or_mismatched_weights_are_refused(tmp_path):
     (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="do not fit"):
         load_version(tmp_path / "w")
+
+
+def test_light_unet_is_atomais_unet():
+    """The U-Net loaded without all of atomai has atomai's keys, shapes and outputs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from defectwatch.pipeline.model import build_member, UnetSpec;"
+            "torch.manual_seed(0); m = build_member(UnetSpec(nb_filters=4));"
+            "assert 'atomai' not in sys.modules, 'atomai was imported';"
+            "import atomai.nets; torch.manual_seed(0);"
+            "a = atomai.nets.Unet(nb_classes=3, nb_filters=4, layers=[1, 2, 2, 3]);"
+            "sa, sm = a.state_dict(), m.state_dict();"
+            "assert list(sa) == list(sm) and all(torch.equal(sa[k], sm[k]) for k in sa);"
+            "x = torch.rand(1, 1, 32, 32); a.eval(); m.eval();"
+            "assert torch.equal(a(x), m(x)); print('same')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]

@@ -128,7 +128,9 @@ def labels_import(
             _warn(f"{name}: not matched: {image}: {why}")
     if failed or (matched == 0 and reports):
         if matched == 0 and not failed:
-            _fail("no labels were imported: no image matched a recorded scan")
+            unmatched = any(r.unmatched for r in reports)
+            _fail("no labels were imported: " + ("no image matched a recorded scan" if unmatched
+                                                 else "the files hold no defect label"))
         raise typer.Exit(1)
 
 

@@ -57,12 +57,6 @@ def versions_report(engine: Engine) -> list[dict[str, Any]]:
                  "metrics": dict(v.metrics or {})} for v in list_versions(session=session)]
 
 
-def version_directories(engine: Engine) -> dict[str, str]:
-    """Version name -> its directory."""
-    with read_transaction(engine) as session:
-        return {v.name: v.directory for v in list_versions(session=session)}
-
-
 def activate(engine: Engine, name: str, *, check: Check = check_loads) -> Switch:
     """Make ``name`` the active version (NotFoundError for an unknown one; ModelLoadError when
     its directory no longer loads, nothing changed)."""

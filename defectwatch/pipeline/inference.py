@@ -51,13 +51,15 @@ class Prediction:
         (ny, nx), (my, mx) = self.mapping.shape_in, self.mapping.shape_out
         return self.scan_pixel_nm[0] * nx / mx, self.scan_pixel_nm[1] * ny / my
 
-    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05) -> list[Defect]:
-        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner."""
+    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05,
+                split_distance_nm: float = 0.0) -> list[Defect]:
+        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner;
+        ``split_distance_nm`` > 0 splits touching defects (see `detect.find_defects`)."""
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
         found = find_defects(self.mean, self.spread, pixel_size_nm=(px, py),
                              threshold=threshold, min_area_px=min_px, classes=self.classes,
-                             valid=self.valid)
+                             valid=self.valid, split_distance_px=split_distance_nm / px)
         if not found:
             return []
         rows, cols = self.mapping.to_original(np.array([d.row for d in found]),
@@ -77,13 +79,18 @@ class Ensemble:
 
     def __init__(self, config: ModelConfig, states: Sequence[dict[str, Any]], *,
                  device: str = "auto", fast: bool = False, tile_px: int = 1024,
-                 margin_px: int = 64, threads: int | None = None):
+                 margin_px: int = 64, threads: int | None = None,
+                 side_by_side: int = 1):
         import torch
 
         if tile_px % 8 or margin_px % 8:
             raise ValueError("tile_px and margin_px must be multiples of 8")
         if threads:
             torch.set_num_threads(threads)
+        # members run ``side_by_side`` at a time in Python threads (torch releases the GIL);
+        # on a few CPU cores this beats splitting each small convolution across threads
+        self.side_by_side = max(1, int(side_by_side))
+        self._pool = None
         self.config = config
         self.device = resolve_device(device)
         self.fast = fast
@@ -165,27 +172,39 @@ class Ensemble:
                 yield (r0, r1), (c0, c1), window, (slice(m, m + r1 - r0), slice(m, m + c1 - c0))
 
     def _run_members(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Welford mean and population std of the members' softmax over one window."""
+        """Welford mean and population std of the members' softmax over one window (members
+        are folded in their fixed order, so the result does not depend on ``side_by_side``)."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(window))[None, None].to(self.device)
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = self.fast and self.device.type == "cuda"
+
+        def member_probs(member):
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                        enabled=autocast):
+                return torch.softmax(member(x).float(), dim=1)[0]
+
+        if self.side_by_side > 1 and self.device.type == "cpu":
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.side_by_side,
+                                                thread_name_prefix="ensemble-member")
+            probs = self._pool.map(member_probs, self.members)
+        else:
+            probs = map(member_probs, self.members)
         mean = m2 = None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
-                                                    enabled=autocast):
-            for k, member in enumerate(self.members, start=1):
-                p = torch.softmax(member(x).float(), dim=1)[0]
+        with torch.inference_mode():
+            for k, p in enumerate(probs, start=1):
                 if mean is None:
-                    mean = p.clone()
-                    m2 = torch.zeros_like(p)
+                    mean, m2 = p.clone(), torch.zeros_like(p)
                     continue
                 delta = p - mean
                 mean += delta / k
                 m2 += delta * (p - mean)
-        n = len(self.members)
-        spread = torch.sqrt(torch.clamp(m2 / n, min=0.0))
+            spread = torch.sqrt(torch.clamp(m2 / len(self.members), min=0.0))
         return mean.float().cpu().numpy(), spread.float().cpu().numpy()
 
 

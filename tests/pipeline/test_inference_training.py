@@ -102,6 +102,14 @@ def test_fast_mode_agrees_with_exact_mode(tiny_version):
     assert np.abs(exact[0] - fast[0]).max() < 1e-3
 
 
+def test_members_side_by_side_give_the_same_maps(tiny_version):
+    image = np.random.default_rng(3).random((80, 72), dtype=np.float32)
+    one = Ensemble.load(tiny_version, device="cpu").predict_image(image)
+    two = Ensemble.load(tiny_version, device="cpu", side_by_side=2).predict_image(image)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
 def test_defects_are_reported_in_the_scans_pixels():
     """A blob at model pixel (50, 60) of a frame resampled 2x -> scan pixel (100.5, 120.5)."""
     mean = np.zeros((3, 100, 120), np.float32)

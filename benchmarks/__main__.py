@@ -1,7 +1,10 @@
-"""`python -m benchmarks`: time and peak memory of reading, preprocessing and simulating.
+"""`python -m benchmarks`: time and peak memory per scan on this machine's CPU.
 
-Prints a markdown table (seconds per scan, peak traced numpy/Python memory in MB) for 512,
-1024 and 2048 px frames on this machine's CPU.
+1. reading, preprocessing and simulating (peak traced numpy/Python memory in MB);
+2. the ensemble: ours (exact float32, fast) against AtomAI's EnsemblePredictor + Locator on
+   the shipped default's weights (see `benchmarks/inference.py`);
+3. one whole scan, file to defects, with the resident ensemble (peak extra resident memory).
+Markdown tables for 512, 1024 and 2048 px frames.
 """
 
 from __future__ import annotations
@@ -53,5 +56,37 @@ def main() -> None:
                   f"{t_pre:.2f} | {m_pre:.0f} |", flush=True)
 
 
+def end_to_end() -> None:
+    """File -> defects with the shipped ensemble, exact and fast, peak extra RSS."""
+    from benchmarks.inference import PeakRss
+    from defectwatch.service.detection import default_model_dir, detect_file, load_ensemble
+
+    print("\n| pixels (50 nm per 512 px) | file to defects s | peak extra MB | fast s | MB |")
+    print("|---|---|---|---|---|")
+    exact = load_ensemble(default_model_dir())
+    fast = load_ensemble(default_model_dir(), fast=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for pixels in (512, 1024, 2048):
+            out = Path(tmp) / str(pixels)
+            write_simulated_scans(out, n=1, size_nm=50.0 * pixels / 512, pixels=pixels, seed=2,
+                                  density_per_cm2=1e12)
+            path = next(out.glob("*.sxm"))
+            row = []
+            for ens in (exact, fast):
+                detect_file(path, ensemble=ens)  # warm-up
+                with PeakRss() as mem:
+                    t0 = time.perf_counter()
+                    detect_file(path, ensemble=ens)
+                    row += [time.perf_counter() - t0, mem.mb]
+            print(f"| {pixels} | {row[0]:.2f} | {row[1]:.0f} | {row[2]:.2f} | {row[3]:.0f} |",
+                  flush=True)
+
+
 if __name__ == "__main__":
+    from benchmarks import inference
+    from defectwatch.service.detection import default_model_dir
+
     main()
+    print("\n## Ensemble inference, one image per call (ours vs AtomAI, same weights)\n")
+    inference.main(default_model_dir())
+    end_to_end()

@@ -44,7 +44,8 @@ def example_from_points(z: np.ndarray, *, pixel_size_nm: tuple[float, float], ta
 
 
 def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str = "",
-                            params: PreprocessParams = PreprocessParams()) -> Example:
+                            params: PreprocessParams = PreprocessParams(),
+                            radius_nm: dict[str, float] | None = None) -> Example:
     """A simulated scan's analysis channel (forward) and truth -> an Example; defects too
     faint to see are IGNORE, not background."""
     z = sim.images[(sim.analysis_channel, "forward")]
@@ -53,7 +54,7 @@ def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str
         z, pixel_size_nm=sim.recipe.pixel_size_nm, target_nm=target_nm,
         rows=[d.row for d in t], cols=[d.col for d in t], kinds=[d.kind for d in t],
         ignore=[not d.visible for d in t], source=source or f"sim-{sim.recipe.seed}",
-        params=params)
+        params=params, radius_nm=[(radius_nm or DEFAULT_RADIUS_NM)[d.kind] for d in t])
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class SimulationMix:
 def simulated_examples(seeds: Sequence[int], *, target_nm: float,
                        mix: SimulationMix = SimulationMix(),
                        params: PreprocessParams = PreprocessParams(),
+                       radius_nm: dict[str, float] | None = None,
                        on_progress: Callable[[int, int], None] | None = None
                        ) -> Iterator[Example]:
     """One Example per seed (scan ``seed`` is reproducible on its own)."""
@@ -93,6 +95,6 @@ def simulated_examples(seeds: Sequence[int], *, target_nm: float,
         draw = mix.draw(rng, target_nm=target_nm)
         sim = simulate(int(seed), **draw)
         yield example_from_simulation(sim, target_nm=target_nm, params=params,
-                                      source=f"sim-{seed}")
+                                      source=f"sim-{seed}", radius_nm=radius_nm)
         if on_progress:
             on_progress(i + 1, len(seeds))

@@ -35,10 +35,15 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / DEFAULT_VERSION
 
 
+MASK_RADIUS_NM = {"trough": 0.6, "peak": 0.7}  # disc radius per class in the training masks
+
+
 def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM, mix: SimulationMix = SimulationMix(),
-                   params: PreprocessParams = PreprocessParams(), on_progress=None) -> list[Example]:
+                   params: PreprocessParams = PreprocessParams(),
+                   radius_nm: dict[str, float] = MASK_RADIUS_NM, on_progress=None
+                   ) -> list[Example]:
     return list(simulated_examples(list(seeds), target_nm=target_nm, mix=mix, params=params,
-                                   on_progress=on_progress))
+                                   radius_nm=radius_nm, on_progress=on_progress))
 
 
 def save_examples(path: Path, examples: list[Example]) -> None:
@@ -81,7 +86,8 @@ def _train_one(args: tuple) -> tuple[int, dict]:
 
 def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
                   spec: UnetSpec = DEFAULT_SPEC, seeds=TRAINING_SEEDS, device: str = "auto",
-                  version: str = DEFAULT_VERSION, jobs: int = 1, on_data=None) -> Path:
+                  version: str = DEFAULT_VERSION, jobs: int = 1,
+                  radius_nm: dict[str, float] = MASK_RADIUS_NM, on_data=None) -> Path:
     """Simulate, prepare, train (``jobs`` members at a time, one thread each) and save."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -94,11 +100,13 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
     seeds = list(seeds)
     partial = out.parent / f".{out.name}.partial"
     partial.mkdir(parents=True, exist_ok=True)
-    cache = partial / f"examples_{seeds[0]}_{len(seeds)}.npz"
+    tag = "_".join(f"{radius_nm[k]:g}" for k in sorted(radius_nm))
+    cache = partial / f"examples_{seeds[0]}_{len(seeds)}_r{tag}.npz"
     if cache.is_file():
         examples = load_examples(cache)
     else:
-        examples = build_examples(seeds, mix=mix, params=params, on_progress=on_data)
+        examples = build_examples(seeds, mix=mix, params=params, radius_nm=radius_nm,
+                                  on_progress=on_data)
         save_examples(cache, examples)
     t_data = time.perf_counter() - t0
     states: dict[int, dict] = {}
@@ -121,6 +129,7 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
         preprocess=params.to_dict(), training={
             **recipe.to_dict(), "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam",
             "weight_averaging": "mean of the last iterates, BatchNorm recomputed",
+            "mask_radius_nm": dict(radius_nm),
             "device": str(dev), "hardware": _hardware(dev), "parallel_members": jobs,
             "torch": torch.__version__, "data_seconds": round(t_data, 1),
             "train_seconds": round(t_train, 1)},
@@ -148,6 +157,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=DEFAULT_RECIPE.members)
     parser.add_argument("--scans", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--mask-radius-nm", default="0.6,0.7",
+                        help="training disc radius for troughs,peaks in nm")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="members trained side by side, one CPU thread each")
     args = parser.parse_args()
@@ -161,8 +172,9 @@ def main() -> None:
             log.info("simulated %d/%d scans", i, n)
 
     jobs = 1 if resolve_device(args.device).type == "cuda" else args.jobs
+    trough_r, peak_r = (float(v) for v in args.mask_radius_nm.split(","))
     out = train_default(args.out, recipe=recipe, seeds=seeds, device=args.device, jobs=jobs,
-                        on_data=data)
+                        radius_nm={"trough": trough_r, "peak": peak_r}, on_data=data)
     log.info("wrote %s", out)
 
 

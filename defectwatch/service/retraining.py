@@ -8,9 +8,10 @@ version on the frozen test split, and promote it only when it is no worse.
    an exhaustive empty set is a clean scan, all background); partial
    label sets teach background only in a ring of ``RING_NM`` around each marked defect and
    leave the rest of the frame IGNORE, so unmarked defects are never taught as background.
-   Disc radius: the label's ``radius_nm`` clipped to [0.5, 1] x the class default
-   (``labels.DEFAULT_RADIUS_NM``): box-derived radii include the halo around a defect, and a
-   disc much larger than the defect's core teaches the lattice around it as defect.
+   Disc radius: the label's ``radius_nm`` clipped to [0.5, 1] x the class default (the active
+   version's ``training.mask_radius_nm`` when it records one, else ``labels.DEFAULT_RADIUS_NM``):
+   box-derived radii include the halo around a defect, and a disc much larger than the defect's
+   core teaches the lattice around it as defect.
 3. A candidate is trained (from scratch or fine-tuned from the active members), saved as a new
    version directory (``parent`` = the active version), evaluated beside the active version on
    the test split (object level and the paper's pixel level), and registered with its metrics.
@@ -188,10 +189,11 @@ class LabelledScan:
 
 # -- training data ------------------------------------------------------------------------------
 
-def label_radius_nm(radius_nm: float | None, kind: str) -> float:
+def label_radius_nm(radius_nm: float | None, kind: str, *,
+                    defaults: Mapping[str, float] = DEFAULT_RADIUS_NM) -> float:
     """The disc radius (nm) a label is drawn with: its own radius clipped to
-    ``RADIUS_RANGE`` x the class default, or the default."""
-    default = DEFAULT_RADIUS_NM[kind]
+    ``RADIUS_RANGE`` x the class default (``defaults``), or the default."""
+    default = float(defaults.get(kind, DEFAULT_RADIUS_NM[kind]))
     if radius_nm is None or not math.isfinite(radius_nm) or radius_nm <= 0:
         return default
     lo, hi = RADIUS_RANGE
@@ -212,11 +214,13 @@ def partial_label_mask(mask: np.ndarray, rows: Sequence[float], cols: Sequence[f
 
 def example_from_labels(item: LabelledScan, *, target_nm: float,
                         params: PreprocessParams = PreprocessParams(),
-                        ring_nm: float = RING_NM) -> Example:
+                        ring_nm: float = RING_NM,
+                        default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM) -> Example:
     """A labelled scan -> a training Example at ``target_nm`` per pixel (see the module doc
     for radii and partial labels)."""
     scan = item.scan
-    radii = [label_radius_nm(r, k) for r, k in zip(item.radius_nm, item.kinds)]
+    radii = [label_radius_nm(r, k, defaults=default_radius_nm)
+             for r, k in zip(item.radius_nm, item.kinds)]
     ex = example_from_points(scan.data, pixel_size_nm=(scan.pixel_size_x_nm,
                                                        scan.pixel_size_y_nm),
                              target_nm=target_nm, rows=item.rows, cols=item.cols,
@@ -279,11 +283,13 @@ def gather_labelled_scans(engine: Engine, *, test_share: float = TEST_SHARE,
     return out
 
 
-def data_summary(items: Sequence[LabelledScan]) -> dict[str, Any]:
+def data_summary(items: Sequence[LabelledScan], *,
+                 default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM) -> dict[str, Any]:
     """Scans and labels per kind in each split, exhaustive vs partial label sets."""
     out: dict[str, Any] = {"source": "labels in the record", "label_radius": (
         f"label radius clipped to {RADIUS_RANGE[0]:g}-{RADIUS_RANGE[1]:g} x the class default "
-        f"{DEFAULT_RADIUS_NM}"), "partial_labels": f"IGNORE beyond {RING_NM:g} nm of a mark"}
+        f"{dict(default_radius_nm)} nm"),
+        "partial_labels": f"IGNORE beyond {RING_NM:g} nm of a mark"}
     for split in ("train", "test"):
         chosen = [i for i in items if i.split == split]
         counts = Counter()
@@ -490,8 +496,10 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
             spec = replace(spec, nb_filters=options.filters)
         params = PreprocessParams.from_dict(parent_cfg.preprocess)
         target_nm = float(parent_cfg.pixel_size_nm)
-        examples = [example_from_labels(i, target_nm=target_nm, params=params)
-                    for i in train_items]
+        mask_radius = {k: float(v) for k, v in parent_cfg.training.get(
+            "mask_radius_nm", DEFAULT_RADIUS_NM).items()}
+        examples = [example_from_labels(i, target_nm=target_nm, params=params,
+                                        default_radius_nm=mask_radius) for i in train_items]
         recipe = TrainingRecipe(members=options.members, iterations=options.iterations,
                                 batch_size=options.batch_size, crop_px=options.crop_px,
                                 learning_rate=options.learning_rate, seed=options.seed)
@@ -511,11 +519,12 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         if partial.exists():
             shutil.rmtree(partial)
         threshold = float(parent_cfg.metrics.get("threshold", DEFAULT_THRESHOLD))
-        data = data_summary(items)
+        data = data_summary(items, default_radius_nm=mask_radius)
         training = {**recipe.to_dict(), "from": f"active version {parent}" if
                     options.from_active else "scratch", "device": str(device),
                     "torch": torch.__version__, "train_seconds": round(train_s, 1),
                     "examples_model_pixels": int(sum(e.image01.size for e in examples)),
+                    "mask_radius_nm": mask_radius, "partial_label_ring_nm": RING_NM,
                     "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
         config = ModelConfig(version=name, pixel_size_nm=target_nm, architecture=spec,
                              classes=tuple(parent_cfg.classes),

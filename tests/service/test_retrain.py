@@ -138,6 +138,7 @@ def test_tiny_retrain_is_promoted_picked_up_by_the_daemon_and_rolled_back(record
     assert cfg["parent"] == "blind-1" and len(cfg["members"]) == 2
     assert cfg["training"]["members"] == 2 and cfg["training"]["iterations"] == 5
     assert cfg["training"]["crop_px"] == 64 and cfg["architecture"]["nb_filters"] == 4
+    assert cfg["training"]["mask_radius_nm"] == DEFAULT_RADIUS_NM  # the parent records none
     assert cfg["data"]["test"]["scans"] == 2 and sum(cfg["data"]["train"]["labels"].values())
     assert set(cfg["metrics"]["kinds"]) == {"trough", "peak"}
     assert cfg["metrics"]["compared_with"]["version"] == "blind-1"
@@ -285,6 +286,9 @@ def test_label_radius_is_clipped_to_the_class_default():
     assert label_radius_nm(1.4, "peak") == DEFAULT_RADIUS_NM["peak"]  # box incl. halo
     assert label_radius_nm(0.05, "trough") == 0.5 * DEFAULT_RADIUS_NM["trough"]
     assert label_radius_nm(0.5, "peak") == 0.5
+    # the active version's own training radius is the default when it records one
+    assert label_radius_nm(1.4, "trough", defaults={"trough": 1.0, "peak": 1.2}) == 1.0
+    assert label_radius_nm(None, "peak", defaults={"trough": 1.0, "peak": 1.2}) == 1.2
 
 
 def test_partial_labels_leave_unmarked_areas_ignored(sim_scans):

@@ -193,13 +193,17 @@ def _print_demo_event(event: Any) -> None:
             c = s["counts"] or {}
             seconds = f", {s['seconds']:.1f} s" if s["seconds"] is not None else ""
             out.print(f"{t}  [green]recorded[/green] {where}: {c.get('trough', 0)} trough, "
-                      f"{c.get('peak', 0)} peak, {_num(s['density_per_cm2'])} cm⁻²{seconds}",
+                      f"{c.get('peak', 0)} peak, {_sci(s['density_per_cm2'])} cm⁻²{seconds}",
                       highlight=False)
         else:
             out.print(f"{t}  [red]failed[/red]   {where}: {escape(str(s['last_error']))}",
                       highlight=False)
     elif event.kind == "stopped":
         out.print(f"{t}  daemon stopped", highlight=False)
+
+
+def _sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _print_demo_end(result: Any) -> None:

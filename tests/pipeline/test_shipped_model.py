@@ -1,0 +1,42 @@
+"""The shipped default ensemble: present, intact, and finds defects on small simulated scans."""
+
+from __future__ import annotations
+
+import pytest
+
+from defectwatch.pipeline.inference import Ensemble
+from defectwatch.pipeline.metrics import ObjectEvaluation
+from defectwatch.pipeline.model import load_version
+from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
+from defectwatch.service.evaluation import headline, simulated_cases
+
+
+# measured on these four scans: trough F1 0.93, peak F1 0.71 (13 peaks); the bars leave room
+# for platform noise but fail on a broken model, preprocessing or detection
+MIN_F1 = {"trough": 0.8, "peak": 0.5}
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return Ensemble.load(default_model_dir(), device="cpu")
+
+
+def test_the_default_ships_inside_the_package_with_ten_members():
+    config, states = load_version(default_model_dir())  # checks every sha256
+    assert config.version == DEFAULT_VERSION and len(states) == 10
+    assert config.classes == ("background", "trough", "peak")
+    assert config.training["members"] == 10 and config.data["scans"] >= 100
+    size_mb = sum(p.stat().st_size for p in default_model_dir().glob("*.safetensors")) / 2**20
+    assert size_mb < 15
+
+
+def test_minimum_quality_on_small_simulated_wse2_scans(ensemble):
+    ev = ObjectEvaluation()
+    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256,
+                                density_per_cm2=3e12):
+        defects = ensemble.predict_scan(case.scan).defects(
+            threshold=float(ensemble.config.metrics.get("threshold", 0.5)))
+        ev.add(defects, case.labels, area_nm2=case.scan.acquired_area_nm2)
+    scores = headline(ev.summary())
+    assert scores["trough"]["f1"] >= MIN_F1["trough"], scores
+    assert scores["peak"]["f1"] >= MIN_F1["peak"], scores

@@ -154,6 +154,27 @@ class SqlJobQueue:
             log.info("re-queued %d job(s) whose lease expired", n)
         return n
 
+    def release_dead_workers(self, *, host: str, is_alive: Callable[[int], bool]) -> int:
+        """Re-queue jobs leased by workers on ``host`` (owner ``host:pid``) whose process is
+        gone (``is_alive(pid)`` False): a daemon killed with kill -9 on this machine does not
+        hold its scan until the lease expires. How many."""
+        now = self.clock()
+        released = 0
+        with write_transaction(self.engine) as s:
+            owners = s.scalars(select(ScanRow.lease_owner).where(
+                ScanRow.status == "processing", ScanRow.lease_owner.like(f"{host}:%"))).all()
+            for owner in set(owners):
+                pid = owner.rpartition(":")[2]
+                if not pid.isdigit() or is_alive(int(pid)):
+                    continue
+                result = s.execute(update(ScanRow).where(
+                    ScanRow.status == "processing", ScanRow.lease_owner == owner).values(
+                    status="queued", lease_owner=None, lease_expires_at=None, updated_at=now))
+                released += int(result.rowcount)  # type: ignore[attr-defined]
+        if released:
+            log.info("re-queued %d job(s) held by dead workers on %s", released, host)
+        return released
+
     def depth(self) -> int:
         """Jobs queued or processing."""
         with self._read() as s:

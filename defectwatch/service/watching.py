@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -119,6 +120,7 @@ def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
     engine = open_database(db_url)
     model = check_model(engine)
     queue = make_queue(engine, roots=roots, rule=rule)
+    queue.release_dead_workers(host=socket.gethostname(), is_alive=_pid_alive)
     process = make_process(engine, channel=options.channel)
     heartbeat = Heartbeat(engine)
 
@@ -145,3 +147,17 @@ def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
         except Exception as exc:  # noqa: BLE001 - stopping anyway
             log.warning("could not record the clean stop: %s", exc)
         engine.dispose()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a local process exists (POSIX signal 0; elsewhere assume alive and let the
+    lease expire: on Windows os.kill would terminate the process)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

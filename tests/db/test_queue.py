@@ -128,3 +128,17 @@ def test_unresolved_sample_is_stored_as_none(engine):
     q = SqlJobQueue(engine)
     q.enqueue("/x.sxm", sha256=sha("x"), size_bytes=1, mtime_ns=1)
     assert q.claim(worker="w", lease_s=1).sample is None
+
+
+def test_jobs_of_dead_local_workers_are_released_at_once(queue):
+    put(queue, "/w/S1/a.sxm")
+    put(queue, "/w/S1/b.sxm")
+    put(queue, "/w/S1/c.sxm")
+    queue.claim(worker="lab-pc:111", lease_s=900)  # killed with kill -9
+    queue.claim(worker="lab-pc:222", lease_s=900)  # still running
+    queue.claim(worker="other-pc:111", lease_s=900)  # another machine: left to its lease
+    released = queue.release_dead_workers(host="lab-pc", is_alive=lambda pid: pid == 222)
+    assert released == 1
+    job = queue.claim(worker="lab-pc:333", lease_s=60)
+    assert job is not None and job.path == "/w/S1/a.sxm" and job.attempts == 2
+    assert queue.claim(worker="lab-pc:333", lease_s=60) is None

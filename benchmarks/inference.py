@@ -105,9 +105,13 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
     from defectwatch.pipeline.inference import Prediction
     from defectwatch.pipeline.preprocess import Resampling
 
+    import os
+
     config, states = load_version(model_dir)
-    exact = Ensemble(config, states, device="cpu")
-    fast = Ensemble(config, states, device="cpu", fast=True)
+    side = max(1, min(os.cpu_count() or 1, 4))
+    # the product's settings (service.detection.load_ensemble): members side by side on CPU
+    exact = Ensemble(config, states, device="cpu", side_by_side=side)
+    fast = Ensemble(config, states, device="cpu", fast=True, side_by_side=side)
     atomai = atomai_runner(config, states)
     rows = []
     print("| pixels | AtomAI s | MB | ours exact s | MB | speed-up | max abs diff | "

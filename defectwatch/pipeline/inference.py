@@ -73,7 +73,8 @@ class Prediction:
 class Ensemble:
     """The members of one model version, on one device, in inference mode.
 
-    ``fast``: channels-last memory layout, and fp16 autocast on CUDA; ``tile_px``: the core
+    ``fast``: fp16 autocast on CUDA (on CPU the same as exact mode: bf16 measured slower on
+    this project's CPUs); ``side_by_side``: members run at a time on CPU; ``tile_px``: the core
     size of a tile (a multiple of 8); ``margin_px``: context added on each side of a tile.
     """
 
@@ -101,9 +102,10 @@ class Ensemble:
         for state in states:
             m = build_member(config.architecture)
             m.load_state_dict(state)
+            # channels-last: float32 like the default layout (maps agree to ~1e-6), and about
+            # twice as fast on CPU for these small convolutions (see `make bench`)
             m.to(self.device).eval()
-            if fast:
-                m.to(memory_format=torch.channels_last)
+            m.to(memory_format=torch.channels_last)
             self.members.append(m)
 
     @classmethod
@@ -151,25 +153,26 @@ class Ensemble:
 
     def _tiles(self, image: np.ndarray):
         """Yield ((r0, r1), (c0, c1), window, (row slice, col slice)): the core region in the
-        image, the padded input window, and where the core sits in the window's output.
+        image, the input window, and where the core sits in the window's output.
 
-        The pooling grid is anchored at the image's top-left pixel in both modes (padding goes
-        to the bottom and right; tile starts are multiples of ``tile_px``), so tiled and
-        single-pass results agree away from the frame's edges.
+        A window is the core plus ``margin_px`` of context, cut at the frame's edges (where the
+        network pads as it does in one pass), its bottom/right reflect-padded to a multiple of
+        8. Window starts are multiples of 8, so the pooling grid stays anchored to the frame's
+        top-left pixel: tiled and one-pass results agree everywhere, edges included.
         """
         h, w = image.shape
         m, t = self.margin_px, self.tile_px
-        if h <= t + 2 * m and w <= t + 2 * m:  # one pass: reflect-pad to a multiple of 8
-            window = _reflect_pad(image, (0, (-h) % 8), (0, (-w) % 8))
-            yield (0, h), (0, w), window, (slice(0, h), slice(0, w))
-            return
-        nr, nc = -(-h // t), -(-w // t)
-        padded = _reflect_pad(image, (m, m + nr * t - h), (m, m + nc * t - w))
-        for r0 in range(0, h, t):
-            for c0 in range(0, w, t):
-                window = padded[r0:r0 + t + 2 * m, c0:c0 + t + 2 * m]
-                r1, c1 = min(r0 + t, h), min(c0 + t, w)
-                yield (r0, r1), (c0, c1), window, (slice(m, m + r1 - r0), slice(m, m + c1 - c0))
+        if h <= t + 2 * m and w <= t + 2 * m:
+            starts_r, starts_c, t_r, t_c = [0], [0], h, w
+        else:
+            starts_r, starts_c, t_r, t_c = range(0, h, t), range(0, w, t), t, t
+        for r0 in starts_r:
+            for c0 in starts_c:
+                r1, c1 = min(r0 + t_r, h), min(c0 + t_c, w)
+                a, b = max(0, r0 - m), min(h, r1 + m)
+                c, d = max(0, c0 - m), min(w, c1 + m)
+                window = _reflect_pad(image[a:b, c:d], (0, (a - b) % 8), (0, (c - d) % 8))
+                yield (r0, r1), (c0, c1), window, (slice(r0 - a, r1 - a), slice(c0 - c, c1 - c))
 
     def _run_members(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Welford mean and population std of the members' softmax over one window (members
@@ -177,8 +180,7 @@ class Ensemble:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(window))[None, None].to(self.device)
-        if self.fast:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         autocast = self.fast and self.device.type == "cuda"
 
         def member_probs(member):

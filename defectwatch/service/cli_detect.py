@@ -59,7 +59,7 @@ def process(
     threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Mean-probability threshold (default: the model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    fast: Annotated[bool, typer.Option(help="Channels-last (+ fp16 on CUDA) inference.")
+    fast: Annotated[bool, typer.Option(help="fp16 autocast on CUDA (no effect on CPU).")
                     ] = False,
     no_db: Annotated[bool, typer.Option("--no-db", help="Do not record into the database.")
                      ] = False,

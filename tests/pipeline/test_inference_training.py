@@ -85,14 +85,13 @@ def test_ensemble_output_is_a_probability_with_spread_on_any_size(tiny_version):
         assert (spread >= 0).all() and spread.max() > 0  # two members disagree somewhere
 
 
-def test_tiled_inference_matches_one_pass_away_from_the_edges(tiny_version):
-    image = np.random.default_rng(1).random((300, 420), dtype=np.float32)
+def test_tiled_inference_matches_one_pass_everywhere(tiny_version):
+    image = np.random.default_rng(1).random((300, 421), dtype=np.float32)
     one = Ensemble.load(tiny_version, device="cpu").predict_image(image)
     tiled = Ensemble.load(tiny_version, device="cpu", tile_px=128, margin_px=64)
     two = tiled.predict_image(image)
-    inner = (slice(None), slice(64, -64), slice(64, -64))
-    assert np.abs(one[0][inner] - two[0][inner]).max() < 1e-4
-    assert np.abs(one[1][inner] - two[1][inner]).max() < 1e-4
+    assert np.abs(one[0] - two[0]).max() < 1e-4
+    assert np.abs(one[1] - two[1]).max() < 1e-4
 
 
 def test_fast_mode_agrees_with_exact_mode(tiny_version):

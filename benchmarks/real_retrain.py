@@ -1,87 +1,78 @@
 """The real-world case: a lab's first night. Import the 15 labelled real WSe2 frames of the
-paper (JPEG renders, VIA labels) into a fresh record, retrain from the shipped default, and
-compare the candidate with the default on the frames held out as the frozen test split.
+paper (JPEG renders, VIA labels) into a fresh record with the real commands, retrain from the
+shipped default, and compare the candidate with the default on the frames held out as the
+frozen test split.
 
     python -m benchmarks.real_retrain [--members 4] [--iterations 300] [--model DIR]
                                       [--partial] [--scratch] [--out DIR]
 
+It runs, in a fresh folder, what a lab types::
+
+    defectwatch import-image real-wse2/*.jpg --sample WSe2-SL445 --db record.db
+    defectwatch labels import real-wse2/labels_via.csv [--partial] --db record.db
+    defectwatch retrain --from-active --members 4 --iterations 300 --json --db record.db \
+        --models-dir models
+
 Each frame becomes a scan of the size its name gives (``..._30x30_...`` nm); its VIA boxes
-become point labels (``label_formats.boxes_to_points``, radius from the box) marked exhaustive
-(the paper trained on them as such; ``--partial`` marks them partial instead). The frozen split
-holds out 4 of the 15 frames (``db.splits``: by content hash). Prints a markdown table (object
-level, matching within 1 nm, per class precision / recall / F1 / AP, and the paper's pixel
-level) and writes ``real_retrain.json`` to ``--out``. Not a test: minutes of CPU per member.
+become point labels marked exhaustive (the paper trained on them as such; ``--partial`` marks
+them partial). The frozen split holds out 4 of the 15 frames (``db.splits``: by content hash).
+The active version is the shipped default (registered by the first command that needs it), or
+``--model DIR``. Prints a markdown table (object level, matching within 1 nm, per class
+precision / recall / F1 / AP, and the paper's pixel level) and writes ``real_retrain.json``
+to ``--out``. Not a test: minutes of CPU per member.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from defectwatch.db import open_database, read_transaction, write_transaction
-from defectwatch.db.models import Label, LabelSet
-from defectwatch.db.records import add_scan, set_scan_metadata
-from defectwatch.db.registry import register_version
-from defectwatch.pipeline.images import read_image_as_scan
-from defectwatch.pipeline.label_formats import boxes_to_points, read_labels
 from defectwatch.service.default_model import default_model_dir
-from defectwatch.service.ingest import file_sha256, model_version_name
-from defectwatch.service.retraining import RetrainOptions, retrain
-
-log = logging.getLogger(__name__)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"
 SAMPLE = "WSe2-SL445"
 
 
-def import_frames(engine, folder: Path, *, exhaustive: bool = True) -> dict[str, int]:
-    """Record every labelled JPEG in ``folder`` as a scan of its named size with its VIA
-    labels; returns labels per frame name."""
-    parsed = read_labels(folder / "labels_via.csv", format="via")
-    by_image: dict[str, list] = defaultdict(list)
-    for box in parsed.boxes:
-        by_image[Path(box.image).name].append(box)
-    counts = {}
+def defectwatch(*args: str, env: dict[str, str]) -> str:
+    """Run one ``defectwatch`` command (stderr passes through); its stdout, or exit."""
+    done = subprocess.run([sys.executable, "-m", "defectwatch", *args], env=env,
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"defectwatch {' '.join(args[:2])} failed ({done.returncode}): "
+                         f"{done.stdout.strip()[-500:]}")
+    return done.stdout
+
+
+def register_active(db: Path, model: Path) -> None:
+    """Make ``model`` the active version of the fresh record (instead of the shipped one)."""
+    from defectwatch.db import open_database, write_transaction
+    from defectwatch.db.registry import register_version
+    from defectwatch.service.ingest import model_version_name
+
+    engine = open_database(db)
     with write_transaction(engine) as session:
-        for path in sorted(folder.glob("*.jpg")):
-            boxes = by_image.get(path.name)
-            if not boxes:
-                continue  # the unlabelled frames
-            scan = read_image_as_scan(path, width_nm=None)
-            st = path.stat()
-            row = add_scan(str(path), session=session, sha256=file_sha256(path),
-                           size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sample=SAMPLE,
-                           status="done")
-            set_scan_metadata(row, scan)
-            points = boxes_to_points(boxes, nx=scan.nx, ny=scan.ny, width_nm=scan.width_nm,
-                                     height_nm=scan.height_nm)
-            source = "via:labels_via.csv"
-            for p in points:
-                session.add(Label(scan_id=row.id, row=p.row, col=p.col, kind=p.kind,
-                                  radius_nm=p.radius_nm, source=source, exhaustive=exhaustive))
-            session.add(LabelSet(scan_id=row.id, source=source, exhaustive=exhaustive,
-                                 labels=len(points), file=str(folder / "labels_via.csv")))
-            counts[path.name] = len(points)
-    return counts
+        register_version(model_version_name(model), session=session, directory=str(model),
+                         activate=True)
+    engine.dispose()
 
 
-def table(result) -> str:
-    """Markdown: default vs candidate on the held-out frames."""
+def table(result: dict) -> str:
+    """Markdown: the active version vs the candidate on the held-out frames."""
     lines = ["| model | kind | precision | recall | F1 | AP | TP | FP | FN |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def f(v) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    for name, m in ((f"{result.parent} (shipped default)", result.active),
-                    (f"{result.version} (candidate)", result.candidate)):
+    for name, m in ((f"{result['parent']} (active)", result["active"]),
+                    (f"{result['version']} (candidate)", result["candidate"])):
         for kind, s in m["kinds"].items():
             lines.append(f"| {name} | {kind} | {f(s['precision'])} | {f(s['recall'])} | "
                          f"{f(s['f1'])} | {f(s['ap'])} | {s['tp']} | {s['fp']} | {s['fn']} |")
@@ -109,65 +100,60 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = (args.model or default_model_dir()).resolve()
     if not (model / "config.json").is_file():
         raise SystemExit(f"{model}: no model version there (train the default first: "
                          "make default-model, or pass --model DIR)")
     if not args.fixtures.is_dir():
         raise SystemExit(f"{args.fixtures}: the real WSe2 fixtures are not there")
-    out = args.out or Path(tempfile.mkdtemp(prefix="real-retrain-"))
+    out = (args.out or Path(tempfile.mkdtemp(prefix="real-retrain-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    engine = open_database(out / "record.db")
-    name = model_version_name(model)
-    with write_transaction(engine) as session:
-        register_version(name, session=session, directory=str(model), activate=True)
-    counts = import_frames(engine, args.fixtures, exhaustive=not args.partial)
-    log.info("imported %d frames, %d labels", len(counts), sum(counts.values()))
-
-    def progress(task: str, done: int, total: int) -> None:
-        if done == total or done % 50 == 0:
-            log.info("%s: %d/%d", task, done, total)
-
-    options = RetrainOptions(members=args.members, iterations=args.iterations,
-                             from_active=not args.scratch, device=args.device,
-                             promote="auto", crop_px=args.crop, seed=args.seed,
-                             learning_rate=args.learning_rate, filters=args.filters)
+    db, models = out / "record.db", out / "models"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFECTWATCH_")}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    if args.model is not None:
+        register_active(db, model)
+    frames = sorted(str(p) for p in args.fixtures.glob("*.jpg"))
     t0 = time.perf_counter()
-    result = retrain(engine, models_dir=out / "models", options=options, on_progress=progress,
-                     on_note=lambda m: log.warning("%s", m))
+    print(defectwatch("import-image", *frames, "--sample", SAMPLE, "--db", str(db), env=env))
+    print(defectwatch("labels", "import", str(args.fixtures / "labels_via.csv"),
+                      "--partial" if args.partial else "--exhaustive", "--db", str(db),
+                      env=env))
+    t_import = time.perf_counter() - t0
+    retrain = ["retrain", "--members", str(args.members), "--iterations", str(args.iterations),
+               "--crop", str(args.crop), "--learning-rate", str(args.learning_rate),
+               "--seed", str(args.seed), "--device", args.device, "--json", "--db", str(db),
+               "--models-dir", str(models)]
+    if not args.scratch:
+        retrain.append("--from-active")
+    if args.filters is not None:
+        retrain += ["--filters", str(args.filters)]
+    t0 = time.perf_counter()
+    result = json.loads(defectwatch(*retrain, env=env))
     seconds = time.perf_counter() - t0
-    with read_transaction(engine) as session:
-        from defectwatch.db.splits import split_assignments
+    import torch
 
-        splits = split_assignments(session=session)
-    engine.dispose()
     report = {
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                    f"device {result.training['device']}",
-        "seconds": round(seconds, 1), "train_seconds": result.training["train_seconds"],
-        "options": vars(args) | {"fixtures": str(args.fixtures), "model": str(model),
-                                 "out": str(out)},
-        "frames": counts, "test_frames": result.data["test"]["scan_names"],
-        "splits": len(splits), **result.to_dict()}
-    (out / "real_retrain.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"# Real WSe2 frames: {result.parent} vs a candidate retrained "
+                    f"torch {torch.__version__}, {args.threads or 'default'} threads, "
+                    f"device {result['training']['device']}",
+        "retrain_seconds": round(seconds, 1), "import_seconds": round(t_import, 1),
+        "options": {k: str(v) for k, v in vars(args).items()}, "out": str(out), **result}
+    (out / "real_retrain.json").write_text(json.dumps(report, indent=2))
+    d = result["data"]
+    print(f"# Real WSe2 frames: {result['parent']} vs a candidate retrained "
           f"({'from scratch' if args.scratch else 'fine-tuned from it'}, {args.members} "
           f"members x {args.iterations} iterations, labels "
           f"{'partial' if args.partial else 'exhaustive'})\n")
-    print(f"Held out (frozen test split): {', '.join(report['test_frames'])}; trained on "
-          f"{result.data['train']['scans']} frames ({result.data['train']['labels']}).\n")
+    print(f"Held out (frozen test split): {', '.join(d['test']['scan_names'])} "
+          f"({d['test']['labels']}); trained on {d['train']['scans']} frames "
+          f"({d['train']['labels']}).\n")
     print(table(result))
-    print(f"\nGate: {'activated' if result.activated else 'kept as a candidate'} - "
-          f"{result.decision.summary()}")
-    print(f"Retrain took {seconds:.0f} s ({result.training['train_seconds']:.0f} s training) "
-          f"on {report['hardware']}; report in {out / 'real_retrain.json'}")
+    print(f"\nGate: {'activated' if result['activated'] else 'kept as a candidate'}: "
+          f"{result['decision']['summary']}")
+    print(f"`retrain` took {seconds:.0f} s ({result['training']['train_seconds']:.0f} s "
+          f"training) on {report['hardware']}; report in {out / 'real_retrain.json'}")
     return report
 
 

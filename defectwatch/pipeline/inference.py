@@ -3,9 +3,8 @@
 Loaded once and kept; per scan it prepares the image exactly as training did (flatten, CLAHE,
 per-image [0, 1], resampled to the model's pixel size), runs every member tile by tile and
 accumulates the mean and variance of the softmax probabilities in float32 (Welford), so ten
-full-size maps are never held. Tiles overlap by ``margin_px`` on each side (more than half the
-U-Net's ~122 px receptive field is not needed in practice; 64 px keeps seams invisible) and each
-is reflect-padded to a multiple of 8.
+full-size maps are never held. Tiles carry ``margin_px`` of context on each side (64 px covers
+the U-Net's +-61 px receptive field), cut at the frame's edges, so tiled and one-pass maps agree.
 """
 
 from __future__ import annotations
@@ -51,15 +50,13 @@ class Prediction:
         (ny, nx), (my, mx) = self.mapping.shape_in, self.mapping.shape_out
         return self.scan_pixel_nm[0] * nx / mx, self.scan_pixel_nm[1] * ny / my
 
-    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05,
-                split_distance_nm: float = 0.0) -> list[Defect]:
-        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner;
-        ``split_distance_nm`` > 0 splits touching defects (see `detect.find_defects`)."""
+    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05) -> list[Defect]:
+        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner."""
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
         found = find_defects(self.mean, self.spread, pixel_size_nm=(px, py),
                              threshold=threshold, min_area_px=min_px, classes=self.classes,
-                             valid=self.valid, split_distance_px=split_distance_nm / px)
+                             valid=self.valid)
         if not found:
             return []
         rows, cols = self.mapping.to_original(np.array([d.row for d in found]),
@@ -80,14 +77,11 @@ class Ensemble:
 
     def __init__(self, config: ModelConfig, states: Sequence[dict[str, Any]], *,
                  device: str = "auto", fast: bool = False, tile_px: int = 1024,
-                 margin_px: int = 64, threads: int | None = None,
-                 side_by_side: int = 1):
+                 margin_px: int = 64, side_by_side: int = 1):
         import torch
 
         if tile_px % 8 or margin_px % 8:
             raise ValueError("tile_px and margin_px must be multiples of 8")
-        if threads:
-            torch.set_num_threads(threads)
         # members run ``side_by_side`` at a time in Python threads (torch releases the GIL);
         # on a few CPU cores this beats splitting each small convolution across threads
         self.side_by_side = max(1, int(side_by_side))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli import _fail, _progress, app, out
+from defectwatch.service.cli_record import _database
 
 
 def _finite(x: float) -> float | None:
@@ -83,14 +85,15 @@ def process(
         raise typer.Exit(1)
     try:
         ensemble = load_ensemble(model, device=device, fast=fast)
-        record = None if no_db else _recorder(db, sample_rule)
     except DefectwatchError as exc:
         _fail(escape(str(exc)))
         raise typer.Exit(1) from None
     table = Table("file", "px", "nm", "troughs", "peaks", "density cm^-2 (95% CI)",
                   "mean conf", "s")
     failed = 0
-    with _progress() as bar:
+    database = nullcontext(None) if no_db else _database(db, create=True)
+    with database as engine, _progress() as bar:
+        record = None if engine is None else _recorder(engine, sample_rule)
         task = bar.add_task("detecting", total=len(files))
         for k, path in enumerate(files):
             try:
@@ -131,16 +134,12 @@ def process(
         raise typer.Exit(1)
 
 
-def _recorder(db: str | None, sample_rule: str | None):
-    """``record(path, scan, detection)`` into the database (created and migrated if new)."""
-    from defectwatch.db.engine import normalize_url
-    from defectwatch.db.migrate import open_database
+def _recorder(engine, sample_rule: str | None):
+    """``record(path, scan, detection)`` into the open database."""
     from defectwatch.service.config import check_sample_rule, get_settings
     from defectwatch.service.ingest import record_file
 
-    settings = get_settings()
-    rule = check_sample_rule(sample_rule or settings.sample_rule)
-    engine = open_database(normalize_url(db or settings.db))
+    rule = check_sample_rule(sample_rule or get_settings().sample_rule)
 
     def record(path: Path, scan, detection) -> None:
         # "folder": the sample is the folder holding the file

@@ -7,10 +7,8 @@ Errors: one line on stderr and exit 1 (a file that fails does not stop the other
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -20,9 +18,6 @@ from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli import _fail, _progress, app, err, out
 from defectwatch.service.cli_record import DbOption, _database
 
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
 labels_app = typer.Typer(help="Labels: import label files, accept reviewed detections, list, "
                          "export.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
@@ -31,36 +26,6 @@ FormatOption = Annotated[str | None, typer.Option(
     "--format", metavar="via|voc|coco|csv", show_default=False,
     help="Label format (default: from the file: .xml voc, .json coco, .csv via or our "
     "scan,row,col,kind CSV).")]
-
-
-@contextmanager
-def _writable_database(db: str | None) -> Iterator[Engine]:
-    """Like ``cli_record._database``, but a missing SQLite file is created: recording images
-    may be the first thing a new database sees."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from defectwatch.db.engine import normalize_url
-    from defectwatch.db.migrate import open_database
-    from defectwatch.service.cli_record import _safe_url
-    from defectwatch.service.config import get_settings
-
-    engine = None
-    where = "--db" if db else "DEFECTWATCH_DB"
-    try:
-        url = normalize_url(db or get_settings().db)
-        where = _safe_url(url)
-        engine = open_database(url)
-        yield engine
-    except DefectwatchError as exc:
-        _fail(escape(str(exc)))
-        raise typer.Exit(1) from None
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        _fail(escape(f"database {where}: {reason}"))
-        raise typer.Exit(1) from None
-    finally:
-        if engine is not None:
-            engine.dispose()
 
 
 def _warn(message: str) -> None:
@@ -235,7 +200,7 @@ def import_image(
     except DefectwatchError as exc:
         _fail(escape(str(exc)))
         raise typer.Exit(1) from None
-    with _writable_database(db) as engine:
+    with _database(db, create=True) as engine:
         with _progress() as bar:
             task = bar.add_task("recording", total=len(files))
             results = import_images(engine, files, size_nm=size, sample=sample, rule=rule,

@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.service.cli import _progress, app, err, out
-from defectwatch.service.cli_labels import _writable_database
 from defectwatch.service.cli_record import DbOption, _database
 
 models_app = typer.Typer(help="Model versions: list, activate, roll back.",
@@ -50,7 +49,7 @@ def models_list(
     """Registered model versions, oldest first; the active one is marked."""
     from defectwatch.service.model_versions import versions_report
 
-    with _writable_database(db) as engine:
+    with _database(db, create=True) as engine:
         rows = versions_report(engine)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -73,7 +72,7 @@ def models_activate(
     directory no longer loads."""
     from defectwatch.service.model_versions import activate
 
-    with _writable_database(db) as engine:
+    with _database(db, create=True) as engine:
         s = activate(engine, version)
     if not s.changed:
         out.print(escape(f"{s.version} is already the active version"), highlight=False)
@@ -86,7 +85,7 @@ def models_rollback(db: DbOption = None) -> None:
     """Undo the latest activation: the previously active version is active again."""
     from defectwatch.service.model_versions import rollback
 
-    with _writable_database(db) as engine:
+    with _database(db, create=True) as engine:
         s = rollback(engine)
     out.print(escape(f"rolled back to {s.version} (was {s.previous or '-'})"),
               highlight=False)

@@ -35,8 +35,11 @@ app.add_typer(samples_app, name="samples")
 
 
 @contextmanager
-def _database(db: str | None) -> Iterator[Engine]:
-    """Open (and migrate) the database; translate every failure into one line + exit 1."""
+def _database(db: str | None, *, create: bool = False) -> Iterator[Engine]:
+    """Open (and migrate) the database; translate every failure into one line + exit 1.
+
+    Queries refuse a missing SQLite file; commands that record (``create=True``) create it.
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
     from defectwatch.db.engine import normalize_url
@@ -48,7 +51,8 @@ def _database(db: str | None) -> Iterator[Engine]:
     try:
         url = normalize_url(db or get_settings().db)
         where = _safe_url(url)
-        _require_existing_file(url)
+        if not create:
+            _require_existing_file(url)
         engine = open_database(url)
         yield engine
     except DefectwatchError as exc:

@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.spatial import cKDTree
+
+from defectwatch.pipeline.contrast import defect_contrast, marked
+from defectwatch.pipeline.preprocess import flatten
 
 TROUGH, PEAK = "trough", "peak"
 NM2_PER_CM2 = 1e14
@@ -175,10 +179,12 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
     r.angle_deg = float(rng.choice([0.0, 0.0, 0.0, rng.uniform(-180, 180)]))
     r.lattice_angle_rad = float(rng.uniform(0, math.pi / 3))
     r.corrugation_nm = _log_uniform(rng, 0.005, 0.030) * rng.uniform(*mat.corrugation_factor)
-    r.tip_sigma_nm = _log_uniform(rng, 0.05, 0.16)
+    # most tips resolve the lattice (the real 0.049-0.059 nm/px frames show it crisply);
+    # the blunt end of the range blurs it away while defects stay visible
+    r.tip_sigma_nm = _log_uniform(rng, 0.02, 0.14)
     r.size_scale = float(rng.uniform(1.0, 2.2))
     r.peak_strength = _log_uniform(rng, 0.08, 1.0)
-    r.trough_strength = float(rng.uniform(0.6, 1.4))
+    r.trough_strength = float(rng.uniform(0.8, 2.0))
     r.class_mix = {c.name: float(m) for c, m in zip(CLASSES, mix)}
     r.hysteresis_nm = float(rng.uniform(0.02, 0.15)) * r.size_scale
     if artifacts:
@@ -518,7 +524,9 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
         img[~acquired_lines] = np.nan
         images[key] = (img * (1e-9 if key[0] == "Z" else 1.0)).astype(np.float32)
 
-    truth = _truth(r, defects, geo_f, acquired_lines)
+    # STM: judged in the flattened forward Z as a labeller sees it (C-AFM spots are strong)
+    judged = flatten(images[("Z", "forward")].astype(np.float64)) if r.mode == "stm" else None
+    truth = _truth(r, defects, geo_f, acquired_lines, judged)
     return SimulatedScan(r, images, truth)
 
 
@@ -581,31 +589,92 @@ def _acquired_rows(r: Recipe, t: np.ndarray) -> np.ndarray:
     return t <= r.abort_fraction
 
 
-def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry,
-           acquired: np.ndarray) -> list[TruthDefect]:
+def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarray,
+           flat: np.ndarray | None = None) -> list[TruthDefect]:
+    """Every defect inside the frame; ``visible`` when a labeller would mark it: it stands out
+    of the noise, is not merged with or swamped by a neighbour, lies in an acquired line off a
+    step edge, and (given the flattened image ``flat``) shows the contrast labellers mark
+    (`contrast.marked`)."""
     px, py = r.pixel_size_nm
     if not defects:
         return []
     xs = np.array([d.x for d in defects])
     ys = np.array([d.y for d in defects])
     rows, cols = geo.pixel(xs, ys)
+    contrast = (defect_contrast(flat, pixel_size_nm=float(np.sqrt(px * py)), rows=rows,
+                                cols=cols, radius_nm=[d.radius_nm for d in defects])
+                if flat is not None else np.full(len(defects), np.nan))
     # a defect is visible when its amplitude beats the noise averaged over its area:
     # white noise and lattice average out over the pixels it covers, streaks and 1/f much less
     pixel_noise2 = r.white_nm ** 2 + (0.5 * r.corrugation_nm) ** 2
     slow_noise2 = (0.5 * r.streak_nm) ** 2 + (0.3 * r.pink_nm) ** 2 + (0.3 * r.line_offset_nm) ** 2
+    inside = (rows >= -0.5) & (rows < r.ny - 0.5) & (cols >= -0.5) & (cols < r.nx - 0.5)
+    hidden = _hidden_by_neighbours(r, defects, inside)
     out = []
-    for d, row, col in zip(defects, rows, cols):
-        if not (-0.5 <= row < r.ny - 0.5 and -0.5 <= col < r.nx - 0.5):
+    for i, (d, row, col) in enumerate(zip(defects, rows, cols)):
+        if not inside[i]:
             continue
         diameter_px = 2 * d.radius_nm / max(px, py)
         n_px = max(1.0, math.pi * (d.radius_nm * 0.6) ** 2 / (px * py))
         noise = math.sqrt(pixel_noise2 / n_px + slow_noise2)
         strong = abs(d.amp_nm) + abs(d.halo_amp_nm) * 0.3 >= 2.0 * noise
         visible = bool(acquired[int(round(row))] and strong and diameter_px >= 2.5
+                       and not hidden[i] and marked(d.kind, float(contrast[i]))
                        and _step_distance(r, d.x, d.y) > 0.5 + d.radius_nm)
         out.append(TruthDefect(float(row), float(col), float((col + 0.5) * px),
                                float((row + 0.5) * py), d.kind, d.cls.name, visible))
     return out
+
+
+def _core_sigma_nm(d: _Defect, tip_sigma_nm: float) -> float:
+    return math.sqrt((0.6 * d.radius_nm) ** 2 + tip_sigma_nm ** 2)
+
+
+def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray) -> np.ndarray:
+    """True for defects no annotator could mark because of their neighbours.
+
+    - merged: a neighbour of the same kind at least as strong sits closer than the two core
+      widths together (sigma_i + sigma_j: two gaussians no longer give two maxima), so the
+      pair renders as one blob; the stronger one carries the label;
+    - swamped: the neighbours' summed field varies across this defect's footprint (a circle of
+      1.5 core sigma) by more than 1.5x its own amplitude, e.g. a small trough on the flank of
+      a large bright peak.
+    """
+    n = len(defects)
+    hidden = np.zeros(n, dtype=bool)
+    if n < 2:
+        return hidden
+    xy = np.array([[d.x, d.y] for d in defects])
+    sigma = np.array([_core_sigma_nm(d, r.tip_sigma_nm) for d in defects])
+    # a core's field is negligible beyond 4 sigma (broad halos barely vary across a core)
+    reach = 4.0 * sigma * (1.0 + np.array([d.lobes for d in defects]))
+    tree = cKDTree(xy)
+    theta0 = r.lattice_angle_rad
+    ang = np.linspace(0.0, 2 * math.pi, 8, endpoint=False)
+    for i in np.flatnonzero(inside):
+        d = defects[i]
+        s_i = float(sigma[i])
+        near = [j for j in tree.query_ball_point(xy[i], float(reach.max()) + 1.5 * s_i)
+                if j != i and math.dist(xy[i], xy[j]) < reach[j] + 1.5 * s_i]
+        if not near:
+            continue
+        for j in near:
+            e = defects[j]
+            if (e.kind == d.kind and abs(e.amp_nm) >= abs(d.amp_nm)
+                    and math.dist(xy[i], xy[j]) < s_i + sigma[j]):
+                hidden[i] = True
+                break
+        if hidden[i]:
+            continue
+        px_ = xy[i, 0] + np.concatenate([[0.0], 1.5 * s_i * np.cos(ang)])
+        py_ = xy[i, 1] + np.concatenate([[0.0], 1.5 * s_i * np.sin(ang)])
+        field = np.zeros(px_.shape)
+        for j in near:
+            h, _ = _defect_field(px_ - defects[j].x, py_ - defects[j].y, defects[j], theta0,
+                                 r.tip_sigma_nm)
+            field += h
+        hidden[i] = float(field.max() - field.min()) > 1.5 * abs(d.amp_nm)
+    return hidden
 
 
 def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: float = 50.0,

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from defectwatch.pipeline.labels import DEFAULT_RADIUS_NM, IGNORE, circle_mask
-from defectwatch.pipeline.preprocess import PreprocessParams, prepare
+from defectwatch.pipeline.preprocess import PreprocessParams, flatten, prepare
 from defectwatch.pipeline.simulate import SimulatedScan, simulate
 
 
@@ -43,12 +44,40 @@ def example_from_points(z: np.ndarray, *, pixel_size_nm: tuple[float, float], ta
     return Example(image01, mask, source)
 
 
+def exported_render(z: np.ndarray, rng: np.random.Generator,
+                    params: PreprocessParams = PreprocessParams()) -> np.ndarray:
+    """What a lab's exported picture of a raw image (ny, nx) holds: flattened, sometimes
+    smoothed, contrast-stretched with clipped tails, 8-bit, JPEG-compressed; float32 grey
+    levels 0-255 (NaN where nothing was acquired). Real frames often reach us only like this
+    (the paper's own data are such renders)."""
+    flat = flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
+                   mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+    valid = np.isfinite(flat)
+    if not valid.any():
+        return flat.astype(np.float32)
+    filled = np.where(valid, flat, np.median(flat[valid])).astype(np.float32)
+    if rng.random() < 0.5:
+        filled = cv2.GaussianBlur(filled, (0, 0), float(rng.uniform(0.3, 1.2)))
+    lo, hi = np.percentile(filled[valid], [rng.uniform(0.0, 2.0), 100.0 - rng.uniform(0.0, 2.0)])
+    grey = np.clip((filled - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
+    u8 = np.rint(grey * 255.0).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
+    out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) if ok else u8.astype(
+        np.float32)
+    out[~valid] = np.nan
+    return out
+
+
 def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str = "",
                             params: PreprocessParams = PreprocessParams(),
-                            radius_nm: dict[str, float] | None = None) -> Example:
+                            radius_nm: dict[str, float] | None = None,
+                            render_rng: np.random.Generator | None = None) -> Example:
     """A simulated scan's analysis channel (forward) and truth -> an Example; defects too
-    faint to see are IGNORE, not background."""
+    faint to see are IGNORE, not background. With ``render_rng`` the image first goes through
+    `exported_render`, as if the lab had sent a picture instead of the .sxm file."""
     z = sim.images[(sim.analysis_channel, "forward")]
+    if render_rng is not None:
+        z = exported_render(z, render_rng, params)
     t = sim.truth
     return example_from_points(
         z, pixel_size_nm=sim.recipe.pixel_size_nm, target_nm=target_nm,
@@ -68,6 +97,7 @@ class SimulationMix:
     max_model_px: int = 768  # frames larger than this at the model's pixel size are cropped
     artifacts_share: float = 0.9
     density_per_cm2: tuple[float, float] = (1e11, 2e13)  # log-uniform; most crops hold defects
+    render_share: float = 0.3  # scans seen as an exported 8-bit JPEG picture (`exported_render`)
 
     def draw(self, rng: np.random.Generator, *, target_nm: float) -> dict:
         names, weights = zip(*self.material_weights)
@@ -80,7 +110,8 @@ class SimulationMix:
         pixels = int(np.clip(round(size / px / 8) * 8, 64, 1024))
         dlo, dhi = np.log(self.density_per_cm2)
         return {"material": material, "mode": mode, "size_nm": round(size, 2),
-                "pixels": pixels, "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))), "artifacts": bool(rng.random() < self.artifacts_share)}
+                "pixels": pixels, "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))),
+                "artifacts": bool(rng.random() < self.artifacts_share)}
 
 
 def simulated_examples(seeds: Sequence[int], *, target_nm: float,
@@ -94,7 +125,9 @@ def simulated_examples(seeds: Sequence[int], *, target_nm: float,
         rng = np.random.default_rng([seed, 7919])
         draw = mix.draw(rng, target_nm=target_nm)
         sim = simulate(int(seed), **draw)
+        render = rng.random() < mix.render_share
         yield example_from_simulation(sim, target_nm=target_nm, params=params,
-                                      source=f"sim-{seed}", radius_nm=radius_nm)
+                                      source=f"sim-{seed}", radius_nm=radius_nm,
+                                      render_rng=rng if render else None)
         if on_progress:
             on_progress(i + 1, len(seeds))

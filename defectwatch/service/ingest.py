@@ -100,15 +100,21 @@ def _shipped_default_dir() -> Path:
 def active_model(engine: Engine, *, default_dir: Callable[[], Path] = _shipped_default_dir
                  ) -> tuple[str, Path]:
     """(name, directory) of the active model version. On a registry with nothing active the
-    shipped default (``default_dir()``) is registered if needed and activated."""
+    shipped default (``default_dir()``) is registered if needed and activated; so is a newer
+    shipped default when the active version is an older one that an upgrade removed."""
+    directory = default_dir()
     with read_transaction(engine) as session:
         version = active_version(session=session)
-        if version is not None:
+        if version is not None and not _replaced_default(Path(version.directory), directory):
             return version.name, Path(version.directory)
-    directory = default_dir()
     name = model_version_name(directory)
     with write_transaction(engine) as session:
         version = active_version(session=session)  # another process may have been quicker
+        if version is not None and _replaced_default(Path(version.directory), directory):
+            log.warning("the active model %s was a shipped default this installation no longer "
+                        "has (%s); activating the shipped %s", version.name, version.directory,
+                        name)
+            version = None
         if version is None:
             known = {v.name for v in list_versions(session=session)}
             if name not in known:
@@ -119,6 +125,13 @@ def active_model(engine: Engine, *, default_dir: Callable[[], Path] = _shipped_d
             version = activate_version(name, session=session)
             log.info("registered the shipped model %s (%s) as active", name, directory)
         return version.name, Path(version.directory)
+
+
+def _replaced_default(active_dir: Path, shipped_dir: Path) -> bool:
+    """True when ``active_dir`` was a shipped default (beside ``shipped_dir`` in the package)
+    that is gone, while the package now ships ``shipped_dir``."""
+    return (active_dir != shipped_dir and active_dir.parent == shipped_dir.parent
+            and not active_dir.exists() and shipped_dir.is_dir())
 
 
 def _config_field(directory: str | os.PathLike[str], key: str, default: Any) -> Any:

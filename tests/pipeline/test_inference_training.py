@@ -14,7 +14,7 @@ from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member,
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
 from defectwatch.pipeline.simulate import simulate
 from defectwatch.pipeline.training import TrainingRecipe, train_ensemble, train_member
-from defectwatch.pipeline.training_data import example_from_simulation
+from defectwatch.pipeline.training_data import example_from_simulation, exported_render
 
 TINY = UnetSpec(nb_filters=4)
 RECIPE = TrainingRecipe(members=2, iterations=6, batch_size=2, crop_px=64, bn_batches=2)
@@ -54,6 +54,27 @@ def test_simulated_example_marks_visible_defects_where_the_truth_is(examples):
         if 0 <= r < 120 and 0 <= c < 120:
             expected = {"trough": 1, "peak": 2}[d.kind] if d.visible else IGNORE
             assert ex.mask[r, c] in (expected, 1, 2)  # overlapping neighbours may win
+
+
+def test_an_exported_render_keeps_its_defects_where_the_truth_is():
+    """8-bit JPEG renders (the way real frames often arrive) are a training view of a scan:
+    same labels, grey levels only, and each visible trough still darker than its ring."""
+    sim = simulate(4, size_nm=25.0, pixels=256, density_per_cm2=2e12)
+    z = sim.images[("Z", "forward")]
+    grey = exported_render(z, np.random.default_rng(0))
+    assert grey.shape == z.shape and np.nanmin(grey) >= 0 and np.nanmax(grey) <= 255
+    assert np.array_equal(grey, np.round(grey))  # 8-bit levels
+    plain = example_from_simulation(sim, target_nm=0.1)
+    rendered = example_from_simulation(sim, target_nm=0.1, render_rng=np.random.default_rng(0))
+    assert np.array_equal(plain.mask, rendered.mask)
+    yy, xx = np.mgrid[0:256, 0:256]
+    px = 25.0 / 256
+    darker = []
+    for d in sim.truth:
+        if d.visible and d.kind == "trough":
+            dist = np.hypot(yy - d.row, xx - d.col) * px
+            darker.append(grey[dist < 0.4].mean() < grey[(dist > 2.0) & (dist < 3.0)].mean())
+    assert len(darker) >= 5 and np.mean(darker) > 0.8
 
 
 def test_training_is_reproducible_and_members_differ(examples):

@@ -132,3 +132,56 @@ def test_materials_and_modes_differ_as_physics_says():
     c = simulate(1, mode="cafm", pixels=64, size_nm=10)
     assert c.analysis_channel == "Current" and c.recipe.gain_sigma >= 0.1
     assert np.nanmin(c.images[("Current", "forward")]) > 0  # a current, not a height
+
+
+def _two_defects(rng, separation_nm, *, second_amp_pm, second_kind="trough"):
+    """A clean 20 nm frame holding one small trough at the centre and one neighbour."""
+    from defectwatch.pipeline import simulate as sim_mod
+
+    r = replace(draw_recipe(rng, pixels=256, size_nm=20, density_per_cm2=1e8, artifacts=False),
+                size_scale=1.5)
+    cls = sim_mod.CLASS_BY_NAME["small bright trough"]
+    other = sim_mod.CLASS_BY_NAME["large bright peak" if second_kind == "peak"
+                                  else "small bright trough"]
+    a = sim_mod._Defect(10.0, 10.0, cls, "trough", -0.026, 0.9, 0.1, 0.0, 0.0, 0.0)
+    b = sim_mod._Defect(10.0 + separation_nm, 10.0, other, second_kind, second_amp_pm * 1e-3,
+                        0.9 if second_kind == "trough" else 2.0, 0.1, 0.0, 0.0, 0.0)
+    inside = np.ones(2, dtype=bool)
+    return sim_mod._hidden_by_neighbours(r, [a, b], inside)
+
+
+def test_defects_merged_with_a_stronger_neighbour_are_not_asked_for():
+    rng = np.random.default_rng(3)
+    # 0.6 nm apart: one blob; the weaker of the pair is hidden, the stronger keeps its label
+    assert _two_defects(rng, 0.6, second_amp_pm=-40).tolist() == [True, False]
+    # 3 nm apart: two blobs, both asked for
+    assert _two_defects(rng, 3.0, second_amp_pm=-40).tolist() == [False, False]
+    # a small trough on the flank of a large bright peak is swamped; far from it, it is not
+    assert _two_defects(rng, 2.0, second_amp_pm=300, second_kind="peak")[0]
+    assert not _two_defects(rng, 12.0, second_amp_pm=300, second_kind="peak")[0]
+
+
+def test_visible_truth_never_asks_for_two_defects_in_one_blob():
+    """At a dense 1e13 cm^-2 some defects overlap; of an overlapping pair at most one is asked
+    for, so a detector that finds each blob once can reach full recall."""
+    pairs = close_visible = 0
+    for seed in range(4):
+        sim = simulate(seed, size_nm=30, pixels=256, density_per_cm2=1e13, artifacts=False)
+        pts = np.array([[d.x_nm, d.y_nm] for d in sim.truth])
+        vis = np.array([d.visible for d in sim.truth])
+        kinds = np.array([d.kind for d in sim.truth])
+        dist = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+        close = (dist < 0.5) & (kinds[:, None] == kinds[None, :])
+        np.fill_diagonal(close, False)
+        pairs += int(close.sum())
+        close_visible += int((close & vis[:, None] & vis[None, :]).sum())
+    assert pairs > 0 and close_visible == 0
+
+
+def test_most_tips_resolve_the_lattice():
+    """The real 0.049-0.059 nm/px frames show the lattice crisply: so must most simulated tips."""
+    k = 4 * np.pi / (np.sqrt(3) * MATERIALS["wse2"].lattice_nm)  # first reciprocal shell
+    tips = [draw_recipe(np.random.default_rng(s), pixels=64).tip_sigma_nm for s in range(200)]
+    transfer = np.exp(-0.5 * (k * np.array(tips)) ** 2)
+    assert np.median(transfer) > 0.3
+    assert np.mean(transfer < 0.05) > 0.05  # and some blunt tips do not

@@ -170,3 +170,19 @@ def test_heartbeat_callable(engine):
     beat.stop()
     with read_transaction(engine) as s:
         assert hb.alive(session=s, within_s=60) == []
+
+
+def test_an_upgrade_that_ships_a_new_default_activates_it(engine, tmp_path):
+    """A record whose active version is an older shipped default that the upgrade removed
+    moves to the new shipped default; a version that still exists is never replaced."""
+    old = model_dir(tmp_path / "models", "default-sim-1")
+    assert active_model(engine, default_dir=lambda: old) == ("default-sim-1", old)
+    new = model_dir(tmp_path / "models", "default-sim-2")
+    assert active_model(engine, default_dir=lambda: new) == ("default-sim-1", old)  # still there
+    for f in old.iterdir():
+        f.unlink()
+    old.rmdir()
+    assert active_model(engine, default_dir=lambda: new) == ("default-sim-2", new)
+    with read_transaction(engine) as s:
+        assert [(v.name, bool(v.active)) for v in list_versions(session=s)] == [
+            ("default-sim-1", False), ("default-sim-2", True)]

@@ -67,6 +67,13 @@ class ModelConfig:
     parent: str | None = None
     members: dict[str, str] = field(default_factory=dict)  # file name -> sha256
 
+    def threshold_for(self, channel: str, default: float = 0.5) -> float:
+        """The mean-probability threshold for scans analysed in ``channel``: the version's
+        ``metrics.threshold_by_channel[channel]`` (C-AFM current maps: "Current"), else its
+        ``metrics.threshold``, else ``default``."""
+        by_channel = self.metrics.get("threshold_by_channel") or {}
+        return float(by_channel.get(channel, self.metrics.get("threshold", default)))
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["architecture"] = self.architecture.to_dict()

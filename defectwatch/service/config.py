@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from platformdirs import user_data_dir
+from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +24,11 @@ APP = "defectwatch"
 def data_dir() -> Path:
     """The user's data directory for defectwatch (platform-specific)."""
     return Path(user_data_dir(APP, appauthor=False))
+
+
+def cache_dir() -> Path:
+    """The user's cache directory for defectwatch (safe to delete: rebuilt when needed)."""
+    return Path(user_cache_dir(APP, appauthor=False))
 
 
 def default_db_url() -> str:

@@ -43,7 +43,10 @@ def _cached(directory: str, device: str, fast: bool) -> Ensemble:
     # on CPU, members run side by side (one per core, at most 4): measured faster than
     # splitting each member's small convolutions across cores (see `make bench`)
     side = max(1, min(os.cpu_count() or 1, 4))
-    return Ensemble.load(directory, device=device, fast=fast, side_by_side=side)
+    from defectwatch.service.config import cache_dir
+
+    return Ensemble.load(directory, device=device, fast=fast, side_by_side=side,
+                         onnx_cache_dir=cache_dir() / "onnx")
 
 
 def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: str = "auto",
@@ -62,8 +65,8 @@ def detect_scan(scan: Scan, *, ensemble: Ensemble, threshold: float | None = Non
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     prediction = ensemble.predict_scan(scan)
-    thr = threshold if threshold is not None else float(
-        ensemble.config.metrics.get("threshold", DEFAULT_THRESHOLD))
+    thr = (threshold if threshold is not None
+           else ensemble.config.threshold_for(scan.channel, DEFAULT_THRESHOLD))
     defects = tuple(prediction.defects(threshold=thr))
     area = scan.acquired_area_nm2
     dens = densities(defects, area)

@@ -144,16 +144,20 @@ def truth_mask(prediction: Prediction, labels: Sequence[TruthPoint]) -> np.ndarr
 def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | None = None,
              radius_nm: float = 1.0, baseline: bool = False,
              on_progress: Progress | None = None, n_cases: int | None = None) -> Report:
-    """Score ``ensemble`` on ``cases``; with ``baseline`` also tune the LoG baseline on the
-    same cases and score it."""
-    thr = threshold if threshold is not None else float(
-        ensemble.config.metrics.get("threshold", 0.5))
+    """Score ``ensemble`` on ``cases`` at ``threshold`` (None: the version's own threshold for
+    each scan's channel, `ModelConfig.threshold_for`); with ``baseline`` also tune the LoG
+    baseline on the same cases and score it."""
+    thr = threshold if threshold is not None else ensemble.config.threshold_for("Z")
     objects = ObjectEvaluation()
     pixels = PixelAccumulator(classes=tuple(ensemble.classes))
     kept: list[Case] = []
+    used: set[float] = set()
     for i, case in enumerate(cases):
         pred = ensemble.predict_scan(case.scan)
-        defects = pred.defects(threshold=thr)
+        case_thr = (threshold if threshold is not None
+                    else ensemble.config.threshold_for(case.scan.channel))
+        used.add(case_thr)
+        defects = pred.defects(threshold=case_thr)
         objects.add(defects, case.labels, area_nm2=case.scan.acquired_area_nm2,
                     radius_nm=radius_nm, name=case.name)
         mask = truth_mask(pred, case.labels)
@@ -162,6 +166,8 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
             kept.append(case)
         if on_progress:
             on_progress(i + 1, n_cases or 0)
+    if len(used) == 1:
+        thr = used.pop()
     pm = pixels.result(threshold=thr)
     base_summary = _baseline(kept, radius_nm) if baseline else None
     settings = {"model": ensemble.version, "threshold": thr, "radius_nm": radius_nm,
@@ -171,7 +177,7 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
 
 
 def choose_threshold(ensemble: Ensemble, cases: Iterable[Case], *,
-                     grid: Sequence[float] = tuple(round(0.25 + 0.05 * i, 2) for i in range(11)),
+                     grid: Sequence[float] = tuple(round(0.1 + 0.05 * i, 2) for i in range(15)),
                      radius_nm: float = 1.0, kinds: Sequence[str] = ("trough", "peak"),
                      on_progress: Progress | None = None) -> tuple[float, dict[float, float]]:
     """The mean-probability threshold in ``grid`` with the best mean object F1 over ``kinds``

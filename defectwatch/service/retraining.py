@@ -519,6 +519,9 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         if partial.exists():
             shutil.rmtree(partial)
         threshold = float(parent_cfg.metrics.get("threshold", DEFAULT_THRESHOLD))
+        thresholds = {"threshold": threshold}
+        if parent_cfg.metrics.get("threshold_by_channel"):
+            thresholds["threshold_by_channel"] = dict(parent_cfg.metrics["threshold_by_channel"])
         data = data_summary(items, default_radius_nm=mask_radius)
         training = {**recipe.to_dict(), "from": f"active version {parent}" if
                     options.from_active else "scratch", "device": str(device),
@@ -529,7 +532,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         config = ModelConfig(version=name, pixel_size_nm=target_nm, architecture=spec,
                              classes=tuple(parent_cfg.classes),
                              preprocess=dict(parent_cfg.preprocess), training=training,
-                             data=data, metrics={"threshold": threshold}, parent=parent)
+                             data=data, metrics=dict(thresholds), parent=parent)
         try:
             save_version(partial, config, states)
             candidate = Ensemble.load(partial, device=options.device)
@@ -541,15 +544,15 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
                     if on_progress:
                         on_progress(f"evaluating {label}", done, total)
 
+                # each version at its own thresholds (the candidate inherits the parent's)
                 reports[label] = evaluation_metrics(evaluate(
-                    ens, cases, threshold=threshold, on_progress=eval_progress,
-                    n_cases=len(cases)))
+                    ens, cases, on_progress=eval_progress, n_cases=len(cases)))
             cand_m, act_m = reports["candidate"], reports["active"]
             decision = gate({k: cand_m["kinds"][k]["f1"] if _has_truth(cand_m["kinds"][k])
                              else None for k in KINDS},
                             {k: act_m["kinds"][k]["f1"] for k in KINDS},
                             tolerance=options.tolerance, mode=options.promote)
-            metrics = {**cand_m, "threshold": threshold,
+            metrics = {**cand_m, **thresholds,
                        "test_split": {"scans": len(test_items), "labels": n_test_labels,
                                       "scan_names": [i.name for i in test_items]},
                        "compared_with": {"version": parent, **act_m},

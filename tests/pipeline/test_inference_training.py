@@ -115,11 +115,20 @@ def test_tiled_inference_matches_one_pass_everywhere(tiny_version):
     assert np.abs(one[1] - two[1]).max() < 1e-4
 
 
-def test_fast_mode_agrees_with_exact_mode(tiny_version):
-    image = np.random.default_rng(2).random((96, 96), dtype=np.float32)
+def test_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
+    """CPU fast mode runs ONNX Runtime exports of the members: the same maps, any size; the
+    exports are cached by the members' sha256 and reused."""
+    image = np.random.default_rng(2).random((96, 104), dtype=np.float32)
     exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
-    fast = Ensemble.load(tiny_version, device="cpu", fast=True).predict_image(image)
-    assert np.abs(exact[0] - fast[0]).max() < 1e-3
+    fast = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
+                         onnx_cache_dir=tmp_path).predict_image(image)
+    assert np.abs(exact[0] - fast[0]).max() < 1e-4 and np.abs(exact[1] - fast[1]).max() < 1e-4
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    assert len(cached) == 2 and all(name.endswith(".onnx") for name in cached)
+    stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
+    again = Ensemble.load(tiny_version, device="cpu", fast=True, onnx_cache_dir=tmp_path)
+    assert np.abs(again.predict_image(image)[0] - fast[0]).max() < 1e-6
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
 
 
 def test_members_side_by_side_give_the_same_maps(tiny_version):

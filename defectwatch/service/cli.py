@@ -167,8 +167,12 @@ def demo(
             if result.truth_per_cm2:
                 truth = ", ".join(f"{sample} {value:.3g}" for sample, value
                                   in sorted(result.truth_per_cm2.items()))
-                out.print(f"simulated truth (visible defects, cm⁻²): {escape(truth)}",
-                          highlight=False)
+                out.print(f"simulated truth, defects a labeller would mark (cm⁻²): "
+                          f"{escape(truth)}", highlight=False)
+                every = ", ".join(f"{sample} {value:.3g}" for sample, value
+                                  in sorted(result.truth_all_per_cm2.items()))
+                out.print(f"simulated truth, every defect, faint ones included (cm⁻²): "
+                          f"{escape(every)}", highlight=False)
             _print_demo_end(result)
     except DefectwatchError as exc:
         _fail(escape(str(exc)))

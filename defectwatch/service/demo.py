@@ -128,6 +128,7 @@ class DemoResult:
     truth_per_cm2: dict[str, float]  # visible simulated defects over the acquired area
     seconds: float
     missing: list[Path] = field(default_factory=list)  # written but not recorded in time
+    truth_all_per_cm2: dict[str, float] = field(default_factory=dict)  # every simulated defect
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -206,7 +207,8 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
     finally:
         engine.dispose()
     return DemoResult(paths=paths, model=model, written=written, scans=rows, density=density,
-                      truth_per_cm2=_truth(rows), seconds=time.monotonic() - started,
+                      truth_per_cm2=_truth(rows),
+                      truth_all_per_cm2=_truth(rows, visible_only=False), seconds=time.monotonic() - started,
                       missing=missing)
 
 
@@ -366,9 +368,9 @@ def _sleep_polling(seconds: float, tracker: _Tracker, poll_s: float) -> None:
         time.sleep(min(poll_s, left))
 
 
-def _truth(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Per sample: visible simulated defects per cm^2 over the recorded scans' acquired area
-    (the truth CSV beside each scan)."""
+def _truth(rows: Sequence[dict[str, Any]], *, visible_only: bool = True) -> dict[str, float]:
+    """Per sample: visible (a labeller would mark them) or all simulated defects per cm^2 over
+    the recorded scans' acquired area (the truth CSV beside each scan)."""
     from defectwatch.service.simulation import read_truth_csv
 
     counts: dict[str, int] = {}
@@ -378,7 +380,7 @@ def _truth(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         area = row["acquired_area_nm2"]
         if row["status"] != "done" or not area or not csv_path.is_file():
             continue
-        visible = sum(d.visible for d in read_truth_csv(csv_path))
+        visible = sum(d.visible or not visible_only for d in read_truth_csv(csv_path))
         sample = row["sample"] or ""
         counts[sample] = counts.get(sample, 0) + visible
         areas[sample] = areas.get(sample, 0.0) + area

@@ -452,7 +452,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
     from defectwatch.pipeline.inference import Ensemble
     from defectwatch.pipeline.model import ModelConfig, load_version, save_version
     from defectwatch.pipeline.training import TrainingRecipe, resolve_device, train_ensemble
-    from defectwatch.service.evaluation import evaluate
+    from defectwatch.service.evaluation import choose_threshold, evaluate
     from defectwatch.service.ingest import active_model
 
     options.check()
@@ -536,6 +536,19 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         try:
             save_version(partial, config, states)
             candidate = Ensemble.load(partial, device=options.device)
+            # the candidate's own threshold: the parent's was calibrated for the parent's
+            # probabilities, a retrained version's are not the same. Chosen on the training
+            # scans with exhaustive labels (partial sets would count unmarked defects as false),
+            # never on the test split the gate judges by.
+            by_channel = thresholds.get("threshold_by_channel", {})
+            fit = [i for i in train_items if i.exhaustive and i.scan.channel not in by_channel]
+            if fit:
+                chosen, table = choose_threshold(
+                    candidate, [Case(i.name, i.scan, i.truth()) for i in fit])
+                thresholds.update({"threshold": chosen, "threshold_chosen_on": (
+                    f"{len(fit)} training scans with exhaustive labels (in-sample)"),
+                    "threshold_table": {f"{t:.2f}": round(f, 4) for t, f in table.items()}})
+                candidate.config.metrics.update(thresholds)
             active = Ensemble(parent_cfg, parent_states, device=options.device)
             cases = [Case(i.name, i.scan, i.truth()) for i in test_items]
             reports = {}

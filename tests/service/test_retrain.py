@@ -188,6 +188,11 @@ def test_never_keeps_a_candidate_and_the_frozen_split_only_grows(record, sim_sca
     assert test_before < test_after and len(test_after) == 2
     report = json.loads(result.stdout)
     assert report["data"]["test"]["scans"] == 2 and not report["activated"]
+    # the candidate's threshold is its own, chosen on its training scans (not the test split)
+    config = json.loads((models / "cand-2" / "config.json").read_text())
+    table = config["metrics"]["threshold_table"]
+    assert "training scans" in config["metrics"]["threshold_chosen_on"]
+    assert table[f"{config['metrics']['threshold']:.2f}"] == max(table.values())
     engine.dispose()
 
 

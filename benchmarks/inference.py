@@ -10,6 +10,7 @@ and exact mode.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -105,8 +106,6 @@ def detection_f1(a, b, radius_px: float = 10.0) -> float:
 def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
     from defectwatch.pipeline.inference import Prediction
     from defectwatch.pipeline.preprocess import Resampling
-
-    import os
 
     config, states = load_version(model_dir)
     side = max(1, min(os.cpu_count() or 1, 4))

@@ -194,24 +194,29 @@ class Ensemble:
         autocast = self.fast and self.device.type == "cuda"
 
         def member_probs(member):
-            if self._sessions is not None:  # `member` is an ONNX Runtime session
-                from defectwatch.pipeline.onnx_members import run_session
-
-                with torch.inference_mode():
-                    return torch.softmax(torch.from_numpy(run_session(member, window)), dim=0)
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
                                                         enabled=autocast):
                 return torch.softmax(member(x).float(), dim=1)[0]
 
+        def session_probs(session):
+            with torch.inference_mode():
+                return torch.softmax(torch.from_numpy(run_session(session, window)), dim=0)
+
+        if self._sessions is not None:
+            from defectwatch.pipeline.onnx_members import run_session
+
+            probs_of, runners = session_probs, self._sessions
+        else:
+            probs_of, runners = member_probs, self.members
         if self.side_by_side > 1 and self.device.type == "cpu":
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(self.side_by_side,
                                                 thread_name_prefix="ensemble-member")
-            probs = self._pool.map(member_probs, self._sessions or self.members)
+            probs = self._pool.map(probs_of, runners)
         else:
-            probs = map(member_probs, self._sessions or self.members)
+            probs = map(probs_of, runners)
         mean = m2 = None
         with torch.inference_mode():
             for k, p in enumerate(probs, start=1):

@@ -171,6 +171,14 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
     return out
 
 
+def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
+    """Replace the ``metrics`` of a saved version's config.json (weights and hashes untouched)."""
+    path = Path(directory) / CONFIG_NAME
+    stored = json.loads(path.read_text())
+    stored["metrics"] = dict(metrics)
+    path.write_text(json.dumps(stored, indent=2))
+
+
 def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[dict[str, Any]]]:
     """Read and check a version directory -> (config, member state dicts in float32)."""
     from safetensors.torch import load_file

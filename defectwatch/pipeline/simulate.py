@@ -601,14 +601,16 @@ def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarr
     xs = np.array([d.x for d in defects])
     ys = np.array([d.y for d in defects])
     rows, cols = geo.pixel(xs, ys)
-    contrast = (defect_contrast(flat, pixel_size_nm=float(np.sqrt(px * py)), rows=rows,
-                                cols=cols, radius_nm=[d.radius_nm for d in defects])
-                if flat is not None else np.full(len(defects), np.nan))
+    inside = (rows >= -0.5) & (rows < r.ny - 0.5) & (cols >= -0.5) & (cols < r.nx - 0.5)
+    contrast = np.full(len(defects), np.nan)
+    if flat is not None:  # judged only for the defects inside the frame
+        contrast[inside] = defect_contrast(
+            flat, pixel_size_nm=float(np.sqrt(px * py)), rows=rows[inside], cols=cols[inside],
+            radius_nm=[d.radius_nm for d, keep in zip(defects, inside) if keep])
     # a defect is visible when its amplitude beats the noise averaged over its area:
     # white noise and lattice average out over the pixels it covers, streaks and 1/f much less
     pixel_noise2 = r.white_nm ** 2 + (0.5 * r.corrugation_nm) ** 2
     slow_noise2 = (0.5 * r.streak_nm) ** 2 + (0.3 * r.pink_nm) ** 2 + (0.3 * r.line_offset_nm) ** 2
-    inside = (rows >= -0.5) & (rows < r.ny - 0.5) & (cols >= -0.5) & (cols < r.nx - 0.5)
     hidden = _hidden_by_neighbours(r, defects, inside)
     out = []
     for i, (d, row, col) in enumerate(zip(defects, rows, cols)):
@@ -656,8 +658,6 @@ def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray)
         s_i = float(sigma[i])
         near = [j for j in tree.query_ball_point(xy[i], float(reach.max()) + 1.5 * s_i)
                 if j != i and math.dist(xy[i], xy[j]) < reach[j] + 1.5 * s_i]
-        if not near:
-            continue
         for j in near:
             e = defects[j]
             if (e.kind == d.kind and abs(e.amp_nm) >= abs(d.amp_nm)

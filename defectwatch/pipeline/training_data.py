@@ -61,9 +61,8 @@ def exported_render(z: np.ndarray, rng: np.random.Generator,
     lo, hi = np.percentile(filled[valid], [rng.uniform(0.0, 2.0), 100.0 - rng.uniform(0.0, 2.0)])
     grey = np.clip((filled - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
     u8 = np.rint(grey * 255.0).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
-    out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) if ok else u8.astype(
-        np.float32)
+    _, jpeg = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
+    out = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE).astype(np.float32)
     out[~valid] = np.nan
     return out
 

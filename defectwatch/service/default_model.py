@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from defectwatch.pipeline.model import ModelConfig, UnetSpec, save_version
+from defectwatch.pipeline.model import ModelConfig, UnetSpec, save_version, write_metrics
 from defectwatch.pipeline.preprocess import PreprocessParams
-from defectwatch.pipeline.training import TrainingRecipe, resolve_device, train_ensemble
+from defectwatch.pipeline.training import TrainingRecipe, resolve_device
 from defectwatch.pipeline.training_data import Example, SimulationMix, simulated_examples
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,9 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
               "seeds": [seeds[0], seeds[-1]], "mix": dict(mix.__dict__),
               "model_pixels": int(sum(e.image01.size for e in examples))},
         metrics={})
-    states_list = [states[k] for k in range(recipe.members)]
-    save_version(partial / "candidate", config, states_list)
-    config.metrics = validation_thresholds(partial / "candidate")
-    return save_version(out, config, states_list)
+    save_version(out, config, [states[k] for k in range(recipe.members)])
+    write_metrics(out, validation_thresholds(out))  # chosen on the fp16 weights that ship
+    return out
 
 
 def validation_thresholds(directory: Path) -> dict:

@@ -207,9 +207,8 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
     finally:
         engine.dispose()
     return DemoResult(paths=paths, model=model, written=written, scans=rows, density=density,
-                      truth_per_cm2=_truth(rows),
-                      truth_all_per_cm2=_truth(rows, visible_only=False), seconds=time.monotonic() - started,
-                      missing=missing)
+                      truth_per_cm2=_truth(rows), seconds=time.monotonic() - started,
+                      missing=missing, truth_all_per_cm2=_truth(rows, visible_only=False))
 
 
 def _activate(engine: Engine, directory: Path) -> None:
@@ -380,9 +379,9 @@ def _truth(rows: Sequence[dict[str, Any]], *, visible_only: bool = True) -> dict
         area = row["acquired_area_nm2"]
         if row["status"] != "done" or not area or not csv_path.is_file():
             continue
-        visible = sum(d.visible or not visible_only for d in read_truth_csv(csv_path))
+        counted = sum(d.visible or not visible_only for d in read_truth_csv(csv_path))
         sample = row["sample"] or ""
-        counts[sample] = counts.get(sample, 0) + visible
+        counts[sample] = counts.get(sample, 0) + counted
         areas[sample] = areas.get(sample, 0.0) + area
     return {s: counts[s] / areas[s] * 1e14 for s in counts if areas[s] > 0}
 

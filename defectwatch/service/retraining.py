@@ -24,7 +24,6 @@ dies, so a crashed retrain never leaves a stale lock) keeps two retrains from ov
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -450,7 +449,8 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
     import torch
 
     from defectwatch.pipeline.inference import Ensemble
-    from defectwatch.pipeline.model import ModelConfig, load_version, save_version
+    from defectwatch.pipeline.model import (ModelConfig, load_version, save_version,
+                                            write_metrics)
     from defectwatch.pipeline.training import TrainingRecipe, resolve_device, train_ensemble
     from defectwatch.service.evaluation import choose_threshold, evaluate
     from defectwatch.service.ingest import active_model
@@ -557,7 +557,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
                     if on_progress:
                         on_progress(f"evaluating {label}", done, total)
 
-                # each version at its own thresholds (the candidate inherits the parent's)
+                # each version at its own thresholds
                 reports[label] = evaluation_metrics(evaluate(
                     ens, cases, on_progress=eval_progress, n_cases=len(cases)))
             cand_m, act_m = reports["candidate"], reports["active"]
@@ -570,10 +570,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
                                       "scan_names": [i.name for i in test_items]},
                        "compared_with": {"version": parent, **act_m},
                        "gate": {**asdict(decision), "summary": decision.summary()}}
-            cfg_path = partial / "config.json"
-            stored = json.loads(cfg_path.read_text())
-            stored["metrics"] = metrics
-            cfg_path.write_text(json.dumps(stored, indent=2))
+            write_metrics(partial, metrics)
             final = models / name
             partial.rename(final)
         except BaseException:

@@ -1,5 +1,4 @@
-"""Ensemble probability maps -> defects: threshold, connected components (split where one holds
-several distinct probability maxima), weighted centroids."""
+"""Ensemble probability maps -> defects: threshold, connected components, weighted centroids."""
 
 from __future__ import annotations
 
@@ -11,44 +10,17 @@ from scipy import ndimage
 from defectwatch.domain import Defect
 
 DEFAULT_CLASSES = ("background", "trough", "peak")
-# a component is split between maxima that stand at least this much mean probability above
-# the saddle joining them: touching blobs (a cluster of peaks) are one component above the
-# threshold, and one centroid between two defects finds neither
-SPLIT_DIP = 0.1
-
-
-def _blobs(prob: np.ndarray, threshold: float, split_dip: float) -> tuple[np.ndarray, int]:
-    """Label image of the blobs above ``threshold``: connected components, each split by a
-    watershed on the probability between its maxima that stand at least ``split_dip`` above
-    the saddle joining them (0: no splitting)."""
-    mask = prob >= threshold
-    labels, n = ndimage.label(mask)
-    if n == 0 or split_dip <= 0:
-        return labels, n
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import relabel_sequential, watershed
-
-    # outside the blobs the map is 0, so every component's top is a marker of its own
-    markers, m = ndimage.label(h_maxima(np.where(mask, prob, 0.0).astype(np.float64),
-                                        split_dip).astype(bool) & mask)
-    if m <= n:  # no component holds two distinct maxima
-        return labels, n
-    split = watershed(-prob, markers, mask=mask)
-    split, _, _ = relabel_sequential(split)
-    return split, int(split.max())
 
 
 def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
                  pixel_size_nm: tuple[float, float], threshold: float = 0.5,
                  min_area_px: int = 2, classes: Sequence[str] = DEFAULT_CLASSES,
-                 valid: np.ndarray | None = None, split_dip: float = SPLIT_DIP
-                 ) -> list[Defect]:
+                 valid: np.ndarray | None = None) -> list[Defect]:
     """Defects of every non-background class, sorted by confidence (highest first).
 
     ``mean_probs`` and ``spread``: (C, H, W) mean class probabilities and member standard
     deviations; ``pixel_size_nm``: (x, y); ``valid``: (H, W) or (H,) bool, False where nothing
-    was acquired: no defect is reported whose centroid lies there. ``split_dip``: see
-    `SPLIT_DIP` (0 keeps every connected component whole).
+    was acquired: no defect is reported whose centroid lies there.
     """
     mean_probs = np.asarray(mean_probs, dtype=np.float32)
     spread = np.asarray(spread, dtype=np.float32)
@@ -70,7 +42,7 @@ def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
         if kind == "background":
             continue
         prob = mean_probs[c]
-        labels, n = _blobs(prob, threshold, split_dip)
+        labels, n = ndimage.label(prob >= threshold)
         if n == 0:
             continue
         index = np.arange(1, n + 1)

@@ -71,15 +71,6 @@ MATERIALS = {
     "mose2": Material("mose2", 0.329, 0.646, -1.9, (0.5, 0.8)),
 }
 MODES = ("stm", "cafm")
-# share of STM scans with clusters of bright peaks (3 of the 15 real labelled frames show one;
-# they hold 35 of its 62 labelled peaks)
-CLUSTER_SCAN_SHARE = 0.3
-CLUSTER_AMP_SCALE = (0.4, 1.0)  # log-uniform, of the large bright peak's table height
-SUPERSTRUCTURE_SHARE = 0.15  # share of STM scans showing a superstructure patch
-# bright peaks often sit in a dark ring (a sombrero): around the real labelled peaks the median
-# profile falls from +2.4 sigma at the centre to -0.7 sigma at 1.6-2.4 nm, and 61% dip below
-# -0.5 sigma (measured on the 15 real frames)
-PEAK_RING_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -137,13 +128,6 @@ class Recipe:
     step_edge: dict[str, float] | None = None
     hysteresis_nm: float = 0.05
     abort_fraction: float = 1.0  # share of lines acquired before the scan was stopped
-    # clusters of large bright peaks packed blob against blob (adsorbate islands): most real
-    # labelled peaks sit in them, 2-3.5 nm apart; each {x_nm, y_nm, n, amp_scale}
-    peak_clusters: list[dict[str, float]] = field(default_factory=list)
-    # a triangular superstructure of faint bright bumps 1.5-3.5 nm apart (moire, charge order,
-    # tip states), in a band of lines or the whole frame: not a defect, never labelled (real
-    # frames at 20 nm show such patches); {period_nm, angle_rad, amp_nm, row_from, row_to}
-    superstructure: dict[str, float] | None = None
     gain_sigma: float = 0.0  # C-AFM: line gain changes
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,21 +227,6 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
         r.hysteresis_nm = 0.0
     if mode == "cafm":
         r.gain_sigma = float(rng.uniform(0.10, 0.30)) if artifacts else 0.0
-    elif rng.random() < CLUSTER_SCAN_SHARE:
-        n_clusters = 1 + int(rng.random() < 0.3) + int(size_nm >= 100 and rng.random() < 0.5)
-        r.peak_clusters = [{"x_nm": float(rng.uniform(0.1, 0.9) * size_nm),
-                            "y_nm": float(rng.uniform(0.1, 0.9) * size_nm),
-                            "n": int(rng.integers(3, 16)),
-                            "amp_scale": _log_uniform(rng, *CLUSTER_AMP_SCALE)}
-                           for _ in range(n_clusters)]
-    if mode == "stm" and rng.random() < SUPERSTRUCTURE_SHARE:
-        whole = rng.random() < 0.4
-        start = 0.0 if whole else float(rng.uniform(0.0, 0.8))
-        r.superstructure = {"period_nm": float(rng.uniform(1.5, 3.5)),
-                            "angle_rad": float(rng.uniform(0, math.pi / 3)),
-                            "amp_nm": r.corrugation_nm * float(rng.uniform(0.5, 2.0)),
-                            "row_from": start,
-                            "row_to": 1.0 if whole else start + float(rng.uniform(0.1, 0.5))}
     return r
 
 
@@ -311,10 +280,6 @@ class _Defect:
     halo_nm: float  # charged halo decay length (0 = none)
     halo_amp_nm: float
     lattice_gain: float  # local lattice brightening for peaks (0 = none)
-    clustered: bool = False  # member of a peak cluster: marked by its blob, not by ring contrast
-    ring_nm: float = 0.0  # radius of a dark ring around a bright peak (0 = none)
-    ring_width_nm: float = 0.0
-    ring_amp_nm: float = 0.0  # signed, opposite to amp_nm
 
 
 def _lattice_vectors(r: Recipe) -> tuple[np.ndarray, np.ndarray]:
@@ -366,55 +331,9 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
                 amp, halo_amp = -amp, -halo_amp
                 kind = PEAK if kind == TROUGH else TROUGH
         gain = float(rng.uniform(0.5, 1.5)) if kind == PEAK and not cls.charged else 0.0
-        d = _Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo, halo_amp, gain)
-        if kind == PEAK and not cls.charged and r.mode == "stm":
-            _maybe_ring(rng, r, d)
-        out.append(d)
-    for cluster in r.peak_clusters:
-        out.extend(_cluster_members(rng, r, cluster))
+        out.append(_Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo,
+                           halo_amp, gain))
     return out
-
-
-def _cluster_members(rng: np.random.Generator, r: Recipe, cluster: dict[str, float]
-                     ) -> list[_Defect]:
-    """Large bright peaks (radius 1-1.75 nm whatever the scan's size scale) grown blob against
-    blob around ``cluster``'s centre: each new one
-    touches a random earlier one (centres 0.85-1.15x the sum of radii apart) without
-    overlapping any other (not closer than 0.8x)."""
-    cls = CLASS_BY_NAME["large bright peak"]
-    members: list[_Defect] = []
-    for _ in range(int(cluster["n"])):
-        radius = float(rng.uniform(1.0, 1.75))  # compact blobs: 2-3.5 nm apart, as real ones
-        amp = cls.height_pm * 1e-3 * cluster["amp_scale"] * float(rng.lognormal(0.0, 0.25))
-        x, y = cluster["x_nm"], cluster["y_nm"]
-        for _try in range(30):
-            if not members:
-                break
-            anchor = members[int(rng.integers(len(members)))]
-            ang = rng.uniform(0, 2 * math.pi)
-            dist = (anchor.radius_nm + radius) * rng.uniform(0.85, 1.15)
-            x, y = anchor.x + dist * math.cos(ang), anchor.y + dist * math.sin(ang)
-            if all(math.hypot(x - m.x, y - m.y) >= 0.8 * (m.radius_nm + radius)
-                   for m in members):
-                break
-        else:
-            continue
-        d = _Defect(float(x), float(y), cls, PEAK, amp, radius, float(rng.uniform(0.05, 0.3)),
-                    0.0, 0.0, float(rng.uniform(0.5, 1.5)), clustered=True)
-        _maybe_ring(rng, r, d)
-        members.append(d)
-    return members
-
-
-def _maybe_ring(rng: np.random.Generator, r: Recipe, d: _Defect) -> None:
-    """Give a bright peak a dark ring (share `PEAK_RING_SHARE`): at 2-3 core sigma, 0.5-0.9
-    sigma wide, 10-35% of the peak's height deep."""
-    if rng.random() >= PEAK_RING_SHARE:
-        return
-    s = _core_sigma_nm(d, r.tip_sigma_nm)
-    d.ring_nm = s * float(rng.uniform(2.0, 3.0))
-    d.ring_width_nm = s * float(rng.uniform(0.5, 0.9))
-    d.ring_amp_nm = -d.amp_nm * float(rng.uniform(0.1, 0.35))
 
 
 def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
@@ -431,9 +350,6 @@ def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
         rho = np.sqrt(rho2) + 0.3
         height = height + d.halo_amp_nm * np.exp(-rho / d.halo_nm) * 0.3 / np.sqrt(rho / d.halo_nm
                                                                                      + 0.09)
-    if d.ring_nm > 0:
-        height = height + d.ring_amp_nm * np.exp(-(np.sqrt(rho2) - d.ring_nm) ** 2
-                                                 / (2.0 * d.ring_width_nm ** 2))
     gain = d.lattice_gain * np.exp(-rho2 / (2.0 * (d.radius_nm * 0.9) ** 2))
     return height, gain
 
@@ -442,8 +358,6 @@ def _reach_nm(d: _Defect) -> float:
     reach = 4.0 * d.radius_nm * 1.4 + 0.5
     if d.halo_nm > 0:
         reach = max(reach, 5.0 * d.halo_nm)
-    if d.ring_nm > 0:
-        reach = max(reach, d.ring_nm + 4.0 * d.ring_width_nm)
     return reach
 
 
@@ -476,8 +390,6 @@ def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
     if r.mode == "cafm":
         return defects_h
     topo = defects_h + _lattice(r, xs, ys, px) * (1.0 + gain)
-    if r.superstructure:
-        topo += _superstructure(r, xs, ys, rows)
     if r.step_edge:
         topo += _step(r, xs, ys)
     return topo
@@ -497,25 +409,6 @@ def _lattice(r: Recipe, xs: np.ndarray, ys: np.ndarray, px: float) -> np.ndarray
         pixel = abs(np.sinc(g[0] * px / (2 * math.pi)))  # averaging over the pixel dwell
         out += tip * pixel * np.cos(g[0] * xs + g[1] * ys)
     return r.corrugation_nm * out / 3.0
-
-
-def _superstructure(r: Recipe, xs: np.ndarray, ys: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Bright bumps on a triangular lattice of ``period_nm`` (>= 0, nm), between display rows
-    ``row_from``-``row_to`` (fractions of the frame height) with soft edges."""
-    ss = r.superstructure
-    k = 4 * math.pi / (math.sqrt(3) * ss["period_nm"])
-    out = np.zeros_like(xs)
-    for j in range(3):
-        th = ss["angle_rad"] + j * 2 * math.pi / 3
-        out += np.cos(k * (math.cos(th) * xs + math.sin(th) * ys))
-    bumps = (out + 1.5) / 4.5  # 0 (between bumps) .. 1 (on a bump)
-    t = rows / max(r.ny - 1, 1)
-    edge = 0.02
-    band = 1.0 / (1.0 + np.exp(-(t - ss["row_from"]) / edge)) \
-        / (1.0 + np.exp((t - ss["row_to"]) / edge))
-    if ss["row_from"] <= 0.0 and ss["row_to"] >= 1.0:
-        band = np.ones_like(t)
-    return ss["amp_nm"] * bumps * band
 
 
 def _step(r: Recipe, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -728,8 +621,7 @@ def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarr
         noise = math.sqrt(pixel_noise2 / n_px + slow_noise2)
         strong = abs(d.amp_nm) + abs(d.halo_amp_nm) * 0.3 >= 2.0 * noise
         visible = bool(acquired[int(round(row))] and strong and diameter_px >= 2.5
-                       and not hidden[i]
-                       and (d.clustered or marked(d.kind, float(contrast[i])))
+                       and not hidden[i] and marked(d.kind, float(contrast[i]))
                        and _step_distance(r, d.x, d.y) > 0.5 + d.radius_nm)
         out.append(TruthDefect(float(row), float(col), float((col + 0.5) * px),
                                float((row + 0.5) * py), d.kind, d.cls.name, visible))

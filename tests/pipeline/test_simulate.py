@@ -28,16 +28,9 @@ def test_same_seed_same_scan():
     assert a.truth == b.truth
 
 
-def _without_clusters(seed: int, **kwargs):
-    rng = np.random.default_rng(seed)
-    r = draw_recipe(rng, seed=seed, **kwargs)
-    r.peak_clusters = []  # cluster members come on top of the Poisson density
-    return simulate_scan(rng, r)
-
-
 def test_density_within_poisson_bounds():
     density, size, scans = 1e12, 40.0, 16
-    total = sum(len(_without_clusters(s, pixels=64, size_nm=size, density_per_cm2=density).truth)
+    total = sum(len(simulate(s, pixels=64, size_nm=size, density_per_cm2=density).truth)
                 for s in range(scans))
     expected = density * size * size * 1e-14 * scans  # 16 cm^-2 ... = 256 defects
     lo, hi = stats.poisson.ppf([0.0005, 0.9995], expected)
@@ -59,8 +52,7 @@ def test_class_mix_follows_the_annotation_statistics():
 def test_lattice_is_the_se_lattice_at_fine_sampling():
     rng = np.random.default_rng(5)
     r = draw_recipe(rng, size_nm=12.5, pixels=256, density_per_cm2=1e8, artifacts=False)
-    r = replace(r, tip_sigma_nm=0.06, corrugation_nm=0.02,  # a sharp tip, 0.049 nm/px
-                peak_clusters=[], superstructure=None)  # the bare lattice
+    r = replace(r, tip_sigma_nm=0.06, corrugation_nm=0.02)  # a sharp tip, 0.049 nm/px
     sim = simulate_scan(rng, r)
     z = flatten(sim.images[("Z", "forward")].astype(np.float64))
     power = np.abs(np.fft.fftshift(np.fft.fft2(z - z.mean()))) ** 2
@@ -193,74 +185,3 @@ def test_most_tips_resolve_the_lattice():
     transfer = np.exp(-0.5 * (k * np.array(tips)) ** 2)
     assert np.median(transfer) > 0.3
     assert np.mean(transfer < 0.05) > 0.05  # and some blunt tips do not
-
-
-def _scan_with_cluster(seed: int, n: int):
-    """A clean 30 nm STM scan holding one cluster of ``n`` bright peaks and few other defects."""
-    rng = np.random.default_rng(seed)
-    r = draw_recipe(rng, pixels=512, size_nm=30, density_per_cm2=1e10, artifacts=False)
-    r.peak_clusters = [{"x_nm": 15.0, "y_nm": 15.0, "n": n, "amp_scale": 0.6}]
-    return simulate_scan(rng, r)
-
-
-def test_peak_clusters_pack_bright_blobs_that_are_each_asked_for():
-    """Most real labelled peaks sit in clusters, 2-3.5 nm apart, each blob labelled."""
-    from scipy.spatial import cKDTree
-
-    sim = _scan_with_cluster(5, 8)
-    members = [d for d in sim.truth if d.subtype == "large bright peak"
-               and np.hypot(d.x_nm - 15.0, d.y_nm - 15.0) < 10.0]
-    assert len(members) >= 6
-    xy = np.array([[d.x_nm, d.y_nm] for d in members])
-    nn = cKDTree(xy).query(xy, k=2)[0][:, 1]
-    assert 1.6 <= nn.min() and np.median(nn) <= 3.6
-    assert sum(d.visible for d in members) >= 0.8 * len(members)
-    # each blob is bright: its centre stands above the frame's median
-    z = flatten(sim.images[("Z", "forward")].astype(np.float64))
-    centres = [z[int(round(d.row)), int(round(d.col))] for d in members]
-    assert np.median(centres) > np.median(z) + 3 * np.std(z[:50, :50])
-
-
-def test_cluster_share_of_scans_follows_the_real_frames():
-    shares = [bool(draw_recipe(np.random.default_rng(s), pixels=64).peak_clusters)
-              for s in range(300)]
-    assert 0.2 < np.mean(shares) < 0.4
-    cafm = [bool(draw_recipe(np.random.default_rng(s), mode="cafm", pixels=64).peak_clusters)
-            for s in range(50)]
-    assert not any(cafm)
-
-
-def test_a_ringed_peak_sits_in_a_dark_ring():
-    """The real labelled peaks' median profile dips below the background at 1.6-2.4 nm."""
-    from defectwatch.pipeline import simulate as sim_mod
-
-    rng = np.random.default_rng(0)
-    r = draw_recipe(rng, pixels=64, size_nm=10, artifacts=False)
-    d = sim_mod._Defect(0.0, 0.0, sim_mod.CLASS_BY_NAME["large bright peak"], "peak", 0.1,
-                        1.0, 0.0, 0.0, 0.0, 0.0)
-    sim_mod.PEAK_RING_SHARE, saved = 1.0, sim_mod.PEAK_RING_SHARE
-    try:
-        sim_mod._maybe_ring(rng, r, d)
-    finally:
-        sim_mod.PEAK_RING_SHARE = saved
-    rho = np.linspace(0.0, 6.0, 61)
-    h, _ = sim_mod._defect_field(rho, np.zeros_like(rho), d, 0.0, r.tip_sigma_nm)
-    assert h[0] > 0.09 and 1.0 < rho[np.argmin(h)] < 3.0
-    assert -0.04 < h.min() < -0.005 and abs(h[-1]) < 1e-3
-
-
-def test_a_superstructure_band_adds_unlabelled_bumps_only_in_its_lines():
-    rng = np.random.default_rng(2)
-    r = draw_recipe(rng, pixels=256, size_nm=20, density_per_cm2=1e8, artifacts=False)
-    r.superstructure = {"period_nm": 2.0, "angle_rad": 0.3, "amp_nm": 0.03,
-                        "row_from": 0.5, "row_to": 1.0}
-    with_band = simulate_scan(np.random.default_rng(9), r)
-    without = simulate_scan(np.random.default_rng(9), replace(r, superstructure=None))
-    diff = (with_band.images[("Z", "forward")] - without.images[("Z", "forward")]) * 1e9
-    assert np.abs(diff[:100]).max() < 1e-3  # lines above the band: untouched
-    assert diff[150:].max() - diff[150:].min() > 0.02  # inside it: bumps of the set amplitude
-    assert [d.visible for d in with_band.truth] == [d.visible for d in without.truth]
-    # bumps 2 nm apart: the strongest spatial frequency is the superstructure's
-    spectrum = np.abs(np.fft.rfft(diff[200] - diff[200].mean()))
-    period_nm = 20.0 / np.argmax(spectrum)
-    assert 1.5 < period_nm < 2.6

@@ -150,6 +150,25 @@ def _recorder(engine, sample_rule: str | None):
     return record
 
 
+def _per_scan_table(scans: list[dict]) -> Table:
+    """Per scan: TP / FP / FN and F1 per kind, and the total density's relative error."""
+    table = Table("scan", "troughs TP/FP/FN", "trough F1", "peaks TP/FP/FN", "peak F1",
+                  "density error")
+    for scan in scans:
+        cells = []
+        for kind in ("trough", "peak"):
+            sc = scan["scores"].get(kind)
+            if sc is None:
+                cells += ["-", "-"]
+                continue
+            cells += [f"{sc['tp']}/{sc['fp']}/{sc['fn']}",
+                      f"{sc['f1']:.3f}" if sc["tp"] + sc["fp"] + sc["fn"] else "-"]
+        err = scan["densities"].get("total", {}).get("relative_error")
+        cells.append(f"{err:+.0%}" if err is not None and math.isfinite(err) else "-")
+        table.add_row(escape(str(scan["name"])), *cells)
+    return table
+
+
 def _expand(paths: list[Path]) -> list[Path]:
     """Files as given; folders -> their .sxm files (case-insensitive), sorted."""
     files: list[Path] = []
@@ -186,6 +205,9 @@ def evaluate(
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Write summary.json and the figures (PNG) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    per_scan: Annotated[bool, typer.Option(
+        "--per-scan", help="Also a table per scan: where do the misses and false finds sit?")
+    ] = False,
 ) -> None:
     """Score the ensemble against ground truth: object level and the paper's pixel level."""
     from defectwatch.service.detection import load_ensemble
@@ -246,6 +268,8 @@ def evaluate(
                           *(str(int(s[k])) if math.isfinite(s[k]) else "-"
                             for k in ("tp", "fp", "fn")))
     out.print(table)
+    if per_scan:
+        out.print(_per_scan_table(report.objects["scans"]))
     pm = report.pixels
     out.print(f"pixel level: mAP {pm['map']:.3f}, mean AUROC {pm['mean_auroc']:.3f}, "
               f"mean F1 {pm['mean_f1']:.3f}  ({n} scans, threshold "

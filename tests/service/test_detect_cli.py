@@ -96,3 +96,15 @@ def test_evaluate_writes_summary_and_figures(tiny_model, scans, tmp_path):
         assert cv2.imread(str(tmp_path / "ev" / name)) is not None
     nothing = runner.invoke(app, ["evaluate", "--model", str(tiny_model)])
     assert nothing.exit_code == 1 and "nothing to evaluate" in nothing.output
+
+
+def test_evaluate_per_scan_shows_each_scans_counts(tiny_model, scans):
+    result = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
+                                 "--per-scan"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
+                                             "--json"]).stdout)
+    for scan in summary["objects"]["scans"]:
+        t = scan["scores"]["trough"]
+        assert scan["name"] in result.stdout
+        assert f"{t['tp']}/{t['fp']}/{t['fn']}" in result.stdout

@@ -151,6 +151,15 @@ def plot_pixel_summary(metrics: PixelMetrics, path: PathLike, *,
     return _save(fig, path)
 
 
+def best_f1_index(curve: ThresholdCurve) -> int | None:
+    """Index of the best F1 on ``curve`` (None if empty); ties go to the highest threshold,
+    since below the threshold the detections were made at the curve is flat."""
+    if not curve.f1:
+        return None
+    return max(range(len(curve.f1)), key=lambda k: (
+        curve.f1[k] if math.isfinite(curve.f1[k]) else -1.0, curve.thresholds[k]))
+
+
 def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, *,
                           mark_threshold: float | None = None, title: str | None = None) -> Path:
     """Object-level precision (dashed), recall (dotted) and F1 (solid) per kind against the
@@ -159,8 +168,7 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     ax = fig.add_subplot()
     for i, (kind, c) in enumerate(curves.items()):
         colour = _colour(kind, i)
-        best = max(range(len(c.f1)), key=lambda k: (c.f1[k] if math.isfinite(c.f1[k])
-                                                    else -1.0)) if c.f1 else None
+        best = best_f1_index(c)
         label = kind if best is None else (f"{kind} F1\n(best {_fmt(c.f1[best])} at "
                                            f"{c.thresholds[best]:.2f})")
         ax.plot(c.thresholds, c.f1, color=colour, lw=2.0, label=label)
@@ -170,6 +178,9 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     ax.plot([], [], color="#555555", ls=":", lw=1.2, label="recall")
     if mark_threshold is not None:
         ax.axvline(mark_threshold, color="#999999", lw=1)
+        # the detections were made at the mark: a lower confidence cut cannot add any
+        ax.axvspan(0, mark_threshold, color="#999999", alpha=0.12, lw=0,
+                   label="below the detection\nthreshold (no change)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence threshold")

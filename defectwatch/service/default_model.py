@@ -52,7 +52,8 @@ VALIDATION_BY_CHANNEL = {
 }
 
 
-def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM, mix: SimulationMix = SimulationMix(),
+def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM,
+                   mix: SimulationMix = SimulationMix(),
                    params: PreprocessParams = PreprocessParams(),
                    radius_nm: dict[str, float] = MASK_RADIUS_NM, on_progress=None
                    ) -> list[Example]:

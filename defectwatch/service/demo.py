@@ -206,9 +206,10 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
         density = density_report(engine)
     finally:
         engine.dispose()
+    marked, every = _truth(rows)
     return DemoResult(paths=paths, model=model, written=written, scans=rows, density=density,
-                      truth_per_cm2=_truth(rows), seconds=time.monotonic() - started,
-                      missing=missing, truth_all_per_cm2=_truth(rows, visible_only=False))
+                      truth_per_cm2=marked, seconds=time.monotonic() - started,
+                      missing=missing, truth_all_per_cm2=every)
 
 
 def _activate(engine: Engine, directory: Path) -> None:
@@ -367,23 +368,29 @@ def _sleep_polling(seconds: float, tracker: _Tracker, poll_s: float) -> None:
         time.sleep(min(poll_s, left))
 
 
-def _truth(rows: Sequence[dict[str, Any]], *, visible_only: bool = True) -> dict[str, float]:
-    """Per sample: visible (a labeller would mark them) or all simulated defects per cm^2 over
-    the recorded scans' acquired area (the truth CSV beside each scan)."""
+def _truth(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per sample, simulated defects per cm^2 over the recorded scans' acquired area (the truth
+    CSV beside each scan, read once): (those a labeller would mark, every one)."""
     from defectwatch.service.simulation import read_truth_csv
 
-    counts: dict[str, int] = {}
+    marked: dict[str, int] = {}
+    every: dict[str, int] = {}
     areas: dict[str, float] = {}
     for row in rows:
         csv_path = Path(row["path"]).with_suffix(".csv")
         area = row["acquired_area_nm2"]
         if row["status"] != "done" or not area or not csv_path.is_file():
             continue
-        counted = sum(d.visible or not visible_only for d in read_truth_csv(csv_path))
+        truth = read_truth_csv(csv_path)
         sample = row["sample"] or ""
-        counts[sample] = counts.get(sample, 0) + counted
+        marked[sample] = marked.get(sample, 0) + sum(d.visible for d in truth)
+        every[sample] = every.get(sample, 0) + len(truth)
         areas[sample] = areas.get(sample, 0.0) + area
-    return {s: counts[s] / areas[s] * 1e14 for s in counts if areas[s] > 0}
+
+    def per_cm2(counts: dict[str, int]) -> dict[str, float]:
+        return {s: counts[s] / areas[s] * 1e14 for s in counts if areas[s] > 0}
+
+    return per_cm2(marked), per_cm2(every)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from defectwatch.errors import ModelLoadError
 from defectwatch.pipeline.density import densities
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.scan import read_scan
+from defectwatch.service.config import cache_dir
 from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ def _cached(directory: str, device: str, fast: bool) -> Ensemble:
     # on CPU, members run side by side (one per core, at most 4): measured faster than
     # splitting each member's small convolutions across cores (see `make bench`)
     side = max(1, min(os.cpu_count() or 1, 4))
-    from defectwatch.service.config import cache_dir
-
     return Ensemble.load(directory, device=device, fast=fast, side_by_side=side,
                          onnx_cache_dir=cache_dir() / "onnx")
 

@@ -147,7 +147,6 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
     """Score ``ensemble`` on ``cases`` at ``threshold`` (None: the version's own threshold for
     each scan's channel, `ModelConfig.threshold_for`); with ``baseline`` also tune the LoG
     baseline on the same cases and score it."""
-    thr = threshold if threshold is not None else ensemble.config.threshold_for("Z")
     objects = ObjectEvaluation()
     pixels = PixelAccumulator(classes=tuple(ensemble.classes))
     kept: list[Case] = []
@@ -166,8 +165,9 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
             kept.append(case)
         if on_progress:
             on_progress(i + 1, n_cases or 0)
-    if len(used) == 1:
-        thr = used.pop()
+    # the pixel level needs one threshold: the one used, or the topography one when they differ
+    thr = used.pop() if len(used) == 1 else (
+        threshold if threshold is not None else ensemble.config.threshold_for("Z"))
     pm = pixels.result(threshold=thr)
     base_summary = _baseline(kept, radius_nm) if baseline else None
     settings = {"model": ensemble.version, "threshold": thr, "radius_nm": radius_nm,

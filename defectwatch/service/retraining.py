@@ -518,8 +518,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         partial = models / f".{name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
-        threshold = float(parent_cfg.metrics.get("threshold", DEFAULT_THRESHOLD))
-        thresholds = {"threshold": threshold}
+        thresholds = {"threshold": float(parent_cfg.metrics.get("threshold", DEFAULT_THRESHOLD))}
         if parent_cfg.metrics.get("threshold_by_channel"):
             thresholds["threshold_by_channel"] = dict(parent_cfg.metrics["threshold_by_channel"])
         data = data_summary(items, default_radius_nm=mask_radius)

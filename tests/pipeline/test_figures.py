@@ -55,3 +55,16 @@ def test_importing_figures_does_not_import_matplotlib():
     code = ("import sys, defectwatch.pipeline.figures; "
             "assert not any(m.startswith('matplotlib') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_best_f1_of_a_curve_flat_below_the_detection_threshold_is_named_at_that_threshold():
+    from defectwatch.pipeline.metrics import ThresholdCurve
+
+    thresholds = (0.0, 0.25, 0.5, 0.75)
+    flat_then_falling = ThresholdCurve("peak", thresholds, (0.5,) * 4, (0.5,) * 4,
+                                       (0.6, 0.6, 0.6, 0.3))
+    assert figures.best_f1_index(flat_then_falling) == 2
+    rising = ThresholdCurve("trough", thresholds, (0.5,) * 4, (0.5,) * 4,
+                            (0.2, 0.4, float("nan"), 0.7))
+    assert figures.best_f1_index(rising) == 3
+    assert figures.best_f1_index(ThresholdCurve("peak", (), (), (), ())) is None

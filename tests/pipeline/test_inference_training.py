@@ -11,7 +11,7 @@ from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.labels import IGNORE, circle_mask
 from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member,
                                         import_atomai_ensemble, load_version, save_version)
-from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
+from defectwatch.pipeline.preprocess import PreprocessParams, Resampling, prepare
 from defectwatch.pipeline.simulate import simulate
 from defectwatch.pipeline.training import TrainingRecipe, train_ensemble, train_member
 from defectwatch.pipeline.training_data import example_from_simulation, exported_render
@@ -115,9 +115,45 @@ def test_tiled_inference_matches_one_pass_everywhere(tiny_version):
     assert np.abs(one[1] - two[1]).max() < 1e-4
 
 
-def test_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
-    """CPU fast mode runs ONNX Runtime exports of the members: the same maps, any size; the
-    exports are cached by the members' sha256 and reused."""
+def test_fast_mode_uses_bf16_only_where_the_cpu_has_it(tiny_version, monkeypatch):
+    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "1")
+    assert Ensemble.load(tiny_version, device="cpu", fast=True).fast_dtype == torch.bfloat16
+    assert Ensemble.load(tiny_version, device="cpu").fast_dtype is None  # exact stays float32
+    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "0")
+    onnx = Ensemble.load(tiny_version, device="cpu", fast=True)
+    assert onnx.fast_dtype is None and onnx._sessions is not None
+
+
+def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version, monkeypatch):
+    """bf16 members (CPUs with AMX / AVX512-BF16) move probabilities by a few 0.01 at most;
+    the defects found at the version's threshold are the same ones."""
+    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "1")
+    sim = simulate(5, size_nm=12.0, pixels=96, density_per_cm2=3e12)
+    image, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(0.125, 0.125),
+                          target_nm=0.1)
+    exact_ens = Ensemble.load(tiny_version, device="cpu")
+    fast_ens = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2)
+    (mean_e, spread_e), (mean_f, spread_f) = (e.predict_image(image)
+                                              for e in (exact_ens, fast_ens))
+    assert 0 < np.abs(mean_e - mean_f).max() < 0.05  # bf16 did run, and stayed close
+    assert np.abs(spread_e - spread_f).max() < 0.05
+    full = Resampling(image.shape, image.shape)
+    # a tiny model's probabilities are low: compare at a threshold it reaches
+    thr = float(np.quantile(mean_e[1:], 0.995))
+    found = [Prediction(image, np.ones(image.shape, bool), m, s, full, (0.1, 0.1),
+                        exact_ens.classes).defects(threshold=thr)
+             for m, s in ((mean_e, spread_e), (mean_f, spread_f))]
+    assert found[0], "nothing to compare"
+    pos = [sorted((d.kind, round(d.row), round(d.col)) for d in f) for f in found]
+    near = sum(any(k == k2 and abs(r - r2) <= 1 and abs(c - c2) <= 1 for k2, r2, c2 in pos[1])
+               for k, r, c in pos[0])
+    assert near >= 0.9 * max(len(pos[0]), len(pos[1]))
+
+
+def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path, monkeypatch):
+    """Where the CPU has no native bf16, fast mode runs ONNX Runtime exports of the members:
+    the same maps, any size; the exports are cached by the members' sha256 and reused."""
+    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "0")
     image = np.random.default_rng(2).random((96, 104), dtype=np.float32)
     exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
     fast = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,

@@ -39,6 +39,10 @@ class TrainingRecipe:
     bn_batches: int = 16  # batches used to recompute BatchNorm statistics after averaging
     flips: bool = False
     seed: int = 0
+    # forward passes under bf16 autocast (weights, optimiser and BatchNorm statistics stay
+    # float32): ~2x faster per step on CPUs with AMX / AVX512-BF16, several times slower on
+    # CPUs without them
+    bf16: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +134,9 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
         if bool((y == -100).all()):
             continue
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
         loss.backward()
         opt.step()
         if it >= start_avg:

@@ -201,6 +201,13 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=DEFAULT_RECIPE.members)
     parser.add_argument("--scans", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--filters", type=int, default=DEFAULT_SPEC.nb_filters,
+                        help="U-Net filters in the first layer")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train under bf16 autocast (about 2x faster on CPUs with AMX / "
+                             "AVX512-BF16)")
+    parser.add_argument("--version", default=None,
+                        help="version name (default: the --out folder's name)")
     parser.add_argument("--mask-radius-nm", default="0.6,0.7",
                         help="training disc radius for troughs,peaks in nm")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
@@ -208,7 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = TrainingRecipe(**{**DEFAULT_RECIPE.to_dict(), "iterations": args.iterations,
-                               "members": args.members})
+                               "members": args.members, "bf16": args.bf16})
+    spec = UnetSpec.from_dict({**DEFAULT_SPEC.to_dict(), "nb_filters": args.filters})
     seeds = range(TRAINING_SEEDS.start, TRAINING_SEEDS.start + args.scans)
 
     def data(i: int, n: int) -> None:
@@ -217,7 +225,8 @@ def main() -> None:
 
     jobs = 1 if resolve_device(args.device).type == "cuda" else args.jobs
     trough_r, peak_r = (float(v) for v in args.mask_radius_nm.split(","))
-    out = train_default(args.out, recipe=recipe, seeds=seeds, device=args.device, jobs=jobs,
+    out = train_default(args.out, recipe=recipe, spec=spec, seeds=seeds, device=args.device,
+                        jobs=jobs, version=args.version or args.out.name,
                         radius_nm={"trough": trough_r, "peak": peak_r}, on_data=data)
     log.info("wrote %s", out)
 

@@ -120,7 +120,9 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
     model = build_member(spec)
     if init_state is not None:
         model.load_state_dict(init_state)
+    # channels-last: these small convolutions train about twice as fast in it on CPU
     model.to(dev).train()
+    model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     sampler = CropSampler(examples, crop_px=recipe.crop_px, rng=rng, flips=recipe.flips)
@@ -129,7 +131,7 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
     n_avg = 0
     for it in range(recipe.iterations):
         xs, ys = sampler.batch(recipe.batch_size)
-        x = torch.from_numpy(xs).to(dev)
+        x = torch.from_numpy(xs).to(dev).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(ys).to(dev)
         if bool((y == -100).all()):
             continue
@@ -146,7 +148,8 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
             on_progress(member, it + 1, recipe.iterations, float(loss.detach()))
     final = averaged.module if n_avg else model
     _recompute_batchnorm(final, sampler, recipe, dev)
-    return {k: v.detach().cpu().clone() for k, v in final.state_dict().items()}
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, v in final.state_dict().items()}
 
 
 def _recompute_batchnorm(model, sampler: CropSampler, recipe: TrainingRecipe, dev) -> None:
@@ -164,7 +167,7 @@ def _recompute_batchnorm(model, sampler: CropSampler, recipe: TrainingRecipe, de
     with torch.no_grad():
         for _ in range(recipe.bn_batches):
             xs, _ = sampler.batch(recipe.batch_size)
-            model(torch.from_numpy(xs).to(dev))
+            model(torch.from_numpy(xs).to(dev).contiguous(memory_format=torch.channels_last))
     for m in bns:
         m.momentum = 0.1
     model.eval()

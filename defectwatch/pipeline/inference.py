@@ -74,7 +74,8 @@ class Ensemble:
     CUDA, bf16 on CPUs with AMX / AVX512-BF16: `cpu_has_native_bf16`; probabilities within a
     few 0.01 of exact mode, detections agree), else in ONNX Runtime (`onnx_members`; float32,
     maps equal to exact mode within ~2e-6); ``onnx_cache_dir``: where that ONNX fallback keeps
-    its exports (None: export at every load, ~1 s per member);
+    its exports (None: export at every load, ~1 s per member); ``cpu_bf16``: whether CPU fast
+    mode uses bf16 (None: where `cpu_has_native_bf16`);
     ``side_by_side``: members run at a time on CPU; ``tile_px``: the core size of a tile (a
     multiple of 8); ``margin_px``: context added on each side of a tile.
     """
@@ -82,7 +83,8 @@ class Ensemble:
     def __init__(self, config: ModelConfig, states: Sequence[dict[str, Any]], *,
                  device: str = "auto", fast: bool = False, tile_px: int = 1024,
                  margin_px: int = 64, side_by_side: int = 1,
-                 onnx_cache_dir: str | os.PathLike[str] | None = None):
+                 onnx_cache_dir: str | os.PathLike[str] | None = None,
+                 cpu_bf16: bool | None = None):
         import torch
 
         if tile_px % 8 or margin_px % 8:
@@ -112,7 +114,7 @@ class Ensemble:
         self.fast_dtype = None
         if fast and self.device.type == "cuda":
             self.fast_dtype = torch.float16
-        elif fast and cpu_has_native_bf16():
+        elif fast and (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
             self.fast_dtype = torch.bfloat16
         elif fast and self.device.type == "cpu":
             from defectwatch.pipeline.onnx_members import member_session
@@ -249,14 +251,11 @@ class Ensemble:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 in hardware (Intel AMX or AVX512-BF16; AMD Zen 4+):
-    there bf16 convolutions run about twice as fast as float32, elsewhere several times slower.
-    ``DEFECTWATCH_CPU_BF16=0|1`` overrides the detection."""
+    """True when this CPU computes bfloat16 in hardware (Intel AMX, AVX512-BF16: also AMD Zen
+    4+). With AMX, these members run about twice as fast in bf16 as in float32 (measured);
+    without bf16 hardware, several times slower."""
     import torch
 
-    forced = os.environ.get("DEFECTWATCH_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

@@ -2,7 +2,8 @@
 
 ``DEFECTWATCH_DB`` (a URL or a SQLite file path), ``DEFECTWATCH_MODELS_DIR`` and
 ``DEFECTWATCH_SAMPLE_RULE`` (``folder`` | ``regex:<pattern with (?P<sample>...)>`` |
-``comment``). Lower layers are handed plain values. Tests call ``get_settings.cache_clear()``
+``comment``), ``DEFECTWATCH_CPU_BF16`` (``0`` | ``1``: CPU fast mode in bf16 or not; unset:
+where the CPU computes bf16 natively). Lower layers are handed plain values. Tests call ``get_settings.cache_clear()``
 after changing the environment.
 """
 
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     db: str = Field(default_factory=default_db_url)
     models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
     sample_rule: str = "folder"
+    cpu_bf16: bool | None = None  # CPU fast mode in bf16 (unset: where the CPU has it natively)
 
     @field_validator("sample_rule")
     @classmethod

@@ -19,7 +19,7 @@ from defectwatch.errors import ModelLoadError
 from defectwatch.pipeline.density import densities
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.scan import read_scan
-from defectwatch.service.config import cache_dir
+from defectwatch.service.config import cache_dir, get_settings
 from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ class DetectedScan:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(directory: str, device: str, fast: bool) -> Ensemble:
+def _cached(directory: str, device: str, fast: bool, cpu_bf16: bool | None) -> Ensemble:
     # on CPU, members run side by side (one per core, at most 4): measured faster than
     # splitting each member's small convolutions across cores (see `make bench`)
     side = max(1, min(os.cpu_count() or 1, 4))
     return Ensemble.load(directory, device=device, fast=fast, side_by_side=side,
-                         onnx_cache_dir=cache_dir() / "onnx")
+                         onnx_cache_dir=cache_dir() / "onnx", cpu_bf16=cpu_bf16)
 
 
 def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: str = "auto",
@@ -55,7 +55,7 @@ def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: st
     path = Path(directory) if directory is not None else default_model_dir()
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model version directory")
-    return _cached(str(path.resolve()), device, fast)
+    return _cached(str(path.resolve()), device, fast, get_settings().cpu_bf16 if fast else None)
 
 
 def detect_scan(scan: Scan, *, ensemble: Ensemble, threshold: float | None = None

@@ -135,24 +135,27 @@ def test_tiled_inference_matches_one_pass_everywhere(tiny_version):
     assert np.abs(one[1] - two[1]).max() < 1e-4
 
 
-def test_fast_mode_uses_bf16_only_where_the_cpu_has_it(tiny_version, monkeypatch):
-    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "1")
-    assert Ensemble.load(tiny_version, device="cpu", fast=True).fast_dtype == torch.bfloat16
+def test_fast_mode_uses_bf16_only_where_the_cpu_has_it(tiny_version):
+    from defectwatch.pipeline.inference import cpu_has_native_bf16
+
+    auto = Ensemble.load(tiny_version, device="cpu", fast=True)
+    assert (auto.fast_dtype == torch.bfloat16) == cpu_has_native_bf16()
+    bf16 = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=True)
+    assert bf16.fast_dtype == torch.bfloat16 and bf16._sessions is None
     assert Ensemble.load(tiny_version, device="cpu").fast_dtype is None  # exact stays float32
-    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "0")
-    onnx = Ensemble.load(tiny_version, device="cpu", fast=True)
+    onnx = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=False)
     assert onnx.fast_dtype is None and onnx._sessions is not None
 
 
-def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version, monkeypatch):
+def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version):
     """bf16 members (CPUs with AMX / AVX512-BF16) move probabilities by a few 0.01 at most;
     the defects found at the version's threshold are the same ones."""
-    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "1")
     sim = simulate(5, size_nm=12.0, pixels=96, density_per_cm2=3e12)
     image, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(0.125, 0.125),
                           target_nm=0.1)
     exact_ens = Ensemble.load(tiny_version, device="cpu")
-    fast_ens = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2)
+    fast_ens = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
+                             cpu_bf16=True)
     (mean_e, spread_e), (mean_f, spread_f) = (e.predict_image(image)
                                               for e in (exact_ens, fast_ens))
     assert 0 < np.abs(mean_e - mean_f).max() < 0.05  # bf16 did run, and stayed close
@@ -170,19 +173,19 @@ def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version, monkeypatch):
     assert near >= 0.9 * max(len(pos[0]), len(pos[1]))
 
 
-def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path, monkeypatch):
+def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
     """Where the CPU has no native bf16, fast mode runs ONNX Runtime exports of the members:
     the same maps, any size; the exports are cached by the members' sha256 and reused."""
-    monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "0")
     image = np.random.default_rng(2).random((96, 104), dtype=np.float32)
     exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
     fast = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
-                         onnx_cache_dir=tmp_path).predict_image(image)
+                         onnx_cache_dir=tmp_path, cpu_bf16=False).predict_image(image)
     assert np.abs(exact[0] - fast[0]).max() < 1e-4 and np.abs(exact[1] - fast[1]).max() < 1e-4
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert len(cached) == 2 and all(name.endswith(".onnx") for name in cached)
     stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
-    again = Ensemble.load(tiny_version, device="cpu", fast=True, onnx_cache_dir=tmp_path)
+    again = Ensemble.load(tiny_version, device="cpu", fast=True, onnx_cache_dir=tmp_path,
+                          cpu_bf16=False)
     assert np.abs(again.predict_image(image)[0] - fast[0]).max() < 1e-6
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
 

@@ -93,3 +93,24 @@ def test_settings_defaults_and_environment(monkeypatch, tmp_path):
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+def test_cpu_bf16_setting_reaches_the_fast_ensemble(monkeypatch):
+    """``DEFECTWATCH_CPU_BF16`` decides CPU fast mode's precision; unset, the hardware does."""
+    import torch
+
+    from defectwatch.service.detection import load_ensemble
+
+    monkeypatch.delenv("DEFECTWATCH_CPU_BF16", raising=False)
+    assert Settings().cpu_bf16 is None
+    try:
+        for value, dtype in (("1", torch.bfloat16), ("0", None)):
+            monkeypatch.setenv("DEFECTWATCH_CPU_BF16", value)
+            get_settings.cache_clear()
+            assert load_ensemble(device="cpu", fast=True).fast_dtype == dtype
+        monkeypatch.setenv("DEFECTWATCH_CPU_BF16", "maybe")
+        get_settings.cache_clear()
+        with pytest.raises(ConfigError, match="DEFECTWATCH_CPU_BF16"):
+            load_ensemble(device="cpu", fast=True)
+    finally:
+        get_settings.cache_clear()

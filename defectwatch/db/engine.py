@@ -10,6 +10,8 @@ connection settings; the same code runs on a PostgreSQL URL.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +70,7 @@ def make_engine(url: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> E
             cursor.execute(f"PRAGMA busy_timeout = {ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if database not in ("", ":memory:"):
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _ensure_wal(cursor, timeout_s=busy_timeout_s)
         finally:
             cursor.close()
 
@@ -78,6 +80,31 @@ def make_engine(url: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> E
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _ensure_wal(cursor, *, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Put the file in WAL mode. WAL is a property of the file, so this is usually a read.
+    The conversion needs the file to itself and SQLite does not run the busy handler for it:
+    processes opening a new file together got "database is locked" at once. Retried here,
+    with backoff, within the busy timeout."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            # on a lock this either raises or answers with the mode it kept
+            if str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
+        time.sleep(delay)
+        delay = min(2 * delay, 0.2)
 
 
 def writer(engine: Engine) -> Engine:

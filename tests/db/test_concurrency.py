@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 import time
 import traceback
 
+import pytest
 from sqlalchemy import func, select
 
 from defectwatch.db import make_engine, read_transaction, write_transaction
@@ -139,3 +141,40 @@ def test_processes_starting_together_on_a_new_file_migrate_it_once(tmp_path):
     for p in procs:
         p.join(timeout=30)
     assert outcomes == [("ok", head_revision())] * 3, outcomes
+
+
+class _LockedCursor:
+    """A DB-API cursor whose journal-mode switch fails like SQLite's under contention: it
+    raises "database is locked" or answers with the mode it kept, ``failures`` times."""
+
+    def __init__(self, failures: list[str]):
+        self.failures, self.mode, self.calls = list(failures), "delete", 0
+
+    def execute(self, sql: str):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if sql.endswith("= WAL"):
+            if self.failures:
+                if self.failures.pop(0) == "raise":
+                    raise sqlite3.OperationalError("database is locked")
+                return self  # SQLite answers with the old mode when it could not switch
+            self.mode = "wal"
+        return self
+
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        return (self.mode,)
+
+
+def test_the_switch_to_wal_is_retried_while_another_opener_holds_the_file():
+    """SQLite runs no busy handler for the journal-mode conversion: three processes opening a
+    new file at once once got "database is locked" at connect. The switch is retried."""
+    from defectwatch.db.engine import _ensure_wal
+
+    cursor = _LockedCursor(["raise", "kept", "raise"])
+    _ensure_wal(cursor, timeout_s=5.0)
+    assert cursor.mode == "wal"
+    already = _LockedCursor([])
+    already.mode = "wal"
+    _ensure_wal(already, timeout_s=5.0)
+    assert already.calls == 1  # a WAL file is only read
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _ensure_wal(_LockedCursor(["raise"] * 1000), timeout_s=0.2)

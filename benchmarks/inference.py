@@ -18,8 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import psutil
 
+from benchmarks.fast_agreement import agreement
 from defectwatch.pipeline.inference import Ensemble
-from defectwatch.pipeline.metrics import match
 from defectwatch.pipeline.model import build_member, load_version
 from defectwatch.pipeline.preprocess import prepare
 from defectwatch.pipeline.simulate import simulate
@@ -92,14 +92,10 @@ def atomai_runner(config, states) -> Callable[[np.ndarray], tuple[np.ndarray, di
     return run
 
 
-def detection_f1(a, b, radius_px: float = 10.0) -> float:
-    """F1 between two detection lists (same kind, within ``radius_px`` model pixels)."""
-    tp = 0
-    for kind in ("trough", "peak"):
-        pa = np.array([(d.col, d.row) for d in a if d.kind == kind]).reshape(-1, 2)
-        pb = np.array([(d.col, d.row) for d in b if d.kind == kind]).reshape(-1, 2)
-        tp += len(match(pa, pb, radius_nm=radius_px))
-    n = len(a) + len(b)
+def detection_f1(a, b, radius_nm: float = 1.0) -> float:
+    """F1 between two detection lists (same kind, within ``radius_nm``)."""
+    tp, only_a, only_b = agreement(a, b, radius_nm=radius_nm)
+    n = 2 * tp + only_a + only_b
     return 1.0 if n == 0 else 2 * tp / n
 
 

@@ -99,8 +99,6 @@ def _ensure_wal(cursor, *, timeout_s: float) -> None:  # type: ignore[no-untyped
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
-            if time.monotonic() > deadline:
-                raise
         if time.monotonic() > deadline:
             raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
         time.sleep(delay)

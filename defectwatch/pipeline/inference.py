@@ -114,7 +114,8 @@ class Ensemble:
         self.fast_dtype = None
         if fast and self.device.type == "cuda":
             self.fast_dtype = torch.float16
-        elif fast and (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
+        elif fast and self.device.type == "cpu" and (
+                cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
             self.fast_dtype = torch.bfloat16
         elif fast and self.device.type == "cpu":
             from defectwatch.pipeline.onnx_members import member_session

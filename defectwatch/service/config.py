@@ -3,8 +3,8 @@
 ``DEFECTWATCH_DB`` (a URL or a SQLite file path), ``DEFECTWATCH_MODELS_DIR`` and
 ``DEFECTWATCH_SAMPLE_RULE`` (``folder`` | ``regex:<pattern with (?P<sample>...)>`` |
 ``comment``), ``DEFECTWATCH_CPU_BF16`` (``0`` | ``1``: CPU fast mode in bf16 or not; unset:
-where the CPU computes bf16 natively). Lower layers are handed plain values. Tests call ``get_settings.cache_clear()``
-after changing the environment.
+where the CPU computes bf16 natively). Lower layers are handed plain values. Tests call
+``get_settings.cache_clear()`` after changing the environment.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Ensemble inference: ours (exact float32 and fast) against AtomAI's EnsemblePredictor + Locator.
 
 Same weights (the shipped default ensemble), same prepared images (simulated WSe2 scans at the
-model's pixel size), one image per call, this machine's CPU. Reports median seconds per image,
+model's pixel size), one image per call, this machine's CPU, the calls interleaved; ours as the
+service runs it (exact mode: ONNX Runtime float32 members, `Settings.cpu_onnx`; fast mode: bf16
+or ONNX Runtime). Reports median seconds per image,
 peak extra resident memory (sampled), the largest difference of the mean probabilities against
 AtomAI, and the largest difference and detection F1 (at the version's threshold) between fast
 mode (bf16 on CPUs that have it, else ONNX Runtime; see `Ensemble`) and exact mode.
@@ -54,15 +56,27 @@ class PeakRss:
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
-    fn()  # warm-up (allocators, kernels)
-    times, peak, result = [], 0.0, None
+    """(median seconds, peak extra MB, last result) of ``repeats`` calls after a warm-up."""
+    return timed_together([fn], repeats)[0]
+
+
+def timed_together(fns: list[Callable[[], object]], repeats: int
+                   ) -> list[tuple[float, float, object]]:
+    """`timed` for several functions, their calls interleaved (a, b, c, a, b, c...) so that a
+    slow spell of the machine falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm-up (allocators, kernels)
+    times: list[list[float]] = [[] for _ in fns]
+    peaks = [0.0] * len(fns)
+    results: list[object] = [None] * len(fns)
     for _ in range(repeats):
-        with PeakRss() as mem:
-            t0 = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - t0)
-        peak = max(peak, mem.mb)
-    return float(np.median(times)), peak, result
+        for i, fn in enumerate(fns):
+            with PeakRss() as mem:
+                t0 = time.perf_counter()
+                results[i] = fn()
+                times[i].append(time.perf_counter() - t0)
+            peaks[i] = max(peaks[i], mem.mb)
+    return [(float(np.median(t)), p, r) for t, p, r in zip(times, peaks, results)]
 
 
 def prepared_image(pixels: int, model_nm: float) -> np.ndarray:
@@ -106,10 +120,11 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
     config, states = load_version(model_dir)
     side = max(1, min(os.cpu_count() or 1, 4))
     # the product's settings (service.detection.load_ensemble): members side by side on CPU
-    exact = Ensemble(config, states, device="cpu", side_by_side=side)
+    exact = Ensemble(config, states, device="cpu", side_by_side=side, cpu_onnx=True)
     fast = Ensemble(config, states, device="cpu", fast=True, side_by_side=side)
     atomai = atomai_runner(config, states)
-    print(f"fast mode here: {fast.fast_dtype or 'ONNX Runtime float32'}\n")
+    print(f"exact mode here: {exact.runtime}; fast mode: {fast.runtime}; "
+          f"calls interleaved, median of {repeats}\n")
     rows = []
     print("| pixels | AtomAI s | MB | ours exact s | MB | speed-up | max abs diff | "
           "ours fast s | MB | speed-up | fast vs exact max diff | F1 fast vs exact |")
@@ -126,9 +141,8 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
                 return mean, pred.defects(threshold=config.threshold_for("Z"))
             return run
 
-        t_a, m_a, (mean_a, _) = timed(lambda: atomai(image), repeats)
-        t_e, m_e, (mean_e, det_e) = timed(ours(exact), repeats)
-        t_f, m_f, (mean_f, det_f) = timed(ours(fast), repeats)
+        (t_a, m_a, (mean_a, _)), (t_e, m_e, (mean_e, det_e)), (t_f, m_f, (mean_f, det_f)) = \
+            timed_together([lambda: atomai(image), ours(exact), ours(fast)], repeats)
         diff = float(np.abs(mean_e - mean_a).max())
         diff_fast = float(np.abs(mean_f - mean_e).max())
         f1 = detection_f1(det_e, det_f)

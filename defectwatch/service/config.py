@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
     sample_rule: str = "folder"
     cpu_bf16: bool | None = None  # CPU fast mode in bf16 (unset: where the CPU has it natively)
+    cpu_onnx: bool = True  # CPU exact mode runs the members in ONNX Runtime (float32)
 
     @field_validator("sample_rule")
     @classmethod

@@ -40,12 +40,14 @@ class DetectedScan:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(directory: str, device: str, fast: bool, cpu_bf16: bool | None) -> Ensemble:
+def _cached(directory: str, device: str, fast: bool, cpu_bf16: bool | None,
+            cpu_onnx: bool) -> Ensemble:
     # on CPU, members run side by side (one per core, at most 4): measured faster than
     # splitting each member's small convolutions across cores (see `make bench`)
     side = max(1, min(os.cpu_count() or 1, 4))
     return Ensemble.load(directory, device=device, fast=fast, side_by_side=side,
-                         onnx_cache_dir=cache_dir() / "onnx", cpu_bf16=cpu_bf16)
+                         onnx_cache_dir=cache_dir() / "onnx", cpu_bf16=cpu_bf16,
+                         cpu_onnx=cpu_onnx)
 
 
 def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: str = "auto",
@@ -55,7 +57,9 @@ def load_ensemble(directory: str | os.PathLike[str] | None = None, *, device: st
     path = Path(directory) if directory is not None else default_model_dir()
     if not path.is_dir():
         raise ModelLoadError(f"{path}: no such model version directory")
-    return _cached(str(path.resolve()), device, fast, get_settings().cpu_bf16 if fast else None)
+    settings = get_settings()
+    return _cached(str(path.resolve()), device, fast, settings.cpu_bf16 if fast else None,
+                   settings.cpu_onnx)
 
 
 def detect_scan(scan: Scan, *, ensemble: Ensemble, threshold: float | None = None

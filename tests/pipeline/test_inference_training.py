@@ -190,6 +190,22 @@ def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
 
 
+def test_exact_mode_in_onnx_runtime_keeps_float32_maps(tiny_version, tmp_path):
+    """``cpu_onnx``: exact mode's members run in ONNX Runtime float32, the maps within 1e-5 of
+    torch's (tiled frames too); fast mode with bf16 keeps torch."""
+    image = np.random.default_rng(4).random((150, 203), dtype=np.float32)
+    torch_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32)
+    onnx_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32,
+                             side_by_side=2, onnx_cache_dir=tmp_path, cpu_onnx=True)
+    assert torch_ens.runtime == "torch float32" and torch_ens._sessions is None
+    assert onnx_ens.runtime == "onnxruntime float32" and onnx_ens.fast_dtype is None
+    (mean_t, spread_t), (mean_o, spread_o) = (e.predict_image(image)
+                                              for e in (torch_ens, onnx_ens))
+    assert np.abs(mean_t - mean_o).max() < 1e-5 and np.abs(spread_t - spread_o).max() < 1e-5
+    bf16 = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=True, cpu_onnx=True)
+    assert bf16.runtime == "torch bfloat16" and bf16._sessions is None
+
+
 def test_members_side_by_side_give_the_same_maps(tiny_version):
     image = np.random.default_rng(3).random((80, 72), dtype=np.float32)
     one = Ensemble.load(tiny_version, device="cpu").predict_image(image)

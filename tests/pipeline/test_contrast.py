@@ -8,6 +8,7 @@ import pytest
 from defectwatch.pipeline.contrast import PEAK_MARKED, TROUGH_MARKED, defect_contrast, marked
 from defectwatch.pipeline.preprocess import flatten
 from defectwatch.pipeline.simulate import simulate
+from defectwatch.pipeline.training_data import exported_render
 from tests.conftest import SHARED
 
 REAL = SHARED / "real-wse2"
@@ -28,20 +29,25 @@ def test_a_dip_of_known_depth_in_white_noise_measures_depth_over_sigma():
 
 
 def test_visible_simulated_defects_stand_out_as_much_as_the_labelled_real_ones():
-    """Real labelled troughs: median -3.3 sigma; peaks +2.2 (stm-physics.md measured -3.1/+2.2)."""
+    """Measured as the real ones were, on an exported render (flattened, contrast-stretched
+    with clipped tails, 8-bit JPEG): real labelled troughs median -3.3 sigma, peaks +2.2
+    overall and +4.2 when isolated (a neighbour in the ring pulls a clustered one to +1.5;
+    simulated peaks are mostly isolated). The render clips bright peaks: on the raw
+    topography the same simulated peaks measure about three times higher."""
     values = {"trough": [], "peak": []}
-    for seed in range(8):
+    for seed in range(16):
         sim = simulate(seed, size_nm=50, pixels=384, density_per_cm2=1.2e12)
-        flat = flatten(sim.images[("Z", "forward")].astype(np.float64))
+        render = exported_render(sim.images[("Z", "forward")], np.random.default_rng(seed))
+        flat = flatten(render.astype(np.float64))
         vis = [d for d in sim.truth if d.visible]
         c = defect_contrast(flat, pixel_size_nm=50 / 384, rows=[d.row for d in vis],
                             cols=[d.col for d in vis])
         for d, v in zip(vis, c):
             values[d.kind].append(v)
     troughs, peaks = np.array(values["trough"]), np.array(values["peak"])
-    assert len(troughs) > 30 and len(peaks) > 5
+    assert len(troughs) > 60 and len(peaks) > 20
     assert -4.5 < np.nanmedian(troughs) < -2.2
-    assert 1.3 < np.nanmedian(peaks) < 4.0
+    assert 1.6 < np.nanmedian(peaks) < 4.5
     assert np.nanmean(troughs <= TROUGH_MARKED + 0.5) > 0.85
     assert np.nanmean(peaks >= PEAK_MARKED - 0.5) > 0.85
 
@@ -52,14 +58,20 @@ def test_the_real_labels_measure_as_the_reference_says():
     from defectwatch.service.evaluation import cases_from_images
 
     values = {"trough": [], "peak": []}
+    isolated_peaks, clustered_peaks = [], []
     for case in cases_from_images(sorted(REAL.glob("*.jpg")), REAL / "labels_via.csv"):
         px = case.scan.pixel_size_x_nm
         flat = flatten(case.scan.data.astype(np.float64))
         c = defect_contrast(flat, pixel_size_nm=px,
                             rows=[lab.y_nm / px - 0.5 for lab in case.labels],
                             cols=[lab.x_nm / px - 0.5 for lab in case.labels])
-        for lab, v in zip(case.labels, c):
+        xy = np.array([(lab.x_nm, lab.y_nm) for lab in case.labels])
+        for i, (lab, v) in enumerate(zip(case.labels, c)):
             values[lab.kind].append(v)
+            if lab.kind == "peak":  # another labelled defect within 5 nm: a cluster
+                near = np.delete(np.hypot(*(xy - xy[i]).T), i)
+                (clustered_peaks if (near < 5.0).any() else isolated_peaks).append(v)
     assert -3.8 < np.nanmedian(values["trough"]) < -2.7
     assert 1.6 < np.nanmedian(values["peak"]) < 2.8
+    assert 3.5 < np.nanmedian(isolated_peaks) < 5.0 and np.nanmedian(clustered_peaks) < 2.5
     assert np.nanmean(np.array(values["trough"]) <= TROUGH_MARKED) > 0.9

@@ -61,17 +61,26 @@ def draw_marks(image01: np.ndarray, marks: Iterable[Mark], *, pixel_size_nm: flo
     h, w = bgr.shape[:2]
     y = h - 20
     cv2.rectangle(bgr, (15, y - 6), (15 + bar_px, y), (255, 255, 255), -1)
-    label = f"{bar_nm:g} nm"
-    cv2.putText(bgr, label, (15, y - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3,
-                cv2.LINE_AA)
-    cv2.putText(bgr, label, (15, y - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    put_label(bgr, f"{bar_nm:g} nm", (15, y - 12))
     if title:
-        cv2.putText(bgr, title, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3,
-                    cv2.LINE_AA)
-        cv2.putText(bgr, title, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        put_label(bgr, title, (10, 24))
     return bgr
+
+
+def put_label(bgr: np.ndarray, text: str, origin: tuple[int, int]) -> None:
+    """White text outlined in black, readable on any grey level, drawn in place.
+
+    The outline is the same thin text shifted by one pixel all round: OpenCV advances each
+    glyph by the stroke thickness, so a thick outline under thin text drifts apart along a
+    line and doubles the words."""
+    x, y = origin
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            if dx or dy:
+                cv2.putText(bgr, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                            (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+                cv2.LINE_AA)
 
 
 def side_by_side(panels: Sequence[np.ndarray], *, gap_px: int = 8) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 
 from defectwatch.domain import Defect
 from defectwatch.pipeline.inference import Prediction
-from defectwatch.pipeline.render import Mark, draw_marks, side_by_side, write_png
+from defectwatch.pipeline.render import Mark, draw_marks, put_label, side_by_side, write_png
 
 
 def uncertainty_panel(prediction: Prediction, *, size_px: tuple[int, int], title: str
@@ -24,9 +24,7 @@ def uncertainty_panel(prediction: Prediction, *, size_px: tuple[int, int], title
     h, w = size_px
     bgr = cv2.applyColorMap(cv2.resize(grey, (w, h), interpolation=cv2.INTER_NEAREST),
                             cv2.COLORMAP_INFERNO)
-    for text, colour, width in ((title, (0, 0, 0), 3), (title, (255, 255, 255), 1)):
-        cv2.putText(bgr, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, width,
-                    cv2.LINE_AA)
+    put_label(bgr, title, (10, 24))
     return bgr
 
 

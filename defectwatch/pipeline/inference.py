@@ -144,7 +144,7 @@ class Ensemble:
         """What runs the members, e.g. "onnxruntime float32", "torch bfloat16"."""
         if self._sessions is not None:
             return "onnxruntime float32"
-        dtype = self.fast_dtype or self.members[0].parameters().__next__().dtype
+        dtype = self.fast_dtype or next(self.members[0].parameters()).dtype
         return f"torch {str(dtype).removeprefix('torch.')}"
 
     @property

@@ -2,8 +2,8 @@
 
 Same weights (the shipped default ensemble), same prepared images (simulated WSe2 scans at the
 model's pixel size), one image per call, this machine's CPU, the calls interleaved; ours as the
-service runs it (exact mode: ONNX Runtime float32 members, `Settings.cpu_onnx`; fast mode: bf16
-or ONNX Runtime). Reports median seconds per image,
+service runs it (exact mode: torch float32, or ONNX Runtime with `DEFECTWATCH_CPU_ONNX=1`; fast
+mode: bf16 or ONNX Runtime). Reports median seconds per image,
 peak extra resident memory (sampled), the largest difference of the mean probabilities against
 AtomAI, and the largest difference and detection F1 (at the version's threshold) between fast
 mode (bf16 on CPUs that have it, else ONNX Runtime; see `Ensemble`) and exact mode.
@@ -25,6 +25,7 @@ from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.model import build_member, load_version
 from defectwatch.pipeline.preprocess import prepare
 from defectwatch.pipeline.simulate import simulate
+from defectwatch.service.config import get_settings
 
 
 class PeakRss:
@@ -120,7 +121,8 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
     config, states = load_version(model_dir)
     side = max(1, min(os.cpu_count() or 1, 4))
     # the product's settings (service.detection.load_ensemble): members side by side on CPU
-    exact = Ensemble(config, states, device="cpu", side_by_side=side, cpu_onnx=True)
+    exact = Ensemble(config, states, device="cpu", side_by_side=side,
+                     cpu_onnx=get_settings().cpu_onnx)
     fast = Ensemble(config, states, device="cpu", fast=True, side_by_side=side)
     atomai = atomai_runner(config, states)
     print(f"exact mode here: {exact.runtime}; fast mode: {fast.runtime}; "

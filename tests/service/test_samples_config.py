@@ -117,12 +117,12 @@ def test_cpu_bf16_setting_reaches_the_fast_ensemble(monkeypatch):
 
 
 def test_cpu_onnx_setting_decides_what_runs_exact_mode(monkeypatch):
-    """``DEFECTWATCH_CPU_ONNX`` (default on): the service's exact-mode members run in ONNX
-    Runtime float32; off, in torch."""
+    """``DEFECTWATCH_CPU_ONNX`` (default off): on, the service's exact-mode members run in
+    ONNX Runtime float32; off, in torch."""
     from defectwatch.service.detection import load_ensemble
 
     monkeypatch.delenv("DEFECTWATCH_CPU_ONNX", raising=False)
-    assert Settings().cpu_onnx is True
+    assert Settings().cpu_onnx is False
     try:
         for value, runtime in (("1", "onnxruntime float32"), ("0", "torch float32")):
             monkeypatch.setenv("DEFECTWATCH_CPU_ONNX", value)

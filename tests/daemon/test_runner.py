@@ -186,14 +186,19 @@ def test_recursive_off_ignores_subfolders(tmp_path):
 
 
 def test_warm_stop_finishes_the_scan_under_way(tmp_path):
+    # left alone for an hour, so start-up queues all three at once; fresh files would become
+    # ready one tick apart and the stop could come before the later two were queued at all
+    an_hour_ago = time.time() - 3600
     for k in range(3):
-        write_scan(tmp_path / f"s{k}.sxm", 20 + k)
+        made = write_scan(tmp_path / f"s{k}.sxm", 20 + k)
+        os.utime(made, (an_hour_ago, an_hour_ago))
     q = InMemoryJobQueue()
     proc = ReadingProcess(q, delay_s=0.6)
     with daemon([tmp_path], q, proc) as d:
         assert proc.started.wait(5)
         d.stop.set()  # as the first SIGTERM does
         report = d.finish()
+    assert report.startup.queued == 3
     assert report.done == 1 and proc.finished.is_set()
     assert sorted(statuses(q).values()) == ["done", "queued", "queued"]
 

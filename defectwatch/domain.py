@@ -6,6 +6,7 @@ coordinates are ``(row, col)`` with row 0 = top of the frame as Gwyddion shows i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -91,7 +92,10 @@ class Defect:
     """One detected defect. ``row, col``: float pixels of the oriented scan (row 0 = top);
     ``x_nm, y_nm``: the same point from the frame's top-left corner; ``confidence``: the
     ensemble's mean class probability at the defect (0-1); ``uncertainty``: the members' mean
-    standard deviation over the defect's pixels; ``area_nm2``: the thresholded blob's area."""
+    standard deviation over the defect's pixels; ``area_nm2``: the thresholded blob's area;
+    ``contrast``: how far it stands out of the flattened topography, in noise sigmas of the
+    ring around it (`pipeline.contrast`; negative for troughs; NaN where not measured, e.g.
+    C-AFM current maps or a ring off the frame)."""
 
     row: float
     col: float
@@ -101,6 +105,7 @@ class Defect:
     confidence: float
     uncertainty: float
     area_nm2: float
+    contrast: float = math.nan
 
 
 @dataclass(frozen=True)

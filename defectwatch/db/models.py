@@ -149,6 +149,7 @@ class DefectRow(Base):
     confidence: Mapped[float] = mapped_column(Float)
     uncertainty: Mapped[float] = mapped_column(Float)
     area_nm2: Mapped[float] = mapped_column(Float)
+    contrast: Mapped[float | None] = mapped_column(Float, nullable=True)  # NaN -> NULL
 
 
 class ModelVersion(Base):

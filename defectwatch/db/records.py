@@ -7,6 +7,7 @@ transaction (``defectwatch.db.engine.write_transaction``).
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
 from sqlalchemy import insert, select, update
@@ -111,6 +112,7 @@ def add_detection_run(scan_id: int, detection: Detection, *, session: Session,
         session.execute(insert(DefectRow), [
             {"run_id": run.id, "row": float(d.row), "col": float(d.col), "x_nm": float(d.x_nm),
              "y_nm": float(d.y_nm), "kind": d.kind, "confidence": float(d.confidence),
-             "uncertainty": float(d.uncertainty), "area_nm2": float(d.area_nm2)}
+             "uncertainty": float(d.uncertainty), "area_nm2": float(d.area_nm2),
+             "contrast": float(d.contrast) if math.isfinite(d.contrast) else None}
             for d in detection.defects])
     return run

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from defectwatch.domain import Defect, Scan
+from defectwatch.pipeline.contrast import defect_contrast, marked
 from defectwatch.pipeline.detect import find_defects
 from defectwatch.pipeline.model import ModelConfig, build_member, load_version
-from defectwatch.pipeline.preprocess import PreprocessParams, Resampling, prepare
+from defectwatch.pipeline.preprocess import (PreprocessParams, Resampling, flatten_with,
+                                             prepare_flat)
 from defectwatch.pipeline.training import resolve_device
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,9 @@ class Prediction:
 
     ``image01``: (H, W) the prepared input; ``valid``: (H, W) bool, False where nothing was
     acquired; ``mean``/``spread``: (C, H, W) float32 mean probability and member standard
-    deviation; ``mapping``: model pixels <-> scan pixels; ``scan_pixel_nm``: (x, y) of the scan.
+    deviation; ``mapping``: model pixels <-> scan pixels; ``scan_pixel_nm``: (x, y) of the scan;
+    ``flat``: (ny, nx) the flattened scan at its own pixels, where each defect's contrast is
+    measured (None: not measured, as for C-AFM current maps).
     """
 
     image01: np.ndarray
@@ -43,6 +47,7 @@ class Prediction:
     mapping: Resampling
     scan_pixel_nm: tuple[float, float]
     classes: tuple[str, ...]
+    flat: np.ndarray | None = None
 
     @property
     def pixel_nm(self) -> tuple[float, float]:
@@ -50,8 +55,15 @@ class Prediction:
         (ny, nx), (my, mx) = self.mapping.shape_in, self.mapping.shape_out
         return self.scan_pixel_nm[0] * nx / mx, self.scan_pixel_nm[1] * ny / my
 
-    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05) -> list[Defect]:
-        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner."""
+    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05,
+                marked_only: bool = True) -> list[Defect]:
+        """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner.
+
+        Where ``flat`` is known each defect's contrast is measured, and with ``marked_only``
+        only those that stand out as a labeller's marked ones do (`contrast.marked`: troughs
+        at most -1.5 sigma, peaks at least +1.0) are kept: the same rule that decides which
+        simulated defects count as labelled, so the detector reports what it is scored on.
+        """
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
         found = find_defects(self.mean, self.spread, pixel_size_nm=(px, py),
@@ -62,9 +74,16 @@ class Prediction:
         rows, cols = self.mapping.to_original(np.array([d.row for d in found]),
                                               np.array([d.col for d in found]))
         sx, sy = self.scan_pixel_nm
+        contrast = np.full(len(found), np.nan)
+        if self.flat is not None:
+            contrast = defect_contrast(self.flat, pixel_size_nm=float(np.sqrt(sx * sy)),
+                                       rows=rows, cols=cols,
+                                       radius_nm=[math.sqrt(d.area_nm2 / math.pi)
+                                                  for d in found])
         return [Defect(float(r), float(c), float((c + 0.5) * sx), float((r + 0.5) * sy),
-                       d.kind, d.confidence, d.uncertainty, d.area_nm2)
-                for d, r, c in zip(found, rows, cols)]
+                       d.kind, d.confidence, d.uncertainty, d.area_nm2, float(k))
+                for d, r, c, k in zip(found, rows, cols, contrast)
+                if not marked_only or marked(d.kind, float(k))]
 
 
 class Ensemble:
@@ -178,10 +197,13 @@ class Ensemble:
     def predict_scan(self, scan: Scan) -> Prediction:
         """Prepare a scan at the model's pixel size and run the ensemble on it."""
         px = (scan.pixel_size_x_nm, scan.pixel_size_y_nm)
-        image01, valid, mapping = prepare(scan.data, pixel_size_nm=px,
-                                          target_nm=self.pixel_size_nm, params=self.params)
+        flat = flatten_with(scan.data, self.params)
+        image01, valid, mapping = prepare_flat(flat, pixel_size_nm=px,
+                                               target_nm=self.pixel_size_nm, params=self.params)
         mean, spread = self.predict_image(image01)
-        return Prediction(image01, valid, mean, spread, mapping, px, self.classes)
+        topography = scan.unit != "A"  # contrast is judged in heights, not C-AFM currents
+        return Prediction(image01, valid, mean, spread, mapping, px, self.classes,
+                          flat.astype(np.float32) if topography else None)
 
     # -- internals ----------------------------------------------------------------------------
 

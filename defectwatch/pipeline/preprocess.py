@@ -308,8 +308,20 @@ def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: flo
     ``image01``: float32 in [0, 1] at ``target_nm`` per pixel (the scan's own pixels when
     None); ``valid``: bool, False where nothing was acquired.
     """
-    flat = flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
+    return prepare_flat(flatten_with(z, params), pixel_size_nm=pixel_size_nm,
+                        target_nm=target_nm, params=params)
+
+
+def flatten_with(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.ndarray:
+    """`flatten` with the line order and feature masking of ``params``; (ny, nx) as ``z``."""
+    return flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
                    mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+
+
+def prepare_flat(flat: np.ndarray, *, pixel_size_nm: tuple[float, float],
+                 target_nm: float | None, params: PreprocessParams = PreprocessParams()
+                 ) -> tuple[np.ndarray, np.ndarray, Resampling]:
+    """`prepare` after the flattening: resample, gaussian, CLAHE (same returns)."""
     if target_nm is None:
         resampled, mapping = flat, Resampling(flat.shape, flat.shape)
     else:

@@ -33,7 +33,9 @@ def result_json(path: Path, detected, model: str) -> dict[str, Any]:
                      "x_nm": round(d.x_nm, 4), "y_nm": round(d.y_nm, 4), "kind": d.kind,
                      "confidence": round(d.confidence, 4),
                      "uncertainty": round(d.uncertainty, 4),
-                     "area_nm2": round(d.area_nm2, 4)} for d in det.defects],
+                     "area_nm2": round(d.area_nm2, 4),
+                     "contrast": round(d.contrast, 2) if math.isfinite(d.contrast) else None}
+                    for d in det.defects],
         "density_per_cm2": {k: v.per_cm2 for k, v in det.densities.items()},
         "density_ci95_per_cm2": {k: [v.ci95_low_per_cm2, v.ci95_high_per_cm2]
                                  for k, v in det.densities.items()},

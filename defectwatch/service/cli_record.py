@@ -237,7 +237,8 @@ def defects(
         raise typer.Exit(1)
     with _database(db) as engine:
         info, rows = defects_report(engine, scan)
-    fields = ["row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2"]
+    fields = ["row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2",
+              "contrast"]
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
@@ -256,7 +257,8 @@ def defects(
     for d in rows:
         table.add_row(f"{d['row']:.1f}", f"{d['col']:.1f}", f"{d['x_nm']:.2f}",
                       f"{d['y_nm']:.2f}", d["kind"], f"{d['confidence']:.2f}",
-                      f"{d['uncertainty']:.3f}", f"{d['area_nm2']:.2f}")
+                      f"{d['uncertainty']:.3f}", f"{d['area_nm2']:.2f}",
+                      "-" if d["contrast"] is None else f"{d['contrast']:+.1f}")
     out.print(table)
 
 

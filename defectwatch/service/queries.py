@@ -148,7 +148,7 @@ def defects_report(engine: Engine, scan_ref: str) -> tuple[dict[str, Any], list[
                 "run_id": run.id if run else None}
         rows = [{"row": d.row, "col": d.col, "x_nm": d.x_nm, "y_nm": d.y_nm, "kind": d.kind,
                  "confidence": d.confidence, "uncertainty": d.uncertainty,
-                 "area_nm2": d.area_nm2} for d in defects]
+                 "area_nm2": d.area_nm2, "contrast": d.contrast} for d in defects]
     return info, rows
 
 

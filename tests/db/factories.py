@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -35,7 +36,7 @@ def detection(troughs: int, peaks: int, area_nm2: float, *, version: str = "v1"
     defects = tuple(
         Defect(row=float(i), col=float(i), x_nm=i * 0.1, y_nm=i * 0.1,
                kind="trough" if i < troughs else "peak", confidence=0.9, uncertainty=0.05,
-               area_nm2=1.5)
+               area_nm2=1.5, contrast=math.nan if i == 0 else (-3.0 if i < troughs else 2.5))
         for i in range(troughs + peaks))
     return Detection(model_version=version, defects=defects, densities={}, area_nm2=area_nm2,
                      started_at=datetime.now(UTC), seconds=0.5)

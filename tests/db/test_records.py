@@ -59,6 +59,7 @@ def test_defects_stored_and_read_back_in_reading_order(engine):
         rows = run_defects(run.id, session=s)
     assert [d.kind for d in rows] == ["trough"] * 3 + ["peak"] * 2
     assert [d.row for d in rows] == sorted(d.row for d in rows)
+    assert [d.contrast for d in rows] == [None, -3.0, -3.0, 2.5, 2.5]  # NaN: not measured
     assert (run.trough_count, run.peak_count, run.defect_count) == (3, 2, 5)
 
 

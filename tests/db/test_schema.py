@@ -78,8 +78,12 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
     assert current_revision(old) == "0001"
     assert "daemon_heartbeat" not in inspect(old).get_table_names()
     # a database written by the first release: a sample, a scan with a run, an active model
-    scan_id = record(old, "/data/S1/a.sxm", sample="S1", runs=[detection(3, 2, 2500.0)])
+    scan_id = record(old, "/data/S1/a.sxm", sample="S1", runs=[detection(0, 0, 2500.0)])
     with old.begin() as conn:
+        for i in range(5):  # its defects, in the columns of the time
+            conn.execute(text("INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, "
+                              "confidence, uncertainty, area_nm2) VALUES (1, :i, :i, :i, :i, "
+                              "'trough', 0.9, 0.05, 1.5)"), {"i": float(i)})
         conn.execute(text("INSERT INTO model_version (name, directory, created_at, active, "
                           "metrics, members) VALUES ('v1', '/m/v1', '2025-01-01', 1, '{}', 10)"))
     old.dispose()
@@ -90,6 +94,9 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
         row = s.get(ScanRow, scan_id)
         assert row is not None and row.sample is not None and row.sample.name == "S1"
         assert s.execute(text("SELECT count(*) FROM defect")).scalar() == 5
+        # measured contrast came later (0005): unknown for the old rows
+        assert s.execute(text("SELECT count(*) FROM defect WHERE contrast IS NULL")
+                         ).scalar() == 5
         assert s.scalar(select(ModelVersion.name).where(ModelVersion.active)) == "v1"
         # the active version got its first activation-history entry
         assert s.execute(text("SELECT count(*) FROM model_activation")).scalar() == 1

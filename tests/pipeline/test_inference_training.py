@@ -230,6 +230,30 @@ def test_defects_are_reported_in_the_scans_pixels():
     assert d.confidence == pytest.approx(0.9) and d.uncertainty == pytest.approx(0.05)
 
 
+def test_defects_a_labeller_would_not_mark_are_dropped_and_contrast_is_reported():
+    """Two confident peak blobs; in the flattened scan only one stands out of the noise."""
+    rng = np.random.default_rng(0)
+    n = 160  # 0.1 nm/px, the model's own pixels
+    mean = np.zeros((3, n, n), np.float32)
+    mean[0] = 1.0
+    for r, c in ((40, 40), (110, 110)):
+        mean[2, r - 3:r + 4, c - 3:c + 4], mean[0, r - 3:r + 4, c - 3:c + 4] = 0.9, 0.1
+    flat = rng.normal(0, 1e-11, (n, n)).astype(np.float32)  # 10 pm of noise
+    yy, xx = np.mgrid[:n, :n]
+    flat += 8e-11 * np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / (2 * 5.0 ** 2))  # a real bump
+    common = dict(image01=np.zeros((n, n), np.float32), valid=np.ones((n, n), bool),
+                  mean=mean, spread=np.full_like(mean, 0.05),
+                  mapping=Resampling((n, n), (n, n)), scan_pixel_nm=(0.1, 0.1),
+                  classes=("background", "trough", "peak"))
+    judged = Prediction(**common, flat=flat)
+    (kept,) = judged.defects(threshold=0.5)
+    assert (round(kept.row), round(kept.col)) == (40, 40) and kept.contrast > 3.0
+    both = judged.defects(threshold=0.5, marked_only=False)
+    assert len(both) == 2 and abs(both[1].contrast) < 1.0  # noise alone: under a sigma
+    unjudged = Prediction(**common).defects(threshold=0.5)  # e.g. a C-AFM current map
+    assert len(unjudged) == 2 and all(np.isnan(d.contrast) for d in unjudged)
+
+
 def test_atomai_ensemble_file_imports_and_predicts_the_same(tmp_path):
     torch.manual_seed(0)
     members = {i: build_member(TINY).state_dict() for i in range(2)}

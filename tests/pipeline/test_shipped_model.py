@@ -64,3 +64,19 @@ def test_the_shipped_thresholds_were_chosen_on_validation_scans():
     assert table[f"{m['threshold']:.2f}"] == max(table.values())
     assert config.threshold_for("Z") == float(m["threshold"])
     assert config.threshold_for("Current") == m["threshold_by_channel"]["Current"]
+
+
+def test_topography_defects_carry_their_contrast_and_current_maps_none(ensemble):
+    """Contrast is judged in heights (troughs below -1.5 sigma, peaks above +1.0, the rule
+    labelled simulated defects follow); C-AFM current maps are not judged."""
+    (stm,) = simulated_cases([905], size_nm=25.0, pixels=256, density_per_cm2=3e12)
+    found = ensemble.predict_scan(stm.scan).defects(threshold=0.6)
+    measured = [d for d in found if d.contrast == d.contrast]
+    assert len(measured) >= 0.8 * len(found) > 0  # NaN only where the ring leaves the frame
+    assert all(d.contrast <= -1.5 for d in measured if d.kind == "trough")
+    assert all(d.contrast >= 1.0 for d in measured if d.kind == "peak")
+    (cafm,) = simulated_cases([906], mode="cafm", size_nm=50.0, pixels=256)
+    prediction = ensemble.predict_scan(cafm.scan)
+    assert cafm.scan.unit == "A" and prediction.flat is None
+    found = prediction.defects(threshold=0.2)
+    assert found and all(d.contrast != d.contrast for d in found)

@@ -18,7 +18,8 @@ runner = CliRunner()
 PROCESS_KEYS = {"path", "status", "error", "nx", "ny", "width_nm", "height_nm", "pixel_size_nm",
                 "acquired_fraction", "model", "defects", "density_per_cm2",
                 "density_ci95_per_cm2"}
-DEFECT_KEYS = {"row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2"}
+DEFECT_KEYS = {"row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2",
+               "contrast"}
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,8 @@ def test_defects_by_id_path_or_unique_file_name(filled):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 6 and set(rows[0]) == {"row", "col", "x_nm", "y_nm", "kind",
-                                               "confidence", "uncertainty", "area_nm2"}
+                                               "confidence", "uncertainty", "area_nm2",
+                                               "contrast"}
     latest = json.loads(invoke("defects", "1", "--json", "--db", filled).stdout)
     assert len(latest) == 6  # scan 1's latest run, not the old 180-defect one
     table = invoke("defects", "/w/B/STM_001.sxm", "--db", filled)

@@ -1,0 +1,158 @@
+"""Are the real frames' labels complete? How the unmatched detections stand out, measured.
+
+The real WSe2 frames' F1 counts every detection without a label within 1 nm as false. This
+measures each one with the statistic annotators judge by eye (`pipeline.contrast`: core minus
+ring in ring-noise sigmas, on the render itself) and sets it beside the labelled defects of the
+same frame and beside random points of it (the control: what noise alone reaches). A false
+detection that stands out as much as the labelled defects is more likely a defect the
+annotators left out than one the model made up; pictures (``--pictures DIR``) let a person judge.
+
+Per frame and kind: labels and their median contrast, detections at the version's threshold,
+unmatched ones and how many of them reach the frame's labelled lower quartile / median, the
+same shares for random points, and the misses' median contrast.
+
+    python -m benchmarks.label_audit [--model DIR] [--pictures DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from defectwatch.pipeline.contrast import defect_contrast
+from defectwatch.pipeline.inference import Ensemble
+from defectwatch.pipeline.metrics import match
+from defectwatch.pipeline.render import Mark, draw_marks, write_png
+from defectwatch.service.detection import default_model_dir
+from defectwatch.service.evaluation import Case, cases_from_images
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"
+KINDS = (("trough", -1.0), ("peak", 1.0))  # kind, sign that makes "stands out" positive
+RANDOM_POINTS = 400
+EDGE_NM = 4.0  # random points keep this far from the frame's edges (their ring must fit)
+
+
+@dataclass
+class KindAudit:
+    """One frame, one kind: contrasts (sign-corrected: larger = stands out more)."""
+
+    labelled: np.ndarray
+    unmatched: np.ndarray
+    missed: np.ndarray
+    random: np.ndarray
+    detections: int
+    unmatched_xy: list[tuple[float, float]] = field(default_factory=list)
+
+    def reaching(self, values: np.ndarray, q: float) -> int:
+        """How many of ``values`` stand out at least as much as the labels' ``q`` quantile."""
+        if not np.isfinite(self.labelled).any():
+            return 0
+        return int(np.sum(values >= np.nanpercentile(self.labelled, q)))
+
+
+def _contrast(case: Case, xy: np.ndarray, sign: float) -> np.ndarray:
+    scan = case.scan
+    px = scan.width_nm / scan.nx
+    if len(xy) == 0:
+        return np.zeros(0)
+    c = defect_contrast(scan.data.astype(np.float32), pixel_size_nm=px, rows=xy[:, 1] / px,
+                        cols=xy[:, 0] / px)
+    return sign * c
+
+
+def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
+               ) -> dict[str, KindAudit]:
+    thr = ensemble.config.threshold_for(case.scan.channel)
+    found = ensemble.predict_scan(case.scan).defects(threshold=thr)
+    w, h = case.scan.width_nm, case.scan.height_nm
+    pts = np.column_stack([rng.uniform(EDGE_NM, w - EDGE_NM, RANDOM_POINTS),
+                           rng.uniform(EDGE_NM, h - EDGE_NM, RANDOM_POINTS)])
+    out = {}
+    for kind, sign in KINDS:
+        det = np.array([(d.x_nm, d.y_nm) for d in found if d.kind == kind]).reshape(-1, 2)
+        lab = np.array([(t.x_nm, t.y_nm) for t in case.labels if t.kind == kind]).reshape(-1, 2)
+        pairs = match(det, lab, radius_nm=1.0)
+        hit_d, hit_l = {i for i, _, _ in pairs}, {j for _, j, _ in pairs}
+        un = det[[i for i in range(len(det)) if i not in hit_d]].reshape(-1, 2)
+        miss = lab[[j for j in range(len(lab)) if j not in hit_l]].reshape(-1, 2)
+        out[kind] = KindAudit(_contrast(case, lab, sign), _contrast(case, un, sign),
+                              _contrast(case, miss, sign), _contrast(case, pts, sign),
+                              len(det), [tuple(p) for p in un])
+    return out
+
+
+def picture(case: Case, audits: dict[str, KindAudit], path: Path) -> None:
+    """The render with its labels (thin grey circles) and the detections without a label
+    (cyan troughs, magenta peaks)."""
+    scan = case.scan
+    z = scan.data.astype(np.float32)
+    z01 = (z - z.min()) / max(float(np.ptp(z)), 1e-12)
+    px = scan.width_nm / scan.nx
+    marks = [Mark(t.y_nm / px, t.x_nm / px, t.kind, bold=False) for t in case.labels]
+    for kind, _ in KINDS:
+        marks += [Mark(y / px, x / px, kind) for x, y in audits[kind].unmatched_xy]
+    bgr = draw_marks(z01, marks, pixel_size_nm=px,
+                     title=f"{case.name}: grey = labelled, colour = detection without label")
+    write_png(path, bgr)
+
+
+def _med(a: np.ndarray) -> str:
+    return f"{np.nanmedian(a):+.1f}" if np.isfinite(a).any() else "-"
+
+
+def main(model_dir: Path, pictures: Path | None) -> dict[str, dict[str, int]]:
+    if not (REAL / "labels_via.csv").is_file():
+        raise SystemExit(f"{REAL}: the real frames are not there")
+    ensemble = Ensemble.load(model_dir, device="cpu")
+    cases = cases_from_images(sorted(REAL.glob("*.jpg")), REAL / "labels_via.csv")
+    rng = np.random.default_rng(0)
+    totals = {k: dict(labels=0, detections=0, unmatched=0, q25=0, median=0, random=0,
+                      random_q25=0) for k, _ in KINDS}
+    print(f"model {ensemble.version}; contrast in ring-noise sigmas, sign-corrected "
+          "(larger = stands out more)\n")
+    print("| frame | kind | labels (median) | detections | unmatched (median) | unmatched >= "
+          "labels' q25 / median | random points >= q25 / median | missed (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        audits = audit_case(ensemble, case, rng)
+        for kind, _ in KINDS:
+            a = audits[kind]
+            if len(a.labelled) == 0 and len(a.unmatched) == 0:
+                continue
+            n_rand = max(int(np.isfinite(a.random).sum()), 1)
+            print(f"| {case.name.removeprefix('WSe2-SL445_')} | {kind} | {len(a.labelled)} "
+                  f"({_med(a.labelled)}) | {a.detections} | {len(a.unmatched)} "
+                  f"({_med(a.unmatched)}) | {a.reaching(a.unmatched, 25)} / "
+                  f"{a.reaching(a.unmatched, 50)} | "
+                  f"{a.reaching(a.random, 25) / n_rand:.1%} / "
+                  f"{a.reaching(a.random, 50) / n_rand:.1%} | {len(a.missed)} "
+                  f"({_med(a.missed)}) |", flush=True)
+            t = totals[kind]
+            t["labels"] += len(a.labelled)
+            t["detections"] += a.detections
+            t["unmatched"] += len(a.unmatched)
+            t["q25"] += a.reaching(a.unmatched, 25)
+            t["median"] += a.reaching(a.unmatched, 50)
+            t["random"] += n_rand
+            t["random_q25"] += a.reaching(a.random, 25)
+        if pictures is not None:
+            pictures.mkdir(parents=True, exist_ok=True)
+            picture(case, audits, pictures / f"{Path(case.name).stem}_audit.png")
+    print()
+    for kind, t in totals.items():
+        print(f"{kind}: {t['unmatched']} of {t['detections']} detections unmatched; "
+              f"{t['q25']} reach their frame's labelled lower quartile, {t['median']} its "
+              f"median; random points reach the lower quartile {t['random_q25'] / t['random']:.1%}"
+              " of the time")
+    return totals
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=default_model_dir())
+    ap.add_argument("--pictures", type=Path, default=None)
+    args = ap.parse_args()
+    main(args.model, args.pictures)

@@ -23,7 +23,7 @@ from defectwatch.pipeline.training_data import Example, SimulationMix, simulated
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "default-sim-5"
+DEFAULT_VERSION = "default-sim-5c"
 MODEL_PIXEL_NM = 0.1
 DEFAULT_SPEC = UnetSpec(nb_filters=8)
 # the shipped default's recipe: 2000 mini-batches per member under bf16 autocast (about 2x
@@ -40,18 +40,19 @@ def default_model_dir() -> Path:
 
 MASK_RADIUS_NM = {"trough": 0.6, "peak": 0.7}  # disc radius per class in the training masks
 # The shipped threshold is chosen after training by mean object F1 on validation scans: seeds
-# 200-211 (neither training, 1e6+, nor the test seeds 0-19 of the README's figures), a mix of
-# the settings the README reports (kwargs go to `simulate`)
+# 200-235 (neither training, 1e6+, nor the test seeds 0-19 of the README's figures), a mix of
+# the settings the README reports (kwargs go to `simulate`). 72 scans: with 24 the F1 curve
+# was flat to 0.0002 between 0.45 and 0.60, so the choice was noise
 VALIDATION = (
-    ({"material": "wse2", "size_nm": 50.0, "pixels": 512}, range(200, 212)),
-    ({"material": "wse2", "size_nm": 25.0, "pixels": 512}, range(200, 206)),
-    ({"material": "mose2", "size_nm": 50.0, "pixels": 512}, range(200, 206)),
+    ({"material": "wse2", "size_nm": 50.0, "pixels": 512}, range(200, 236)),
+    ({"material": "wse2", "size_nm": 25.0, "pixels": 512}, range(200, 218)),
+    ({"material": "mose2", "size_nm": 50.0, "pixels": 512}, range(200, 218)),
 )
-VALIDATION_NOTE = ("simulated seeds 200-211 (validation; not training, not test): WSe2 50 nm and "
-                   "25 nm, MoSe2 50 nm, 512 px")
+VALIDATION_NOTE = ("simulated seeds 200-235 (validation; not training, not test): WSe2 50 nm "
+                   "(36) and 25 nm (18), MoSe2 50 nm (18), 512 px")
 # C-AFM current maps get their own threshold (the members are less confident on them)
 VALIDATION_BY_CHANNEL = {
-    "Current": (({"mode": "cafm", "size_nm": 100.0, "pixels": 512}, range(200, 208)),),
+    "Current": (({"mode": "cafm", "size_nm": 100.0, "pixels": 512}, range(200, 216)),),
 }
 
 

@@ -2,7 +2,7 @@
 
 The real WSe2 frames' F1 counts every detection without a label within 1 nm as false. This
 measures each one with the statistic annotators judge by eye (`pipeline.contrast`: core minus
-ring in ring-noise sigmas, on the render itself) and sets it beside the labelled defects of the
+ring in ring-noise sigmas, in the flattened image, as detection measures it) and sets it beside the labelled defects of the
 same frame and beside random points of it (the control: what noise alone reaches). A false
 detection that stands out as much as the labelled defects is more likely a defect the
 annotators left out than one the model made up; pictures (``--pictures DIR``) let a person judge.
@@ -25,6 +25,7 @@ import numpy as np
 from defectwatch.pipeline.contrast import defect_contrast
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import match
+from defectwatch.pipeline.preprocess import flatten_with
 from defectwatch.pipeline.render import Mark, draw_marks, write_png
 from defectwatch.service.detection import default_model_dir
 from defectwatch.service.evaluation import Case, cases_from_images
@@ -53,20 +54,22 @@ class KindAudit:
         return int(np.sum(values >= np.nanpercentile(self.labelled, q)))
 
 
-def _contrast(case: Case, xy: np.ndarray, sign: float) -> np.ndarray:
-    scan = case.scan
-    px = scan.width_nm / scan.nx
+def _contrast(flat: np.ndarray, pixel_nm: float, xy: np.ndarray, sign: float) -> np.ndarray:
     if len(xy) == 0:
         return np.zeros(0)
-    c = defect_contrast(scan.data.astype(np.float32), pixel_size_nm=px, rows=xy[:, 1] / px,
-                        cols=xy[:, 0] / px)
-    return sign * c
+    return sign * defect_contrast(flat, pixel_size_nm=pixel_nm, rows=xy[:, 1] / pixel_nm,
+                                  cols=xy[:, 0] / pixel_nm)
 
 
 def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
                ) -> dict[str, KindAudit]:
     thr = ensemble.config.threshold_for(case.scan.channel)
-    found = ensemble.predict_scan(case.scan).defects(threshold=thr)
+    prediction = ensemble.predict_scan(case.scan)
+    found = prediction.defects(threshold=thr)
+    # measured where detection measures it: the flattened topography at the scan's pixels
+    flat = (prediction.flat if prediction.flat is not None
+            else flatten_with(case.scan.data, ensemble.params).astype(np.float32))
+    px = case.scan.width_nm / case.scan.nx
     w, h = case.scan.width_nm, case.scan.height_nm
     pts = np.column_stack([rng.uniform(EDGE_NM, w - EDGE_NM, RANDOM_POINTS),
                            rng.uniform(EDGE_NM, h - EDGE_NM, RANDOM_POINTS)])
@@ -78,8 +81,7 @@ def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
         hit_d, hit_l = {i for i, _, _ in pairs}, {j for _, j, _ in pairs}
         un = det[[i for i in range(len(det)) if i not in hit_d]].reshape(-1, 2)
         miss = lab[[j for j in range(len(lab)) if j not in hit_l]].reshape(-1, 2)
-        out[kind] = KindAudit(_contrast(case, lab, sign), _contrast(case, un, sign),
-                              _contrast(case, miss, sign), _contrast(case, pts, sign),
+        out[kind] = KindAudit(*(_contrast(flat, px, xy, sign) for xy in (lab, un, miss, pts)),
                               len(det), [tuple(p) for p in un])
     return out
 

@@ -90,8 +90,9 @@ def picture(case: Case, audits: dict[str, KindAudit], path: Path) -> None:
     """The render with its labels (thin grey circles) and the detections without a label
     (cyan troughs, magenta peaks)."""
     scan = case.scan
-    z = scan.data.astype(np.float32)
-    z01 = (z - z.min()) / max(float(np.ptp(z)), 1e-12)
+    z = flatten_with(scan.data)
+    lo, hi = np.nanpercentile(z, (1.0, 99.5))
+    z01 = np.clip((z - lo) / max(float(hi - lo), 1e-30), 0.0, 1.0)
     px = scan.width_nm / scan.nx
     marks = [Mark(t.y_nm / px, t.x_nm / px, t.kind, bold=False) for t in case.labels]
     for kind, _ in KINDS:

@@ -68,7 +68,7 @@ def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
     found = prediction.defects(threshold=thr)
     # measured where detection measures it: the flattened topography at the scan's pixels
     flat = (prediction.flat if prediction.flat is not None
-            else flatten_with(case.scan.data, ensemble.params).astype(np.float32))
+            else flatten_with(case.scan.data, ensemble.params))
     px = case.scan.width_nm / case.scan.nx
     w, h = case.scan.width_nm, case.scan.height_nm
     pts = np.column_stack([rng.uniform(EDGE_NM, w - EDGE_NM, RANDOM_POINTS),

@@ -203,7 +203,7 @@ class Ensemble:
         mean, spread = self.predict_image(image01)
         topography = scan.unit != "A"  # contrast is judged in heights, not C-AFM currents
         return Prediction(image01, valid, mean, spread, mapping, px, self.classes,
-                          flat.astype(np.float32) if topography else None)
+                          flat if topography else None)  # flatten gives float32 already
 
     # -- internals ----------------------------------------------------------------------------
 

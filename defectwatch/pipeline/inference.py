@@ -95,9 +95,9 @@ class Ensemble:
     maps equal to exact mode within ~2e-6); ``onnx_cache_dir``: where that ONNX fallback keeps
     its exports (None: export at every load, ~1 s per member); ``cpu_bf16``: whether CPU fast
     mode uses bf16 (None: where `cpu_has_native_bf16`); ``cpu_onnx``: float32 members on the
-    CPU run in ONNX Runtime in exact mode too (maps within ~1e-6 of torch's, 15-30% faster
-    on these small convolutions, but each session's arena stays as large as the largest tile
-    it ran: 3.75 GB resident after a 2048 px scan, against 1.5 GB in torch);
+    CPU run in ONNX Runtime in exact mode too (maps within ~1e-6 of torch's; faster than
+    torch at 1024 px and above, not at 512 px; 1.5 GB resident after a 2048 px scan, as in
+    torch);
     ``side_by_side``: members run at a time on CPU; ``tile_px``: the core size of a tile (a
     multiple of 8); ``margin_px``: context added on each side of a tile.
     """

@@ -72,7 +72,8 @@ def _contrast(flat: np.ndarray, pixel_nm: float, xy: np.ndarray, sign: float) ->
 
 
 def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
-               ) -> dict[str, KindAudit]:
+               ) -> tuple[dict[str, KindAudit], np.ndarray]:
+    """Kind -> its audit, and the flattened frame the contrasts were measured in (ny, nx)."""
     thr = ensemble.config.threshold_for(case.scan.channel)
     prediction = ensemble.predict_scan(case.scan)
     found = prediction.defects(threshold=thr)
@@ -95,14 +96,13 @@ def audit_case(ensemble: Ensemble, case: Case, rng: np.random.Generator
         out[kind] = KindAudit(*(_contrast(flat, px, xy, sign) for xy in (lab, un, miss, pts)),
                               len(det), [tuple(p) for p in un], [tuple(p) for p in hit],
                               [tuple(p) for p in miss], _contrast(flat, px, hit, sign))
-    return out
+    return out, flat
 
 
-def stretched(case: Case) -> np.ndarray:
-    """The frame flattened as detection flattens it, stretched to [0, 1] (1st-99.5th pct)."""
-    z = flatten_with(case.scan.data)
-    lo, hi = np.nanpercentile(z, (1.0, 99.5))
-    return np.clip((z - lo) / max(float(hi - lo), 1e-30), 0.0, 1.0)
+def stretched(flat: np.ndarray) -> np.ndarray:
+    """A flattened frame stretched to [0, 1] between its 1st and 99.5th percentiles."""
+    lo, hi = np.nanpercentile(flat, (1.0, 99.5))
+    return np.clip((flat - lo) / max(float(hi - lo), 1e-30), 0.0, 1.0)
 
 
 def picture(case: Case, z01: np.ndarray, audits: dict[str, KindAudit], path: Path) -> None:
@@ -187,7 +187,7 @@ def main(model_dir: Path, pictures: Path | None) -> dict[str, dict[str, int]]:
           "labels' q25 / median | random points >= q25 / median | missed (median) |")
     print("|---|---|---|---|---|---|---|---|")
     for case in cases:
-        audits = audit_case(ensemble, case, rng)
+        audits, flat = audit_case(ensemble, case, rng)
         for kind, _ in KINDS:
             a = audits[kind]
             if len(a.labelled) == 0 and len(a.unmatched) == 0:
@@ -209,7 +209,7 @@ def main(model_dir: Path, pictures: Path | None) -> dict[str, dict[str, int]]:
             t["random"] += n_rand
             t["random_q25"] += a.reaching(a.random, 25)
         if pictures is not None:
-            z01 = stretched(case)
+            z01 = stretched(flat)
             picture(case, z01, audits, pictures / f"{Path(case.name).stem}_audit.png")
             for key, more in sheet_tiles(case, z01, audits).items():
                 tiles.setdefault(key, []).extend(more)

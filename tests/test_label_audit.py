@@ -30,7 +30,7 @@ def test_dropped_labels_come_back_as_unmatched_detections_that_stand_out(ensembl
     kept = troughs[::2]
     dropped = troughs[1::2]
     thinned = dataclasses.replace(case, labels=kept)
-    audit = audit_case(ensemble, thinned, np.random.default_rng(0))["trough"]
+    audit = audit_case(ensemble, thinned, np.random.default_rng(0))[0]["trough"]
     assert len(dropped) >= 4
     near_dropped = sum(any(np.hypot(x - t.x_nm, y - t.y_nm) < 1.0 for t in dropped)
                        for x, y in audit.unmatched_xy)
@@ -45,8 +45,8 @@ def test_contact_sheets_centre_each_crop_on_its_point(ensemble):
     """The sheets a person judges the labels by: one tile per point, each centred on it (a
     found trough is darker at the tile's centre than the tile's median), laid out in rows."""
     (case,) = simulated_cases([907], size_nm=30.0, pixels=300, density_per_cm2=4e12)
-    audits = audit_case(ensemble, case, np.random.default_rng(0))
-    z01 = stretched(case)
+    audits, flat = audit_case(ensemble, case, np.random.default_rng(0))
+    z01 = stretched(flat)
     tiles = sheet_tiles(case, z01, audits)
     for kind in ("trough", "peak"):
         a = audits[kind]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,9 @@ class Prediction:
     acquired; ``mean``/``spread``: (C, H, W) float32 mean probability and member standard
     deviation; ``mapping``: model pixels <-> scan pixels; ``scan_pixel_nm``: (x, y) of the scan;
     ``flat``: (ny, nx) the flattened scan at its own pixels, where each defect's contrast is
-    measured (None: not measured, as for C-AFM current maps).
+    measured (None: not measured, as for C-AFM current maps); ``report_contrast``: {kind:
+    weakest contrast reported} (the version's rule, `ModelConfig.report_contrast`; None: what a
+    labeller marks).
     """
 
     image01: np.ndarray
@@ -48,6 +50,7 @@ class Prediction:
     scan_pixel_nm: tuple[float, float]
     classes: tuple[str, ...]
     flat: np.ndarray | None = None
+    report_contrast: Mapping[str, float] | None = None
 
     @property
     def pixel_nm(self) -> tuple[float, float]:
@@ -60,9 +63,8 @@ class Prediction:
         """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner.
 
         Where ``flat`` is known each defect's contrast is measured, and with ``marked_only``
-        only those that stand out as a labeller's marked ones do (`contrast.marked`: troughs
-        at most -1.5 sigma, peaks at least +1.0) are kept: the same rule that decides which
-        simulated defects count as labelled, so the detector reports what it is scored on.
+        only those that stand out by the version's rule are kept (``report_contrast``,
+        `contrast.marked`; `default-sim-5d`: troughs at most -1.5 sigma, peaks at least +2.0).
         """
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
@@ -83,7 +85,7 @@ class Prediction:
         return [Defect(float(r), float(c), float((c + 0.5) * sx), float((r + 0.5) * sy),
                        d.kind, d.confidence, d.uncertainty, d.area_nm2, float(k))
                 for d, r, c, k in zip(found, rows, cols, contrast)
-                if not marked_only or marked(d.kind, float(k))]
+                if not marked_only or marked(d.kind, float(k), self.report_contrast)]
 
 
 class Ensemble:
@@ -203,7 +205,8 @@ class Ensemble:
         mean, spread = self.predict_image(image01)
         topography = scan.unit != "A"  # contrast is judged in heights, not C-AFM currents
         return Prediction(image01, valid, mean, spread, mapping, px, self.classes,
-                          flat if topography else None)  # flatten gives float32 already
+                          flat if topography else None,  # flatten gives float32 already
+                          self.config.report_contrast)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -333,12 +333,15 @@ class ObjectEvaluation:
 
 @dataclass(frozen=True)
 class TruthPoint:
-    """A true defect position in nm from the frame's top-left corner (satisfies `Label`)."""
+    """A true defect position in nm from the frame's top-left corner (satisfies `Label`);
+    ``contrast``: how far it stands out (`contrast.defect_contrast`; NaN: not measured, as for
+    a person's labels, which always count)."""
 
     x_nm: float
     y_nm: float
     kind: str
     visible: bool = True
+    contrast: float = float("nan")
 
 
 def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]

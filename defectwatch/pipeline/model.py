@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from defectwatch.errors import ModelLoadError
+from defectwatch.pipeline.contrast import LEGACY_REPORT_CONTRAST, REPORT_CONTRAST
 
 CONFIG_NAME = "config.json"
 FORMAT = 1
@@ -66,6 +67,15 @@ class ModelConfig:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     parent: str | None = None
     members: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    # how defects are reported: ``report_contrast`` {kind: weakest contrast} (`contrast.marked`)
+    detection: dict[str, Any] = field(
+        default_factory=lambda: {"report_contrast": dict(REPORT_CONTRAST)})
+
+    @property
+    def report_contrast(self) -> dict[str, float]:
+        """{kind: the weakest contrast this version reports} (troughs negative)."""
+        limits = self.detection.get("report_contrast") or LEGACY_REPORT_CONTRAST
+        return {k: float(v) for k, v in limits.items()}
 
     def threshold_for(self, channel: str, default: float = 0.5) -> float:
         """The mean-probability threshold for scans analysed in ``channel``: the version's
@@ -87,6 +97,8 @@ class ModelConfig:
             raise ValueError(f"unknown config format (expected {FORMAT})")
         d["architecture"] = UnetSpec.from_dict(d.get("architecture", {}))
         d["classes"] = tuple(d.get("classes", ()))
+        # written before versions carried the rule: they reported what a labeller marks
+        d.setdefault("detection", {"report_contrast": dict(LEGACY_REPORT_CONTRAST)})
         return cls(**d)
 
 

@@ -55,6 +55,10 @@ CLASSES: tuple[DefectClass, ...] = (
     DefectClass("large dim peak", PEAK, 2.0, 97.0, True, 0.03),
 )
 CLASS_BY_NAME = {c.name: c for c in CLASSES}
+# adsorbates: bright blobs 1.6-2.8 nm across, packed in clusters of 2-12 that touch; the paper's
+# annotators mark each blob of a cluster as a peak (e.g. the 30 nm frame 013 and the 200 nm
+# frame); drawn only with ``Recipe.clusters``, outside the class mix
+ADSORBATE = DefectClass("adsorbate", PEAK, 2.2, 250.0, False, 0.0)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class TruthDefect:
     kind: str
     subtype: str
     visible: bool
+    contrast: float = math.nan  # in the flattened image (`contrast.defect_contrast`); NaN: unknown
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Recipe:
     hysteresis_nm: float = 0.05
     abort_fraction: float = 1.0  # share of lines acquired before the scan was stopped
     gain_sigma: float = 0.0  # C-AFM: line gain changes
+    clusters: list[dict[str, float]] = field(default_factory=list)  # adsorbate clusters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,6 +345,39 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
         gain = float(rng.uniform(0.5, 1.5)) if kind == PEAK and not cls.charged else 0.0
         out.append(_Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo,
                            halo_amp, gain))
+    return out + _cluster_blobs(r)
+
+
+def _draw_clusters(rng: np.random.Generator, r: Recipe) -> list[dict[str, float]]:
+    """Adsorbate clusters of one scan: 0.5-4 per 2500 nm^2, each 2-12 blobs."""
+    n = rng.poisson(r.width_nm * r.height_nm * _log_uniform(rng, 2e-4, 1.6e-3))
+    return [{"x": float(rng.uniform(0, r.width_nm)), "y": float(rng.uniform(0, r.height_nm)),
+             "blobs": int(rng.integers(2, 13)), "diameter_nm": float(rng.uniform(1.6, 2.8)),
+             "height_nm": float(_log_uniform(rng, 0.08, 0.35)), "seed": int(rng.integers(2**31))}
+            for _ in range(n)]
+
+
+def _cluster_blobs(r: Recipe) -> list[_Defect]:
+    """The blobs of ``r.clusters``: each new blob touches one already placed (centres 0.95-1.35
+    diameters apart) and overlaps none (no two closer than 0.9 diameters)."""
+    out: list[_Defect] = []
+    for c in r.clusters:
+        rng = np.random.default_rng(c["seed"])
+        d0 = c["diameter_nm"]
+        xy = [np.array([c["x"], c["y"]])]
+        for _ in range(60 * c["blobs"]):
+            if len(xy) >= c["blobs"]:
+                break
+            ang = rng.uniform(0, 2 * math.pi)
+            p = xy[rng.integers(len(xy))] + d0 * rng.uniform(0.95, 1.35) * np.array(
+                [math.cos(ang), math.sin(ang)])
+            if min(math.dist(p, q) for q in xy) >= 0.9 * d0:
+                xy.append(p)
+        for x, y in xy:
+            size = d0 * float(rng.lognormal(0.0, 0.12))
+            amp = c["height_nm"] * float(rng.lognormal(0.0, 0.2))
+            out.append(_Defect(float(x), float(y), ADSORBATE, PEAK, amp, size / 2.0,
+                               float(rng.uniform(0.0, 0.1)), 0.0, 0.0, 0.0))
     return out
 
 
@@ -630,7 +669,8 @@ def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarr
                        and not hidden[i] and marked(d.kind, float(contrast[i]))
                        and _step_distance(r, d.x, d.y) > 0.5 + d.radius_nm)
         out.append(TruthDefect(float(row), float(col), float((col + 0.5) * px),
-                               float((row + 0.5) * py), d.kind, d.cls.name, visible))
+                               float((row + 0.5) * py), d.kind, d.cls.name, visible,
+                               float(contrast[i])))
     return out
 
 
@@ -685,9 +725,13 @@ def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray)
 
 def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: float = 50.0,
              pixels: int = 512, density_per_cm2: float | None = None,
-             artifacts: bool = True) -> SimulatedScan:
-    """Draw a recipe from ``seed`` and render it: the one call most users need."""
+             artifacts: bool = True, clusters: bool = False) -> SimulatedScan:
+    """Draw a recipe from ``seed`` and render it: the one call most users need. ``clusters``:
+    add adsorbate clusters (drawn from their own random stream, so everything else about the
+    scan stays as without them)."""
     rng = np.random.default_rng(seed)
     recipe = draw_recipe(rng, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
                          density_per_cm2=density_per_cm2, seed=seed, artifacts=artifacts)
+    if clusters and mode == "stm":
+        recipe.clusters = _draw_clusters(np.random.default_rng([seed, 4242]), recipe)
     return simulate_scan(rng, recipe)

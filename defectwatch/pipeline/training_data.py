@@ -97,6 +97,7 @@ class SimulationMix:
     artifacts_share: float = 0.9
     density_per_cm2: tuple[float, float] = (1e11, 2e13)  # log-uniform; most crops hold defects
     render_share: float = 0.3  # scans seen as an exported 8-bit JPEG picture (`exported_render`)
+    cluster_share: float = 0.0  # STM scans with adsorbate clusters (`simulate(clusters=True)`)
 
     def draw(self, rng: np.random.Generator, *, target_nm: float) -> dict:
         names, weights = zip(*self.material_weights)
@@ -108,9 +109,12 @@ class SimulationMix:
         px = float(np.exp(rng.uniform(plo, phi)))
         pixels = int(np.clip(round(size / px / 8) * 8, 64, 1024))
         dlo, dhi = np.log(self.density_per_cm2)
-        return {"material": material, "mode": mode, "size_nm": round(size, 2),
+        draw = {"material": material, "mode": mode, "size_nm": round(size, 2),
                 "pixels": pixels, "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))),
                 "artifacts": bool(rng.random() < self.artifacts_share)}
+        if self.cluster_share > 0:  # drawn only then: mixes without clusters stay as they were
+            draw["clusters"] = bool(rng.random() < self.cluster_share)
+        return draw
 
 
 def simulated_examples(seeds: Sequence[int], *, target_nm: float,

@@ -210,6 +210,10 @@ def evaluate(
     per_scan: Annotated[bool, typer.Option(
         "--per-scan", help="Also a table per scan: where do the misses and false finds sit?")
     ] = False,
+    truth: Annotated[str, typer.Option(
+        help="Simulated truth to score against: 'reported' (the defects the model version "
+             "reports: its contrast rule) or 'marked' (every defect a labeller would mark). "
+             "A person's labels always count in full.")] = "reported",
 ) -> None:
     """Score the ensemble against ground truth: object level and the paper's pixel level."""
     from defectwatch.service.detection import load_ensemble
@@ -235,6 +239,9 @@ def evaluate(
             _fail("rendered images need --labels (a VIA CSV, VOC XML or COCO JSON file)")
             raise typer.Exit(1)
         cases += cases_from_images(images, labels)
+    if truth not in ("reported", "marked"):
+        _fail(f"--truth must be 'reported' or 'marked', not {truth!r}")
+        raise typer.Exit(1)
     n = len(cases) + simulate_n
     if n == 0:
         _fail("nothing to evaluate: give folders, images with --labels, or --simulate N")
@@ -250,7 +257,7 @@ def evaluate(
         task = bar.add_task("evaluating", total=n)
         report = run_evaluation(ensemble, [*cases, *sims], threshold=threshold,
                                 radius_nm=radius_nm, baseline=baseline, n_cases=n,
-                                on_progress=lambda done, total: bar.update(task,
+                                truth=truth, on_progress=lambda done, total: bar.update(task,
                                                                            completed=done))
     if out_dir is not None:
         written = write_report(report, out_dir)

@@ -23,7 +23,7 @@ from defectwatch.pipeline.training_data import Example, SimulationMix, simulated
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "default-sim-5c"
+DEFAULT_VERSION = "default-sim-5d"
 MODEL_PIXEL_NM = 0.1
 DEFAULT_SPEC = UnetSpec(nb_filters=8)
 # the shipped default's recipe: 2000 mini-batches per member under bf16 autocast (about 2x
@@ -106,7 +106,8 @@ def _train_one(args: tuple) -> tuple[int, dict]:
 def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
                   spec: UnetSpec = DEFAULT_SPEC, seeds=TRAINING_SEEDS, device: str = "auto",
                   version: str = DEFAULT_VERSION, jobs: int = 1,
-                  radius_nm: dict[str, float] = MASK_RADIUS_NM, on_data=None) -> Path:
+                  radius_nm: dict[str, float] = MASK_RADIUS_NM, on_data=None,
+                  mix: SimulationMix = SimulationMix()) -> Path:
     """Simulate, prepare, train (``jobs`` members at a time, one thread each) and save."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -115,11 +116,12 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
 
     t0 = time.perf_counter()
     params = PreprocessParams()
-    mix = SimulationMix()
     seeds = list(seeds)
     partial = out.parent / f".{out.name}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     tag = "_".join(f"{radius_nm[k]:g}" for k in sorted(radius_nm))
+    if mix.cluster_share > 0:
+        tag += f"_c{mix.cluster_share:g}"
     cache = partial / f"examples_{seeds[0]}_{len(seeds)}_r{tag}.npz"
     if cache.is_file():
         examples = load_examples(cache)
@@ -217,6 +219,8 @@ def main() -> None:
                         help="training disc radius for troughs,peaks in nm")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="members trained side by side, one CPU thread each")
+    parser.add_argument("--cluster-share", type=float, default=SimulationMix().cluster_share,
+                        help="share of STM training scans with adsorbate clusters")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = TrainingRecipe(**{**DEFAULT_RECIPE.to_dict(), "iterations": args.iterations,
@@ -232,7 +236,8 @@ def main() -> None:
     trough_r, peak_r = (float(v) for v in args.mask_radius_nm.split(","))
     out = train_default(args.out, recipe=recipe, spec=spec, seeds=seeds, device=args.device,
                         jobs=jobs, version=args.version or args.out.name,
-                        radius_nm={"trough": trough_r, "peak": peak_r}, on_data=data)
+                        radius_nm={"trough": trough_r, "peak": peak_r}, on_data=data,
+                        mix=SimulationMix(cluster_share=args.cluster_share))
     log.info("wrote %s", out)
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from defectwatch.domain import Scan
 from defectwatch.errors import ConfigError
 from defectwatch.pipeline.baseline import BaselineCase, detect_baseline_scan, tune_baseline
+from defectwatch.pipeline.contrast import marked
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.labels import DEFAULT_RADIUS_NM, IGNORE, circle_mask
 from defectwatch.pipeline.metrics import ObjectEvaluation, TruthPoint, truth_points
@@ -76,7 +77,7 @@ def simulated_cases(seeds: Iterable[int], **kwargs: Any) -> Iterator[Case]:
     """In-memory simulated cases (``kwargs`` go to `simulate`: material, mode, size_nm...)."""
     for seed in seeds:
         sim = simulate(int(seed), **kwargs)
-        labels = [TruthPoint(d.x_nm, d.y_nm, d.kind, d.visible) for d in sim.truth]
+        labels = [TruthPoint(d.x_nm, d.y_nm, d.kind, d.visible, d.contrast) for d in sim.truth]
         yield Case(f"sim-{seed}", scan_from_simulation(sim), labels)
 
 
@@ -94,7 +95,8 @@ def cases_from_folder(folder: Path, *, channel: str = "Z") -> list[Case]:
         scan = read_scan(path, channel=channel)
         if scan.channel == "Z" and "Current" in scan.channel_names and "cafm" in path.stem:
             scan = read_scan(path, channel="Current")
-        labels = [TruthPoint(d.x_nm, d.y_nm, d.kind, d.visible) for d in read_truth_csv(truth)]
+        labels = [TruthPoint(d.x_nm, d.y_nm, d.kind, d.visible, d.contrast)
+                  for d in read_truth_csv(truth)]
         cases.append(Case(path.name, scan, labels))
     return cases
 
@@ -141,17 +143,34 @@ def truth_mask(prediction: Prediction, labels: Sequence[TruthPoint]) -> np.ndarr
                        radius_px=radii, ignore=[not lab.visible for lab in labels], base=base)
 
 
+def reported_truth(case: Case, limits: Mapping[str, float]) -> Case:
+    """``case`` with the simulated defects fainter than a version reports (``limits``, see
+    `ModelConfig.report_contrast`) made "don't care": the detector neither has to find them
+    nor is faulted for finding them. Labels without a measured contrast (a person's) all
+    count."""
+    labels = [replace(lab, visible=bool(lab.visible
+                                        and marked(lab.kind, float(lab.contrast), limits)))
+              for lab in case.labels]
+    return replace(case, labels=labels)
+
+
 def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | None = None,
-             radius_nm: float = 1.0, baseline: bool = False,
+             radius_nm: float = 1.0, baseline: bool = False, truth: str = "reported",
              on_progress: Progress | None = None, n_cases: int | None = None) -> Report:
     """Score ``ensemble`` on ``cases`` at ``threshold`` (None: the version's own threshold for
     each scan's channel, `ModelConfig.threshold_for`); with ``baseline`` also tune the LoG
-    baseline on the same cases and score it."""
+    baseline on the same cases and score it. ``truth``: "reported" scores against the defects
+    the version claims to report (`reported_truth`), "marked" against every simulated defect a
+    labeller would mark."""
+    if truth not in ("reported", "marked"):
+        raise ValueError(f"truth must be 'reported' or 'marked', not {truth!r}")
     objects = ObjectEvaluation()
     pixels = PixelAccumulator(classes=tuple(ensemble.classes))
     kept: list[Case] = []
     used: set[float] = set()
     for i, case in enumerate(cases):
+        if truth == "reported":
+            case = reported_truth(case, ensemble.config.report_contrast)
         pred = ensemble.predict_scan(case.scan)
         case_thr = (threshold if threshold is not None
                     else ensemble.config.threshold_for(case.scan.channel))
@@ -171,7 +190,8 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
     pm = pixels.result(threshold=thr)
     base_summary = _baseline(kept, radius_nm) if baseline else None
     settings = {"model": ensemble.version, "threshold": thr, "radius_nm": radius_nm,
-                "model_pixel_nm": ensemble.pixel_size_nm}
+                "model_pixel_nm": ensemble.pixel_size_nm, "truth": truth,
+                "report_contrast": ensemble.config.report_contrast}
     return Report(objects.summary(), pm.to_dict(curves=False), base_summary, settings,
                   objects.threshold_curves(), pm)
 
@@ -182,9 +202,11 @@ def choose_threshold(ensemble: Ensemble, cases: Iterable[Case], *,
                      on_progress: Progress | None = None) -> tuple[float, dict[float, float]]:
     """The mean-probability threshold in ``grid`` with the best mean object F1 over ``kinds``
     on ``cases`` (validation scans, never the test ones); each scan is predicted once and its
-    map thresholded at every grid value. Returns (threshold, {threshold: mean F1})."""
+    map thresholded at every grid value, scored against what the version reports
+    (`reported_truth`). Returns (threshold, {threshold: mean F1})."""
     evaluations = {t: ObjectEvaluation() for t in grid}
     for i, case in enumerate(cases):
+        case = reported_truth(case, ensemble.config.report_contrast)
         pred = ensemble.predict_scan(case.scan)
         for t, ev in evaluations.items():
             ev.add(pred.defects(threshold=t), case.labels, area_nm2=case.scan.acquired_area_nm2,

@@ -20,7 +20,7 @@ from defectwatch.pipeline.render import Mark, draw_marks, side_by_side, write_pn
 from defectwatch.pipeline.simulate import SimulatedScan, TruthDefect, simulate
 from defectwatch.pipeline.sxm import write_sxm
 
-TRUTH_COLUMNS = ("row", "col", "x_nm", "y_nm", "kind", "subtype", "visible")
+TRUTH_COLUMNS = ("row", "col", "x_nm", "y_nm", "kind", "subtype", "visible", "contrast")
 UNITS = {"Z": "m", "Current": "A"}
 
 
@@ -34,20 +34,24 @@ class WrittenScan:
 
 
 def write_truth_csv(path: Path, truth: list[TruthDefect]) -> None:
-    """Ground truth CSV: ``row, col, x_nm, y_nm, kind, subtype, visible`` (one row a defect)."""
+    """Ground truth CSV: ``row, col, x_nm, y_nm, kind, subtype, visible, contrast`` (one row a
+    defect; contrast empty where it was not measured)."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(TRUTH_COLUMNS)
         for d in truth:
             w.writerow([f"{d.row:.2f}", f"{d.col:.2f}", f"{d.x_nm:.3f}", f"{d.y_nm:.3f}", d.kind,
-                        d.subtype, int(d.visible)])
+                        d.subtype, int(d.visible),
+                        f"{d.contrast:.3f}" if np.isfinite(d.contrast) else ""])
 
 
 def read_truth_csv(path: str | Path) -> list[TruthDefect]:
-    """Read a ground truth CSV written by `write_truth_csv`."""
+    """Read a ground truth CSV written by `write_truth_csv` (files without the contrast column,
+    written before it existed, read as contrast unknown)."""
     with open(path, newline="") as fh:
         return [TruthDefect(float(r["row"]), float(r["col"]), float(r["x_nm"]), float(r["y_nm"]),
-                            r["kind"], r["subtype"], r["visible"] in ("1", "True", "true"))
+                            r["kind"], r["subtype"], r["visible"] in ("1", "True", "true"),
+                            float(r.get("contrast") or "nan"))
                 for r in csv.DictReader(fh)]
 
 

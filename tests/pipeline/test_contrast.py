@@ -75,3 +75,25 @@ def test_the_real_labels_measure_as_the_reference_says():
     assert 1.6 < np.nanmedian(values["peak"]) < 2.8
     assert 3.5 < np.nanmedian(isolated_peaks) < 5.0 and np.nanmedian(clustered_peaks) < 2.5
     assert np.nanmean(np.array(values["trough"]) <= TROUGH_MARKED) > 0.9
+
+
+def test_evaluation_excuses_simulated_defects_fainter_than_the_version_reports():
+    """Simulated truth carries each defect's contrast; a version that reports peaks only from
+    +2.0 is neither asked for the fainter ones nor faulted for finding them. A person's labels
+    (no contrast measured) always count."""
+    from defectwatch.pipeline.metrics import TruthPoint
+    from defectwatch.service.evaluation import Case, reported_truth, simulated_cases
+
+    (case,) = simulated_cases([5], size_nm=30.0, pixels=256, density_per_cm2=5e12)
+    peaks = [lab for lab in case.labels if lab.kind == "peak" and lab.visible]
+    assert peaks and all(lab.contrast >= PEAK_MARKED for lab in peaks)
+    rule = {"trough": TROUGH_MARKED, "peak": 2.0}
+    judged = reported_truth(case, rule)
+    for before, after in zip(case.labels, judged.labels):
+        expected = before.visible and marked(before.kind, before.contrast, rule)
+        assert after.visible == expected and (after.x_nm, after.kind) == (before.x_nm,
+                                                                        before.kind)
+    assert sum(lab.visible for lab in judged.labels) < sum(lab.visible for lab in case.labels)
+    person = Case("real", case.scan, [TruthPoint(1.0, 2.0, "peak")])
+    assert reported_truth(person, rule).labels[0].visible
+    assert marked("peak", 1.5) and not marked("peak", 1.5, rule) and marked("peak", 2.0, rule)

@@ -252,6 +252,10 @@ def test_defects_a_labeller_would_not_mark_are_dropped_and_contrast_is_reported(
     assert len(both) == 2 and abs(both[1].contrast) < 1.0  # noise alone: under a sigma
     unjudged = Prediction(**common).defects(threshold=0.5)  # e.g. a C-AFM current map
     assert len(unjudged) == 2 and all(np.isnan(d.contrast) for d in unjudged)
+    # a version's own rule: a stricter peak limit than the bump's contrast drops it too
+    strict = Prediction(**common, flat=flat, report_contrast={"trough": -1.5,
+                                                              "peak": kept.contrast + 0.1})
+    assert strict.defects(threshold=0.5) == []
 
 
 def test_atomai_ensemble_file_imports_and_predicts_the_same(tmp_path):

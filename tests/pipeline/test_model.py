@@ -78,3 +78,19 @@ def test_light_unet_is_atomais_unet():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_report_rule_is_part_of_the_version(tmp_path):
+    """New versions carry the contrast rule they report by; a config written before versions
+    carried it loads with the rule those versions reported by (what a labeller marks)."""
+    from defectwatch.pipeline.contrast import LEGACY_REPORT_CONTRAST, REPORT_CONTRAST
+
+    save_version(tmp_path / "new", ModelConfig(version="new", pixel_size_nm=0.1,
+                                               architecture=TINY), _members(1))
+    new, _ = load_version(tmp_path / "new")
+    assert new.report_contrast == REPORT_CONTRAST and REPORT_CONTRAST["peak"] == 2.0
+    stored = json.loads((tmp_path / "new" / "config.json").read_text())
+    del stored["detection"]
+    (tmp_path / "new" / "config.json").write_text(json.dumps(stored))
+    old, _ = load_version(tmp_path / "new")
+    assert old.report_contrast == LEGACY_REPORT_CONTRAST == {"trough": -1.5, "peak": 1.0}

@@ -185,3 +185,25 @@ def test_most_tips_resolve_the_lattice():
     transfer = np.exp(-0.5 * (k * np.array(tips)) ** 2)
     assert np.median(transfer) > 0.3
     assert np.mean(transfer < 0.05) > 0.05  # and some blunt tips do not
+
+
+def test_adsorbate_clusters_are_touching_blobs_each_labelled_and_leave_the_rest_alone():
+    """Clusters come from their own random stream: the scan's other defects stay where they
+    were; each blob touches a neighbour (centres within 1.35 diameters) without overlapping
+    one (at least 0.9 diameters apart), and a labeller marks each blob of a cluster."""
+    plain = simulate(3, size_nm=30.0, pixels=384, density_per_cm2=3e11)
+    with_clusters = simulate(3, size_nm=30.0, pixels=384, density_per_cm2=3e11, clusters=True)
+    assert not plain.recipe.clusters and with_clusters.recipe.clusters
+    blobs = [d for d in with_clusters.truth if d.subtype == "adsorbate"]
+    others = [d for d in with_clusters.truth if d.subtype != "adsorbate"]
+    assert len(blobs) >= 3 and all(d.kind == "peak" for d in blobs)
+    assert [(d.row, d.col, d.kind) for d in others] == [(d.row, d.col, d.kind)
+                                                        for d in plain.truth]
+    xy = np.array([(d.x_nm, d.y_nm) for d in blobs])
+    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(dist, np.inf)
+    d0 = [c["diameter_nm"] for c in with_clusters.recipe.clusters]
+    # (truth positions pass through the scan's drift and creep: allow 10%)
+    assert dist.min() >= 0.9 * min(d0) * 0.9 and (dist.min(axis=1) <= 1.35 * max(d0) * 1.1).all()
+    assert np.mean([d.visible for d in blobs]) >= 0.75
+    assert simulate(3, size_nm=30.0, pixels=96, mode="cafm", clusters=True).recipe.clusters == []

@@ -69,8 +69,13 @@ def test_simulate_writes_scans_truth_and_previews(tmp_path):
     for p in sxm:
         with open(p.with_suffix(".csv"), newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert list(rows[0]) == ["row", "col", "x_nm", "y_nm", "kind", "subtype", "visible"]
+        assert list(rows[0]) == ["row", "col", "x_nm", "y_nm", "kind", "subtype", "visible",
+                                 "contrast"]
         assert {r["kind"] for r in rows} <= {"trough", "peak"}
+        # every visible defect has its measured contrast, as a labeller's rule passes it
+        visible = [r for r in rows if r["visible"] == "1"]
+        assert visible and all(float(r["contrast"]) <= -1.5 if r["kind"] == "trough"
+                               else float(r["contrast"]) >= 1.0 for r in visible)
         png = cv2.imread(str(p.with_suffix(".png")))
         assert png is not None and png.shape[1] > png.shape[0] >= 512
     inspected = _cli("inspect", "--json", *map(str, sxm))

@@ -107,6 +107,9 @@ def simulate(
                        ] = False,
     clean: Annotated[bool, typer.Option(help="No artifacts (tilt, noise, tip changes...).")
                      ] = False,
+    clusters: Annotated[bool, typer.Option(
+        help="Add clusters of bright adsorbate blobs (STM), each blob a labelled peak.")
+    ] = False,
 ) -> None:
     """Write realistic simulated STM / C-AFM scans with their ground truth."""
     from defectwatch.service.simulation import write_simulated_scans
@@ -127,7 +130,7 @@ def simulate(
         written = write_simulated_scans(
             outdir, n=n, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
             density_per_cm2=density, seed=seed, preview=preview, artifacts=not clean,
-            on_progress=lambda done, total: bar.update(task, completed=done))
+            clusters=clusters, on_progress=lambda done, total: bar.update(task, completed=done))
     for w in written:
         extra = f" + {w.preview.name}" if w.preview else ""
         out.print(f"{w.sxm}  ({w.defects} defects, {w.visible} visible){extra}", highlight=False)

@@ -74,7 +74,7 @@ def write_simulated_scans(outdir: str | Path, *, n: int = 1, material: str = "ws
                           mode: str = "stm", size_nm: float = 50.0, pixels: int = 512,
                           density_per_cm2: float | None = None, seed: int = 0,
                           preview: bool = False, prefix: str | None = None,
-                          artifacts: bool = True,
+                          artifacts: bool = True, clusters: bool = False,
                           on_progress: Callable[[int, int], None] | None = None
                           ) -> list[WrittenScan]:
     """Simulate ``n`` scans into ``outdir``: ``.sxm`` + truth ``.csv`` (+ ``.png`` preview)."""
@@ -86,7 +86,7 @@ def write_simulated_scans(outdir: str | Path, *, n: int = 1, material: str = "ws
     written: list[WrittenScan] = []
     for i in range(n):
         sim = simulate(seed + i, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
-                       density_per_cm2=density_per_cm2, artifacts=artifacts)
+                       density_per_cm2=density_per_cm2, artifacts=artifacts, clusters=clusters)
         r = sim.recipe
         base = out / f"{stem}_{seed + i:04d}"
         when = start + timedelta(minutes=7 * (seed + i))

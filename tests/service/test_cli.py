@@ -82,6 +82,17 @@ def test_simulate_writes_scans_truth_and_previews(tmp_path):
     assert inspected.returncode == 0 and '"nx": 128' in inspected.stdout
 
 
+def test_simulate_can_add_adsorbate_clusters(tmp_path):
+    args = ["simulate", str(tmp_path), "--n", "1", "--pixels", "128", "--size-nm", "40",
+            "--density", "1e11", "--seed", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    plain = (tmp_path / "WSe2-sim_stm_40nm_0002.csv").read_text()
+    assert runner.invoke(app, [*args, "--clusters"]).exit_code == 0
+    with open(tmp_path / "WSe2-sim_stm_40nm_0002.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "adsorbate" not in plain and sum(r["subtype"] == "adsorbate" for r in rows) >= 5
+
+
 def test_simulate_rejects_unknown_material(tmp_path):
     result = _cli("simulate", str(tmp_path), "--material", "graphene")
     assert result.returncode == 1 and "wse2 or mose2" in result.stderr

@@ -531,7 +531,8 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         config = ModelConfig(version=name, pixel_size_nm=target_nm, architecture=spec,
                              classes=tuple(parent_cfg.classes),
                              preprocess=dict(parent_cfg.preprocess), training=training,
-                             data=data, metrics=dict(thresholds), parent=parent)
+                             data=data, metrics=dict(thresholds), parent=parent,
+                             detection=dict(parent_cfg.detection))  # its report rule
         try:
             save_version(partial, config, states)
             candidate = Ensemble.load(partial, device=options.device)

@@ -40,6 +40,9 @@ def sim_scans(tmp_path_factory) -> list[Path]:
     return [w.sxm for w in written]
 
 
+BLIND_RULE = {"report_contrast": {"trough": -1.7, "peak": 1.5}}  # a lab's own, inherited
+
+
 @pytest.fixture(scope="module")
 def blind_model(tmp_path_factory) -> Path:
     """A tiny version (4 filters, 2 members) that sees nothing: its F1 is 0 for every class,
@@ -61,7 +64,8 @@ def blind_model(tmp_path_factory) -> Path:
     return save_version(out, ModelConfig(version="blind-1", pixel_size_nm=0.1,
                                          architecture=spec,
                                          preprocess=PreprocessParams().to_dict(),
-                                         metrics={"threshold": 0.5}), members)
+                                         metrics={"threshold": 0.5}, detection=BLIND_RULE),
+                        members)
 
 
 def record_scans(engine, paths: list[Path], *, exhaustive: bool = True) -> list[int]:
@@ -136,6 +140,7 @@ def test_tiny_retrain_is_promoted_picked_up_by_the_daemon_and_rolled_back(record
     # the version directory: weights, config with parent, recipe, data summary, metrics
     cfg = json.loads((models / name / "config.json").read_text())
     assert cfg["parent"] == "blind-1" and len(cfg["members"]) == 2
+    assert cfg["detection"] == BLIND_RULE  # the parent's report rule carries over
     assert cfg["training"]["members"] == 2 and cfg["training"]["iterations"] == 5
     assert cfg["training"]["crop_px"] == 64 and cfg["architecture"]["nb_filters"] == 4
     assert cfg["training"]["mask_radius_nm"] == DEFAULT_RADIUS_NM  # the parent records none

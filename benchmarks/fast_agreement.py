@@ -20,7 +20,7 @@ import numpy as np
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import ObjectEvaluation, match
 from defectwatch.service.detection import default_model_dir
-from defectwatch.service.evaluation import cases_from_images, simulated_cases
+from defectwatch.service.evaluation import cases_from_images, reported_truth, simulated_cases
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"
 
@@ -51,6 +51,7 @@ def compare(exact: Ensemble, fast: Ensemble, cases) -> dict:
     scores = {"exact": ObjectEvaluation(), "fast": ObjectEvaluation()}
     for case in cases:
         n_scans += 1
+        case = reported_truth(case, exact.config.report_contrast)  # as `evaluate` scores
         thr = exact.config.threshold_for(case.scan.channel)
         preds, found = {}, {}
         for name, ens in (("exact", exact), ("fast", fast)):

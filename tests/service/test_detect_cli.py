@@ -3,6 +3,7 @@ SQLite file, the pictures written and opened."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import cv2
@@ -97,6 +98,31 @@ def test_evaluate_writes_summary_and_figures(tiny_model, scans, tmp_path):
         assert cv2.imread(str(tmp_path / "ev" / name)) is not None
     nothing = runner.invoke(app, ["evaluate", "--model", str(tiny_model)])
     assert nothing.exit_code == 1 and "nothing to evaluate" in nothing.output
+
+
+def test_evaluate_scores_against_the_reported_or_every_marked_defect(tiny_model, scans):
+    def summary(*extra):
+        result = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
+                                     "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    reported, marked = summary(), summary("--truth", "marked")
+    assert reported["settings"]["truth"] == "reported" and marked["settings"]["truth"] == "marked"
+    assert reported["settings"]["report_contrast"] == {"trough": -1.5, "peak": 2.0}
+    # the truth asked for: every visible defect, or those at the version's limits (CSV contrast)
+    rows = [r for p in scans.glob("*.csv") for r in csv.DictReader(open(p, newline=""))
+            if r["visible"] == "1"]
+    limit = {"trough": lambda c: c <= -1.5, "peak": lambda c: c >= 2.0}
+    for kind in ("trough", "peak"):
+        asked = {name: s["objects"]["kinds"][kind]["tp"] + s["objects"]["kinds"][kind]["fn"]
+                 for name, s in (("reported", reported), ("marked", marked))}
+        assert asked["marked"] == sum(r["kind"] == kind for r in rows)
+        assert asked["reported"] == sum(r["kind"] == kind and limit[kind](float(r["contrast"]))
+                                        for r in rows)
+    bad = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
+                              "--truth", "all"])
+    assert bad.exit_code == 1 and "--truth must be" in bad.output
 
 
 def test_evaluate_per_scan_shows_each_scans_counts(tiny_model, scans):

@@ -21,7 +21,7 @@ test: $(STAMP)  ## the whole test suite, layer contracts included
 bench: $(STAMP)  ## heavy measurements (not part of the tests)
 	$(BIN)/python -m benchmarks
 
-default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 35 min on 2 CPU cores with bf16)
+default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 40 min on 2 CPU cores with bf16)
 	$(BIN)/python -m defectwatch.service.default_model
 
 lint: $(STAMP)

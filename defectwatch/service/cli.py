@@ -168,6 +168,10 @@ def demo(
                       f"model {escape(result.model)}:", highlight=False)
             density_command(samples=None, as_json=False, as_csv=False, db=paths.db_url)
             if result.truth_per_cm2:
+                reported = ", ".join(f"{sample} {value:.3g}" for sample, value
+                                     in sorted(result.truth_reported_per_cm2.items()))
+                out.print(f"simulated truth, defects the model reports by its contrast rule "
+                          f"(cm⁻²): {escape(reported)}", highlight=False)
                 truth = ", ".join(f"{sample} {value:.3g}" for sample, value
                                   in sorted(result.truth_per_cm2.items()))
                 out.print(f"simulated truth, defects a labeller would mark (cm⁻²): "

@@ -11,6 +11,7 @@ stopped cleanly and the densities per sample are returned with the simulated tru
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import math
@@ -129,6 +130,8 @@ class DemoResult:
     seconds: float
     missing: list[Path] = field(default_factory=list)  # written but not recorded in time
     truth_all_per_cm2: dict[str, float] = field(default_factory=dict)  # every simulated defect
+    # the visible ones the model reports by its contrast rule (what its densities estimate)
+    truth_reported_per_cm2: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -206,10 +209,21 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
         density = density_report(engine)
     finally:
         engine.dispose()
-    marked, every = _truth(rows)
+    marked, every, reported = _truth(rows, _report_rule(model_dir))
     return DemoResult(paths=paths, model=model, written=written, scans=rows, density=density,
                       truth_per_cm2=marked, seconds=time.monotonic() - started,
-                      missing=missing, truth_all_per_cm2=every)
+                      missing=missing, truth_all_per_cm2=every,
+                      truth_reported_per_cm2=reported)
+
+
+def _report_rule(model_dir: str | Path | None) -> dict[str, float]:
+    """The contrast rule the demo's model reports by (`ModelConfig.report_contrast`)."""
+    from defectwatch.pipeline.model import CONFIG_NAME, ModelConfig
+    from defectwatch.service.default_model import default_model_dir
+
+    directory = Path(model_dir) if model_dir is not None else default_model_dir()
+    config = ModelConfig.from_json(json.loads((directory / CONFIG_NAME).read_text()))
+    return config.report_contrast
 
 
 def _activate(engine: Engine, directory: Path) -> None:
@@ -368,13 +382,17 @@ def _sleep_polling(seconds: float, tracker: _Tracker, poll_s: float) -> None:
         time.sleep(min(poll_s, left))
 
 
-def _truth(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+def _truth(rows: Sequence[dict[str, Any]], rule: dict[str, float]
+           ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Per sample, simulated defects per cm^2 over the recorded scans' acquired area (the truth
-    CSV beside each scan, read once): (those a labeller would mark, every one)."""
+    CSV beside each scan, read once): (those a labeller would mark, every one, those a labeller
+    would mark that pass the model's report ``rule``)."""
+    from defectwatch.pipeline.contrast import marked as passes
     from defectwatch.service.simulation import read_truth_csv
 
     marked: dict[str, int] = {}
     every: dict[str, int] = {}
+    reported: dict[str, int] = {}
     areas: dict[str, float] = {}
     for row in rows:
         csv_path = Path(row["path"]).with_suffix(".csv")
@@ -385,12 +403,14 @@ def _truth(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, 
         sample = row["sample"] or ""
         marked[sample] = marked.get(sample, 0) + sum(d.visible for d in truth)
         every[sample] = every.get(sample, 0) + len(truth)
+        reported[sample] = reported.get(sample, 0) + sum(
+            d.visible and passes(d.kind, d.contrast, rule) for d in truth)
         areas[sample] = areas.get(sample, 0.0) + area
 
     def per_cm2(counts: dict[str, int]) -> dict[str, float]:
         return {s: counts[s] / areas[s] * 1e14 for s in counts if areas[s] > 0}
 
-    return per_cm2(marked), per_cm2(every)
+    return per_cm2(marked), per_cm2(every), per_cm2(reported)
 
 
 @contextmanager

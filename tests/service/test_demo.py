@@ -56,6 +56,7 @@ def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path,
     assert {d.sample for d in result.density} == {s.name for s in TINY_SAMPLES}
     assert next(d for d in result.density if d.sample == "WSe2-SL445").scans == 2
     assert set(result.truth_per_cm2) <= {s.name for s in TINY_SAMPLES}
+    assert set(result.truth_reported_per_cm2) == set(result.truth_per_cm2)
 
     with sqlite3.connect(paths.db_file) as db:  # one scan row and one run per file
         assert db.execute("select count(*), count(distinct sha256) from scan").fetchone() \
@@ -141,3 +142,19 @@ def test_missing_model_is_one_clear_error(tmp_path):
     paths = DemoPaths(tmp_path, kept=True)
     with pytest.raises(ConfigError, match="no config.json"):
         run_demo(paths, options=QUICK, model_dir=tmp_path / "nowhere")
+
+
+def test_demo_truth_counts_what_the_model_reports_what_a_labeller_marks_and_everything(tmp_path):
+    from defectwatch.pipeline.simulate import TruthDefect
+    from defectwatch.service.demo import _truth
+    from defectwatch.service.simulation import write_truth_csv
+
+    truth = [TruthDefect(1, 1, 0.1, 0.1, "peak", "x", True, 2.5),  # reported
+             TruthDefect(2, 2, 0.2, 0.2, "peak", "x", True, 1.4),  # marked, under +2.0
+             TruthDefect(3, 3, 0.3, 0.3, "trough", "x", True, -1.6),  # reported
+             TruthDefect(4, 4, 0.4, 0.4, "trough", "x", False, -0.2)]  # too faint to mark
+    write_truth_csv(tmp_path / "a.csv", truth)
+    rows = [{"path": str(tmp_path / "a.sxm"), "acquired_area_nm2": 100.0, "status": "done",
+             "sample": "S"}]
+    marked, every, reported = _truth(rows, {"trough": -1.5, "peak": 2.0})
+    assert (marked["S"], every["S"], reported["S"]) == pytest.approx((3e12, 4e12, 2e12))

@@ -8,6 +8,7 @@ heartbeat row fresh and sets up the log (stderr and a rotating file).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import Engine, make_url
 
 from defectwatch.daemon.runner import DaemonReport, DaemonStatus, check_dirs, run_daemon
+from defectwatch.daemon.signals import StopSignals
 from defectwatch.daemon.worker import RetryPolicy
 from defectwatch.db import open_database
 from defectwatch.errors import ScanIncompleteError
@@ -114,7 +116,16 @@ def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
           handle_signals: bool = True) -> DaemonReport:
     """Watch ``dirs`` and record every scan in the database at ``db_url`` until stopped
     (SIGINT/SIGTERM: warm, then cold) or, with ``options.once``, until what is there is done.
-    Raises ConfigError / ModelLoadError before anything starts when the set-up cannot work."""
+    Raises ConfigError / ModelLoadError before anything starts when the set-up cannot work.
+    The signal handlers are in place from the start: a SIGTERM while the model loads (seconds)
+    stops the daemon as cleanly as one later."""
+    stop = stop_event or threading.Event()
+    with StopSignals(stop) if handle_signals else contextlib.nullcontext():
+        return _watch(dirs, db_url=db_url, options=options, stop=stop)
+
+
+def _watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str, options: WatchOptions,
+           stop: threading.Event) -> DaemonReport:
     roots = check_dirs([os.fspath(d) for d in dirs])
     rule = check_sample_rule(options.sample_rule)
     engine = open_database(db_url)
@@ -135,12 +146,11 @@ def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
             recursive=options.recursive, poll_s=options.poll_s, pattern=options.pattern,
             stable_for_s=options.stable_for_s,
             incomplete_after_s=max(options.incomplete_after_s, options.stable_for_s),
-            once=options.once, stop_event=stop_event, heartbeat=beat,
+            once=options.once, stop_event=stop, heartbeat=beat,
             heartbeat_s=options.heartbeat_s, lease_s=options.lease_s,
             retry=RetryPolicy(max_attempts=options.max_attempts,
                               base_delay_s=options.retry_delay_s,
-                              max_delay_s=max(600.0, options.retry_delay_s)),
-            handle_signals=handle_signals)
+                              max_delay_s=max(600.0, options.retry_delay_s)))
     finally:
         try:
             heartbeat.stop()

@@ -250,6 +250,9 @@ def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_m
         again = Watch(tmp_path, "again", *args)  # the restart, and a second daemon beside it
         two = Watch(tmp_path, "two", *args)
         wait_until(lambda: done() == n, f"all {n} scans done", 120, again, two)
+        # both up (the killed one's row stays unstopped): one may have been slow to start
+        # while the other did the work
+        wait_until(started(db, 3), "both restarted daemons beating", 120, again, two)
         assert again.stop() == 0 and two.stop() == 0
     finally:
         for w in (one, again, two):
@@ -290,3 +293,35 @@ def test_watch_reports_bad_set_up_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120, env=env(tmp_path))
     assert result.returncode == 1
     assert "missing: not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+STOPPED_WHILE_LOADING = """
+import os, signal, sys
+import defectwatch.service.watching as watching
+from defectwatch.service.watching import WatchOptions, watch
+
+loaded = watching.check_model
+
+def check_model(engine):  # SIGTERM arrives while the model loads
+    os.kill(os.getpid(), signal.SIGTERM)
+    return loaded(engine)
+
+watching.check_model = check_model
+report = watch([sys.argv[1]], db_url=sys.argv[2], options=WatchOptions(stable_for_s=0.3))
+print("stopped cleanly, done", report.done)
+"""
+
+
+def test_a_sigterm_while_the_model_loads_stops_cleanly(tmp_path, tiny_models):
+    """systemd may stop the daemon during its seconds of start-up: exit 0, a clean stop
+    recorded, not death by signal."""
+    db = make_db(tmp_path / "record.db", tiny_models)
+    folder = tmp_path / "scans"
+    write_scan(folder / "scan_000.sxm", 1, pixels=64)
+    run = subprocess.run([sys.executable, "-c", STOPPED_WHILE_LOADING, str(folder),
+                          f"sqlite:///{db}"], capture_output=True, text=True, timeout=120,
+                         env=env(tmp_path))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "stopped cleanly, done 0" in run.stdout and "SIGTERM" in run.stderr
+    assert query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL"
+                 )[0][0] == 1

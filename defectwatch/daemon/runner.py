@@ -8,7 +8,6 @@ enqueueing, heartbeat, periodic rescans); one worker thread claims and processes
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 from defectwatch.daemon.ports import ExpectedSize, JobQueue, Process
 from defectwatch.daemon.readiness import Readiness
 from defectwatch.daemon.reconcile import ReconcileReport, nominate_unknown, reconcile
-from defectwatch.daemon.signals import StopSignals
 from defectwatch.daemon.watcher import FolderWatcher
 from defectwatch.daemon.worker import RetryPolicy, Worker, WorkerStats
 from defectwatch.errors import ConfigError
@@ -80,7 +78,7 @@ def run_daemon(dirs: Sequence[str | Path], *, queue: JobQueue, process: Process,
                heartbeat: Heartbeat | None = None, heartbeat_s: float = 5.0,
                tick_s: float = 0.25, lease_s: float = 900.0, retry: RetryPolicy | None = None,
                idle_s: float = 1.0, rescan_s: float | None = 600.0,
-               worker_name: str | None = None, handle_signals: bool = False) -> DaemonReport:
+               worker_name: str | None = None) -> DaemonReport:
     """Watch ``dirs`` and process their scans until ``stop_event`` is set (or, with ``once``,
     until everything there is done and nothing changed for ``settle_s``).
 
@@ -89,8 +87,8 @@ def run_daemon(dirs: Sequence[str | Path], *, queue: JobQueue, process: Process,
     ``incomplete_after_s``: how long a file may stay shorter than its header promises before it
     is queued anyway (to be retried, then failed). ``lease_s``: how long a claimed job is ours.
     ``rescan_s``: walk the folders again this often, for events an observer missed (None: never).
-    ``handle_signals``: install SIGINT/SIGTERM handlers (main thread only): first signal, warm
-    stop; second, exit at once. Returns a `DaemonReport`.
+    Signals are the caller's: `signals.StopSignals` sets ``stop_event`` (``watch`` installs
+    it before the model loads). Returns a `DaemonReport`.
     """
     roots = check_dirs(dirs)
     stop = stop_event or threading.Event()
@@ -104,22 +102,20 @@ def run_daemon(dirs: Sequence[str | Path], *, queue: JobQueue, process: Process,
     beat = _Beat(heartbeat, heartbeat_s, worker, readiness)
     watcher = FolderWatcher(roots, readiness, pattern=pattern, recursive=recursive,
                             poll_s=poll_s)
-    signals = StopSignals(stop) if handle_signals else contextlib.nullcontext()
-    with signals:
-        watcher.start()  # before the walk, so nothing written during it is missed
-        try:
-            startup = reconcile(roots, queue=queue, readiness=readiness, pattern=pattern,
-                                recursive=recursive)
-            beat(force=True)
-            if once:
-                _run_once(stop, queue, readiness, worker, beat, tick_s=tick_s,
-                          settle_s=settle_s if settle_s is not None
-                          else max(1.0, 2 * stable_for_s + 2 * tick_s))
-            else:
-                rescan = _Rescan(roots, queue, readiness, pattern, recursive, rescan_s)
-                _run_forever(stop, queue, readiness, worker, beat, rescan, tick_s=tick_s)
-        finally:
-            watcher.stop()
+    watcher.start()  # before the walk, so nothing written during it is missed
+    try:
+        startup = reconcile(roots, queue=queue, readiness=readiness, pattern=pattern,
+                            recursive=recursive)
+        beat(force=True)
+        if once:
+            _run_once(stop, queue, readiness, worker, beat, tick_s=tick_s,
+                      settle_s=settle_s if settle_s is not None
+                      else max(1.0, 2 * stable_for_s + 2 * tick_s))
+        else:
+            rescan = _Rescan(roots, queue, readiness, pattern, recursive, rescan_s)
+            _run_forever(stop, queue, readiness, worker, beat, rescan, tick_s=tick_s)
+    finally:
+        watcher.stop()
     stats = worker.stats
     report = DaemonReport(startup, stats.done, stats.failed, stats.retried,
                           len(readiness.pending()), time.monotonic() - started)

@@ -74,8 +74,7 @@ class ModelConfig:
     @property
     def report_contrast(self) -> dict[str, float]:
         """{kind: the weakest contrast this version reports} (troughs negative)."""
-        limits = self.detection.get("report_contrast") or LEGACY_REPORT_CONTRAST
-        return {k: float(v) for k, v in limits.items()}
+        return {k: float(v) for k, v in self.detection["report_contrast"].items()}
 
     def threshold_for(self, channel: str, default: float = 0.5) -> float:
         """The mean-probability threshold for scans analysed in ``channel``: the version's

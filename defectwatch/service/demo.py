@@ -11,7 +11,6 @@ stopped cleanly and the densities per sample are returned with the simulated tru
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.handlers
 import math
@@ -217,13 +216,11 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
 
 
 def _report_rule(model_dir: str | Path | None) -> dict[str, float]:
-    """The contrast rule the demo's model reports by (`ModelConfig.report_contrast`)."""
-    from defectwatch.pipeline.model import CONFIG_NAME, ModelConfig
-    from defectwatch.service.default_model import default_model_dir
+    """The contrast rule the demo's model reports by (`ModelConfig.report_contrast`; the
+    ensemble the daemon loaded, kept resident by `load_ensemble`)."""
+    from defectwatch.service.detection import load_ensemble
 
-    directory = Path(model_dir) if model_dir is not None else default_model_dir()
-    config = ModelConfig.from_json(json.loads((directory / CONFIG_NAME).read_text()))
-    return config.report_contrast
+    return load_ensemble(model_dir).config.report_contrast
 
 
 def _activate(engine: Engine, directory: Path) -> None:

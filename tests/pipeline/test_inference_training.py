@@ -197,7 +197,7 @@ def test_exact_mode_in_onnx_runtime_keeps_float32_maps(tiny_version, tmp_path):
     torch_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32)
     onnx_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32,
                              side_by_side=2, onnx_cache_dir=tmp_path, cpu_onnx=True)
-    assert torch_ens.runtime == "torch float32" and torch_ens._sessions is None
+    assert torch_ens.runtime == "torch float32 (fused)" and torch_ens._sessions is None
     assert onnx_ens.runtime == "onnxruntime float32" and onnx_ens.fast_dtype is None
     (mean_t, spread_t), (mean_o, spread_o) = (e.predict_image(image)
                                               for e in (torch_ens, onnx_ens))

@@ -124,7 +124,8 @@ def test_cpu_onnx_setting_decides_what_runs_exact_mode(monkeypatch):
     monkeypatch.delenv("DEFECTWATCH_CPU_ONNX", raising=False)
     assert Settings().cpu_onnx is False
     try:
-        for value, runtime in (("1", "onnxruntime float32"), ("0", "torch float32")):
+        for value, runtime in (("1", "onnxruntime float32"),
+                               ("0", "torch float32 (fused)")):
             monkeypatch.setenv("DEFECTWATCH_CPU_ONNX", value)
             get_settings.cache_clear()
             assert load_ensemble(device="cpu").runtime == runtime

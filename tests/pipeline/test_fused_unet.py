@@ -56,3 +56,22 @@ def test_an_ensemble_with_fused_members_gives_the_same_maps_tiled_or_not():
     assert fused.runtime == "torch float32 (fused)" and plain.runtime == "torch float32"
     (mean_f, spread_f), (mean_p, spread_p) = fused.predict_image(image), plain.predict_image(image)
     assert np.abs(mean_f - mean_p).max() < 1e-5 and np.abs(spread_f - spread_p).max() < 1e-5
+
+
+def test_bf16_fused_forward_stays_as_close_to_exact_as_autocast():
+    """Fast mode on the CPU (bf16) runs the fused forward cast to bf16: its probabilities are
+    as close to float32 as the member's own forward under autocast."""
+    member = _member(UnetSpec(nb_filters=4), seed=8)
+    fused = fuse_member(member).to(torch.bfloat16)
+    x = torch.rand(1, 1, 64, 96, generator=torch.Generator().manual_seed(9))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        exact = member(x).softmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = member(x).float().softmax(1)
+        ours = fused(x)
+    assert ours.dtype == torch.bfloat16
+    ours = ours.float().softmax(1)
+    err_auto, err_ours = (float((p - exact).abs().mean()) for p in (auto, ours))
+    assert err_ours < 1.5 * err_auto + 1e-3
+    assert float((ours - exact).abs().max()) < 0.1

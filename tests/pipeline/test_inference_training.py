@@ -203,7 +203,7 @@ def test_exact_mode_in_onnx_runtime_keeps_float32_maps(tiny_version, tmp_path):
                                               for e in (torch_ens, onnx_ens))
     assert np.abs(mean_t - mean_o).max() < 1e-5 and np.abs(spread_t - spread_o).max() < 1e-5
     bf16 = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=True, cpu_onnx=True)
-    assert bf16.runtime == "torch bfloat16" and bf16._sessions is None
+    assert bf16.runtime == "torch bfloat16 (fused)" and bf16._sessions is None
 
 
 def test_members_side_by_side_give_the_same_maps(tiny_version):

@@ -91,17 +91,18 @@ class Prediction:
 class Ensemble:
     """The members of one model version, on one device, in inference mode.
 
-    ``fast``: members run under autocast in half precision where the hardware has it (fp16 on
-    CUDA, bf16 on CPUs with AMX / AVX512-BF16: `cpu_has_native_bf16`; probabilities within a
-    few 0.01 of exact mode, detections agree), else in ONNX Runtime (`onnx_members`; float32,
-    maps equal to exact mode within ~2e-6); ``onnx_cache_dir``: where that ONNX fallback keeps
-    its exports (None: export at every load, ~1 s per member); ``cpu_bf16``: whether CPU fast
-    mode uses bf16 (None: where `cpu_has_native_bf16`); ``cpu_onnx``: float32 members on the
-    CPU run in ONNX Runtime in exact mode too (maps within ~1e-6 of torch's; faster than
-    torch at 1024 px and above, not at 512 px; 1.5 GB resident after a 2048 px scan, as in
-    torch); ``cpu_fused``: members in torch on the CPU run the oneDNN forward of `fused_unet`
-    (float32: the same maps to ~1e-6, 1.5x faster; bf16: as close to exact as autocast, 1.7x
-    faster; False: the module's own forward, under autocast in fast mode);
+    ``fast``: members run in half precision where the hardware has it (fp16 autocast on CUDA;
+    bf16 on CPUs with AMX / AVX512-BF16: `cpu_has_native_bf16`; probabilities within a few
+    0.01 of exact mode, detections agree); on other CPUs fast mode is exact mode (the fused
+    float32 forward), or ONNX Runtime float32 where that forward does not apply
+    (`onnx_members`; maps equal to exact mode within ~2e-6); ``onnx_cache_dir``: where ONNX
+    Runtime exports are kept (None: export at every load, ~1 s per member); ``cpu_bf16``:
+    whether CPU fast mode uses bf16 (None: where `cpu_has_native_bf16`); ``cpu_onnx``: float32
+    members on the CPU run in ONNX Runtime (maps within ~3e-6 of torch's; slower than the
+    fused forward at every size measured; 1.5 GB resident after a 2048 px scan);
+    ``cpu_fused``: members in torch on the CPU run the oneDNN forward of `fused_unet`
+    (float32: the same maps to ~1e-6, 1.5x faster; bf16: as close to exact as autocast, 1.4-1.7x
+    faster than it; False: the module's own forward, under autocast in fast mode);
     ``side_by_side``: members run at a time on CPU; ``tile_px``: the core size of a tile (a
     multiple of 8); ``margin_px``: context added on each side of a tile.
     """
@@ -136,15 +137,30 @@ class Ensemble:
             self.members.append(m)
         self._sessions: list[Any] | None = None
         # fast mode: half precision where the hardware computes it natively (fp16 on CUDA;
-        # bf16 on CPUs with AMX or AVX512-BF16, ~2x fp32 per member), else ONNX Runtime fp32;
-        # exact mode on the CPU: ONNX Runtime fp32 with ``cpu_onnx``, else torch fp32
+        # bf16 on CPUs with AMX or AVX512-BF16, ~2x fp32 per member)
         self.fast_dtype = None
         if fast and self.device.type == "cuda":
             self.fast_dtype = torch.float16
         elif fast and self.device.type == "cpu" and (
                 cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
             self.fast_dtype = torch.bfloat16
-        if self.device.type == "cpu" and self.fast_dtype is None and (fast or cpu_onnx):
+        # torch on the CPU: each member's forward rewritten for oneDNN (`fused_unet`: the same
+        # float32 maps to ~1e-6, 1.5x faster; bf16 fast mode in it too); a member it cannot
+        # take runs as it is, under autocast in fast mode
+        self._forwards: list[Any] = list(self.members)
+        if cpu_fused and self.device.type == "cpu":
+            from defectwatch.pipeline.fused_unet import fuse_member
+
+            for k, member in enumerate(self.members):
+                fused = fuse_member(member)
+                if fused is not None:
+                    self._forwards[k] = fused if self.fast_dtype is None \
+                        else fused.to(self.fast_dtype)
+        fused_all = all(f is not m for f, m in zip(self._forwards, self.members))
+        # float32 members in ONNX Runtime: with ``cpu_onnx``, or in fast mode on a CPU without
+        # bf16 where the fused forward does not apply (it is faster than ONNX Runtime)
+        if self.device.type == "cpu" and self.fast_dtype is None and (
+                cpu_onnx or (fast and not fused_all)):
             from defectwatch.pipeline.onnx_members import member_session
 
             hashes = list(config.members.values()) or [None] * len(self.members)
@@ -156,18 +172,6 @@ class Ensemble:
             except Exception as exc:  # an architecture the exporter cannot take: stay in torch
                 log.warning("ONNX Runtime unavailable for %s (%s: %s); members run in torch "
                             "float32", config.version, type(exc).__name__, exc)
-        # torch on the CPU: each member's forward rewritten for oneDNN (`fused_unet`: the same
-        # float32 maps to ~1e-6, 1.5x faster; bf16 fast mode in it too); a member it cannot
-        # take runs as it is, under autocast in fast mode
-        self._forwards: list[Any] = list(self.members)
-        if cpu_fused and self.device.type == "cpu" and self._sessions is None:
-            from defectwatch.pipeline.fused_unet import fuse_member
-
-            for k, member in enumerate(self.members):
-                fused = fuse_member(member)
-                if fused is not None:
-                    self._forwards[k] = fused if self.fast_dtype is None \
-                        else fused.to(self.fast_dtype)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> Ensemble:

@@ -64,7 +64,7 @@ def process(
         min=0.0, max=1.0, help="Mean-probability threshold (default: the model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     fast: Annotated[bool, typer.Option(
-        help="Faster: ONNX Runtime on CPU (same maps within 1e-5), fp16 autocast on CUDA.")
+        help="Faster: bf16 on CPUs that have it (the same defects found), fp16 on CUDA.")
                     ] = False,
     no_db: Annotated[bool, typer.Option("--no-db", help="Do not record into the database.")
                      ] = False,

@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
     sample_rule: str = "folder"
     cpu_bf16: bool | None = None  # CPU fast mode in bf16 (unset: where the CPU has it natively)
-    # CPU exact mode in ONNX Runtime float32: faster than torch at 1024 px and above, slower
-    # at 512 px (the usual size) in the last measurement, so off by default
+    # CPU exact mode in ONNX Runtime float32: slower than torch's fused forward at every size
+    # measured (README, Speed), so off by default
     cpu_onnx: bool = False
 
     @field_validator("sample_rule")

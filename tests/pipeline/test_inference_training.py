@@ -143,7 +143,10 @@ def test_fast_mode_uses_bf16_only_where_the_cpu_has_it(tiny_version):
     bf16 = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=True)
     assert bf16.fast_dtype == torch.bfloat16 and bf16._sessions is None
     assert Ensemble.load(tiny_version, device="cpu").fast_dtype is None  # exact stays float32
-    onnx = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=False)
+    # without bf16, fast mode is the fused float32 forward; ONNX Runtime where that is off
+    plain = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=False)
+    assert plain.fast_dtype is None and plain.runtime == "torch float32 (fused)"
+    onnx = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=False, cpu_fused=False)
     assert onnx.fast_dtype is None and onnx._sessions is not None
 
 
@@ -174,18 +177,20 @@ def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version):
 
 
 def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
-    """Where the CPU has no native bf16, fast mode runs ONNX Runtime exports of the members:
-    the same maps, any size; the exports are cached by the members' sha256 and reused."""
+    """Where the CPU has no native bf16 and the fused forward does not apply, fast mode runs
+    ONNX Runtime exports of the members: the same maps, any size; the exports are cached by
+    the members' sha256 and reused."""
     image = np.random.default_rng(2).random((96, 104), dtype=np.float32)
     exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
     fast = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
-                         onnx_cache_dir=tmp_path, cpu_bf16=False).predict_image(image)
+                         onnx_cache_dir=tmp_path, cpu_bf16=False,
+                         cpu_fused=False).predict_image(image)
     assert np.abs(exact[0] - fast[0]).max() < 1e-4 and np.abs(exact[1] - fast[1]).max() < 1e-4
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert len(cached) == 2 and all(name.endswith(".onnx") for name in cached)
     stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
     again = Ensemble.load(tiny_version, device="cpu", fast=True, onnx_cache_dir=tmp_path,
-                          cpu_bf16=False)
+                          cpu_bf16=False, cpu_fused=False)
     assert np.abs(again.predict_image(image)[0] - fast[0]).max() < 1e-6
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
 

@@ -1,7 +1,7 @@
-"""A faster float32 forward for AtomAI's ``Unet`` on the CPU: same weights, same maps.
+"""A faster forward for AtomAI's ``Unet`` on the CPU: same weights, same maps.
 
-Four rewrites, each exact in real arithmetic (float32 class probabilities agree with the module's
-own forward to ~1e-6; checked on a small input when built, see `fuse_member`):
+Rewrites that are each exact in real arithmetic (float32 class probabilities agree with the
+module's own forward to ~1e-6; checked on a small input when built, see `fuse_member`):
 
 - convolution + LeakyReLU in one oneDNN call (``mkldnn._convolution_pointwise``), so the
   activation is applied while the output is still in cache;
@@ -11,12 +11,14 @@ own forward to ~1e-6; checked on a small input when built, see `fuse_member`):
 - skip concatenation + convolution as two convolutions whose sum oneDNN accumulates in place
   (conv(cat(a, b)) = conv_a(a) + conv_b(b)): the concatenated copy is never written;
 - a BatchNorm that feeds a 1x1 convolution (the bottleneck's and the decoder blocks' last one)
-  folded into that convolution's weights and bias;
+  folded into that convolution's weights and bias; 1x1 convolutions in oneDNN (torch's own
+  convolution takes a slow path for them);
 - 2x2 max pooling as the maximum of strided views (no argmax indices computed).
 
-Measured on one core at 512 px: one member 78 -> 56 ms with the first three (``make bench``
-has the ensemble's). The other BatchNorms stay separate passes: they follow the activation and
-feed zero-padded convolutions or max pooling, so no exact fold exists.
+Measured on one core at 512 px: one member 78 -> 50 ms (``make bench`` has the ensemble's).
+The other BatchNorms stay separate passes: they follow the activation and feed zero-padded
+convolutions or max pooling, so no exact fold exists. `FusedUnet.to` gives the same forward
+in bf16 for fast mode.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ class _Layer:
             w.contiguous(memory_format=torch.channels_last) for w in parts))
 
     def cast(self, dtype: Any) -> _Layer:
-        """This layer's convolution in ``dtype``; its BatchNorm keeps float32 parameters (and
-        normalises a ``dtype`` input in float32 arithmetic)."""
+        """This layer's convolution in ``dtype``; its BatchNorm keeps float32 parameters (torch
+        normalises a ``dtype`` input with them and returns ``dtype``)."""
         import dataclasses
 
         split = None if self.split is None else tuple(_cast(w, dtype) for w in self.split)
@@ -122,10 +124,11 @@ class FusedUnet:
 def fuse_member(member: Any) -> FusedUnet | None:
     """`FusedUnet` of an AtomAI ``Unet`` in eval mode, or None where it does not apply (another
     architecture, a dilated bottleneck, no oneDNN) or its class probabilities differ from the
-    module's own by more than `TOLERANCE` on a random 48x48 input."""
+    module's own by more than `TOLERANCE` on a random 48x48 input. The member must be in eval
+    mode (its BatchNorms' running statistics are used)."""
     import torch
 
-    if not (torch.backends.mkldnn.is_available()
+    if getattr(member, "training", True) or not (torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return None
     try:

@@ -75,3 +75,8 @@ def test_bf16_fused_forward_stays_as_close_to_exact_as_autocast():
     err_auto, err_ours = (float((p - exact).abs().mean()) for p in (auto, ours))
     assert err_ours < 1.5 * err_auto + 1e-3
     assert float((ours - exact).abs().max()) < 0.1
+
+
+def test_a_member_in_training_mode_is_not_fused():
+    member = _member(UnetSpec(nb_filters=4), seed=10).train()
+    assert fuse_member(member) is None

@@ -158,6 +158,6 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
                      "fast_max_abs_diff": diff_fast, "f1_fast_vs_exact": f1,
                      "defects": len(det_e)})
         print(f"| {px} | {t_a:.2f} | {m_a:.0f} | {t_e:.2f} | {m_e:.0f} | {t_a / t_e:.1f}x | "
-              f"{diff:.1e} | {t_u:.2f} | {t_f:.2f} | {m_f:.0f} | {t_a / t_f:.1f}x | {diff_fast:.1e} | "
-              f"{f1:.3f} |", flush=True)
+              f"{diff:.1e} | {t_u:.2f} | {t_f:.2f} | {m_f:.0f} | {t_a / t_f:.1f}x | "
+              f"{diff_fast:.1e} | {f1:.3f} |", flush=True)
     return rows

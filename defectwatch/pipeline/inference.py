@@ -147,8 +147,9 @@ class Ensemble:
         # torch on the CPU: each member's forward rewritten for oneDNN (`fused_unet`: the same
         # float32 maps to ~1e-6, 1.5x faster; bf16 fast mode in it too); a member it cannot
         # take runs as it is, under autocast in fast mode
+        float32_cpu = self.device.type == "cpu" and self.fast_dtype is None
         self._forwards: list[Any] = list(self.members)
-        if cpu_fused and self.device.type == "cpu":
+        if cpu_fused and self.device.type == "cpu" and not (float32_cpu and cpu_onnx):
             from defectwatch.pipeline.fused_unet import fuse_member
 
             for k, member in enumerate(self.members):
@@ -156,11 +157,9 @@ class Ensemble:
                 if fused is not None:
                     self._forwards[k] = fused if self.fast_dtype is None \
                         else fused.to(self.fast_dtype)
-        fused_all = all(f is not m for f, m in zip(self._forwards, self.members))
         # float32 members in ONNX Runtime: with ``cpu_onnx``, or in fast mode on a CPU without
         # bf16 where the fused forward does not apply (it is faster than ONNX Runtime)
-        if self.device.type == "cpu" and self.fast_dtype is None and (
-                cpu_onnx or (fast and not fused_all)):
+        if float32_cpu and (cpu_onnx or (fast and self._fused < len(self.members))):
             from defectwatch.pipeline.onnx_members import member_session
 
             hashes = list(config.members.values()) or [None] * len(self.members)
@@ -185,9 +184,13 @@ class Ensemble:
         if self._sessions is not None:
             return "onnxruntime float32"
         dtype = self.fast_dtype or next(self.members[0].parameters()).dtype
-        fused = " (fused)" if any(f is not m for f, m in zip(self._forwards, self.members)) \
-            else ""
+        fused = " (fused)" if self._fused else ""
         return f"torch {str(dtype).removeprefix('torch.')}{fused}"
+
+    @property
+    def _fused(self) -> int:
+        """How many members run a `fused_unet` forward."""
+        return sum(f is not m for f, m in zip(self._forwards, self.members))
 
     @property
     def version(self) -> str:

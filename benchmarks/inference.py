@@ -2,11 +2,12 @@
 
 Same weights (the shipped default ensemble), same prepared images (simulated WSe2 scans at the
 model's pixel size), one image per call, this machine's CPU, the calls interleaved; ours as the
-service runs it (exact mode: torch float32, or ONNX Runtime with `DEFECTWATCH_CPU_ONNX=1`; fast
-mode: bf16 or ONNX Runtime). Reports median seconds per image,
-peak extra resident memory (sampled), the largest difference of the mean probabilities against
-AtomAI, and the largest difference and detection F1 (at the version's threshold) between fast
-mode (bf16 on CPUs that have it, else ONNX Runtime; see `Ensemble`) and exact mode.
+service runs it (exact mode: the fused torch float32 forward, or ONNX Runtime with
+`DEFECTWATCH_CPU_ONNX=1`; fast mode: the fused forward in bf16 on CPUs that have it, else as
+exact mode; see `Ensemble`), and exact mode with each member's own forward ("unfused").
+Reports median seconds per image, peak extra resident memory (sampled), the largest difference
+of the mean probabilities against AtomAI, and the largest difference and detection F1 (at the
+version's threshold) between fast and exact mode.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Ensemble members as ONNX Runtime sessions: the CPU "fast" mode.
+"""Ensemble members as ONNX Runtime sessions: float32 on the CPU where asked (``cpu_onnx``) or
+where fast mode has neither bf16 nor the fused forward (`fused_unet`).
 
 A U-Net member is exported once to ONNX (any image size; float32, the same weights) and run by
-ONNX Runtime, with maps equal to torch's within ~2e-6: faster than torch float32 at 1024 px
-and above (2048 px: 12.0 against 15.5 s), not at 512 px (see the README). Exports are cached by
-the member file's sha256 when a cache folder is given, so a later load skips the ~1 s export.
+ONNX Runtime, with maps equal to torch's within ~3e-6; slower than the fused torch forward at
+every size measured (512 px: 0.45 against 0.30 s; see the README). Exports are cached by the
+member file's sha256 when a cache folder is given, so a later load skips the ~1 s export.
 """
 
 from __future__ import annotations

@@ -18,11 +18,9 @@ from rich.markup import escape
 from rich.progress import TaskID
 from rich.table import Table
 
-from defectwatch.service.cli import _progress, app, err, out
-from defectwatch.service.cli_record import DbOption, _database
+from defectwatch.service.cli.common import DbOption, _database, _progress, err, out
 
 
-@app.command()
 def retrain(
     members: Annotated[int, typer.Option(min=1, help="Ensemble members to train.")] = 10,
     iterations: Annotated[int, typer.Option(

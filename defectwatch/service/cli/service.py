@@ -1,5 +1,5 @@
 """Commands ``service install | uninstall``: the watcher and the nightly retrain as systemd
-units (Linux) or Task Scheduler tasks (Windows). Registered by one import line in ``cli.py``.
+units (Linux) or Task Scheduler tasks (Windows). Registered by the table in ``cli/__init__.py``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import typer
 from rich.markup import escape
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli import _fail, app, out
+from defectwatch.service.cli.common import _fail, out
 
 service_app = typer.Typer(help="Run the watcher and the nightly retrain as a service "
                           "(systemd on Linux, Task Scheduler on Windows).", no_args_is_help=True)
-app.add_typer(service_app, name="service")
 
 UserOption = Annotated[bool, typer.Option(
     "--user", help="User units in ~/.config/systemd/user (default: system units in "

@@ -1,5 +1,5 @@
 """Commands for model versions: ``models list | activate | rollback`` and ``reprocess``.
-Registered on the main app by one import line in ``cli.py``.
+Registered on the main app by the table in ``cli/__init__.py``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from defectwatch.service.cli import _progress, app, err, out
-from defectwatch.service.cli_record import DbOption, _database
+from defectwatch.service.cli.common import DbOption, _database, _progress, err, out
 
 models_app = typer.Typer(help="Model versions: list, activate, roll back.",
                          no_args_is_help=True)
-app.add_typer(models_app, name="models")
 
 
 def _metrics_summary(metrics: dict[str, Any], *, limit: int = 4) -> str:
@@ -91,7 +89,6 @@ def models_rollback(db: DbOption = None) -> None:
               highlight=False)
 
 
-@app.command()
 def reprocess(
     sample: Annotated[str | None, typer.Option(help="Only this sample's scans.")] = None,
     outdated: Annotated[bool, typer.Option(

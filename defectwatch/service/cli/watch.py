@@ -1,4 +1,4 @@
-"""The ``defectwatch watch`` command (registered on the app of `defectwatch.service.cli`)."""
+"""The ``defectwatch watch`` command (registered by the table in ``cli/__init__.py``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli import _fail, app
+from defectwatch.service.cli.common import _fail
 
 
-@app.command()
 def watch(
     dirs: Annotated[list[Path], typer.Argument(help="Folders the microscope writes scans into.")],
     recursive: Annotated[bool, typer.Option("--recursive", "-r",

@@ -1,5 +1,5 @@
 """Commands for labels: ``labels import | accept | list | export`` and ``import-image``.
-Registered on the main app by one import line in ``cli.py``.
+Registered on the main app by the table in ``cli/__init__.py``.
 
 Errors: one line on stderr and exit 1 (a file that fails does not stop the others).
 """
@@ -15,12 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli import _fail, _progress, app, err, out
-from defectwatch.service.cli_record import DbOption, _database
+from defectwatch.service.cli.common import DbOption, _database, _fail, _progress, err, out
 
 labels_app = typer.Typer(help="Labels: import label files, accept reviewed detections, list, "
                          "export.", no_args_is_help=True)
-app.add_typer(labels_app, name="labels")
 
 FormatOption = Annotated[str | None, typer.Option(
     "--format", metavar="via|voc|coco|csv", show_default=False,
@@ -177,7 +175,6 @@ def labels_export(
                         f"{len(r.files)} files in {target}")), highlight=False)
 
 
-@app.command("import-image")
 def import_image(
     files: Annotated[list[Path], typer.Argument(
         help="Rendered images (PNG, JPEG, TIFF, BMP), e.g. Gwyddion exports.")],

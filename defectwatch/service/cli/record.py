@@ -1,5 +1,5 @@
 """Commands that ask the record: ``samples``, ``samples rename``, ``density``, ``scans``,
-``defects``, ``status``. Registered on the main app by one import line in ``cli.py``.
+``defects``, ``status``. Registered on the main app by the table in ``cli/__init__.py``.
 
 Every command takes ``--db URL`` (default ``DEFECTWATCH_DB``, else the SQLite file in the user's
 data directory). Errors: one line on stderr and exit 1.
@@ -10,93 +10,21 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import PurePath
+from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from defectwatch.errors import DefectwatchError, NotFoundError
-from defectwatch.service.cli import _fail, app, out
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-DbOption = Annotated[str | None, typer.Option(
-    "--db", metavar="URL", show_default=False,
-    help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).")]
+from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
 
 samples_app = typer.Typer(help="Samples: scan counts, scanned area, latest scan, densities.",
                           invoke_without_command=True, no_args_is_help=False)
-app.add_typer(samples_app, name="samples")
-
-
-@contextmanager
-def _database(db: str | None, *, create: bool = False) -> Iterator[Engine]:
-    """Open (and migrate) the database; translate every failure into one line + exit 1.
-
-    Queries refuse a missing SQLite file; commands that record (``create=True``) create it.
-    """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from defectwatch.db.engine import normalize_url
-    from defectwatch.db.migrate import open_database
-    from defectwatch.service.config import get_settings
-
-    engine = None
-    where = "--db" if db else "DEFECTWATCH_DB"
-    try:
-        url = normalize_url(db or get_settings().db)
-        where = _safe_url(url)
-        if not create:
-            _require_existing_file(url)
-        engine = open_database(url)
-        yield engine
-    except DefectwatchError as exc:
-        _fail(escape(str(exc)))
-        raise typer.Exit(1) from None
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        _fail(escape(f"database {where}: {reason}"))
-        raise typer.Exit(1) from None
-    finally:
-        if engine is not None:
-            engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    """The URL as it may be shown (password hidden)."""
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
-def _require_existing_file(url: str) -> None:
-    """Queries never create a database: a missing SQLite file is an error, not an empty one."""
-    from sqlalchemy import make_url
-
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if (parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:") and not Path(database).exists()):
-        raise NotFoundError(f"no database at {database}: nothing recorded yet (start "
-                            f"`defectwatch watch`, or pass --db / set DEFECTWATCH_DB)")
 
 
 def _when(iso: str | None) -> str:
     """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC for ours)."""
     return (iso or "-")[:19].replace("T", " ")
-
-
-def _sci(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def _area(nm2: float) -> str:
@@ -144,7 +72,6 @@ def samples_rename(ctx: typer.Context,
                "unchanged": f"{old}: unchanged"}[what], highlight=False)
 
 
-@app.command()
 def density(
     samples: Annotated[list[str] | None, typer.Argument(
         help="Sample names (default: every sample with a processed scan).",
@@ -187,7 +114,6 @@ def density(
     out.print(table if report else "no processed scans yet")
 
 
-@app.command()
 def scans(
     sample: Annotated[str | None, typer.Option(help="Only this sample.")] = None,
     status: Annotated[str | None, typer.Option(
@@ -222,7 +148,6 @@ def scans(
     out.print(table if rows else "no scans match")
 
 
-@app.command()
 def defects(
     scan: Annotated[str, typer.Argument(help="Scan id, path or file name.")],
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
@@ -262,7 +187,6 @@ def defects(
     out.print(table)
 
 
-@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     db: DbOption = None,

@@ -13,8 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli import _fail, _progress, app, out
-from defectwatch.service.cli_record import _database
+from defectwatch.service.cli.common import _database, _fail, _progress, out
 
 
 def _finite(x: float) -> float | None:
@@ -50,7 +49,6 @@ def failed_json(path: Path, error: str) -> dict[str, Any]:
             "density_per_cm2": {}, "density_ci95_per_cm2": {}}
 
 
-@app.command()
 def process(
     paths: Annotated[list[Path], typer.Argument(help="Scan files (.sxm) or folders of them.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per scan per line.")
@@ -182,7 +180,6 @@ def _expand(paths: list[Path]) -> list[Path]:
     return files
 
 
-@app.command()
 def evaluate(
     paths: Annotated[list[Path] | None, typer.Argument(
         help="Folders of simulated scans with truth CSVs, or rendered images (with --labels).")

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli.common import _fail, _sci, out
+from defectwatch.service.cli.record import density_table
 
 
 def demo(
@@ -29,7 +30,6 @@ def demo(
 ) -> None:
     """Watch a folder while a simulated STM session writes scans of three samples into it, then
     show the defect density of each sample (well under a minute of CPU)."""
-    from defectwatch.service.cli_record import density as density_command
     from defectwatch.service.demo import DemoOptions, demo_folder, run_demo
 
     try:
@@ -43,7 +43,8 @@ def demo(
             out.print()
             out.print(f"[bold]Defect density per sample[/bold] (`defectwatch density`), "
                       f"model {escape(result.model)}:", highlight=False)
-            density_command(samples=None, as_json=False, as_csv=False, db=paths.db_url)
+            out.print(density_table(result.density) if result.density
+                      else "no processed scans yet")
             if result.truth_per_cm2:
                 reported = ", ".join(f"{sample} {value:.3g}" for sample, value
                                      in sorted(result.truth_reported_per_cm2.items()))

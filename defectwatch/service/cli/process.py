@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli.common import _database, _fail, _progress, out
+from defectwatch.service.cli.common import DbOption, _database, _fail, _progress, out
 
 
 def _finite(x: float) -> float | None:
@@ -66,10 +66,7 @@ def process(
                     ] = False,
     no_db: Annotated[bool, typer.Option("--no-db", help="Do not record into the database.")
                      ] = False,
-    db: Annotated[str | None, typer.Option(
-        "--db", metavar="URL", show_default=False,
-        help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).")
-    ] = None,
+    db: DbOption = None,
     sample_rule: Annotated[str | None, typer.Option(
         help="How a scan's sample is named: folder (the folder holding the file), "
              "regex:PATTERN with a (?P<sample>...) group, or comment.")] = None,

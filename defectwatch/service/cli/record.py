@@ -11,12 +11,15 @@ import csv
 import json
 import sys
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
+
+if TYPE_CHECKING:
+    from defectwatch.service.queries import SampleDensity
 
 samples_app = typer.Typer(help="Samples: scan counts, scanned area, latest scan, densities.",
                           invoke_without_command=True, no_args_is_help=False)
@@ -102,6 +105,14 @@ def density(
                 writer.writerow([r.sample, k, r.scans, r.counts[k], f"{r.area_nm2:.6g}",
                                  f"{r.density_per_cm2[k]:.6g}", f"{lo:.6g}", f"{hi:.6g}"])
         return
+    out.print(density_table(report) if report else "no processed scans yet")
+
+
+def density_table(report: list[SampleDensity]) -> Table:
+    """The ``density`` table: per sample and kind, scans, defects, area, density, 95% interval
+    (``demo`` prints the same table)."""
+    from defectwatch.service.queries import KINDS
+
     table = Table("sample", "kind", "scans", "defects", "area nm²", "density cm⁻²",
                   "95% interval cm⁻²")
     for r in report:
@@ -111,7 +122,7 @@ def density(
                           str(r.scans) if i == 0 else "", str(r.counts[k]),
                           _area(r.area_nm2) if i == 0 else "", _sci(r.density_per_cm2[k]),
                           f"{_sci(lo)} – {_sci(hi)}", end_section=k == "total")
-    out.print(table if report else "no processed scans yet")
+    return table
 
 
 def scans(

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli.common import _fail, out
+from defectwatch.service.cli.common import DbOption, _fail, out
 
 service_app = typer.Typer(help="Run the watcher and the nightly retrain as a service "
                           "(systemd on Linux, Task Scheduler on Windows).", no_args_is_help=True)
@@ -47,10 +47,7 @@ def service_install(
     watch: Annotated[list[Path] | None, typer.Option(
         "--watch", metavar="DIR", show_default=False,
         help="Folder the microscope writes scans into (repeat for several).")] = None,
-    db: Annotated[str | None, typer.Option(
-        "--db", metavar="URL", show_default=False,
-        help="Database the services use (default: DEFECTWATCH_DB, else the user's default "
-        "file).")] = None,
+    db: DbOption = None,
     at: Annotated[str, typer.Option("--at", metavar="HH:MM",
                                     help="When the nightly retrain runs.")] = "02:00",
     recursive: Annotated[bool, typer.Option(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli.common import _fail
+from defectwatch.service.cli.common import DbOption, _fail
 
 
 def watch(
@@ -24,9 +24,7 @@ def watch(
     once: Annotated[bool, typer.Option(
         "--once", help="Process what is there (and what completes meanwhile), then exit.")
     ] = False,
-    db: Annotated[str | None, typer.Option(
-        "--db", metavar="URL", help="Database URL or SQLite file (default: DEFECTWATCH_DB, "
-        "else defectwatch.db in the user's data folder).")] = None,
+    db: DbOption = None,
     stable_for: Annotated[float, typer.Option(
         "--stable-for", metavar="SECONDS", min=0.0,
         help="A complete file must keep its size and mtime this long.")] = 2.0,

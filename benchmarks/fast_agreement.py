@@ -19,7 +19,7 @@ import numpy as np
 
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import ObjectEvaluation, match
-from defectwatch.service.detection import default_model_dir
+from defectwatch.models import default_model_dir
 from defectwatch.service.evaluation import cases_from_images, reported_truth, simulated_cases
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"

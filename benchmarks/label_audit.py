@@ -31,7 +31,7 @@ from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import match
 from defectwatch.pipeline.preprocess import flatten_with
 from defectwatch.pipeline.render import COLOURS_BGR, Mark, draw_marks, put_label, write_png
-from defectwatch.service.detection import default_model_dir
+from defectwatch.models import default_model_dir
 from defectwatch.service.evaluation import Case, cases_from_images
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from defectwatch.service.default_model import default_model_dir
+from defectwatch.models import default_model_dir
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-wse2"
 SAMPLE = "WSe2-SL445"

@@ -12,6 +12,13 @@ from datetime import datetime
 
 import numpy as np
 
+#: The defect kinds the shipped models find, in class order. A model version's ``config.json``
+#: lists its own ``classes`` (background first); these are the default and what the record,
+#: the label formats and the reports count.
+KINDS: tuple[str, ...] = ("trough", "peak")
+#: The U-Net's output classes: background, then the kinds.
+CLASSES: tuple[str, ...] = ("background", *KINDS)
+
 
 @dataclass(frozen=True)
 class ChannelInfo:

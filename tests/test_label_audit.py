@@ -15,7 +15,7 @@ import pytest
 from benchmarks.label_audit import (SHEET_COLUMNS, TILE_PX, audit_case, sheet, sheet_tiles,
                                     stretched)
 from defectwatch.pipeline.inference import Ensemble
-from defectwatch.service.default_model import default_model_dir
+from defectwatch.models import default_model_dir
 from defectwatch.service.evaluation import simulated_cases
 
 

@@ -14,7 +14,6 @@ Only ready files are hashed (sha256, streamed).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -24,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from defectwatch.daemon.ports import ExpectedSize, JobQueue
+from defectwatch.digest import sha256_file
 from defectwatch.errors import ScanReadError
 
 log = logging.getLogger(__name__)
 
-HASH_CHUNK_BYTES = 1 << 20
 MAX_REMEMBERED = 100_000  # files handed to the queue that this process remembers
 
 
@@ -42,15 +41,6 @@ class ReadyFile:
     size_bytes: int
     mtime_ns: int
     note: str | None = None
-
-
-def sha256_file(path: str, *, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
-    """Hex sha256 of a file, read in ``chunk_bytes`` pieces (memory stays flat)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -21,11 +21,11 @@ from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from defectwatch.db.models import Label, LabelSet, Sample, ScanRow, utcnow
+from defectwatch.domain import KINDS
 from defectwatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trough", "peak")
 
 
 class LabelPoint(Protocol):

@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from defectwatch.domain import Defect, Scan
+from defectwatch.domain import KINDS, Defect, Scan
 from defectwatch.pipeline.metrics import Label, object_scores
 from defectwatch.pipeline.preprocess import flatten, robust_sigma
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trough", "peak")
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from defectwatch.domain import Defect
+from defectwatch.domain import CLASSES, Defect
 
-DEFAULT_CLASSES = ("background", "trough", "peak")
+DEFAULT_CLASSES = CLASSES
 
 
 def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,

@@ -21,10 +21,9 @@ import numpy as np
 from defectwatch.domain import Defect, Scan
 from defectwatch.pipeline.contrast import defect_contrast, marked
 from defectwatch.pipeline.detect import find_defects
-from defectwatch.pipeline.model import ModelConfig, build_member, load_version
+from defectwatch.pipeline.model import ModelConfig, build_member, load_version, resolve_device
 from defectwatch.pipeline.preprocess import (PreprocessParams, Resampling, flatten_with,
                                              prepare_flat)
-from defectwatch.pipeline.training import resolve_device
 
 log = logging.getLogger(__name__)
 

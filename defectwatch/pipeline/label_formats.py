@@ -35,11 +35,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from defectwatch.domain import KINDS
 from defectwatch.errors import LabelFormatError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trough", "peak")
 FORMATS = ("via", "voc", "coco", "csv")
 VIA_COLUMNS = ("label", "x", "y", "width", "height", "filename", "resX", "resY")
 POINT_COLUMNS = ("scan", "row", "col", "kind", "radius_nm")

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from defectwatch.domain import Defect
+from defectwatch.domain import KINDS, Defect
 from defectwatch.pipeline.density import NM2_PER_CM2
 from defectwatch.pipeline.pixel_metrics import jsonable
 
@@ -120,7 +120,7 @@ def _split(preds: Sequence[Defect], labels: Sequence[Label], kind: str
 
 
 def object_scores(preds: Sequence[Defect], labels: Sequence[Label], *, radius_nm: float = 1.0,
-                  kinds: Sequence[str] = ("trough", "peak")) -> dict[str, ObjectScores]:
+                  kinds: Sequence[str] = KINDS) -> dict[str, ObjectScores]:
     """Precision, recall, F1, AP and localisation error per kind for one scan's objects.
 
     For several scans use `ObjectEvaluation`, which pools the counts and ranks all
@@ -164,7 +164,7 @@ def _density_error(kind: str, n_pred: int, n_true: int, area_nm2: float) -> Dens
 
 
 def density_errors(preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
-                   radius_nm: float = 1.0, kinds: Sequence[str] = ("trough", "peak")
+                   radius_nm: float = 1.0, kinds: Sequence[str] = KINDS
                    ) -> dict[str, DensityError]:
     """Per-kind and ``"total"`` density error of one scan over ``area_nm2`` (the acquired area).
 
@@ -221,7 +221,7 @@ class ObjectEvaluation:
         Confidence thresholds of the precision / recall / F1 curve (`threshold_curves`).
     """
 
-    def __init__(self, *, kinds: Sequence[str] = ("trough", "peak"),
+    def __init__(self, *, kinds: Sequence[str] = KINDS,
                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> None:
         self.kinds = tuple(kinds)
         self.thresholds = tuple(float(t) for t in thresholds)

@@ -12,17 +12,21 @@ Loading checks every file and hash and raises `ModelLoadError` naming what is wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from defectwatch.digest import sha256_file
+from defectwatch.domain import CLASSES
 from defectwatch.errors import ModelLoadError
 from defectwatch.pipeline.contrast import LEGACY_REPORT_CONTRAST, REPORT_CONTRAST
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_NAME = "config.json"
 FORMAT = 1
@@ -59,7 +63,7 @@ class ModelConfig:
     version: str
     pixel_size_nm: float
     architecture: UnetSpec = field(default_factory=UnetSpec)
-    classes: tuple[str, ...] = ("background", "trough", "peak")
+    classes: tuple[str, ...] = CLASSES
     preprocess: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +145,26 @@ def unet_class():
         return Unet
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device to run members on.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` (CUDA when present, else the CPU), or anything ``torch.device`` takes
+        (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns
+    -------
+    torch.device
+    """
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def build_member(spec: UnetSpec):
     """A fresh ``atomai.nets.Unet`` (see `unet_class`)."""
     Unet = unet_class()
@@ -148,14 +172,6 @@ def build_member(spec: UnetSpec):
                 batch_norm=spec.batch_norm, dropout=spec.dropout,
                 upsampling_mode=spec.upsampling_mode, with_dilation=spec.with_dilation,
                 layers=list(spec.layers))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_version(directory: str | os.PathLike[str], config: ModelConfig,
@@ -176,7 +192,7 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
             tensors[k] = v
         name = f"member_{i:02d}.safetensors"
         save_file(tensors, str(out / name))
-        hashes[name] = _sha256(out / name)
+        hashes[name] = sha256_file(out / name)
     config.members = hashes
     (out / CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=2))
     return out
@@ -209,7 +225,7 @@ def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[d
         path = d / name
         if not path.is_file():
             raise ModelLoadError(f"{d}: member file {name} is missing")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise ModelLoadError(f"{path}: sha256 does not match config.json (corrupted or "
                                  "replaced weights)")
         try:
@@ -272,7 +288,7 @@ def import_atomai_ensemble(tar_path: str | os.PathLike[str], directory: str | os
             raise ModelLoadError(f"{src}: member {i} does not fit an AtomAI Unet with "
                                  f"{spec.nb_filters} filters and layers {list(spec.layers)} "
                                  f"({str(exc).splitlines()[0]})") from None
-    classes = ("background", "trough", "peak") if spec.nb_classes == 3 else tuple(
+    classes = CLASSES if spec.nb_classes == 3 else tuple(
         ["background"] + [f"class{i}" for i in range(1, spec.nb_classes)])
     config = ModelConfig(version=version, pixel_size_nm=float(pixel_size_nm), architecture=spec,
                          classes=classes, preprocess=dict(preprocess or {}),

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from defectwatch.domain import CLASSES
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSES = ("background", "trough", "peak")
+DEFAULT_CLASSES = CLASSES
 
 
 def jsonable(value: Any) -> Any:

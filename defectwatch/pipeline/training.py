@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from defectwatch.pipeline.labels import IGNORE
-from defectwatch.pipeline.model import UnetSpec, build_member
+from defectwatch.pipeline.model import UnetSpec, build_member, resolve_device  # noqa: F401  (re-exported)
 from defectwatch.pipeline.training_data import Example
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,6 @@ class TrainingRecipe:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainingRecipe:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def resolve_device(device: str = "auto"):
-    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.device."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class CropSampler:

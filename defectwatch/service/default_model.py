@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.pipeline.model import ModelConfig, UnetSpec, save_version, write_metrics
 from defectwatch.pipeline.preprocess import PreprocessParams
-from defectwatch.pipeline.training import TrainingRecipe, resolve_device
+from defectwatch.pipeline.model import resolve_device
+from defectwatch.pipeline.training import TrainingRecipe
 from defectwatch.pipeline.training_data import Example, SimulationMix, simulated_examples
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "default-sim-7"
 MODEL_PIXEL_NM = 0.1
 DEFAULT_SPEC = UnetSpec(nb_filters=8)
 # the shipped default's recipe: 2000 mini-batches per member under bf16 autocast (about 2x
@@ -33,11 +34,6 @@ DEFAULT_RECIPE = TrainingRecipe(members=10, iterations=2000, batch_size=4, crop_
 TRAINING_SEEDS = range(1_000_000, 1_000_300)  # held-out evaluation uses seeds below 1e6
 # the shipped default's scans: a third of the STM ones also hold adsorbate clusters
 DEFAULT_MIX = SimulationMix(cluster_share=0.3)
-
-
-def default_model_dir() -> Path:
-    """The version directory shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_VERSION
 
 
 MASK_RADIUS_NM = {"trough": 0.6, "peak": 0.7}  # disc radius per class in the training masks

@@ -234,7 +234,7 @@ def _activate(engine: Engine, directory: Path) -> None:
 
 def _check_shipped_model() -> None:
     """ModelLoadError saying how to get the shipped model when the package lacks it."""
-    from defectwatch.service.default_model import default_model_dir
+    from defectwatch.models import default_model_dir
 
     directory = default_model_dir()
     if not (directory / "config.json").is_file():

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from defectwatch.domain import Detection, Scan
 from defectwatch.errors import ModelLoadError
+from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.pipeline.density import densities
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.scan import read_scan
 from defectwatch.service.config import cache_dir, get_settings
-from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from defectwatch.domain import Scan
+from defectwatch.domain import KINDS, Scan
 from defectwatch.errors import ConfigError
 from defectwatch.pipeline.baseline import BaselineCase, detect_baseline_scan, tune_baseline
 from defectwatch.pipeline.contrast import marked
@@ -198,7 +198,7 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
 
 def choose_threshold(ensemble: Ensemble, cases: Iterable[Case], *,
                      grid: Sequence[float] = tuple(round(0.1 + 0.05 * i, 2) for i in range(15)),
-                     radius_nm: float = 1.0, kinds: Sequence[str] = ("trough", "peak"),
+                     radius_nm: float = 1.0, kinds: Sequence[str] = KINDS,
                      on_progress: Progress | None = None) -> tuple[float, dict[float, float]]:
     """The mean-probability threshold in ``grid`` with the best mean object F1 over ``kinds``
     on ``cases`` (validation scans, never the test ones); each scan is predicted once and its
@@ -249,7 +249,7 @@ def write_report(report: Report, out: Path) -> list[Path]:
     return paths
 
 
-def headline(summary: dict[str, Any], kinds: Sequence[str] = ("trough", "peak")
+def headline(summary: dict[str, Any], kinds: Sequence[str] = KINDS
              ) -> dict[str, dict[str, float]]:
     """Per kind: precision, recall, F1, AP, localisation (nm), tp/fp/fn from an object summary."""
     out = {}

@@ -8,7 +8,6 @@ registered and activated on a fresh database) and the daemon's heartbeat.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,21 +27,13 @@ from defectwatch.db.records import (add_detection_run, add_scan, get_or_create_s
                                     scan_by_sha256, set_scan_metadata)
 from defectwatch.db.registry import (activate_version, active_version, list_versions,
                                      register_version)
+from defectwatch.digest import sha256_file as file_sha256  # re-exported (reprocess, tests)
 from defectwatch.domain import Detection, Job, Scan
 from defectwatch.service.samples import make_sample_for, sample_for
 
 log = logging.getLogger(__name__)
 
 Detect = Callable[..., "tuple[Scan, Detection]"]  # detect_file(path, *, ensemble, channel)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: str,
@@ -92,7 +83,7 @@ def model_version_name(directory: str | os.PathLike[str]) -> str:
 
 
 def _shipped_default_dir() -> Path:
-    from defectwatch.service.detection import default_model_dir
+    from defectwatch.models import default_model_dir
 
     return Path(default_model_dir())
 

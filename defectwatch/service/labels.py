@@ -31,18 +31,18 @@ from defectwatch.db.labels import (file_name, file_stem, label_sets, labelled_sc
 from defectwatch.db.models import ScanRow
 from defectwatch.db.records import (add_scan, get_or_create_sample, scan_by_sha256,
                                     set_scan_metadata)
+from defectwatch.digest import sha256_file as file_sha256
+from defectwatch.domain import KINDS
 from defectwatch.errors import ConfigError, DefectwatchError, LabelFormatError, NotFoundError
 from defectwatch.pipeline.images import IMAGE_SUFFIXES, read_image_as_scan
 from defectwatch.pipeline.label_formats import (FORMATS, Box, ParsedLabels, PointLabel,
                                                 boxes_to_points, points_to_boxes, read_labels,
                                                 write_coco, write_points_csv, write_via_csv,
                                                 write_voc)
-from defectwatch.service.ingest import file_sha256
 from defectwatch.service.samples import sample_for
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trough", "peak")
 ACCEPTED = "accepted"  # the source of labels accepted from detections
 
 

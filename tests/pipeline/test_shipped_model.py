@@ -7,7 +7,7 @@ import pytest
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import ObjectEvaluation
 from defectwatch.pipeline.model import load_version
-from defectwatch.service.default_model import DEFAULT_VERSION, default_model_dir
+from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.service.evaluation import headline, reported_truth, simulated_cases
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from defectwatch.errors import DefectwatchError, NotFoundError
+from defectwatch.errors import DefectwatchError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -59,18 +58,14 @@ def _database(db: str | None, *, create: bool = False) -> Iterator[Engine]:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from defectwatch.db.engine import normalize_url
-    from defectwatch.db.migrate import open_database
-    from defectwatch.service.config import get_settings
+    from defectwatch.service.record import open_record_engine, record_url, safe_url
 
     engine = None
     where = "--db" if db else "DEFECTWATCH_DB"
     try:
-        url = normalize_url(db or get_settings().db)
-        where = _safe_url(url)
-        if not create:
-            _require_existing_file(url)
-        engine = open_database(url)
+        url = record_url(db)
+        where = safe_url(url)
+        engine = open_record_engine(url, create=create)
         yield engine
     except DefectwatchError as exc:
         _fail(escape(str(exc)))
@@ -82,26 +77,3 @@ def _database(db: str | None, *, create: bool = False) -> Iterator[Engine]:
     finally:
         if engine is not None:
             engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    """The URL as it may be shown (password hidden)."""
-    from sqlalchemy import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
-def _require_existing_file(url: str) -> None:
-    """Queries never create a database: a missing SQLite file is an error, not an empty one."""
-    from sqlalchemy import make_url
-
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if (parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:") and not Path(database).exists()):
-        raise NotFoundError(f"no database at {database}: nothing recorded yet (start "
-                            f"`defectwatch watch`, or pass --db / set DEFECTWATCH_DB)")

@@ -1,22 +1,24 @@
 """Evaluation figures as PNG, like the paper's Fig. 3: the normalised confusion matrix, precision-
 recall curves with AP, ROC curves with AUROC; plus object-level precision / recall / F1 against
-the confidence threshold.
+the confidence threshold; and `draw_overlay`, a scan with its defects on a notebook's axis.
 
 matplotlib is imported inside the functions (the object-oriented API on a bare `Figure`, Agg
 canvas, no pyplot and no global state), so importing this module costs nothing. Output is
 deterministic (no timestamps or version strings in the PNG metadata) and small (120 dpi).
-Each function takes the result dataclasses and a path, creates the folder, and returns the path.
+Each ``plot_*`` function takes the result dataclasses and a path, creates the folder, and
+returns the path. `draw_overlay` draws on the caller's axis (pyplot only when it is given none).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from defectwatch.domain import Defect
     from defectwatch.pipeline.metrics import ThresholdCurve
     from defectwatch.pipeline.pixel_metrics import ConfusionMatrix, PixelMetrics
 
@@ -189,3 +191,61 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def draw_overlay(image: Any, defects: Sequence[Defect], *, width_nm: float, height_nm: float,
+                 ax: Any = None, marker_size: float = 60.0, title: str | None = None) -> Any:
+    """A scan with its defects circled, on a matplotlib axis (for notebooks).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The (flattened) scan, any units; NaN where nothing was acquired. Row 0 = top.
+    defects : sequence of Defect
+        Drawn at ``(x_nm, y_nm)``: troughs cyan-blue, peaks magenta (`COLOURS`).
+    width_nm, height_nm : float
+        The frame's size, nm: the axes run from 0 to these, y downwards.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; default: a new pyplot figure (shown inline in Jupyter).
+    marker_size : float, optional
+        Circle size, points^2.
+    title : str, optional
+        Axis title; the counts per kind are appended.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    import numpy as np
+
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6.0, 6.0 * height_nm / max(width_nm, 1e-9)),
+                             layout="constrained")
+    data = np.asarray(image, dtype=float)
+    finite = data[np.isfinite(data)]
+    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    ax.imshow(data, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
+              extent=(0.0, width_nm, height_nm, 0.0), interpolation="nearest")
+    counts = []
+    for i, kind in enumerate(sorted({d.kind for d in defects}, key=_kind_order)):
+        mine = [d for d in defects if d.kind == kind]
+        ax.scatter([d.x_nm for d in mine], [d.y_nm for d in mine], s=marker_size,
+                   facecolors="none", edgecolors=_colour(kind, i), linewidths=1.2,
+                   label=f"{kind} ({len(mine)})")
+        counts.append(f"{len(mine)} {kind}")
+    if counts:
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.7)
+    ax.set_xlim(0.0, width_nm)
+    ax.set_ylim(height_nm, 0.0)
+    ax.set_xlabel("x (nm)")
+    ax.set_ylabel("y (nm)")
+    ax.set_title(f"{title + ': ' if title else ''}{', '.join(counts) or 'no defects'}",
+                 fontsize="medium")
+    return ax
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    order = list(COLOURS)
+    return (order.index(kind) if kind in order else len(order), kind)

@@ -296,8 +296,8 @@ def write_units(plan: ServicePlan) -> list[Path]:
             path = folder / name
             tmp = path.with_name(f".{name}.tmp")
             tmp.write_text(text, encoding="utf-8")
-            if _holds_password(text):
-                tmp.chmod(0o600)  # a database password: readable by the owner only
+            # a database password: readable by the owner only; else as systemd expects units
+            tmp.chmod(0o600 if _holds_password(text) else 0o644)
             os.replace(tmp, path)
             written.append(path)
     except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +38,20 @@ class InMemoryJobQueue:
     """A test double of `defectwatch.daemon.ports.JobQueue`: the same contract, in a dict.
 
     Records every call in ``calls`` (method name -> count) so tests can check what was asked.
+    ``clock`` returns seconds (tests move it instead of sleeping). `test_queue_contract.py`
+    runs the real queue's behaviour tests against this double too, so the two cannot drift.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rows: dict[int, FakeJobRow] = {}
         self.calls: dict[str, int] = {}
+        self.clock = clock
         self._lock = threading.Lock()
+
+    def _held(self, job: Job) -> FakeJobRow | None:
+        """The row while ``job``'s claim still holds it (as the real queue's WHERE clause)."""
+        r = self.rows[job.id]
+        return r if r.status == "processing" and r.attempts == job.attempts else None
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -66,10 +75,10 @@ class InMemoryJobQueue:
     def claim(self, *, worker: str, lease_s: float) -> Job | None:
         with self._lock:
             self._count("claim")
-            now = time.monotonic()
+            now = self.clock()
             for r in sorted(self.rows.values(), key=lambda r: r.id):
                 due = (r.status == "queued" and r.due_at <= now) or \
-                      (r.status == "processing" and r.lease_until <= now)
+                      (r.status == "processing" and r.lease_until < now)
                 if due:
                     r.status, r.worker, r.lease_until = "processing", worker, now + lease_s
                     r.attempts += 1
@@ -79,27 +88,30 @@ class InMemoryJobQueue:
     def retry(self, job: Job, *, reason: str, delay_s: float, max_attempts: int) -> bool:
         with self._lock:
             self._count("retry")
-            r = self.rows[job.id]
-            r.last_error = reason
+            r = self._held(job)
+            if r is None:  # the claim was lost: nothing sticks
+                return False
             if job.attempts >= max_attempts:
                 r.status = "failed"
+                r.last_error = f"{reason} (gave up after {job.attempts} attempts)"
                 return False
-            r.status, r.due_at = "queued", time.monotonic() + delay_s
+            r.status, r.due_at, r.last_error = "queued", self.clock() + delay_s, reason
             return True
 
     def fail(self, job: Job, *, reason: str) -> None:
         with self._lock:
             self._count("fail")
-            r = self.rows[job.id]
-            r.status, r.last_error = "failed", reason
+            r = self._held(job)
+            if r is not None:
+                r.status, r.last_error = "failed", reason
 
     def requeue_expired(self) -> int:
         with self._lock:
             self._count("requeue_expired")
-            now = time.monotonic()
+            now = self.clock()
             n = 0
             for r in self.rows.values():
-                if r.status == "processing" and r.lease_until <= now:
+                if r.status == "processing" and r.lease_until < now:
                     r.status = "queued"
                     n += 1
             return n
@@ -109,11 +121,15 @@ class InMemoryJobQueue:
             return sum(r.status in ("queued", "processing") for r in self.rows.values())
 
     # -- what the real `process` does in its own transaction --
-    def mark_done(self, job: Job, summary: str) -> None:
+    def mark_done(self, job: Job, summary: str) -> bool:
+        """Done with ``summary``; False (nothing recorded) when the claim was lost."""
         with self._lock:
-            r = self.rows[job.id]
+            r = self._held(job)
+            if r is None:
+                return False
             r.status = "done"
             r.summaries.append(summary)
+            return True
 
     # -- for assertions --
     def by_name(self) -> dict[str, FakeJobRow]:

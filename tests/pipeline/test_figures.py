@@ -46,9 +46,19 @@ def test_every_figure_is_a_small_deterministic_png(tmp_path: Path, pixel_metrics
     assert again == (tmp_path / "a" / "cm.png").read_bytes(), "figures are not deterministic"
 
 
-def test_figures_survive_undefined_metrics(tmp_path: Path):
+def test_figures_survive_undefined_metrics(tmp_path: Path, pixel_metrics):
+    import cv2
+
     empty = PixelAccumulator(bins=10).result()
-    assert figures.plot_pixel_summary(empty, tmp_path / "empty.png").stat().st_size > 0
+    path = figures.plot_pixel_summary(empty, tmp_path / "empty.png")
+    image = cv2.imread(str(path))
+    assert image is not None, "not a readable PNG"
+    assert image.shape == (480, 1620, 3)  # 13.5 x 4 in at 120 dpi: the three panels
+    dark = (image < 128).all(axis=2).mean()
+    assert 0.005 < dark < 0.2, dark  # axes, ticks and titles drawn, not a blank or black page
+    # the same figure with numbers in it differs (the undefined one is not a stale copy)
+    full = cv2.imread(str(figures.plot_pixel_summary(pixel_metrics, tmp_path / "full.png")))
+    assert full.shape == image.shape and np.abs(full.astype(int) - image).mean() > 1.0
 
 
 def test_importing_figures_does_not_import_matplotlib():

@@ -60,13 +60,43 @@ def test_large_frames_keep_their_quality(ensemble):
 
 
 def test_the_shipped_thresholds_were_chosen_on_validation_scans():
+    from defectwatch.service.default_model import VALIDATION_NOTE
+
     config, _ = load_version(default_model_dir())
     m = config.metrics
-    assert "validation" in m["threshold_chosen_on"]
+    assert m["threshold_chosen_on"] == VALIDATION_NOTE  # the seeds `make default-model` uses
     table = m["validation_mean_f1"]
-    assert table[f"{m['threshold']:.2f}"] == max(table.values())
+    assert len(table) >= 5 and table[f"{m['threshold']:.2f}"] == max(table.values())
+    assert 0.2 <= m["threshold"] <= 0.8
     assert config.threshold_for("Z") == float(m["threshold"])
     assert config.threshold_for("Current") == m["threshold_by_channel"]["Current"]
+    assert m["threshold_by_channel"]["Current"] != m["threshold"]  # its own, not a copy
+
+
+def test_the_shipped_config_is_what_make_default_model_writes():
+    """config.json against the training script's recipe (not against itself): a recipe, mix,
+    mask radius or preprocessing changed without retraining the default fails here."""
+    import json
+    from dataclasses import asdict
+
+    from defectwatch.pipeline.preprocess import PreprocessParams
+    from defectwatch.service.default_model import (DEFAULT_MIX, DEFAULT_RECIPE, DEFAULT_SPEC,
+                                                   MASK_RADIUS_NM, MODEL_PIXEL_NM,
+                                                   TRAINING_SEEDS)
+
+    def plain(value):  # as JSON stores it (tuples -> lists)
+        return json.loads(json.dumps(value))
+
+    config, _ = load_version(default_model_dir())
+    assert config.pixel_size_nm == MODEL_PIXEL_NM
+    assert config.architecture == DEFAULT_SPEC
+    assert plain(config.preprocess) == plain(PreprocessParams().to_dict())
+    recipe = plain(DEFAULT_RECIPE.to_dict())
+    assert {k: config.training[k] for k in recipe} == recipe
+    assert config.training["mask_radius_nm"] == MASK_RADIUS_NM
+    assert config.data["seeds"] == [TRAINING_SEEDS[0], TRAINING_SEEDS[-1]]
+    assert config.data["scans"] == len(TRAINING_SEEDS)
+    assert config.data["mix"] == plain(asdict(DEFAULT_MIX))
 
 
 def test_topography_defects_carry_their_contrast_and_current_maps_none(ensemble):

@@ -6,13 +6,14 @@ import csv
 import json
 import subprocess
 import sys
+from typing import Any
 
 import cv2
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from defectwatch.service.cli import app
+from defectwatch.service.cli import COMMANDS, app
 
 runner = CliRunner()
 INSPECT_KEYS = {"path", "nx", "ny", "width_nm", "height_nm", "pixel_size_nm", "scan_dir",
@@ -99,13 +100,43 @@ def test_simulate_rejects_unknown_material(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["inspect", "simulate", "demo"])
-def test_every_command_has_help(command):
-    help_text = typer.main.get_command(app).commands[command].help
-    assert help_text and len(help_text.split()) >= 5
-    result = runner.invoke(app, [command, "--help"])
-    assert result.exit_code == 0
-    assert help_text.split("\n")[0] in " ".join(result.output.split())
+def _every_command() -> list[tuple[str, Any]]:
+    """Every command and sub-command of the app, as ``"labels import"``, walking the groups
+    (as sqlite-utils' docs test does): a command added later is checked without listing it."""
+    def walk(group: Any, prefix: str):
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if getattr(command, "commands", None):  # a group (typer vendors its click)
+                yield from walk(command, f"{prefix}{name} ")
+
+    return list(walk(typer.main.get_command(app), ""))
+
+
+EVERY_COMMAND = _every_command()
+
+
+def test_the_command_table_is_what_the_app_runs():
+    root = typer.main.get_command(app)
+    assert set(root.commands) == set(COMMANDS)
+    names = {name for name, _ in EVERY_COMMAND}
+    assert {"inspect", "simulate", "demo", "process", "evaluate", "watch", "samples",
+            "samples rename", "density", "scans", "defects", "status", "retrain",
+            "labels import", "labels accept", "labels list", "labels export", "import-image",
+            "models list", "models activate", "models rollback", "reprocess",
+            "service install", "service uninstall"} <= names
+
+
+@pytest.mark.parametrize("name, command", EVERY_COMMAND, ids=[n for n, _ in EVERY_COMMAND])
+def test_every_command_has_help(name, command):
+    help_text = command.help or ""
+    assert len(help_text.split()) >= 5, f"{name}: its help says too little: {help_text!r}"
+    result = runner.invoke(app, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert " ".join(help_text.split("\n")[0].split()) in " ".join(result.output.split())
+    for param in command.params:
+        if param.name == "help":
+            continue
+        assert getattr(param, "help", None), f"{name}: {param.name} has no help"
 
 
 def test_python_dash_m_entry_point():

@@ -3,6 +3,7 @@ SQLite file, a tiny random model (plumbing, not science)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import sqlite3
 import threading
@@ -55,8 +56,21 @@ def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path,
     assert {s["sample"] for s in result.scans} == {s.name for s in TINY_SAMPLES}
     assert {d.sample for d in result.density} == {s.name for s in TINY_SAMPLES}
     assert next(d for d in result.density if d.sample == "WSe2-SL445").scans == 2
-    assert set(result.truth_per_cm2) <= {s.name for s in TINY_SAMPLES}
-    assert set(result.truth_reported_per_cm2) == set(result.truth_per_cm2)
+    # the simulated truth, per sample, from the CSVs beside the scans over their acquired area
+    names = {s.name for s in TINY_SAMPLES}
+    assert set(result.truth_per_cm2) == set(result.truth_all_per_cm2) == names
+    assert set(result.truth_reported_per_cm2) == names
+    for name in names:
+        mine = [s for s in result.scans if s["sample"] == name]
+        truth = [row for s in mine
+                 for row in csv.DictReader(open(Path(s["path"]).with_suffix(".csv"), newline=""))]
+        area_nm2 = sum(s["acquired_area_nm2"] for s in mine)
+        assert area_nm2 > 0
+        assert result.truth_all_per_cm2[name] == pytest.approx(len(truth) / area_nm2 * 1e14)
+        visible = sum(row["visible"] == "1" for row in truth)
+        assert result.truth_per_cm2[name] == pytest.approx(visible / area_nm2 * 1e14)
+        assert result.truth_reported_per_cm2[name] <= result.truth_per_cm2[name]
+    assert sum(result.truth_all_per_cm2.values()) > 0
 
     with sqlite3.connect(paths.db_file) as db:  # one scan row and one run per file
         assert db.execute("select count(*), count(distinct sha256) from scan").fetchone() \

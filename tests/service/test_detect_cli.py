@@ -58,9 +58,19 @@ def test_process_json_records_overlays_and_reports_bad_files(tiny_model, scans, 
     ok = lines[0]
     assert ok["model"] == "tiny-cli" and ok["nx"] == 64 and ok["acquired_fraction"] == 1.0
     assert set(ok["density_per_cm2"]) == {"trough", "peak", "total"}
-    for d in ok["defects"]:
+    found = [d for x in lines[:2] for d in x["defects"]]
+    assert found, "the tiny model (seed 0) finds a defect in each scan: nothing to check"
+    for d in found:
         assert set(d) == DEFECT_KEYS and d["kind"] in ("trough", "peak")
         assert 0 <= d["row"] < 64 and 0 <= d["col"] < 64 and 0 <= d["confidence"] <= 1
+        # nm from the frame's corner: 8 nm over 64 px, pixel centres
+        assert d["x_nm"] == pytest.approx((d["col"] + 0.5) * 8.0 / 64, abs=1e-3)
+        assert d["y_nm"] == pytest.approx((d["row"] + 0.5) * 8.0 / 64, abs=1e-3)
+    for x in lines[:2]:  # the densities count what is listed, over the 64 nm^2 frame
+        n = {k: sum(d["kind"] == k for d in x["defects"]) for k in ("trough", "peak")}
+        assert x["density_per_cm2"]["total"] == pytest.approx(
+            (n["trough"] + n["peak"]) / 64.0 * 1e14)
+        assert x["density_per_cm2"]["peak"] == pytest.approx(n["peak"] / 64.0 * 1e14)
     assert "broken.sxm" in lines[2]["error"]
     # the pictures exist and show two panels side by side
     for f in files:

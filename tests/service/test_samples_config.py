@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from defectwatch.errors import ConfigError
 from defectwatch.pipeline.sxm import write_sxm
-from defectwatch.service.config import Settings, data_dir, get_settings
+from defectwatch.service.config import Settings, get_settings
 from defectwatch.service.samples import header_comment, make_sample_for, sample_for
 
 ROOT = "/data/stm"
@@ -73,12 +74,15 @@ def test_bound_rule_picks_the_deepest_root_and_reads_the_comment(tmp_path):
     assert header_comment(tmp_path / "absent.sxm") == ""
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG folders are Linux's")
 def test_settings_defaults_and_environment(monkeypatch, tmp_path):
     for var in ("DEFECTWATCH_DB", "DEFECTWATCH_MODELS_DIR", "DEFECTWATCH_SAMPLE_RULE"):
         monkeypatch.delenv(var, raising=False)
-    s = Settings()
-    assert s.db == f"sqlite:///{data_dir() / 'defectwatch.db'}"
-    assert s.models_dir == data_dir() / "models" and s.sample_rule == "folder"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg data"))
+    s = Settings()  # the defaults: in the user's data folder, written out here by hand
+    assert s.db == f"sqlite:///{tmp_path}/xdg data/defectwatch/defectwatch.db"
+    assert s.models_dir == tmp_path / "xdg data" / "defectwatch" / "models"
+    assert s.sample_rule == "folder"
     monkeypatch.setenv("DEFECTWATCH_DB", str(tmp_path / "x.db"))
     monkeypatch.setenv("DEFECTWATCH_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("DEFECTWATCH_SAMPLE_RULE", r"regex:(?P<sample>S\d+)")

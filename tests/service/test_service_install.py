@@ -29,7 +29,16 @@ def config_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_home):
+@pytest.fixture
+def strict_umask():
+    """A umask that would make every new file 0600: the modes below are set, not inherited."""
+    before = os.umask(0o077)
+    yield
+    os.umask(before)
+
+
+def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_home,
+                                                               strict_umask):
     scans = tmp_path / "scans"
     scans.mkdir()
     result = invoke("service", "install", "--user", "--watch", scans, "--db",
@@ -56,14 +65,17 @@ def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_
     assert 'schtasks /Create /F /TN "defectwatch\\watch" /SC ONLOGON' in out
     assert 'schtasks /Create /F /TN "defectwatch\\retrain" /SC DAILY /ST 03:30' in out
 
-    assert (units / WATCH_UNIT).stat().st_mode & 0o777 != 0o600
+    for name in (WATCH_UNIT, RETRAIN_UNIT, TIMER_UNIT):  # whatever the umask
+        assert (units / name).stat().st_mode & 0o777 == 0o644, name
 
     # installing again replaces our own files; a database password is kept from others
     url = "postgresql+psycopg://lab:secret@dbhost/dw"
     assert invoke("service", "install", "--user", "--watch", scans, "--db", url).exit_code == 0
     assert f'Environment="DEFECTWATCH_DB={url}"' in (units / WATCH_UNIT).read_text()
     assert (units / WATCH_UNIT).stat().st_mode & 0o777 == 0o600
+    assert (units / TIMER_UNIT).stat().st_mode & 0o777 == 0o644  # no password in the timer
     assert invoke("service", "install", "--user", "--watch", scans).exit_code == 0
+    assert (units / WATCH_UNIT).stat().st_mode & 0o777 == 0o644  # the password gone again
     assert "DEFECTWATCH_DB" not in (units / WATCH_UNIT).read_text()
 
 

@@ -24,7 +24,10 @@ bench: $(STAMP)  ## heavy measurements (not part of the tests)
 default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 40 min on 2 CPU cores with bf16)
 	$(BIN)/python -m defectwatch.service.default_model
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff (format check + lint), mypy on the package, import-linter contracts
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean:

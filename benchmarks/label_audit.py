@@ -2,10 +2,11 @@
 
 The real WSe2 frames' F1 counts every detection without a label within 1 nm as false. This
 measures each one with the statistic annotators judge by eye (`pipeline.contrast`: core minus
-ring in ring-noise sigmas, in the flattened image, as detection measures it) and sets it beside the labelled defects of the
-same frame and beside random points of it (the control: what noise alone reaches). A false
-detection that stands out as much as the labelled defects is more likely a defect the
-annotators left out than one the model made up; pictures (``--pictures DIR``) let a person judge:
+ring in ring-noise sigmas, in the flattened image, as detection measures it) and sets it
+beside the labelled defects of the same frame and beside random points of it (the control:
+what noise alone reaches). A false detection that stands out as much as the labelled defects
+is more likely a defect the annotators left out than one the model made up; pictures
+(``--pictures DIR``) let a person judge:
 each frame with its labels and unlabelled detections, and per kind three contact sheets of
 10 nm crops (labels found, labels missed, detections without a label), each crop captioned
 with its frame and contrast.

@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 class LabelPoint(Protocol):
     """A labelled position (``label_formats.PointLabel`` is one): scan pixels and nm."""
 
-    row: float
-    col: float
-    kind: str
-    radius_nm: float | None
+    @property
+    def row(self) -> float: ...
+    @property
+    def col(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def radius_nm(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ def delete_labels(scan_id: int, *, session: Session, source: str | None = None) 
     """Delete a scan's labels (from one source, or all) with their sets; returns the number of
     label rows deleted."""
     where = [Label.scan_id == scan_id] + ([Label.source == source] if source else [])
-    n = session.execute(delete(Label).where(*where)).rowcount or 0
+    n = session.execute(delete(Label).where(*where)).rowcount or 0  # type: ignore[attr-defined]
     set_where = [LabelSet.scan_id == scan_id] + ([LabelSet.source == source] if source else [])
     session.execute(delete(LabelSet).where(*set_where))
     session.flush()

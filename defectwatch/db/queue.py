@@ -36,7 +36,7 @@ def _claimed(job: Job):  # type: ignore[no-untyped-def]
                 ScanRow.attempts == job.attempts)
 
 
-def due_query(now: datetime, *, dialect: str) -> Select[tuple[ScanRow]]:
+def due_query(now: datetime, *, dialect: str) -> Select[ScanRow]:
     """The oldest job due at ``now``: queued and past its backoff, or its lease expired. On
     servers (not SQLite, whose BEGIN IMMEDIATE already serialises writers) the row is locked
     and rows other workers hold are skipped."""
@@ -164,7 +164,7 @@ class SqlJobQueue:
             owners = s.scalars(select(ScanRow.lease_owner).where(
                 ScanRow.status == "processing", ScanRow.lease_owner.like(f"{host}:%"))).all()
             for owner in set(owners):
-                pid = owner.rpartition(":")[2]
+                pid = (owner or "").rpartition(":")[2]
                 if not pid.isdigit() or is_alive(int(pid)):
                     continue
                 result = s.execute(update(ScanRow).where(

@@ -329,7 +329,8 @@ def tune_baseline(cases: Sequence[BaselineCase], *,
             j = int(np.argmax(f1s))  # the lowest threshold among ties
             best_f1[kind], best_th[kind] = f1s[j], float(ths[j])
         score = float(np.mean([best_f1[k] for k in kinds]))
-        candidate = replace(params, **{f"{k}_threshold": best_th[k] for k in kinds})
+        chosen: dict[str, Any] = {f"{k}_threshold": best_th[k] for k in kinds}
+        candidate = replace(params, **chosen)
         log.debug("baseline sigma %.2f-%.2f nm: F1 %s", lo, hi, best_f1)
         if best is None or score > best[0]:
             best = (score, candidate, best_f1)

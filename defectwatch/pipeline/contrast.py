@@ -45,9 +45,9 @@ def marked(kind: str, contrast: float, limits: Mapping[str, float] | None = None
     return contrast <= limit if kind == "trough" else contrast >= limit
 
 
-def defect_contrast(flat: np.ndarray, *, pixel_size_nm: float, rows: Sequence[float],
-                    cols: Sequence[float], radius_nm: Sequence[float] | None = None
-                    ) -> np.ndarray:
+def defect_contrast(flat: np.ndarray, *, pixel_size_nm: float,
+                    rows: Sequence[float] | np.ndarray, cols: Sequence[float] | np.ndarray,
+                    radius_nm: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """Contrast in ring-noise units of each point (``rows``/``cols`` in pixels of ``flat``,
     a flattened (ny, nx) image, NaN where not acquired). ``radius_nm``: each defect's apparent
     radius (the ring starts beyond 1.3x it). NaN where the ring or core falls off the frame."""

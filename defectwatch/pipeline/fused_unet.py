@@ -243,6 +243,7 @@ def _run(layers: list[_Layer], x, skip=None):
     conv, one = torch.ops.mkldnn._convolution_pointwise, [1, 1]
     for k, layer in enumerate(layers):
         if k == 0 and skip is not None:
+            assert layer.split is not None  # `_Layer.cut` set it for every block with a skip
             w_skip, w_x = layer.split
             acc = conv(skip, w_skip, layer.bias, layer.padding, one, one, 1, "none", [], "")
             x = torch.ops.mkldnn._convolution_pointwise_.binary(

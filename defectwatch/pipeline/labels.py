@@ -16,8 +16,9 @@ CLASS_INDEX = {"trough": 1, "peak": 2}
 DEFAULT_RADIUS_NM = {"trough": 0.6, "peak": 0.7}
 
 
-def circle_mask(shape: tuple[int, int], rows: Sequence[float], cols: Sequence[float],
-                kinds: Sequence[str], *, radius_px: Sequence[float] | float,
+def circle_mask(shape: tuple[int, int], rows: Sequence[float] | np.ndarray,
+                cols: Sequence[float] | np.ndarray, kinds: Sequence[str], *,
+                radius_px: Sequence[float] | np.ndarray | float,
                 ignore: Sequence[bool] | None = None, ignore_scale: float = 1.5,
                 base: np.ndarray | None = None) -> np.ndarray:
     """(H, W) uint8 mask with a filled circle per point.

@@ -27,10 +27,17 @@ from defectwatch.pipeline.pixel_metrics import jsonable
 
 
 class Label(Protocol):
-    x_nm: float
-    y_nm: float
-    kind: str
-    visible: bool
+    """A true defect: position in nm from the top-left corner, kind, visible (read-only, so
+    frozen dataclasses such as `TruthPoint` satisfy it)."""
+
+    @property
+    def x_nm(self) -> float: ...
+    @property
+    def y_nm(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def visible(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def export_member(member: Any) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(member, (dummy,), buf, input_names=[INPUT], output_names=[OUTPUT],
+        torch.onnx.export(member, (dummy,), buf,  # type: ignore[arg-type]
+                          input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: {2: "h", 3: "w"}, OUTPUT: {2: "h", 3: "w"}},
                           opset_version=OPSET, dynamo=False)
     return buf.getvalue()

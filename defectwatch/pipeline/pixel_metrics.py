@@ -222,7 +222,8 @@ class PixelAccumulator:
     # --- derived metrics ---------------------------------------------------------------------
 
     def _cumulative(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """TP and FP counts when predicting class ``c`` at probability >= k / bins, k = 0..bins-1."""
+        """TP and FP counts when predicting class ``c`` at probability >= k / bins,
+        k = 0..bins-1."""
         neg, pos = self._hist[c]
         tp = np.cumsum(pos[::-1])[::-1]
         fp = np.cumsum(neg[::-1])[::-1]

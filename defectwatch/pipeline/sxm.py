@@ -2,7 +2,8 @@
 
 Layout (see ``shared/reference/sxm-format.md``)::
 
-    :NANONIS_VERSION:\\n2\\n ... :DATA_INFO:\\n<tab table>\\n\\n:SCANIT_END:\\n\\n\\n\\x1a\\x04<big-endian float32>
+    :NANONIS_VERSION:\\n2\\n ... :DATA_INFO:\\n<tab table>\\n\\n:SCANIT_END:\\n\\n\\n
+    \\x1a\\x04<big-endian float32>
 
 Data blocks follow DATA_INFO row order; direction ``both`` is a forward block then a backward
 block, each ``ny x nx`` in acquisition order (up scans bottom line first, backward lines

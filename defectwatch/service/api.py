@@ -239,7 +239,7 @@ def simulate_scans(folder: PathLike, *, n: int = 2, material: str = "wse2", mode
     from defectwatch.service.simulation import write_simulated_scans
 
     return [w.sxm for w in write_simulated_scans(
-        folder, n=n, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
+        Path(folder), n=n, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
         density_per_cm2=density_per_cm2, seed=seed)]
 
 

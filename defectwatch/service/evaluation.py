@@ -31,6 +31,8 @@ from defectwatch.pipeline.simulate import SimulatedScan, simulate
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+#: Thresholds `choose_threshold` tries by default: 0.10, 0.15, ... 0.80.
+THRESHOLD_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(15))
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ def evaluate(ensemble: Ensemble, cases: Iterable[Case], *, threshold: float | No
 
 
 def choose_threshold(ensemble: Ensemble, cases: Iterable[Case], *,
-                     grid: Sequence[float] = tuple(round(0.1 + 0.05 * i, 2) for i in range(15)),
+                     grid: Sequence[float] = THRESHOLD_GRID,
                      radius_nm: float = 1.0, kinds: Sequence[str] = KINDS,
                      on_progress: Progress | None = None) -> tuple[float, dict[float, float]]:
     """The mean-probability threshold in ``grid`` with the best mean object F1 over ``kinds``

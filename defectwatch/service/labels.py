@@ -201,8 +201,9 @@ def import_label_file(engine: Engine, path: str | os.PathLike[str], *,
         return FileImport(str(path), fmt or "?", source, exhaustive, error=str(exc))
     source = f"{parsed.format}:{path.name}"
     skipped = dict(Counter(s.reason for s in parsed.skipped))
-    base = dict(path=str(path), format=parsed.format, source=source, exhaustive=exhaustive,
-                skipped=skipped, unknown_classes=parsed.unknown())
+    base: dict[str, Any] = dict(path=str(path), format=parsed.format, source=source,
+                                exhaustive=exhaustive, skipped=skipped,
+                                unknown_classes=parsed.unknown())
     by_image = _group(parsed)
     with write_transaction(engine) as session:
         targets, unmatched = _match(by_image, parsed, scan=scan, session=session)

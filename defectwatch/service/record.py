@@ -20,7 +20,7 @@ def record_url(db: str | os.PathLike[str] | None) -> str:
     the SQLite file in the user's data folder."""
     from defectwatch.service.config import get_settings
 
-    return normalize_url(db if db is not None and str(db) else get_settings().db)
+    return normalize_url(str(db) if db is not None and str(db) else get_settings().db)
 
 
 def safe_url(url: str) -> str:

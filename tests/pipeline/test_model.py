@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from defectwatch.errors import ModelLoadError
-from defectwatch.pipeline.model import ModelConfig, UnetSpec, build_member, load_version, save_version
+from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member, load_version,
+                                        save_version)
 
 TINY = UnetSpec(nb_filters=4)
 

@@ -6,6 +6,8 @@ Run programmatically (``open_database``), never with a global alembic.ini. Offli
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
 
 from defectwatch.db.engine import make_engine
@@ -15,14 +17,14 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: object, _autogen_context: Any) -> str | Literal[False]:
     # revisions stay self-contained: UTCDateTime is stored as a timezone-aware DateTime
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(**kwargs: Any) -> None:
     context.configure(target_metadata=target_metadata, compare_type=True,
                       render_item=_render_item, **kwargs)
 

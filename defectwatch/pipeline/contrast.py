@@ -37,8 +37,23 @@ LEGACY_REPORT_CONTRAST = dict(LABELLER)
 
 
 def marked(kind: str, contrast: float, limits: Mapping[str, float] | None = None) -> bool:
-    """Does a defect of ``kind`` with this contrast pass ``limits`` ({kind: weakest contrast},
-    troughs negative; None: what a labeller marks, `LABELLER`)? NaN (unknown) passes."""
+    """Does a defect of ``kind`` with this contrast pass ``limits``?
+
+    Parameters
+    ----------
+    kind : {"trough", "peak"}
+    contrast : float
+        The defect's contrast (`defect_contrast`), ring-noise sigmas; NaN: not measured.
+    limits : mapping of str to float, optional
+        ``{kind: weakest contrast reported}`` (troughs negative); default `LABELLER`, what a
+        labeller marks.
+
+    Returns
+    -------
+    bool
+        True when it stands out at least that far (troughs at or below their limit, peaks at
+        or above theirs); True for NaN (unknown contrast is never held against a defect).
+    """
     if not np.isfinite(contrast):
         return True
     limit = (limits or LABELLER)[kind]
@@ -48,9 +63,27 @@ def marked(kind: str, contrast: float, limits: Mapping[str, float] | None = None
 def defect_contrast(flat: np.ndarray, *, pixel_size_nm: float,
                     rows: Sequence[float] | np.ndarray, cols: Sequence[float] | np.ndarray,
                     radius_nm: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """Contrast in ring-noise units of each point (``rows``/``cols`` in pixels of ``flat``,
-    a flattened (ny, nx) image, NaN where not acquired). ``radius_nm``: each defect's apparent
-    radius (the ring starts beyond 1.3x it). NaN where the ring or core falls off the frame."""
+    """How far each point stands out of ``flat``, in noise sigmas of a ring around it.
+
+    Parameters
+    ----------
+    flat : ndarray, shape (ny, nx)
+        A flattened image (any units; NaN where nothing was acquired).
+    pixel_size_nm : float
+        Size of one pixel of ``flat``, nm.
+    rows, cols : sequence of float or ndarray, shape (n,)
+        The points, pixels of ``flat`` (row 0 = top).
+    radius_nm : sequence of float or ndarray, shape (n,), optional
+        Each defect's apparent radius, nm: the ring starts beyond 1.3 times it (and at least
+        at `RING_INNER_NM`).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        float64 contrast: (mean of the lattice-smoothed core - mean of the ring) / ring
+        pixel standard deviation; negative for troughs. NaN where the core or the ring falls
+        off the frame or in unacquired lines.
+    """
     valid = np.isfinite(flat)
     out = np.full(len(rows), np.nan)
     if not valid.any():

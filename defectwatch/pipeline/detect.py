@@ -18,9 +18,39 @@ def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
                  valid: np.ndarray | None = None) -> list[Defect]:
     """Defects of every non-background class, sorted by confidence (highest first).
 
-    ``mean_probs`` and ``spread``: (C, H, W) mean class probabilities and member standard
-    deviations; ``pixel_size_nm``: (x, y); ``valid``: (H, W) or (H,) bool, False where nothing
-    was acquired: no defect is reported whose centroid lies there.
+    A defect is a connected region where the class's mean probability is at least
+    ``threshold``; its position is the probability-weighted centroid.
+
+    Parameters
+    ----------
+    mean_probs : ndarray, shape (C, H, W)
+        Mean class probabilities of the ensemble (0-1), classes in the order of ``classes``.
+    spread : ndarray, shape (C, H, W)
+        The members' standard deviation of the same probabilities.
+    pixel_size_nm : tuple of float
+        ``(x, y)`` size of one pixel of the maps, nm.
+    threshold : float, optional
+        Mean-probability threshold, 0-1.
+    min_area_px : int, optional
+        Smaller regions are dropped (pixels of the maps).
+    classes : sequence of str, optional
+        Class names, ``"background"`` first (it is never reported).
+    valid : ndarray, shape (H, W) or (H,), optional
+        bool, False where nothing was acquired: no defect is reported whose centroid lies
+        there.
+
+    Returns
+    -------
+    list of Defect
+        ``row, col`` in pixels of the maps (row 0 = top), ``x_nm, y_nm`` from the top-left
+        corner, ``confidence`` (mean probability over the region), ``uncertainty`` (mean
+        spread over it), ``area_nm2``; ``contrast`` is NaN (measured later, on the scan).
+        Empty when nothing passes.
+
+    Raises
+    ------
+    ValueError
+        Maps of different shapes, or a class count that does not match ``C``.
     """
     mean_probs = np.asarray(mean_probs, dtype=np.float32)
     spread = np.asarray(spread, dtype=np.float32)

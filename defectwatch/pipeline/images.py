@@ -36,6 +36,16 @@ def size_from_name(name: str | os.PathLike[str]) -> tuple[float, float] | None:
     ``WSe2-SL445_211118_-1.4V_100x100_Z_030.jpg`` -> (100.0, 100.0); ``scan_30x20nm.png`` ->
     (30.0, 20.0). Only the file's own name is read, not its folders; when several sizes appear,
     one with ``nm`` wins, else the first.
+
+    Parameters
+    ----------
+    name : str or os.PathLike
+        A file name or path.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(width_nm, height_nm)``, both positive; None when the name holds no size.
     """
     base = Path(name).name
     found = [(m.group(3) is not None, float(m.group(1)), float(m.group(2)))
@@ -49,9 +59,19 @@ def size_from_name(name: str | os.PathLike[str]) -> tuple[float, float] | None:
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file -> (ny, nx) float32 grey levels (8-bit 0-255, 16-bit 0-65535, float as is).
+    """Read a rendered image as grey levels.
 
     Colour becomes luminance (BT.601), alpha is dropped; a multi-page TIFF gives its first page.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        PNG, JPEG, TIFF or BMP.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx)
+        float32 grey levels: 8-bit files 0-255, 16-bit 0-65535, float files as stored.
     """
     return _decode(Path(path))[0]
 

@@ -313,9 +313,15 @@ class Ensemble:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 in hardware (Intel AMX, AVX512-BF16: also AMD Zen
-    4+). With AMX, these members run about twice as fast in bf16 as in float32 (measured);
-    without bf16 hardware, several times slower."""
+    """Does this CPU compute bfloat16 in hardware (Intel AMX, AVX512-BF16; also AMD Zen 4+)?
+
+    With AMX, these members run about twice as fast in bf16 as in float32 (measured); without
+    bf16 hardware, several times slower.
+
+    Returns
+    -------
+    bool
+    """
     import torch
 
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")

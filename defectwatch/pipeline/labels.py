@@ -21,12 +21,34 @@ def circle_mask(shape: tuple[int, int], rows: Sequence[float] | np.ndarray,
                 radius_px: Sequence[float] | np.ndarray | float,
                 ignore: Sequence[bool] | None = None, ignore_scale: float = 1.5,
                 base: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) uint8 mask with a filled circle per point.
+    """A training mask with a filled circle per point.
 
-    ``rows, cols``: float pixel centres; ``kinds``: 'trough' | 'peak'; ``radius_px``: one per
-    point or one for all; ``ignore``: True for points the model must not be taught either way
-    (their disc, ``ignore_scale`` times larger, becomes ``IGNORE``); ``base``: a mask to draw
-    on (e.g. IGNORE rows), copied.
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the mask, pixels.
+    rows, cols : sequence of float or ndarray, shape (n,)
+        Point centres, float pixels (row 0 = top).
+    kinds : sequence of str, length n
+        ``"trough"`` or ``"peak"`` per point.
+    radius_px : float or sequence of float, shape (n,)
+        Disc radius, pixels: one per point or one for all.
+    ignore : sequence of bool, shape (n,), optional
+        True for points the model must not be taught either way: their disc, ``ignore_scale``
+        times larger, becomes `IGNORE`. Drawn first, so they never hide a defect.
+    ignore_scale : float, optional
+    base : ndarray, shape (H, W), optional
+        A mask to draw on (e.g. `IGNORE` rows); copied, never changed.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        uint8: 0 background, 1 trough, 2 peak (`CLASS_INDEX`), `IGNORE` (255).
+
+    Raises
+    ------
+    ValueError
+        An unknown kind.
     """
     mask = np.zeros(shape, np.uint8) if base is None else base.astype(np.uint8, copy=True)
     n = len(rows)

@@ -57,9 +57,22 @@ class ObjectScores:
 
 def match(pred_xy: np.ndarray, truth_xy: np.ndarray, *,
           radius_nm: float = 1.0) -> list[tuple[int, int, float]]:
-    """Optimal one-to-one pairs ``(pred index, truth index, distance nm)`` within the radius.
+    """Optimal one-to-one pairs of detections and true defects within a radius (Hungarian).
 
-    ``pred_xy``: (N, 2), ``truth_xy``: (M, 2), both in nm.
+    Parameters
+    ----------
+    pred_xy : ndarray, shape (N, 2)
+        Detections' ``(x, y)``, nm.
+    truth_xy : ndarray, shape (M, 2)
+        True defects' ``(x, y)``, nm.
+    radius_nm : float, optional
+        Pairs further apart are not matched.
+
+    Returns
+    -------
+    list of tuple (int, int, float)
+        ``(detection index, truth index, distance nm)``, at most min(N, M) pairs, the total
+        distance minimal; empty when either side is.
     """
     pred_xy = np.asarray(pred_xy, dtype=float).reshape(-1, 2)
     truth_xy = np.asarray(truth_xy, dtype=float).reshape(-1, 2)
@@ -132,6 +145,23 @@ def object_scores(preds: Sequence[Defect], labels: Sequence[Label], *, radius_nm
 
     For several scans use `ObjectEvaluation`, which pools the counts and ranks all
     detections together for AP.
+
+    Parameters
+    ----------
+    preds : sequence of Defect
+        The detections (``x_nm, y_nm, kind, confidence``).
+    labels : sequence of Label
+        The truth; labels that are not ``visible`` are "don't care" (a detection on one is
+        neither a true nor a false positive).
+    radius_nm : float, optional
+        Matching radius (same kind only).
+    kinds : sequence of str, optional
+
+    Returns
+    -------
+    dict of str to ObjectScores
+        Per kind: TP, FP, FN, precision, recall, F1, AP (detections ranked by confidence)
+        and the mean localisation error, nm.
     """
     out: dict[str, ObjectScores] = {}
     for kind in kinds:
@@ -173,9 +203,22 @@ def _density_error(kind: str, n_pred: int, n_true: int, area_nm2: float) -> Dens
 def density_errors(preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
                    radius_nm: float = 1.0, kinds: Sequence[str] = KINDS
                    ) -> dict[str, DensityError]:
-    """Per-kind and ``"total"`` density error of one scan over ``area_nm2`` (the acquired area).
+    """Predicted against true density of one scan, per kind and in total.
 
-    ``radius_nm`` only decides which detections fall on invisible labels ("don't care").
+    Parameters
+    ----------
+    preds : sequence of Defect
+    labels : sequence of Label
+    area_nm2 : float
+        The acquired area the densities are over, nm^2.
+    radius_nm : float, optional
+        Only decides which detections fall on invisible labels ("don't care").
+    kinds : sequence of str, optional
+
+    Returns
+    -------
+    dict of str to DensityError
+        Keyed by kind and ``"total"``: counts, densities per cm^2 and the relative error.
     """
     out: dict[str, DensityError] = {}
     total_p = total_t = 0
@@ -353,9 +396,21 @@ class TruthPoint:
 
 def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]
                  ) -> list[TruthPoint]:
-    """Labels in pixels (anything with ``row, col, kind`` and optionally ``visible``, such as
-    `defectwatch.pipeline.label_formats.PointLabel`) -> `TruthPoint` in nm, using the same
-    pixel-centre convention as `defectwatch.pipeline.detect` (x_nm = (col + 0.5) * px)."""
+    """Labels in pixels as true defects in nm, with the pixel-centre convention of
+    `defectwatch.pipeline.detect` (``x_nm = (col + 0.5) * px``).
+
+    Parameters
+    ----------
+    points : sequence
+        Anything with ``row, col, kind`` and optionally ``visible`` (such as
+        `defectwatch.pipeline.label_formats.PointLabel`); pixels, row 0 = top.
+    pixel_size_nm : tuple of float
+        ``(x, y)`` size of one pixel, nm.
+
+    Returns
+    -------
+    list of TruthPoint
+    """
     px, py = pixel_size_nm
     return [TruthPoint(float((p.col + 0.5) * px), float((p.row + 0.5) * py), str(p.kind),
                        bool(getattr(p, "visible", True))) for p in points]

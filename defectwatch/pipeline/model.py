@@ -115,6 +115,11 @@ def unet_class():
     400 MB per process); the U-Net needs only ``atomai/nets/fcnn.py`` and ``blocks.py``, which
     are loaded here from atomai's installed files under a private package name. Same classes,
     same state dict keys. Falls back to the normal import if atomai's layout differs.
+
+    Returns
+    -------
+    type
+        The ``Unet`` class (a ``torch.nn.Module`` subclass).
     """
     import importlib.util
     import sys
@@ -166,7 +171,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def build_member(spec: UnetSpec):
-    """A fresh ``atomai.nets.Unet`` (see `unet_class`)."""
+    """A fresh member network.
+
+    Parameters
+    ----------
+    spec : UnetSpec
+        Classes, filters, layers... (AtomAI's ``Unet`` arguments).
+
+    Returns
+    -------
+    torch.nn.Module
+        An ``atomai.nets.Unet`` (see `unet_class`), randomly initialised, in training mode.
+        Input (B, 1, H, W) with H, W multiples of 8; output (B, C, H, W) logits.
+    """
     Unet = unet_class()
     return Unet(nb_classes=spec.nb_classes, nb_filters=spec.nb_filters,
                 batch_norm=spec.batch_norm, dropout=spec.dropout,
@@ -176,7 +193,25 @@ def build_member(spec: UnetSpec):
 
 def save_version(directory: str | os.PathLike[str], config: ModelConfig,
                  members: Sequence[Mapping[str, Any]], *, half: bool = True) -> Path:
-    """Write member state dicts (fp16 floats when ``half``) and config.json; returns the dir."""
+    """Write a version directory: one safetensors file per member and ``config.json``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Created when missing; existing member files are overwritten.
+    config : ModelConfig
+        Its ``members`` is set to ``{file name: sha256}`` of the files written.
+    members : sequence of mapping
+        Member state dicts (name -> tensor).
+    half : bool, optional
+        Store floating tensors as float16 (half the size; loading turns them back to
+        float32).
+
+    Returns
+    -------
+    pathlib.Path
+        The directory.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -199,7 +234,16 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
 
 
 def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
-    """Replace the ``metrics`` of a saved version's config.json (weights and hashes untouched)."""
+    """Replace the ``metrics`` of a saved version's ``config.json`` (weights and hashes
+    untouched).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        A version directory.
+    metrics : mapping
+        JSON-serialisable (thresholds, validation tables, scores).
+    """
     path = Path(directory) / CONFIG_NAME
     stored = json.loads(path.read_text())
     stored["metrics"] = dict(metrics)
@@ -207,7 +251,24 @@ def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any])
 
 
 def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[dict[str, Any]]]:
-    """Read and check a version directory -> (config, member state dicts in float32)."""
+    """Read and check a version directory.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+
+    Returns
+    -------
+    config : ModelConfig
+    states : list of dict
+        One state dict per member, floating tensors in float32.
+
+    Raises
+    ------
+    ModelLoadError
+        No or an unreadable ``config.json``, a missing member file, a sha256 that does not
+        match, an unreadable file, or weights that do not fit the declared architecture.
+    """
     from safetensors.torch import load_file
 
     d = Path(directory)
@@ -254,6 +315,31 @@ def import_atomai_ensemble(tar_path: str | os.PathLike[str], directory: str | os
     nothing is unpickled. AtomAI stores no pixel size or preprocessing, so the caller states
     them (``pixel_size_nm``: nm per pixel of the images it was trained on); its metadict does
     not store ``layers`` either (AtomAI's default is used unless given).
+
+    Parameters
+    ----------
+    tar_path : str or os.PathLike
+        The AtomAI ensemble file.
+    directory : str or os.PathLike
+        Where the version directory is written.
+    version : str
+        Its name.
+    pixel_size_nm : float
+        nm per pixel of the images the ensemble was trained on.
+    preprocess : mapping, optional
+        `PreprocessParams` fields (default: ours).
+    layers : sequence of int, optional
+        AtomAI's ``layers`` argument the members were built with.
+
+    Returns
+    -------
+    pathlib.Path
+        The version directory.
+
+    Raises
+    ------
+    ModelLoadError
+        The file is missing, holds pickled objects (refused), or is not an AtomAI ensemble.
     """
     import torch
 

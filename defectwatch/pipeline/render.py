@@ -28,7 +28,18 @@ class Mark:
 
 
 def to_grey8(image01: np.ndarray) -> np.ndarray:
-    """[0, 1] float (NaN allowed) -> uint8; NaN shows as black."""
+    """A [0, 1] image as 8-bit grey levels.
+
+    Parameters
+    ----------
+    image01 : ndarray, shape (ny, nx)
+        float in [0, 1] (clipped); NaN allowed.
+
+    Returns
+    -------
+    ndarray, shape (ny, nx)
+        uint8, 0-255; NaN shows as black (0).
+    """
     img = np.nan_to_num(np.asarray(image01, dtype=np.float32), nan=0.0)
     return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
 
@@ -44,7 +55,28 @@ def _nice_length(target_nm: float) -> float:
 def draw_marks(image01: np.ndarray, marks: Iterable[Mark], *, pixel_size_nm: float,
                radius_nm: float = 1.0, title: str | None = None,
                min_side_px: int = 768) -> np.ndarray:
-    """BGR uint8 picture of ``image01`` (ny, nx) with ``marks``, upscaled to ``min_side_px``."""
+    """A picture of an image with its points circled, a scale bar and a title.
+
+    Parameters
+    ----------
+    image01 : ndarray, shape (ny, nx)
+        float in [0, 1] (NaN black).
+    marks : iterable of Mark
+        ``(row, col)`` in pixels of ``image01``; troughs cyan, peaks magenta, not-bold grey.
+    pixel_size_nm : float
+        Size of one pixel of ``image01``, nm (for the circles and the scale bar).
+    radius_nm : float, optional
+        Circle radius, nm.
+    title : str, optional
+        Drawn at the top left.
+    min_side_px : int, optional
+        The picture is upscaled by a whole factor until its longer side reaches this.
+
+    Returns
+    -------
+    ndarray, shape (ny * zoom, nx * zoom, 3)
+        BGR uint8 (OpenCV's channel order).
+    """
     grey = to_grey8(image01)
     ny, nx = grey.shape
     zoom = max(1, int(np.ceil(min_side_px / max(ny, nx))))
@@ -72,7 +104,16 @@ def put_label(bgr: np.ndarray, text: str, origin: tuple[int, int]) -> None:
 
     The outline is the same thin text shifted by one pixel all round: OpenCV advances each
     glyph by the stroke thickness, so a thick outline under thin text drifts apart along a
-    line and doubles the words."""
+    line and doubles the words.
+
+    Parameters
+    ----------
+    bgr : ndarray, shape (H, W, 3)
+        uint8 picture, changed in place.
+    text : str
+    origin : tuple of int
+        ``(x, y)`` of the text's baseline start, pixels.
+    """
     x, y = origin
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
@@ -84,7 +125,20 @@ def put_label(bgr: np.ndarray, text: str, origin: tuple[int, int]) -> None:
 
 
 def side_by_side(panels: Sequence[np.ndarray], *, gap_px: int = 8) -> np.ndarray:
-    """Concatenate BGR panels horizontally (padded to one height) with a white gap."""
+    """Panels side by side, padded to one height, with a white gap between them.
+
+    Parameters
+    ----------
+    panels : sequence of ndarray, each shape (H_i, W_i, 3) or (H_i, W_i)
+        uint8 BGR (or grey) pictures.
+    gap_px : int, optional
+        Width of the white gap, pixels.
+
+    Returns
+    -------
+    ndarray, shape (max H_i, sum W_i + gaps, 3)
+        uint8 BGR.
+    """
     h = max(p.shape[0] for p in panels)
     padded = []
     for i, p in enumerate(panels):
@@ -100,7 +154,19 @@ def side_by_side(panels: Sequence[np.ndarray], *, gap_px: int = 8) -> np.ndarray
 
 
 def write_png(path: str | os.PathLike[str], bgr: np.ndarray) -> None:
-    """Write a PNG, creating its folder."""
+    """Write a picture as PNG, creating its folder.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    bgr : ndarray, shape (H, W, 3) or (H, W)
+        uint8 BGR (or grey).
+
+    Raises
+    ------
+    OSError
+        OpenCV could not write the file.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if not cv2.imwrite(str(path), bgr):
         raise OSError(f"could not write {path}")

@@ -405,9 +405,28 @@ class Record:
 
     def detect(self, scan: PathLike | Scan, *, fast: bool = False, channel: str = "Z",
                threshold: float | None = None, device: str = "auto") -> Detection:
-        """`detect` with this record's active model version (the one the daemon uses; the
-        shipped default is registered and activated on a new record). Nothing is recorded:
-        pass the result to `add`."""
+        """`detect` with this record's active model version.
+
+        The active version is the one the daemon uses; on a new record the shipped default is
+        registered and activated. Nothing is recorded: pass the result to `add`.
+
+        Parameters
+        ----------
+        scan : str, os.PathLike or Scan
+            An ``.sxm`` file, or a scan already read with `read_scan`.
+        fast : bool, optional
+            bf16 on CPUs that have it, fp16 on CUDA.
+        channel : str, optional
+            Channel to analyse when ``scan`` is a path.
+        threshold : float, optional
+            Mean-probability threshold, 0-1 (default: the version's).
+        device : str, optional
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+        Returns
+        -------
+        Detection
+        """
         from defectwatch.service.detection import load_ensemble
         from defectwatch.service.ingest import active_model
 

@@ -59,8 +59,7 @@ def main() -> None:
 def end_to_end() -> None:
     """File -> defects with the shipped ensemble, exact and fast, peak extra RSS."""
     from benchmarks.inference import PeakRss
-    from defectwatch.models import default_model_dir
-    from defectwatch.service.detection import detect_file, load_ensemble
+    from defectwatch.service.detection import default_model_dir, detect_file, load_ensemble
 
     print("\n| pixels (50 nm per 512 px) | file to defects s | peak extra MB | fast s | MB |")
     print("|---|---|---|---|---|")
@@ -85,7 +84,7 @@ def end_to_end() -> None:
 
 if __name__ == "__main__":
     from benchmarks import inference
-    from defectwatch.models import default_model_dir
+    from defectwatch.service.detection import default_model_dir
 
     main()
     print("\n## Ensemble inference, one image per call (ours vs AtomAI, same weights)\n")

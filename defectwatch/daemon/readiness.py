@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from defectwatch.daemon.ports import ExpectedSize, JobQueue
 from defectwatch.digest import sha256_file
+from defectwatch.daemon.ports import ExpectedSize, JobQueue
 from defectwatch.errors import ScanReadError
 
 log = logging.getLogger(__name__)

@@ -394,7 +394,7 @@ class Record:
         from defectwatch.service.config import check_sample_rule
         from defectwatch.service.ingest import file_sha256, record_detection, record_file
 
-        path = Path(detection.scan.path)
+        path = Path(detection.scan.path).resolve()  # absolute, as `process` records it
         if sample is None:
             return record_file(path, detection.scan, detection.record, engine=self.engine,
                                rule=check_sample_rule(rule),

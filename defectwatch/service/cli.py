@@ -254,6 +254,7 @@ from defectwatch.service import cli_retrain  # noqa: E402,F401  (retrain)
 from defectwatch.service import cli_labels  # noqa: E402,F401  (labels, import-image)
 from defectwatch.service import cli_models  # noqa: E402,F401  (models, reprocess)
 from defectwatch.service import cli_service  # noqa: E402,F401  (service install/uninstall)
+from defectwatch.service import cli_serve  # noqa: E402,F401  (serve: the web app)
 
 
 def main() -> None:

@@ -148,6 +148,13 @@ def _uncertainty_png(engine: Engine, src: _Source, scan) -> bytes:  # type: igno
     with read_transaction(engine) as session:
         directory = next((v.directory for v in list_versions(session=session)
                           if v.name == src.model_version), None)
+    if directory is None:  # `process` with the shipped default records runs without registering it
+        from defectwatch.service.detection import default_model_dir
+        from defectwatch.service.ingest import model_version_name
+
+        shipped = default_model_dir()
+        if model_version_name(shipped) == src.model_version:
+            directory = str(shipped)
     if directory is None:
         raise NotFoundError(f"the run's model version {src.model_version!r} is not in the "
                             "registry (recorded by `process --model DIR`?): its uncertainty "

@@ -71,7 +71,7 @@ def router(ctx: Any) -> APIRouter:
 
     @r.get("/models")
     def models() -> list[dict[str, Any]]:
-        return model_versions.versions_report(engine)
+        return model_versions.versions_report(engine, register_default=False)
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def router(ctx: Any) -> APIRouter:
     @r.get("/models")
     def models(request: Request) -> Response:
         return ctx.render(request, "models.html", page="models",
-                          versions=model_versions.versions_report(engine))
+                          versions=model_versions.versions_report(engine, register_default=False))
 
     @r.get("/login")
     def login_form(request: Request, next: str = Query("/")) -> Response:

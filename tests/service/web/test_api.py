@@ -188,7 +188,7 @@ def test_review_queue_ranks_by_the_ensembles_doubt_and_drops_reviewed_scans(reco
     assert c.post(f"/api/scans/{top}/review", json={"defects": []}).status_code == 200
     after = c.get("/api/review/queue").json()
     assert after["unreviewed"] == 2 and top not in [s["id"] for s in after["scans"]]
-    assert 'data-scan-id="%d"' % top not in c.get("/review").text
+    assert f'data-scan-id="{top}"' not in c.get("/review").text
 
 
 def test_writes_need_the_apps_own_origin_and_host(record):

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from defectwatch.db.labels import REVIEWED
 from defectwatch.db.models import DefectRow, DetectionRun, Label, LabelSet, Sample, ScanRow
-from defectwatch.db.queries import latest_runs
 
 DEFECT_AREA_NM2 = 1.0  # about one point defect's footprint: the queue's unit of doubtful area
 
@@ -28,6 +27,13 @@ class ScanWithRun:
     scan: ScanRow
     sample: str | None
     run: DetectionRun | None
+
+
+def is_latest_run():  # type: ignore[no-untyped-def]
+    """SQL condition: this ``DetectionRun`` is its scan's latest (no run of the scan with a
+    larger id; answered by the ``(scan_id, id)`` index, no grouping of every run)."""
+    newer = aliased(DetectionRun)
+    return ~exists().where(newer.scan_id == DetectionRun.scan_id, newer.id > DetectionRun.id)
 
 
 def review_score():  # type: ignore[no-untyped-def]
@@ -121,13 +127,11 @@ class SeriesPoint:
 
 def sample_series(sample_id: int, *, session: Session) -> list[SeriesPoint]:
     """Every done scan of the sample with a detection run, oldest first."""
-    latest = latest_runs()
     rows = session.execute(
         select(ScanRow.id, DetectionRun.area_nm2, DetectionRun.trough_count,
                DetectionRun.peak_count, DetectionRun.defect_count)
-        .join(latest, latest.c.scan_id == ScanRow.id)
-        .join(DetectionRun, DetectionRun.id == latest.c.run_id)
-        .where(ScanRow.sample_id == sample_id, ScanRow.status == "done")
+        .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
+        .where(ScanRow.sample_id == sample_id, ScanRow.status == "done", is_latest_run())
         .order_by(ScanRow.id))
     return [SeriesPoint(int(i), float(a or 0.0), int(t), int(p), int(n))
             for i, a, t, p, n in rows]
@@ -135,10 +139,10 @@ def sample_series(sample_id: int, *, session: Session) -> list[SeriesPoint]:
 
 def latest_done_scan_per_sample(*, session: Session) -> dict[str, int]:
     """sample name -> the id of its newest done scan that has a detection run."""
-    has_run = select(DetectionRun.scan_id)
-    rows = session.execute(select(Sample.name, func.max(ScanRow.id))
+    rows = session.execute(select(Sample.name, func.max(DetectionRun.scan_id))
+                           .join(ScanRow, ScanRow.id == DetectionRun.scan_id)
                            .join(Sample, Sample.id == ScanRow.sample_id)
-                           .where(ScanRow.status == "done", ScanRow.id.in_(has_run))
+                           .where(ScanRow.status == "done")
                            .group_by(Sample.name))
     return {str(s): int(i) for s, i in rows}
 
@@ -152,14 +156,12 @@ def waiting_scans(*, session: Session, limit: int = 20) -> list[ScanRow]:
 def review_queue(*, session: Session, limit: int = 50, offset: int = 0
                  ) -> list[tuple[ScanWithRun, float]]:
     """Done scans not yet reviewed, by their latest run's ``review_score``, highest first."""
-    latest = latest_runs()
     reviewed = select(LabelSet.scan_id).where(LabelSet.source == REVIEWED)
     score = review_score().label("score")
     rows = session.execute(
         select(ScanRow, DetectionRun, score)
-        .join(latest, latest.c.scan_id == ScanRow.id)
-        .join(DetectionRun, DetectionRun.id == latest.c.run_id)
-        .where(ScanRow.status == "done", ScanRow.id.not_in(reviewed))
+        .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
+        .where(ScanRow.status == "done", ScanRow.id.not_in(reviewed), is_latest_run())
         .order_by(score.desc(), ScanRow.id.desc()).limit(limit).offset(offset)).all()
     names = dict(session.execute(select(Sample.id, Sample.name).where(
         Sample.id.in_({s.sample_id for s, _, _ in rows if s.sample_id is not None}))).all())

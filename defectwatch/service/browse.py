@@ -160,7 +160,7 @@ def sample_detail(engine: Engine, name: str, *, limit: int = 60, offset: int = 0
         total = browse.count_scans(session=session, sample_id=sid)
         page = [scan_summary(r) for r in browse.scans_page(
             session=session, sample_id=sid, limit=limit, offset=offset)]
-    overview = next((r for r in samples(engine) if r["sample"] == name), None)
+    overview = next(iter(samples_overview(engine, [name])), None)
     return {"sample": name, "overview": overview, "scans_total": total, "scans": page,
             "limit": limit, "offset": offset, "series": _series(series)}
 

@@ -238,6 +238,8 @@ def _print_demo_end(result: Any) -> None:
                      f"log:      {paths.log_file}"), highlight=False, soft_wrap=True)
     out.print("Try:", highlight=False)
     db, q = shlex.quote(str(paths.db_file)), shlex.quote
+    out.print(f"Open the lab's window on it: [bold]defectwatch serve --db {escape(db)}[/bold] "
+              "(then http://127.0.0.1:8765/ in a browser)", highlight=False, soft_wrap=True)
     for command in (f"defectwatch density --db {db}",
                     f"defectwatch scans --db {db}",
                     f"defectwatch defects {q(first.name)} --db {db}",

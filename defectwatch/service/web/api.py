@@ -7,10 +7,12 @@ route and is 404. Every write passes ``Guard.check_write`` first.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+from fastapi.responses import JSONResponse as _JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from defectwatch.errors import ConfigError
@@ -20,33 +22,55 @@ from defectwatch.service.scan_images import scan_image
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class JSONResponse(_JSONResponse):
+    """Plain ``json.dumps`` of the use cases' dicts (no per-field encoding pass: a page of
+    500 scans stays fast); a non-finite float becomes null."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:  # NaN or infinity somewhere
+            return super().render(_finite(content))
+
+
 def router(ctx: Any) -> APIRouter:
     """The /api routes over ``ctx`` (a ``web.app.WebContext``)."""
     r = APIRouter(prefix="/api")
     engine = ctx.engine
 
     @r.get("/status")
-    def status() -> dict[str, Any]:
-        return browse.status(engine)
+    def status() -> JSONResponse:
+        return JSONResponse(browse.status(engine))
 
     @r.get("/samples")
-    def samples() -> list[dict[str, Any]]:
-        return browse.samples(engine)
+    def samples() -> JSONResponse:
+        return JSONResponse(browse.samples(engine))
 
     @r.get("/samples/{name}")
-    def sample(name: str, limit: int = Query(60), offset: int = Query(0)) -> dict[str, Any]:
-        return browse.sample_detail(engine, name, limit=limit, offset=offset)
+    def sample(name: str, limit: int = Query(60), offset: int = Query(0)) -> JSONResponse:
+        return JSONResponse(browse.sample_detail(engine, name, limit=limit, offset=offset))
 
     @r.get("/scans")
     def scans(sample: str | None = None, status: str | None = None,
               limit: int = Query(100), offset: int = Query(0),
-              after_id: int | None = None) -> list[dict[str, Any]]:
-        return browse.scans(engine, sample=sample, status=status, limit=limit, offset=offset,
-                            after_id=after_id)
+              after_id: int | None = None) -> JSONResponse:
+        return JSONResponse(browse.scans(engine, sample=sample, status=status, limit=limit,
+                                         offset=offset, after_id=after_id))
 
     @r.get("/scans/{scan_id:int}")
-    def scan(scan_id: int) -> dict[str, Any]:
-        return browse.scan_detail(engine, scan_id)
+    def scan(scan_id: int) -> JSONResponse:
+        return JSONResponse(browse.scan_detail(engine, scan_id))
 
     def picture(scan_id: int, kind: str) -> FileResponse:
         path = scan_image(engine, scan_id, kind, folder=ctx.image_folder)
@@ -66,12 +90,12 @@ def router(ctx: Any) -> APIRouter:
         return picture(scan_id, "uncertainty")
 
     @r.get("/review/queue")
-    def queue(limit: int = Query(50), offset: int = Query(0)) -> dict[str, Any]:
-        return review.review_queue(engine, limit=limit, offset=offset)
+    def queue(limit: int = Query(50), offset: int = Query(0)) -> JSONResponse:
+        return JSONResponse(review.review_queue(engine, limit=limit, offset=offset))
 
     @r.get("/models")
-    def models() -> list[dict[str, Any]]:
-        return model_versions.versions_report(engine, register_default=False)
+    def models() -> JSONResponse:
+        return JSONResponse(model_versions.versions_report(engine, register_default=False))
 
     # -- writes -------------------------------------------------------------------------------
 

@@ -138,8 +138,12 @@
   });
   svg.addEventListener("pointermove", function (ev) {
     const [mx, my] = local(ev);
-    tip.style.left = (mx + 14) + "px";
-    tip.style.top = (my + 14) + "px";
+    // keep the tip inside the viewer: to the left / above the pointer near the far edges
+    const w = tip.offsetWidth, h = tip.offsetHeight;
+    const left = mx + 14 + w > viewport.clientWidth ? mx - 14 - w : mx + 14;
+    const top = my + 14 + h > viewport.clientHeight ? my - 14 - h : my + 14;
+    tip.style.left = Math.max(0, left) + "px";
+    tip.style.top = Math.max(0, top) + "px";
   });
   svg.addEventListener("pointerout", function () { tip.classList.add("hidden"); });
 

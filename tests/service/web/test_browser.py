@@ -5,6 +5,7 @@ with the mouse and the keyboard and found in the database, screenshots taken."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,15 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
+def raw_status(port: int, path: str) -> int:
+    """The status line's code for ``GET path`` sent byte for byte over a socket."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        head = sock.recv(64).decode("latin-1")
+    return int(head.split()[1])
+
+
 def looks_drawn(path: Path) -> np.ndarray:
     """A screenshot that is not blank (some structure in it)."""
     img = cv2.imread(str(path))
@@ -41,6 +51,10 @@ def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, b
     nx, ny = query(record, "SELECT nx, ny FROM scan WHERE id = ?", scan_id)[0]
     server = Served(tmp_path, record)
     try:
+        # paths sent as they are (no client normalising them): never a file outside
+        for raw in ("/static/../../etc/passwd", "/api/scans/../../x",
+                    "/static/..%2f..%2fetc%2fpasswd", "/api/scans/999/image.png"):
+            assert raw_status(server.port, raw) == 404, raw
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -6,6 +6,7 @@ Each page is drawn on the server from the same use cases as its /api twin; the p
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -14,7 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from defectwatch.service import browse, model_versions, review
 from defectwatch.service.web.plots import density_plot
-from defectwatch.service.web.security import COOKIE, Forbidden
+from defectwatch.service.web.security import COOKIE
 
 PAGE = 60
 
@@ -66,8 +67,6 @@ def router(ctx: Any) -> APIRouter:
         guard = ctx.guard
         if not guard.token:
             return RedirectResponse(target, status_code=303)
-        import hmac
-
         if not hmac.compare_digest(given.encode(), guard.token.encode()):
             return ctx.render(request, "login.html", status_code=401, page="login",
                               next=target, failed=True)
@@ -100,5 +99,3 @@ def _marker_radius(detail: dict[str, Any]) -> float:
         return 3.0
     return max(2.0, 1.0 / (sum(px) / len(px)))
 
-
-__all__ = ["Forbidden", "router"]

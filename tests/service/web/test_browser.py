@@ -111,6 +111,13 @@ def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, b
         assert "saved" in page.locator("#save-status").inner_text()
         page.screenshot(path=str(folder / "scan-page-reviewed.png"))
         looks_drawn(folder / "scan-page-reviewed.png")
+        # opened again, the page resumes the saved review
+        page.reload()
+        page.wait_for_load_state("networkidle")
+        assert page.locator("#saved-review").count() == 1
+        assert page.locator("svg#markers circle.marker.rejected").count() == 1
+        assert page.locator("svg#markers circle.marker.added.peak").count() == 1
+        assert markers.nth(1).get_attribute("data-defect-kind") == switched
         assert not errors, errors
     finally:
         server.stop()

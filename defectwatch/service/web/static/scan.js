@@ -260,6 +260,35 @@
     unc.classList.remove("hidden");
   });
 
+  // a saved review is where the reviewer left off: its labels over the detections (a detection
+  // with a label within a pixel is kept with the label's kind, without one it was rejected;
+  // a label with no detection there was added)
+  function resume(review) {
+    const free = review.labels.slice();
+    items.slice().forEach(function (it) {
+      let best = -1, bestD = 1.0;
+      free.forEach(function (lab, i) {
+        const d = Math.hypot(lab.row - it.row, lab.col - it.col);
+        if (d <= bestD) { best = i; bestD = d; }
+      });
+      if (best < 0) { it.rejected = true; return; }
+      it.kind = free[best].kind;
+      free.splice(best, 1);
+    });
+    free.forEach(function (lab) {
+      const el = document.createElementNS(SVGNS, "circle");
+      el.setAttribute("cx", String(lab.col + 0.5));
+      el.setAttribute("cy", String(lab.row + 0.5));
+      el.setAttribute("r", String(data.marker_r));
+      svg.appendChild(el);
+      items.push({row: lab.row, col: lab.col, kind: lab.kind, detected: null, rejected: false,
+                  added: true, el: el});
+    });
+    const box = document.getElementById("exhaustive");
+    if (box) box.checked = review.exhaustive;
+  }
+  if (data.review) resume(data.review);
+
   fit();
   drawAll();
   window.addEventListener("resize", fit);

@@ -132,7 +132,10 @@ class Detection:
     """One scan run through one model version: what gets recorded.
 
     ``area_nm2``: the acquired area the densities are computed over; ``densities``: keyed
-    ``trough``, ``peak``, ``total``; ``seconds``: wall time of the whole run (read to defects).
+    ``trough``, ``peak``, ``total``; ``seconds``: wall time of the whole run (read to defects);
+    ``near_threshold_nm2``: area where a defect class's mean probability lay near the
+    threshold (the ensemble on the fence; `pipeline.detect.near_threshold_area_nm2`), None when
+    not measured.
     """
 
     model_version: str
@@ -141,6 +144,7 @@ class Detection:
     area_nm2: float
     started_at: datetime
     seconds: float
+    near_threshold_nm2: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Labels in the record: label sets (one scan, one source) and their label rows.
 
-A label set is what one label file (``via:labels.csv``) or one review (``accepted``) says about
+A label set is what one label file (``via:labels.csv``) or one review (``accepted``; ``reviewed``: saved in the web app) says about
 one scan. Importing the same source again replaces that scan's set, so nothing is counted twice.
 Its ``exhaustive`` flag (every defect marked) is copied onto its ``label`` rows; a scan is
 exhaustively labelled when any of its sets is, also when that set holds no label (a clean scan).
@@ -26,6 +26,7 @@ from defectwatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+REVIEWED = "reviewed"  # the source of a review saved in the web app (one set per scan)
 
 
 class LabelPoint(Protocol):

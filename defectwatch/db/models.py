@@ -131,6 +131,10 @@ class DetectionRun(Base):
     trough_count: Mapped[int] = mapped_column(Integer)
     peak_count: Mapped[int] = mapped_column(Integer)
     defect_count: Mapped[int] = mapped_column(Integer)  # all kinds
+    # the review queue's evidence: summed member spread of the defects, and the area (nm^2)
+    # where a defect class's mean probability was near the threshold (None: not measured)
+    uncertainty_sum: Mapped[float | None] = mapped_column(Float, nullable=True)
+    near_threshold_nm2: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DefectRow(Base):
@@ -209,7 +213,8 @@ class LabelSet(Base):
     """
 
     __tablename__ = "label_set"
-    __table_args__ = (UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),)
+    __table_args__ = (UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),
+                      Index("ix_label_set_source", "source", "scan_id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id", ondelete="CASCADE"), index=True)

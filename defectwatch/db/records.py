@@ -105,7 +105,10 @@ def add_detection_run(scan_id: int, detection: Detection, *, session: Session,
         started_at=detection.started_at, finished_at=finished_at or utcnow(),
         seconds=float(detection.seconds), area_nm2=float(detection.area_nm2),
         trough_count=kinds.count("trough"), peak_count=kinds.count("peak"),
-        defect_count=len(kinds))
+        defect_count=len(kinds),
+        uncertainty_sum=float(sum(d.uncertainty for d in detection.defects)),
+        near_threshold_nm2=(None if detection.near_threshold_nm2 is None
+                            else float(detection.near_threshold_nm2)))
     session.add(run)
     session.flush()
     if detection.defects:

@@ -20,6 +20,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from defectwatch.db.labels import REVIEWED
 from defectwatch.db.models import Label, LabelSet, ScanRow, SplitAssignment, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,28 +39,45 @@ def trainable_scans(*, session: Session) -> list[ScanRow]:
                                 .order_by(ScanRow.id)))
 
 
+def reviewed_sets(scan_ids: Iterable[int], *, session: Session) -> dict[int, bool]:
+    """The scans among ``scan_ids`` reviewed in the web app: scan id -> the review's
+    exhaustive flag. A review is the reviewer's last word on the scan: it supersedes the
+    scan's other label sets for training (a rejected detection stays rejected)."""
+    ids = list(scan_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(LabelSet.scan_id, LabelSet.exhaustive).where(
+        LabelSet.scan_id.in_(ids), LabelSet.source == REVIEWED))
+    return {int(i): bool(e) for i, e in rows}
+
+
 def exhaustive_scan_ids(scan_ids: Iterable[int], *, session: Session) -> set[int]:
     """The scans among ``scan_ids`` whose every defect is marked: any of their label sets (or
-    label rows) says so."""
+    label rows) says so; for a reviewed scan, its review says so."""
     ids = list(scan_ids)
     if not ids:
         return set()
+    reviewed = reviewed_sets(ids, session=session)
     sets = session.scalars(select(LabelSet.scan_id).where(LabelSet.scan_id.in_(ids),
                                                           LabelSet.exhaustive.is_(True)))
     rows = session.scalars(select(Label.scan_id).where(Label.scan_id.in_(ids),
                                                        Label.exhaustive.is_(True)))
-    return {int(i) for i in sets} | {int(i) for i in rows}
+    found = {int(i) for i in sets} | {int(i) for i in rows}
+    return {i for i in found if i not in reviewed} | {i for i, e in reviewed.items() if e}
 
 
 def scan_labels(scan_ids: Iterable[int], *, session: Session) -> dict[int, list[Label]]:
     """The labels of these scans, per scan id (in insertion order); scans without labels are
-    absent."""
+    absent. A reviewed scan gives its review's labels only (`reviewed_sets`)."""
     ids = list(scan_ids)
     out: dict[int, list[Label]] = {}
     if not ids:
         return out
+    reviewed = reviewed_sets(ids, session=session)
     for label in session.scalars(select(Label).where(Label.scan_id.in_(ids))
                                  .order_by(Label.scan_id, Label.id)):
+        if label.scan_id in reviewed and label.source != REVIEWED:
+            continue
         out.setdefault(label.scan_id, []).append(label)
     return out
 

@@ -92,3 +92,31 @@ def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
     found.sort(key=lambda d: -d.confidence)
     return found
 
+
+
+NEAR_THRESHOLD_BAND = 0.15  # mean probability within this of the threshold: "on the fence"
+
+
+def near_threshold_area_nm2(mean_probs: np.ndarray, *, pixel_size_nm: tuple[float, float],
+                            threshold: float = 0.5, band: float = NEAR_THRESHOLD_BAND,
+                            classes: Sequence[str] = DEFAULT_CLASSES,
+                            valid: np.ndarray | None = None) -> float:
+    """Area (nm^2) where the ensemble is on the fence: acquired pixels where some defect
+    class's mean probability lies within ``band`` of ``threshold``.
+
+    It grows with blurred, doubtful detections (their rims are wide) and with candidates the
+    ensemble nearly reported (peaks just under the threshold), and stays small where it is
+    sure (sharp defects, clear background). ``mean_probs``: (C, H, W); ``pixel_size_nm``:
+    (x, y) of the maps' pixels; ``valid``: (H, W) bool or None.
+    """
+    mean_probs = np.asarray(mean_probs, dtype=np.float32)
+    rows = [i for i, c in enumerate(classes) if c != "background"]
+    if not rows or mean_probs.ndim != 3:
+        return 0.0
+    near = (np.abs(mean_probs[rows] - threshold) <= band).any(axis=0)
+    if valid is not None:
+        valid2d = np.asarray(valid, dtype=bool)
+        if valid2d.ndim == 1:
+            valid2d = np.repeat(valid2d[:, None], near.shape[1], axis=1)
+        near &= valid2d
+    return float(near.sum()) * float(pixel_size_nm[0]) * float(pixel_size_nm[1])

@@ -6,6 +6,7 @@ ensemble, find defects, compute densities over the acquired area.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -18,6 +19,7 @@ from defectwatch.domain import Detection, Scan
 from defectwatch.errors import ModelLoadError
 from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.pipeline.density import densities
+from defectwatch.pipeline.detect import near_threshold_area_nm2
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.scan import read_scan
 from defectwatch.service.config import cache_dir, get_settings
@@ -73,8 +75,12 @@ def detect_scan(scan: Scan, *, ensemble: Ensemble, threshold: float | None = Non
     defects = tuple(prediction.defects(threshold=thr))
     area = scan.acquired_area_nm2
     dens = densities(defects, area)
+    near = near_threshold_area_nm2(prediction.mean, pixel_size_nm=prediction.pixel_nm,
+                                   threshold=thr, classes=prediction.classes,
+                                   valid=prediction.valid)
     detection = Detection(model_version=ensemble.version, defects=defects, densities=dens,
-                          area_nm2=area, started_at=started, seconds=time.perf_counter() - t0)
+                          area_nm2=area, started_at=started, seconds=time.perf_counter() - t0,
+                          near_threshold_nm2=near)
     return DetectedScan(scan, prediction, detection)
 
 
@@ -89,6 +95,5 @@ def detect_file(path: str | os.PathLike[str], *, ensemble: Ensemble, channel: st
     scan = read_scan(path, channel=channel)
     result = detect_scan(scan, ensemble=ensemble, threshold=threshold)
     d = result.detection
-    detection = Detection(d.model_version, d.defects, d.densities, d.area_nm2, d.started_at,
-                          time.perf_counter() - t0)
+    detection = dataclasses.replace(d, seconds=time.perf_counter() - t0)
     return scan, detection

@@ -7,7 +7,8 @@
 - ``import_images``: PNG/JPEG/TIFF renders become ``done`` scans of a given physical size with
   no detection run (so they add nothing to densities, which come from detection runs).
 - ``accept_detections``: a reviewed scan's latest detections become its ``accepted`` labels.
-- ``label_overview`` and ``export_labels``: what is labelled, and the labels written back out.
+- ``label_overview`` and ``export_labels``: what is labelled, and the labels written back out
+  (a scan reviewed in the web app, source ``reviewed``, exports its review only).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import Engine
 
 from defectwatch.db import queries as q
 from defectwatch.db.engine import read_transaction, write_transaction
-from defectwatch.db.labels import (file_name, file_stem, label_sets, labelled_scans,
+from defectwatch.db.labels import (REVIEWED, file_name, file_stem, label_sets, labelled_scans,
                                    replace_labels, scans_by_stem)
 from defectwatch.db.models import ScanRow
 from defectwatch.db.records import (add_scan, get_or_create_sample, scan_by_sha256,
@@ -437,8 +438,10 @@ def export_labels(engine: Engine, target: str | os.PathLike[str], *, format: str
     points_by_scan = []
     for s in scans:
         name = file_name(s.scan.path)
+        # a reviewed scan's review supersedes its other sets, as in training
+        reviewed = any(x.source == REVIEWED for x in s.sets)
         pts = [PointLabel(name, lab.row, lab.col, lab.kind, lab.radius_nm, lab.source)
-               for lab in s.labels]
+               for lab in s.labels if not reviewed or lab.source == REVIEWED]
         points_by_scan.append((s.scan, name, pts))
     if fmt == "voc":
         if target.suffix.lower() == ".xml":

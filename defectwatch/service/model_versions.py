@@ -46,10 +46,13 @@ class Switch:
     changed: bool  # False: it was already the active version
 
 
-def versions_report(engine: Engine) -> list[dict[str, Any]]:
+def versions_report(engine: Engine, *, register_default: bool = True
+                    ) -> list[dict[str, Any]]:
     """Every registered version, oldest first, as the ``models list --json`` objects:
-    ``version, active, created_at (ISO, UTC), parent, members, metrics``."""
-    active_model(engine)
+    ``version, active, created_at (ISO, UTC), parent, members, metrics``;
+    ``register_default=False``: only read (the web app), no shipped default registered."""
+    if register_default:
+        active_model(engine)
     with read_transaction(engine) as session:
         return [{"version": v.name, "active": bool(v.active),
                  "created_at": v.created_at.isoformat() if v.created_at else None,

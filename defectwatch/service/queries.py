@@ -78,10 +78,11 @@ def density_report(engine: Engine, samples: Sequence[str] | None = None
     return [_density(t) for t in totals if t.counted]
 
 
-def samples_overview(engine: Engine) -> list[dict[str, Any]]:
-    """Every sample: scans by status, scanned area, latest scan, densities."""
+def samples_overview(engine: Engine, samples: Sequence[str] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Every sample (or those named): scans by status, scanned area, latest scan, densities."""
     with read_transaction(engine) as session:
-        totals = q.sample_totals(session=session)
+        totals = q.sample_totals(session=session, samples=samples)
     out = []
     for t in totals:
         d = _density(t)

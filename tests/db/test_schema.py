@@ -78,8 +78,12 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
     assert current_revision(old) == "0001"
     assert "daemon_heartbeat" not in inspect(old).get_table_names()
     # a database written by the first release: a sample, a scan with a run, an active model
-    scan_id = record(old, "/data/S1/a.sxm", sample="S1", runs=[detection(0, 0, 2500.0)])
-    with old.begin() as conn:
+    scan_id = record(old, "/data/S1/a.sxm", sample="S1", runs=[])
+    with old.begin() as conn:  # its run, in the columns of the time
+        conn.execute(text("INSERT INTO detection_run (scan_id, model_version, started_at, "
+                          "finished_at, seconds, area_nm2, trough_count, peak_count, "
+                          "defect_count) VALUES (:s, 'v1', '2025-01-01', '2025-01-01', 0.5, "
+                          "2500.0, 5, 0, 5)"), {"s": scan_id})
         for i in range(5):  # its defects, in the columns of the time
             conn.execute(text("INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, "
                               "confidence, uncertainty, area_nm2) VALUES (1, :i, :i, :i, :i, "
@@ -98,6 +102,9 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
         assert s.execute(text("SELECT count(*) FROM defect WHERE contrast IS NULL")
                          ).scalar() == 5
         assert s.scalar(select(ModelVersion.name).where(ModelVersion.active)) == "v1"
+        # the review queue's evidence came later (0006): summed from the defects, area unknown
+        assert s.execute(text("SELECT uncertainty_sum, near_threshold_nm2 FROM detection_run")
+                         ).one() == (pytest.approx(0.25), None)
         # the active version got its first activation-history entry
         assert s.execute(text("SELECT count(*) FROM model_activation")).scalar() == 1
     engine.dispose()

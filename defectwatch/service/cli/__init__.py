@@ -19,7 +19,7 @@ import typer
 
 from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli import (demo, labels, models, process, record, retrain, scans,
-                                     service, watch)
+                                     serve, service, watch)
 from defectwatch.service.cli.common import _fail
 from defectwatch.service.logging_setup import configure_logging
 
@@ -49,6 +49,7 @@ COMMANDS: dict[str, Callable[..., Any] | typer.Typer] = {
     "models": models.models_app,  # models list | activate | rollback
     "reprocess": models.reprocess,
     "service": service.service_app,  # service install | uninstall
+    "serve": serve.serve,  # the web app
 }
 
 

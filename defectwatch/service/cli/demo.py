@@ -27,13 +27,16 @@ def demo(
     ] = False,
     model: Annotated[Path | None, typer.Option(
         help="Model version directory (default: the shipped ensemble).")] = None,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Then open the web app over the demo's record (keeps the folder; "
+                        "Ctrl+C stops it).")] = False,
 ) -> None:
     """Watch a folder while a simulated STM session writes scans of three samples into it, then
     show the defect density of each sample (well under a minute of CPU)."""
     from defectwatch.service.demo import DemoOptions, demo_folder, run_demo
 
     try:
-        with demo_folder(outdir, keep=keep) as paths:
+        with demo_folder(outdir, keep=keep or serve) as paths:
             out.print(f"[bold]defectwatch demo[/bold]: a simulated STM session written into "
                       f"{escape(str(paths.watch_dir))}; the daemon records it in "
                       f"{escape(str(paths.db_file))}", highlight=False)
@@ -64,6 +67,11 @@ def demo(
         raise typer.Exit(1) from None
     if result.missing or result.failed:
         raise typer.Exit(1)
+    if serve:
+        from defectwatch.service.cli.serve import serve as serve_command
+
+        serve_command(db=paths.db_url, host="127.0.0.1", port=8765, token=None,
+                      read_only=False)
 
 
 def _print_demo_event(event: Any) -> None:
@@ -110,8 +118,11 @@ def _print_demo_end(result: Any) -> None:
     out.print(escape(f"scans:    {paths.watch_dir}  (truth CSV beside each .sxm)\n"
                      f"database: {paths.db_file}\n"
                      f"log:      {paths.log_file}"), highlight=False, soft_wrap=True)
-    out.print("Try:", highlight=False)
     db, q = shlex.quote(str(paths.db_file)), shlex.quote
+    out.print(f"Open the lab's window on it: [bold]defectwatch serve --db {escape(db)}[/bold] "
+              "(then http://127.0.0.1:8765/ in a browser; or `defectwatch demo --serve`)",
+              highlight=False, soft_wrap=True)
+    out.print("Try:", highlight=False)
     for command in (f"defectwatch density --db {db}",
                     f"defectwatch scans --db {db}",
                     f"defectwatch defects {q(first.name)} --db {db}",

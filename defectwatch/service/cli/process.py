@@ -140,8 +140,9 @@ def _recorder(engine, sample_rule: str | None):
     rule = check_sample_rule(sample_rule or get_settings().sample_rule)
 
     def record(path: Path, scan, detection) -> None:
-        # "folder": the sample is the folder holding the file
-        record_file(path, scan, detection, engine=engine, rule=rule,
+        # "folder": the sample is the folder holding the file; the path recorded is absolute
+        # (the web app reads the file again to draw it, from any working directory)
+        record_file(path.resolve(), scan, detection, engine=engine, rule=rule,
                     watch_root=path.resolve().parent.parent)
 
     return record

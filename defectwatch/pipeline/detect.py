@@ -106,8 +106,27 @@ def near_threshold_area_nm2(mean_probs: np.ndarray, *, pixel_size_nm: tuple[floa
 
     It grows with blurred, doubtful detections (their rims are wide) and with candidates the
     ensemble nearly reported (peaks just under the threshold), and stays small where it is
-    sure (sharp defects, clear background). ``mean_probs``: (C, H, W); ``pixel_size_nm``:
-    (x, y) of the maps' pixels; ``valid``: (H, W) bool or None.
+    sure (sharp defects, clear background).
+
+    Parameters
+    ----------
+    mean_probs : ndarray, shape (C, H, W)
+        The ensemble's mean class probabilities, classes in the order of ``classes``.
+    pixel_size_nm : tuple of float
+        (x, y) size of one map pixel, nm.
+    threshold : float
+        The version's detection threshold (probability).
+    band : float
+        Half-width of the band around ``threshold`` counted as doubtful (probability).
+    classes : sequence of str
+        Class names of the C maps; ``"background"`` is not counted.
+    valid : ndarray of bool, shape (H, W) or (H,), optional
+        Acquired pixels (or rows); None counts every pixel.
+
+    Returns
+    -------
+    float
+        Doubtful area, nm^2 (0.0 when there is no defect class).
     """
     mean_probs = np.asarray(mean_probs, dtype=np.float32)
     rows = [i for i, c in enumerate(classes) if c != "background"]

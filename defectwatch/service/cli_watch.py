@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from defectwatch.errors import DefectwatchError
+from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
 from defectwatch.service.cli import _fail, app
 
 
@@ -20,8 +21,10 @@ def watch(
     poll: Annotated[float | None, typer.Option(
         "--poll", metavar="SECONDS", min=0.05,
         help="Poll the folders every SECONDS instead of OS events (network shares).")] = None,
-    pattern: Annotated[str, typer.Option(help="File name pattern, case-insensitive.")
-                       ] = "*.sxm",
+    pattern: Annotated[str, typer.Option(
+        help="File name pattern(s), case-insensitive, comma-separated (default: every "
+        "supported format: .sxm, .sm4, MATRIX .Z_mtrx, Createc .dat, .gwy).")
+    ] = DEFAULT_PATTERN,
     once: Annotated[bool, typer.Option(
         "--once", help="Process what is there (and what completes meanwhile), then exit.")
     ] = False,

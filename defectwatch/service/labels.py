@@ -327,7 +327,7 @@ def _import_image(engine: Engine, path: Path, *, size_nm: tuple[float, float | N
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return ImageImport(str(path), "failed", error=(
             f"{path.name}: not a rendered image ({', '.join(IMAGE_SUFFIXES)}); record scan files "
-            "files with `defectwatch process` or `defectwatch watch`"))
+            "with `defectwatch process` or `defectwatch watch`"))
     try:
         width, height = size_nm if size_nm is not None else (None, None)
         scan = read_image_as_scan(path, width_nm=width, height_nm=height)

@@ -91,7 +91,8 @@ def detect_format(path: str | os.PathLike[str], *, head: bytes | None = None) ->
         return by_name  # the format's reader says what is wrong with so short a file
     if head.startswith(b"Experiment\t") or head.startswith(b"[DATA]"):
         raise NotAnImageError(f"{name}: a Nanonis spectrum, no image in this file")
-    what = f"a {by_name.title} name, but not its content" if by_name else "not a scan file"
+    what = (f"named like {by_name.title}, but its content is not" if by_name
+            else "not a scan file")
     raise ScanReadError(f"{name}: {what}; supported: "
                         + ", ".join(f.title for f in FORMATS))
 

@@ -186,7 +186,7 @@ def _oriented(page: Any, name: str) -> tuple[np.ndarray, float, float, bool]:
     """(data as Gwyddion shows it, width m, height m, stored bottom line first)."""
     a = page.attrs
     nx, ny = int(a["RHK_Xsize"]), int(a["RHK_Ysize"])
-    xscale, yscale = float(a["RHK_Xscale"]), float(a["RHK_Yscale"])
+    xscale, yscale = _num(a["RHK_Xscale"]) or 0.0, _num(a["RHK_Yscale"]) or 0.0
     zscale, zoffset = float(a["RHK_Zscale"]), float(a["RHK_Zoffset"])
     raw = np.asarray(page.data)
     if raw.size != nx * ny:

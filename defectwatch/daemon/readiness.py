@@ -177,6 +177,8 @@ class Readiness:
             seen.checked = False
         if self._handed.get(path) == (st.st_size, st.st_mtime_ns):
             return _GONE  # this very version was already handed over
+        if seen.waiting_for is not None:
+            seen.checked = False  # waits for another file (a MATRIX chain file): look again
         if not seen.checked:  # once per size/mtime: ask the queue, then the header
             try:
                 if self.skip is not None and self.skip(path, st.st_size, st.st_mtime_ns):

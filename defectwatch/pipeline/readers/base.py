@@ -107,7 +107,8 @@ def acquired_rows(data: np.ndarray) -> np.ndarray:
 def as_image(data: np.ndarray, name: str) -> np.ndarray:
     """Native, C-contiguous float32 ``(ny, nx)``; ScanReadError for anything smaller than
     2 x 2 pixels."""
-    out = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # a corrupt value: inf, never a warning
+        out = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
     if out.ndim != 2 or out.shape[0] < 2 or out.shape[1] < 2:
         raise ScanReadError(f"{name}: the image is {out.shape} pixels, not a 2-D frame")
     return out

@@ -231,7 +231,8 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
                                 "unknown")
         scale = volts_per_dac / 10.0 ** pre
         unit = "A"
-    data = data * np.float32(scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = data * np.float32(scale)
     data[blank] = np.nan
     data = as_image(data, name)
 

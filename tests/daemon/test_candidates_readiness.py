@@ -217,7 +217,8 @@ def test_matrix_file_waits_for_its_chain_file_and_says_so(shared_formats, tmp_pa
     assert r.poll() == []  # complete in itself, but its parameters are not there yet
     (tmp_path / "20201111_0001.mtrx").write_bytes(
         shared_formats["20201111_0001.mtrx"].read_bytes())
-    (ready,) = r.poll()  # the data file itself has been stable for 5 s
+    clock.t += 2.5
+    (ready,) = r.poll()  # the data file itself was stable all along
     assert ready.note is None
 
     lonely = tmp_path / "other" / "20201112--1_1.Z_mtrx"

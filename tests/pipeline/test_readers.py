@@ -313,8 +313,12 @@ def test_reader_is_chosen_by_content_not_name(shared_formats, tmp_path):
     assert read_scan(odd).file_format == "rhk-sm4"
     named = tmp_path / "scan.sm4"
     named.write_bytes(b"hello, I am a text file that is long enough\n")
-    with pytest.raises(ScanReadError, match="named like RHK Technology .sm4, but its content is not"):
+    with pytest.raises(ScanReadError, match="not an RHK .sm4 file"):
         read_scan(named)
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"hello")
+    with pytest.raises(ScanReadError, match="not a scan file; supported: Nanonis .sxm, RHK"):
+        read_scan(other)
     empty = tmp_path / "new.gwy"
     empty.write_bytes(b"")
     with pytest.raises(ScanIncompleteError):

@@ -11,8 +11,8 @@ Createc .dat       ``*.dat``            ours (``readers.createc``)     zlib stre
 Gwyddion .gwy      ``*.gwy``            gwyfile                        size = header promise
 =================  ===================  =============================  ==========================
 
-`detect_format` decides by content (magic bytes) first and by the name ending only when the
-content says nothing yet (an empty or still tiny file). ``expected_size(path)`` is the
+`detect_format` decides by content (magic bytes) first; when no format's magic matches, the
+format the name ending says is asked, so its reader names what is wrong in its own terms. ``expected_size(path)`` is the
 daemon's completeness rule for any format.
 """
 
@@ -84,16 +84,14 @@ def detect_format(path: str | os.PathLike[str], *, head: bytes | None = None) ->
     for fmt in FORMATS:
         if fmt.sniff(head):
             return fmt
-    by_name = _by_name(path)
-    if len(head) < 16 and by_name is not None:
-        if not head:
-            raise ScanIncompleteError(f"{name}: file is empty (still being written?)")
-        return by_name  # the format's reader says what is wrong with so short a file
+    if not head:
+        raise ScanIncompleteError(f"{name}: file is empty (still being written?)")
     if head.startswith(b"Experiment\t") or head.startswith(b"[DATA]"):
         raise NotAnImageError(f"{name}: a Nanonis spectrum, no image in this file")
-    what = (f"named like {by_name.title}, but its content is not" if by_name
-            else "not a scan file")
-    raise ScanReadError(f"{name}: {what}; supported: "
+    by_name = _by_name(path)
+    if by_name is not None:
+        return by_name  # its reader says what is wrong with the content, in its terms
+    raise ScanReadError(f"{name}: not a scan file; supported: "
                         + ", ".join(f.title for f in FORMATS))
 
 

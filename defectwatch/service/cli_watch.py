@@ -36,8 +36,9 @@ def watch(
         help="A complete file must keep its size and mtime this long.")] = 2.0,
     incomplete_after: Annotated[float, typer.Option(
         "--incomplete-after", metavar="SECONDS", min=0.0,
-        help="Queue a file that stays shorter than its header promises after this long "
-        "(it is retried, then failed).")] = 60.0,
+        help="Queue a file that stays incomplete this long (shorter than its header promises, "
+        "or a MATRIX file without its _0001.mtrx chain file): it is retried, then failed "
+        "with the reason.")] = 60.0,
     sample_rule: Annotated[str | None, typer.Option(
         "--sample-rule", metavar="RULE",
         help="folder | comment | regex:<pattern with (?P<sample>...)> "

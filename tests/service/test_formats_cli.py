@@ -71,6 +71,14 @@ def test_process_a_folder_of_every_format(lab, tiny_model, tmp_path):
     con.close()
     assert recorded == set(IMAGES)  # nothing recorded for the file without an image
 
+    # labels drawn on renders of these scans find them by file stem, whatever the format
+    via = tmp_path / "via.csv"
+    via.write_text("Large Bright Trough,10,20,8,8,20201111--4_1.png,128,128\n"
+                   "Small Dim Peak,60,60,4,6,A250407.141806.png,128,128\n")
+    imported = runner.invoke(app, ["labels", "import", str(via), "--db", str(db)])
+    assert imported.exit_code == 0, imported.output
+    assert "imported 1 trough, 1 peak on 2 scan(s)" in imported.stdout
+
 
 def test_watch_once_takes_every_format_unless_the_pattern_narrows_it(lab, tiny_model,
                                                                       tmp_path):

@@ -111,12 +111,13 @@ def expected_size(path: str) -> int | None:
     """An .sm4 has no size promise: its current size once spym parses it (None while it does
     not: still being written); NotAnImageError for a file of spectra only."""
     size = file_size(path)
+    if not sniff(_head(path)):
+        raise ScanReadError(f"{Path(path).name}: not an RHK .sm4 file (no 'STiMage' "
+                            "signature)")
     try:
         sm4 = _parse(path)
-    except ScanReadError as exc:
-        if "not an RHK" in str(exc):
-            raise
-        return None
+    except ScanReadError:
+        return None  # cut short (still being written) or corrupt: the worker will say which
     if not _images(sm4):
         raise _no_image(Path(path).name, sm4)
     return size

@@ -336,3 +336,17 @@ def test_names_and_the_default_pattern():
     assert matches("a.sm4", "*.sm4") and not matches("a.sxm", "*.sm4")  # --pattern narrows
     assert {f.name for f in FORMATS} == {"nanonis-sxm", "rhk-sm4", "omicron-matrix",
                                          "createc-dat", "gwyddion-gwy"}
+
+
+def test_more_nanonis_files(shared_formats):
+    fese = read_scan(shared_formats["FeSe_topography.sxm"])
+    assert (fese.nx, fese.ny, fese.width_nm) == (224, 224, pytest.approx(20.0))
+    assert fese.bias_v == pytest.approx(0.045) and fese.setpoint_a == pytest.approx(4.5e-10)
+    hbn = read_scan(shared_formats["hBN_defect_img_0070.sxm"])
+    assert (hbn.nx, hbn.ny, hbn.width_nm, hbn.bias_v) == (96, 100, pytest.approx(2.0),
+                                                          pytest.approx(-3.8))
+    aborted = read_scan(shared_formats["hBN_img_0045.sxm"])
+    assert aborted.width_nm == pytest.approx(100.0)
+    assert np.isnan(aborted.data).mean() == pytest.approx(0.85, abs=0.01)
+    assert aborted.acquired_fraction == pytest.approx(1 - np.isnan(aborted.data).mean(),
+                                                      abs=0.01)

@@ -12,8 +12,8 @@ Gwyddion .gwy      ``*.gwy``            gwyfile                        size = he
 =================  ===================  =============================  ==========================
 
 `detect_format` decides by content (magic bytes) first; when no format's magic matches, the
-format the name ending says is asked, so its reader names what is wrong in its own terms. ``expected_size(path)`` is the
-daemon's completeness rule for any format.
+format the name ending says is asked, so its reader names what is wrong in its own terms.
+``expected_size(path)`` is the daemon's completeness rule for any format.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from defectwatch.pipeline.readers import createc, gwyddion, matrix, rhk_sm4
 from defectwatch.pipeline.readers.base import HEAD_BYTES, ScanFormat, file_head
 from defectwatch.pipeline.scan_names import DEFAULT_PATTERN, SCAN_PATTERNS, SUFFIXES, is_scan_name
 
-__all__ = ["FORMATS", "SCAN_PATTERNS", "DEFAULT_PATTERN", "ScanFormat", "detect_format",
-           "expected_size", "read_scan", "is_scan_name"]
+__all__ = ["FORMATS", "SCAN_PATTERNS", "DEFAULT_PATTERN", "NotAnImageError", "ScanFormat",
+           "detect_format", "expected_size", "read_scan", "is_scan_name"]
 
 
 def _read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
@@ -64,7 +64,8 @@ FORMATS: tuple[ScanFormat, ...] = (
     ScanFormat("createc-dat", "Createc .dat", SUFFIXES["createc-dat"], createc.sniff, createc.read,
                createc.expected_size, "defectwatch (no maintained reader exists)",
                "its zlib stream is complete"),
-    ScanFormat("gwyddion-gwy", "Gwyddion .gwy", SUFFIXES["gwyddion-gwy"], gwyddion.sniff, gwyddion.read,
+    ScanFormat("gwyddion-gwy", "Gwyddion .gwy", SUFFIXES["gwyddion-gwy"], gwyddion.sniff,
+               gwyddion.read,
                gwyddion.expected_size, "gwyfile 0.3.0",
                "the size its top-level object declares"),
 )
@@ -118,5 +119,3 @@ def expected_size(path: str) -> int | None:
         return None
     return fmt.expected_size(path)
 
-
-__all__ += ["NotAnImageError"]

@@ -111,8 +111,9 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     unit_z = _unit(field, "si_unit_z")
     to_m = _lateral_scale(unit_xy)
     if to_m is None:
+        what = "si_unit_xy is empty" if not unit_xy else f"si_unit_xy is {unit_xy!r}"
         raise ScanReadError(
-            f"{name}: channel {title!r} has no lateral unit ({'si_unit_xy is empty' if not unit_xy else f'si_unit_xy is {unit_xy!r}'}); "
+            f"{name}: channel {title!r} has no lateral unit ({what}); "
             f"its {field['xres']} x {field['yres']} pixels span {xreal:g} x {yreal:g} of an "
             "unknown length, so its nm per pixel is unknown. Set it in Gwyddion (Basic "
             "Operations > Dimensions and Units) and save again")

@@ -98,6 +98,22 @@ def test_rhk_up_scan_is_flipped_as_gwyddion_does(shared_formats, tmp_path):
     np.testing.assert_array_equal(flipped.data, down.data[::-1])
 
 
+def test_rhk_aborted_scan_has_nan_lines_after_its_completed_line_count(shared_formats,
+                                                                        tmp_path):
+    """CompletedLineCount (a UTF-16 string, "0128" in every page of the complete file) set to
+    "0100": lines 100-127 were never scanned; a down scan (Yscale < 0) fills from the top."""
+    raw = shared_formats[SM4_TOPO].read_bytes()
+    count = b"\x04\x00" + "0128".encode("utf-16-le")
+    assert raw.count(count) == 6
+    cut = tmp_path / "aborted.sm4"
+    cut.write_bytes(raw.replace(count, b"\x04\x00" + "0100".encode("utf-16-le")))
+    s = read_scan(cut)
+    full = read_scan(shared_formats[SM4_TOPO])
+    assert s.acquired_fraction == pytest.approx(100 / 128) and s.ny == 128
+    assert np.isnan(s.data[100:]).all()
+    np.testing.assert_array_equal(s.data[:100], full.data[:100])
+
+
 def test_rhk_spectra_only_file_says_no_image(shared_formats):
     with pytest.raises(NotAnImageError, match="Iz_gold.*no image in this file"):
         expected_size(str(shared_formats[SM4_SPECTRA]))

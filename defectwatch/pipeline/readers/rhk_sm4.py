@@ -13,8 +13,9 @@ from the installed spym package by file location without running the package ``_
 - a file whose pages are all spectra/lines: `NotAnImageError` ("no image in this file");
 - a truncated or corrupt file: spym raises numpy errors (or leaves the file open): every
   exception becomes `ScanReadError`; the file handle is closed;
-- aborted scans: an .sm4 holds only the lines that were scanned (``Ysize`` shrinks), so the
-  acquired fraction is 1 and the frame height is ``Ysize x |Yscale|``.
+- aborted scans: each page's ``CompletedLineCount`` string says how many lines were scanned
+  (= ``Ysize`` in every complete file seen); the stored lines after it become NaN (in
+  acquisition order, so at the bottom of a down scan, the top of an up scan).
 """
 
 from __future__ import annotations
@@ -198,12 +199,23 @@ def _oriented(page: Any, name: str) -> tuple[np.ndarray, float, float, bool]:
         raw = np.flip(raw, axis=1)
     if yscale > 0:
         raw = np.flip(raw, axis=0)
-    stored = raw.reshape(-1).reshape(ny, nx)
+    stored = raw.reshape(-1).reshape(ny, nx).astype(np.float64)
+    completed = _completed_lines(a, ny)
+    stored[completed:] = np.nan  # lines an aborted scan never reached
     data = stored[:, ::-1]  # Gwyddion mirrors every line
     if yscale > 0:
         data = data[::-1]
-    values = data.astype(np.float64) * zscale + zoffset
+    values = data * zscale + zoffset
     return as_image(values, name), nx * abs(xscale), ny * abs(yscale), yscale > 0
+
+
+def _completed_lines(attrs: dict[str, Any], ny: int) -> int:
+    """Lines scanned: ``CompletedLineCount`` when it is 1..ny, else all of them."""
+    try:
+        done = int(attrs.get("RHK_CompletedLineCount", ny))
+    except (TypeError, ValueError):
+        return ny
+    return done if 0 < done <= ny else ny
 
 
 def _num(value: Any) -> float | None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from defectwatch.errors import DefectwatchError
+from defectwatch.errors import DefectwatchError, ScanReadError
 from defectwatch.pipeline.readers import expected_size, read_scan
 
 _SETTINGS = settings(max_examples=40, deadline=None,
@@ -96,3 +96,16 @@ def test_random_files(originals, folder, fmt, head, blob):
     path = folder / name
     path.write_bytes((data[:64] if head else b"") + blob)
     _only_our_errors(path)
+
+
+@pytest.mark.timeout(60)
+def test_gwy_component_without_its_end_does_not_hang_gwyfile(tmp_path):
+    """gwyfile 0.3.0 alone loops for ever here: the last string (the channel title) loses its
+    NUL, so the component it parses has size 0."""
+    path = tmp_path / "t.gwy"
+    _tiny_gwy(path)
+    data = path.read_bytes()
+    assert data.endswith(b"Topography\0")
+    path.write_bytes(data[:-1] + b"X")
+    with pytest.raises(ScanReadError, match="gwyfile cannot parse it.*past the end"):
+        read_scan(path)

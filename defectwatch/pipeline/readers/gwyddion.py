@@ -11,7 +11,11 @@ unless the source's metadata were kept in ``/N/meta`` (read when there).
 - a channel without a lateral unit (``si_unit_xy`` empty) has no physical size: refused with a
   message naming what is missing (never guessed as metres); an empty z unit is reported as ""
   and read as is;
-- the header's declared size is a promise: `expected_size` returns it.
+- the header's declared size is a promise: `expected_size` returns it;
+- gwyfile 0.3.0 loops for ever on some corrupt files (a string or name without its NUL gives
+  a component of size 0; an array count of 2^32 loops 2^32 times): while it parses, its
+  ``component_from_buffer`` is wrapped by `_checked_component`, which refuses such
+  components before gwyfile sees them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import logging
 import os
 import re
 import struct
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"GWYP"
 OLD_MAGIC = b"GWYO"  # Gwyddion 1 files: not supported by gwyfile
+# GWY component type codes -> bytes per array item (None: not an array)
+_TYPECODES = {b"o": None, b"s": None, b"b": None, b"c": None, b"i": None, b"q": None,
+              b"d": None, b"C": 1, b"I": 4, b"Q": 8, b"D": 8, b"S": 1, b"O": 5}
+_lock = threading.Lock()
 _CHANNEL = re.compile(r"^/(\d+)/data$")
 
 
@@ -89,7 +99,7 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     if promised is None or size < promised:
         raise ScanIncompleteError(f"{name}: file is {size} bytes, its header promises "
                                   f"{promised or 'more'} (still being written?)")
-    with library_errors(name, "gwyfile"):
+    with library_errors(name, "gwyfile"), _guarded_gwyfile():
         container = gwyfile.load(str(path))
         fields = _fields(container)
     if not fields:
@@ -140,6 +150,48 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
         channels=tuple(ChannelInfo(t, _unit(f, "si_unit_z"), "forward")
                        for _, t, f in fields),
         header={str(k): str(v) for k, v in meta.items()}, file_format="gwyddion-gwy")
+
+
+class _guarded_gwyfile:  # noqa: N801 - used as a context manager
+    """gwyfile's component parser wrapped by `_checked_component` while it runs."""
+
+    def __enter__(self) -> None:
+        import gwyfile.objects as objects
+
+        _lock.acquire()
+        self._objects = objects
+        self._original = objects.component_from_buffer
+        objects.component_from_buffer = _checked_component(self._original)
+
+    def __exit__(self, *exc: object) -> None:
+        self._objects.component_from_buffer = self._original
+        _lock.release()
+
+
+def _checked_component(original: Callable[..., Any]) -> Callable[..., Any]:
+    def component(buf: bytes, return_size: bool = False) -> Any:
+        pos = buf.find(b"\0")
+        if pos < 0 or pos + 2 > len(buf):
+            raise ValueError("a component name runs past the end of its object")
+        code = buf[pos + 1:pos + 2]
+        if code not in _TYPECODES:
+            raise ValueError(f"unknown component type {code!r}")
+        body = pos + 2
+        if code == b"s" and buf.find(b"\0", body) < 0:
+            raise ValueError("a string runs past the end of its object")
+        item = _TYPECODES[code]
+        if item is not None:
+            if len(buf) < body + 4:
+                raise ValueError("an array's length is cut off")
+            (count,) = struct.unpack("<I", buf[body:body + 4])
+            if count * item > len(buf) - body - 4:
+                raise ValueError(f"an array of {count} items does not fit in its object")
+        result = original(buf, return_size)
+        if return_size and result[3] <= 0:
+            raise ValueError("an empty component")
+        return result
+
+    return component
 
 
 def _fields(container: Any) -> list[tuple[int, str, Any]]:

@@ -22,7 +22,8 @@ CLASSES: tuple[str, ...] = ("background", *KINDS)
 
 @dataclass(frozen=True)
 class ChannelInfo:
-    """One recorded channel of a scan file (a row of the `.sxm` DATA_INFO table)."""
+    """One recorded channel of a scan file (a row of the `.sxm` DATA_INFO table, a page of an
+    `.sm4`, ...); ``unit`` is "" where the file does not say."""
 
     name: str
     unit: str
@@ -46,7 +47,7 @@ class Scan:
     acquired_rows: np.ndarray  # (ny,) bool
     width_nm: float
     height_nm: float
-    scan_dir: str  # "up" | "down"
+    scan_dir: str  # "up" | "down" | "unknown" (e.g. a processed .gwy file does not say)
     angle_deg: float
     offset_x_nm: float
     offset_y_nm: float
@@ -58,6 +59,7 @@ class Scan:
     comment: str
     channels: tuple[ChannelInfo, ...]
     header: dict[str, str] = field(default_factory=dict, repr=False)
+    file_format: str = "nanonis-sxm"  # the reader's format id (see pipeline.readers)
 
     @property
     def ny(self) -> int:

@@ -21,6 +21,11 @@ class ScanIncompleteError(ScanReadError):
     """A scan file is shorter than its header promises: it may still be being written (retry)."""
 
 
+class NotAnImageError(ScanReadError):
+    """A scan file holds no image at all (e.g. an RHK .sm4 with spectra only): nothing to
+    detect, nothing to record; the daemon skips it."""
+
+
 class ModelLoadError(DefectwatchError):
     """A model version directory is missing, incomplete, or does not match its checksum."""
 

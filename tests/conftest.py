@@ -24,3 +24,13 @@ def shared_sxm() -> dict[str, Path]:
     if not folder.is_dir():
         pytest.skip("../shared/fixtures/real-sxm is not present")
     return {p.stem: p for p in sorted(folder.glob("*.sxm"))}
+
+
+@pytest.fixture(scope="session")
+def shared_formats() -> dict[str, Path]:
+    """Every real file in ../shared/fixtures/real-formats (RHK, MATRIX, Createc, Gwyddion,
+    more Nanonis; see its SOURCES.md), by file name (skips when that folder is absent)."""
+    folder = SHARED / "real-formats"
+    if not folder.is_dir():
+        pytest.skip("../shared/fixtures/real-formats is not present")
+    return {p.name: p for p in sorted(folder.glob("*/*")) if p.name != "SOURCES.md"}

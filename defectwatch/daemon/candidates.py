@@ -25,8 +25,11 @@ def is_temporary(name: str) -> bool:
 
 
 def matches(name: str, pattern: str) -> bool:
-    """Case-insensitive glob match of a file name (``*.sxm`` matches ``A.SXM``)."""
-    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+    """Case-insensitive glob match of a file name (``*.sxm`` matches ``A.SXM``); ``pattern``
+    may list several globs separated by commas (``*.sxm,*.sm4``)."""
+    lower = name.lower()
+    return any(fnmatch.fnmatchcase(lower, p.strip().lower())
+               for p in pattern.split(",") if p.strip())
 
 
 def is_candidate(path: str, *, root: str, pattern: str, recursive: bool) -> bool:

@@ -7,7 +7,12 @@ worker records them as failed with a reason instead of leaving them unseen for e
 
 - a file that can never be a scan (``expected_size`` raises ``ScanReadError``), once stable;
 - a file that stays shorter than its header promises for ``incomplete_after_s`` (a truncated
-  copy or an aborted write): the worker then retries it with backoff before failing it.
+  copy or an aborted write), or that waits that long for something else (``expected_size``
+  raises `ScanIncompleteError` naming it, e.g. a MATRIX file's result chain file): the worker
+  then retries it with backoff before failing it, and the note says what was missing.
+
+A file that holds no image (``expected_size`` raises `NotAnImageError`, e.g. an .sm4 of
+spectra only) is dropped once stable: logged, never queued, nothing recorded.
 
 Only ready files are hashed (sha256, streamed).
 """
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 from defectwatch.digest import sha256_file
 from defectwatch.daemon.ports import ExpectedSize, JobQueue
-from defectwatch.errors import ScanReadError
+from defectwatch.errors import NotAnImageError, ScanIncompleteError, ScanReadError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class _Seen:
     checked: bool = False  # expected size looked up for this size/mtime
     expected: int | None = None
     unreadable: str | None = None  # why expected_size says this can never be a scan
+    waiting_for: str | None = None  # what an incomplete file waits for, in words
+    no_image: str | None = None  # why this file holds nothing to analyse
 
 
 class Readiness:
@@ -160,6 +167,8 @@ class Readiness:
             seen.checked = False
         if self._handed.get(path) == (st.st_size, st.st_mtime_ns):
             return _GONE  # this very version was already handed over
+        if seen.waiting_for is not None:
+            seen.checked = False  # waits for another file (a MATRIX chain file): look again
         if not seen.checked:  # once per size/mtime: ask the queue, then the header
             try:
                 if self.skip is not None and self.skip(path, st.st_size, st.st_mtime_ns):
@@ -167,13 +176,19 @@ class Readiness:
             except Exception as exc:  # noqa: BLE001 - database away: wait and ask again
                 log.warning("%s: could not ask the queue about it (%s)", path, exc)
                 return _WAIT
-            seen.expected, seen.unreadable = self._expected(path)
+            seen.expected, seen.unreadable, seen.waiting_for, seen.no_image = \
+                self._expected(path)
             seen.checked = True
 
         watched_s = now - seen.since
         # a file's own mtime also says how long it has been left alone (clock skew on a share
         # only ever makes this smaller: a future mtime counts as 0)
         quiet_s = max(watched_s, self._wall() - st.st_mtime_ns / 1e9)
+        if seen.no_image is not None:
+            if quiet_s < self.stable_for_s:
+                return _WAIT
+            log.info("%s: skipped (%s)", path, seen.no_image)
+            return _GONE
         if seen.unreadable is not None:
             if quiet_s < self.stable_for_s:
                 return _WAIT
@@ -183,21 +198,29 @@ class Readiness:
             if watched_s < self.incomplete_after_s:
                 return _WAIT
             promised = "" if seen.expected is None else f" of {seen.expected}"
+            waiting = f"; {seen.waiting_for}" if seen.waiting_for else ""
             return self._release(path, st, note=(
-                f"incomplete ({st.st_size}{promised} bytes, unchanged for {watched_s:.0f} s)"))
+                f"incomplete ({st.st_size}{promised} bytes, unchanged for {watched_s:.0f} s"
+                f"{waiting})"))
         if quiet_s < self.stable_for_s:
             return _WAIT
         return self._release(path, st, note=None)
 
-    def _expected(self, path: str) -> tuple[int | None, str | None]:
+    def _expected(self, path: str
+                  ) -> tuple[int | None, str | None, str | None, str | None]:
+        """(expected size, why unreadable, what it waits for, why it holds no image)."""
         try:
-            return self.expected_size(path), None
+            return self.expected_size(path), None, None, None
+        except ScanIncompleteError as exc:
+            return None, None, str(exc), None
+        except NotAnImageError as exc:
+            return None, None, None, str(exc)
         except ScanReadError as exc:
-            return None, str(exc)
+            return None, str(exc), None, None
         except Exception as exc:  # noqa: BLE001 - a file must never stop the daemon
             log.warning("%s: size check failed (%s: %s); the worker will decide", path,
                         type(exc).__name__, exc)
-            return None, f"{type(exc).__name__}: {exc}"
+            return None, f"{type(exc).__name__}: {exc}", None, None
 
     def _release(self, path: str, st: os.stat_result, *, note: str | None
                  ) -> ReadyFile | object:

@@ -1,7 +1,9 @@
-"""Read a Nanonis `.sxm` file into a `Scan`: validated first, then parsed with nanonispy2.
+"""`read_scan` for every supported format, and the Nanonis `.sxm` reader (`read_sxm`).
 
-nanonispy2 parses the header; the data blocks are decoded here because nanonispy2 assumes every
-channel is recorded in both directions and cannot tell a truncated file from a corrupt one.
+`read_scan` picks the reader by the file's content (see `defectwatch.pipeline.readers`).
+`read_sxm`: validated first, then parsed with nanonispy2. nanonispy2 parses the header; the
+data blocks are decoded here because nanonispy2 assumes every channel is recorded in both
+directions and cannot tell a truncated file from a corrupt one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ DIRECTIONS = ("forward", "backward")
 
 def read_scan(path: str | os.PathLike[str], *, channel: str = "Z",
               direction: str = "forward") -> Scan:
+    """Read one channel and direction of any supported scan file (.sxm, .sm4, MATRIX
+    ``*_mtrx``, Createc .dat, .gwy): see `defectwatch.pipeline.readers.read_scan`."""
+    from defectwatch.pipeline.readers import read_scan as read_any
+
+    return read_any(path, channel=channel, direction=direction)
+
+
+def read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
+             direction: str = "forward") -> Scan:
     """Read one channel and direction of a `.sxm` file (any case of suffix).
 
     Returns native float32 in SI units, row 0 = top of the frame as Gwyddion shows it.

@@ -271,7 +271,7 @@ def _match(by_image: dict[str, tuple[list[Box], list[PointLabel]]], parsed: Pars
         candidates = found.get(file_stem(name).lower(), [])
         if not candidates:
             unmatched.append((name, f"no recorded scan is named {file_stem(name)!r} (record the "
-                                    "render with `defectwatch import-image`, or the .sxm with "
+                                    "render with `defectwatch import-image`, or the scan file with "
                                     "`defectwatch process`; or name the scan with --scan)"))
         elif len(candidates) > 1:
             ids = ", ".join(f"{c.id} ({c.path})" for c in candidates[:5])
@@ -328,8 +328,8 @@ def _import_image(engine: Engine, path: Path, *, size_nm: tuple[float, float | N
                   sample: str | None, rule: str) -> ImageImport:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return ImageImport(str(path), "failed", error=(
-            f"{path.name}: not a rendered image ({', '.join(IMAGE_SUFFIXES)}); record .sxm "
-            "files with `defectwatch process` or `defectwatch watch`"))
+            f"{path.name}: not a rendered image ({', '.join(IMAGE_SUFFIXES)}); record scan files "
+            "with `defectwatch process` or `defectwatch watch`"))
     try:
         width, height = size_nm if size_nm is not None else (None, None)
         scan = read_image_as_scan(path, width_nm=width, height_nm=height)

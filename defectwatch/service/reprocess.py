@@ -90,8 +90,10 @@ def candidates(engine: Engine, *, sample: str | None = None, outdated_for: str |
 
 def _why_not(c: Candidate) -> str | None:
     """Why this scan cannot be re-scored (None when it can)."""
-    if Path(c.path).suffix.lower() != SCAN_SUFFIX:
-        return "not a .sxm scan (rendered images are recorded for labels only)"
+    from defectwatch.pipeline.scan_names import is_scan_name
+
+    if not is_scan_name(c.path):
+        return "not a scan file (rendered images are recorded for labels only)"
     if not os.path.isfile(c.path):
         return "the file is no longer there"
     try:

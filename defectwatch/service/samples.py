@@ -62,10 +62,16 @@ def _from_name(p: PurePath) -> str:
 
 
 def header_comment(path: str | os.PathLike[str]) -> str:
-    """The COMMENT of a scan file's header ("" when it has none or cannot be read)."""
-    from defectwatch.pipeline.sxm import header_tags, read_layout
+    """The comment of a scan file's header ("" when it has none or cannot be read): an .sxm's
+    COMMENT tag, else what its format's reader calls the comment."""
+    from defectwatch.pipeline.sxm import MAGIC, header_tags, read_layout
 
     try:
+        with open(path, "rb") as fh:
+            if not fh.read(len(MAGIC)).startswith(MAGIC):
+                from defectwatch.pipeline.scan import read_scan
+
+                return read_scan(path).comment
         return header_tags(read_layout(path).header_text).get("COMMENT", "")
     except (DefectwatchError, OSError) as exc:
         log.debug("%s: no comment read (%s)", path, exc)

@@ -1,7 +1,8 @@
 """Use case: ``defectwatch watch``: the daemon wired to the database, the pipeline and logging.
 
 The daemon (`defectwatch.daemon`) gets the SQL job queue, ``ingest.make_process`` (which
-reloads the model when the registry's active version changes) and ``sxm_expected_size``; this
+reloads the model when the registry's active version changes) and ``scan_expected_size`` (each
+format's completeness rule, `defectwatch.pipeline.readers.expected_size`); this
 module opens the database, checks the active model loads before anything is claimed, keeps the
 heartbeat row fresh and sets up the log (stderr and a rotating file).
 """
@@ -26,6 +27,7 @@ from defectwatch.daemon.signals import StopSignals
 from defectwatch.daemon.worker import RetryPolicy
 from defectwatch.db import open_database
 from defectwatch.errors import ScanIncompleteError
+from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
 from defectwatch.pipeline.sxm import read_layout
 from defectwatch.service.config import check_sample_rule, data_dir
 from defectwatch.service.ingest import Heartbeat, active_model, make_process, make_queue
@@ -35,6 +37,14 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
+
+
+def scan_expected_size(path: str) -> int | None:
+    """Bytes a scan file of any supported format will have once complete, by its format's
+    rule (`defectwatch.pipeline.readers.expected_size`)."""
+    from defectwatch.pipeline.readers import expected_size
+
+    return expected_size(path)
 
 
 def sxm_expected_size(path: str) -> int | None:
@@ -52,7 +62,7 @@ class WatchOptions:
 
     recursive: bool = False
     poll_s: float | None = None
-    pattern: str = "*.sxm"
+    pattern: str = DEFAULT_PATTERN  # every supported format; comma-separated globs
     once: bool = False
     stable_for_s: float = 2.0
     incomplete_after_s: float = 60.0
@@ -142,7 +152,7 @@ def _watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str, options: Watc
              engine.url.render_as_string(), model, rule)
     try:
         return run_daemon(
-            roots, queue=queue, process=process, expected_size=sxm_expected_size,
+            roots, queue=queue, process=process, expected_size=scan_expected_size,
             recursive=options.recursive, poll_s=options.poll_s, pattern=options.pattern,
             stable_for_s=options.stable_for_s,
             incomplete_after_s=max(options.incomplete_after_s, options.stable_for_s),

@@ -191,3 +191,70 @@ def test_scan_read_error_from_expected_size_is_the_note(tmp_path):
     r = Readiness(foreign, stable_for_s=0.0)
     r.nominate(str(path))
     assert r.poll()[0].note == "a.sxm: not a scan"
+
+
+# -- every supported format: its own completeness rule ----------------------------------------
+
+def test_several_patterns_separated_by_commas():
+    assert matches("a.SM4", "*.sxm,*.sm4") and matches("b.sxm", "*.sxm, *.sm4")
+    assert not matches("c.dat", "*.sxm,*.sm4") and not matches("c.dat", " , ")
+
+
+def _any_format(clock: Clock) -> Readiness:
+    from defectwatch.pipeline.readers import expected_size
+
+    return Readiness(expected_size, stable_for_s=2.0, incomplete_after_s=10.0, clock=clock,
+                     wall_clock=lambda: 0.0)
+
+
+def test_matrix_file_waits_for_its_chain_file_and_says_so(shared_formats, tmp_path):
+    data = tmp_path / "20201111--4_1.Z_mtrx"
+    data.write_bytes(shared_formats["20201111--4_1.Z_mtrx"].read_bytes())
+    clock = Clock()
+    r = _any_format(clock)
+    r.nominate(str(data))
+    clock.t += 5.0
+    assert r.poll() == []  # complete in itself, but its parameters are not there yet
+    (tmp_path / "20201111_0001.mtrx").write_bytes(
+        shared_formats["20201111_0001.mtrx"].read_bytes())
+    clock.t += 2.5
+    (ready,) = r.poll()  # the data file itself was stable all along
+    assert ready.note is None
+
+    lonely = tmp_path / "other" / "20201112--1_1.Z_mtrx"
+    lonely.parent.mkdir()
+    lonely.write_bytes(data.read_bytes())
+    r.nominate(str(lonely))
+    assert r.poll() == []
+    clock.t += 10.5
+    (late,) = r.poll()
+    assert "incomplete" in late.note and "20201112_0001.mtrx is not beside it" in late.note
+
+
+def test_spectra_only_sm4_is_skipped_not_queued(shared_formats, tmp_path):
+    path = tmp_path / "Iz.sm4"
+    path.write_bytes(shared_formats["Iz_gold_9K_2019_12_18_13_49_32_752.sm4"].read_bytes())
+    clock = Clock()
+    r = _any_format(clock)
+    r.nominate(str(path))
+    assert r.poll() == [] and r.pending() == [str(path)]
+    clock.t += 2.5
+    assert r.poll() == [] and r.pending() == []  # dropped: nothing to analyse
+
+
+def test_createc_file_is_ready_when_its_zlib_stream_is_complete(shared_formats, tmp_path):
+    data = shared_formats["A250407.141806.dat"].read_bytes()
+    path = tmp_path / "A250407.141806.dat"
+    path.write_bytes(data[:30_000])
+    clock = Clock()
+    r = _any_format(clock)
+    r.nominate(str(path))
+    clock.t += 5.0
+    assert r.poll() == []  # the stream stops short: still being written
+    with open(path, "ab") as fh:
+        fh.write(data[30_000:])
+    clock.t += 2.5
+    assert r.poll() == []
+    clock.t += 2.5
+    (ready,) = r.poll()
+    assert ready.note is None and ready.size_bytes == len(data)

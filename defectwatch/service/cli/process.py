@@ -50,7 +50,8 @@ def failed_json(path: Path, error: str) -> dict[str, Any]:
 
 
 def process(
-    paths: Annotated[list[Path], typer.Argument(help="Scan files (.sxm) or folders of them.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Scan files (.sxm, .sm4, MATRIX .Z_mtrx, Createc .dat, .gwy) or folders of them.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per scan per line.")
                        ] = False,
     overlay: Annotated[Path | None, typer.Option(
@@ -79,7 +80,8 @@ def process(
 
     files = _expand(paths)
     if not files:
-        _fail("no .sxm files found in " + ", ".join(str(p) for p in paths))
+        _fail("no scan files (.sxm, .sm4, .Z_mtrx, .dat, .gwy) found in "
+              + ", ".join(str(p) for p in paths))
         raise typer.Exit(1)
     try:
         ensemble = load_ensemble(model, device=device, fast=fast)
@@ -168,11 +170,16 @@ def _per_scan_table(scans: list[dict]) -> Table:
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; folders -> their .sxm files (case-insensitive), sorted."""
+    """Files as given; folders -> their scan files (every supported format's default
+    pattern, case-insensitive: MATRIX's Z channel files), sorted."""
+    from defectwatch.daemon.candidates import matches
+    from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
+
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(q for q in p.iterdir() if q.suffix.lower() == ".sxm")
+            files += sorted(q for q in p.iterdir()
+                            if q.is_file() and matches(q.name, DEFAULT_PATTERN))
         else:
             files.append(p)
     return files

@@ -14,7 +14,8 @@ from defectwatch.service.cli.common import _fail, _progress, out
 
 
 def inspect(
-    files: Annotated[list[Path], typer.Argument(help="One or more .sxm files.")],
+    files: Annotated[list[Path], typer.Argument(
+        help="One or more scan files (.sxm, .sm4, MATRIX *_mtrx, Createc .dat, .gwy).")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     channel: Annotated[str, typer.Option(help="Channel to check (Z, Current, ...).")] = "Z",
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from defectwatch.errors import DefectwatchError
+from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
 from defectwatch.service.cli.common import DbOption, _fail
 
 
@@ -19,8 +20,10 @@ def watch(
     poll: Annotated[float | None, typer.Option(
         "--poll", metavar="SECONDS", min=0.05,
         help="Poll the folders every SECONDS instead of OS events (network shares).")] = None,
-    pattern: Annotated[str, typer.Option(help="File name pattern, case-insensitive.")
-                       ] = "*.sxm",
+    pattern: Annotated[str, typer.Option(
+        help="File name pattern(s), case-insensitive, comma-separated (default: every "
+        "supported format: .sxm, .sm4, MATRIX .Z_mtrx, Createc .dat, .gwy).")
+    ] = DEFAULT_PATTERN,
     once: Annotated[bool, typer.Option(
         "--once", help="Process what is there (and what completes meanwhile), then exit.")
     ] = False,
@@ -30,8 +33,9 @@ def watch(
         help="A complete file must keep its size and mtime this long.")] = 2.0,
     incomplete_after: Annotated[float, typer.Option(
         "--incomplete-after", metavar="SECONDS", min=0.0,
-        help="Queue a file that stays shorter than its header promises after this long "
-        "(it is retried, then failed).")] = 60.0,
+        help="Queue a file that stays incomplete this long (shorter than its header promises, "
+        "or a MATRIX file without its _0001.mtrx chain file): it is retried, then failed "
+        "with the reason.")] = 60.0,
     sample_rule: Annotated[str | None, typer.Option(
         "--sample-rule", metavar="RULE",
         help="folder | comment | regex:<pattern with (?P<sample>...)> "

@@ -400,15 +400,20 @@ def clahe(image01: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8,
     top = (1 << bits) - 1
     dtype = np.uint16 if bits > 8 else np.uint8
     q = np.clip(np.rint(image01 * top), 0, top).astype(dtype)
-    ny, nx = q.shape
+    grid = clahe_grid(q.shape, tiles=tiles, max_tile_px=max_tile_px)
+    out = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=grid).apply(q)
+    return out.astype(np.float32) / top
 
+
+def clahe_grid(shape: tuple[int, int], *, tiles: int = 8, max_tile_px: int = 0
+               ) -> tuple[int, int]:
+    """CLAHE tiles ``(along x, along y)`` for an image of ``shape`` (ny, nx): ``tiles`` per
+    side, or more where a tile would be wider than ``max_tile_px`` (when > 0)."""
     def count(n: int) -> int:
         wanted = max(tiles, -(-n // max_tile_px)) if max_tile_px > 0 else tiles
         return max(1, min(wanted, n))
 
-    grid = (count(nx), count(ny))
-    out = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=grid).apply(q)
-    return out.astype(np.float32) / top
+    return count(shape[1]), count(shape[0])
 
 
 def to_unit_range(z: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0),
@@ -449,13 +454,20 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
 
 
 def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float | None,
-            params: PreprocessParams = PreprocessParams()) -> tuple[np.ndarray, np.ndarray,
-                                                                    Resampling]:
+            params: PreprocessParams = PreprocessParams(), device: str | None = None
+            ) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """A raw image (ny, nx, SI units) -> ``(image01, valid, resampling)`` for a model.
 
     ``image01``: float32 in [0, 1] at ``target_nm`` per pixel (the scan's own pixels when
-    None); ``valid``: bool, False where nothing was acquired.
+    None); ``valid``: bool, False where nothing was acquired. ``device``: None (default) runs
+    numpy/OpenCV on the CPU; a torch device ("cpu", "cuda") runs the same steps in torch
+    (`preprocess_torch`, for batches of scans on a GPU: `preprocess_torch.prepare_batch`).
     """
+    if device is not None:
+        from defectwatch.pipeline import preprocess_torch
+
+        return preprocess_torch.prepare(z, pixel_size_nm=pixel_size_nm, target_nm=target_nm,
+                                        params=params, device=device)
     return prepare_flat(flatten_with(z, params), pixel_size_nm=pixel_size_nm,
                         target_nm=target_nm, params=params)
 

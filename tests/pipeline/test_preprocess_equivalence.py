@@ -265,3 +265,16 @@ def test_detections_on_held_out_scans_are_unchanged(ensemble):
             for a, b in zip(new, old):
                 assert abs(a.row - b.row) <= 0.25 and abs(a.col - b.col) <= 0.25, how
     assert total >= 20  # enough defects for the comparison to mean something
+
+
+def test_a_batch_prepared_in_torch_runs_through_the_ensemble_as_one_image_does(ensemble):
+    z, px = FRAMES["sim-3"]
+    cut, _ = FRAMES["sim-3-nan-rows"]
+    image, _, _, _ = tp.prepare_batch(np.stack([z, cut]), pixel_size_nm=px,
+                                      target_nm=ensemble.pixel_size_nm, params=ensemble.params)
+    mean, spread = ensemble.predict_batch(image)
+    assert mean.shape == (2, len(ensemble.classes)) + tuple(image.shape[1:])
+    for k in range(2):
+        one_mean, one_spread = ensemble.predict_image(image[k].numpy())
+        np.testing.assert_allclose(mean[k].numpy(), one_mean, atol=1e-5)
+        np.testing.assert_allclose(spread[k].numpy(), one_spread, atol=1e-5)

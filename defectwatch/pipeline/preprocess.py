@@ -11,6 +11,8 @@ fit again) -> resample to the model's pixel size -> gaussian -> CLAHE -> [0, 1] 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -90,6 +92,28 @@ class Resampling:
 _BLOCK_ROWS = 256
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its threads
+        return None
+    return ThreadpoolController()
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run the thin matrix products of the line sums (k = 3-6 columns) on one BLAS thread:
+    a BLAS thread team gains nothing on them and, on a busy machine, waits for its threads
+    (measured 3-4x slower with two threads while other processes held the cores)."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
 def _valid(z: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
     valid = np.isfinite(z)
     if exclude is not None:
@@ -125,19 +149,21 @@ def _line_sums(z: np.ndarray, *, order: int, exclude: np.ndarray | None) -> _Lin
     s = np.empty((ny, powers.shape[1]))
     t = np.empty((ny, order + 2))
     finite = np.empty(ny)
-    for r0 in range(0, ny, _BLOCK_ROWS):
-        r1 = min(r0 + _BLOCK_ROWS, ny)
-        block = z[r0:r1].astype(np.float64)
-        ok = np.isfinite(block)
-        finite[r0:r1] = ok.sum(axis=1)
-        if exclude is not None:
-            ok &= ~exclude[r0:r1]
-        if ok.all():
-            s[r0:r1] = powers.sum(axis=0)
-        else:
-            block[~ok] = 0.0
-            s[r0:r1] = ok.astype(np.float64) @ powers
-        t[r0:r1] = block @ powers[:, :order + 2]
+    moments = np.asfortranarray(powers[:, :order + 2])
+    with _one_blas_thread():
+        for r0 in range(0, ny, _BLOCK_ROWS):
+            r1 = min(r0 + _BLOCK_ROWS, ny)
+            block = z[r0:r1].astype(np.float64)
+            ok = np.isfinite(block)
+            finite[r0:r1] = ok.sum(axis=1)
+            if exclude is not None:
+                ok &= ~exclude[r0:r1]
+            if ok.all():
+                s[r0:r1] = powers.sum(axis=0)
+            else:
+                block[~ok] = 0.0
+                s[r0:r1] = ok.astype(np.float64) @ powers
+            t[r0:r1] = block @ moments
     return _LineSums(s, t, finite)
 
 
@@ -206,11 +232,12 @@ def _subtract_lines(z: np.ndarray, poly: np.ndarray, out: np.ndarray | None = No
         out = np.empty((ny, nx), dtype=np.float32)
     x = _axis(nx)
     basis = np.stack([x ** k for k in range(poly.shape[1])])  # (k, nx)
-    for r0 in range(0, ny, _BLOCK_ROWS):
-        r1 = min(r0 + _BLOCK_ROWS, ny)
-        block = z[r0:r1].astype(np.float64)
-        block -= poly[r0:r1] @ basis
-        out[r0:r1] = block
+    with _one_blas_thread():
+        for r0 in range(0, ny, _BLOCK_ROWS):
+            r1 = min(r0 + _BLOCK_ROWS, ny)
+            block = z[r0:r1].astype(np.float64)
+            block -= poly[r0:r1] @ basis
+            out[r0:r1] = block
     return out
 
 

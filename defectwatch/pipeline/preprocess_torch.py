@@ -226,17 +226,22 @@ def _gaussian_kernel(sigma_px: float) -> np.ndarray:
 
 
 def _blur(a: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Separable gaussian of a batch (B, H, W), mirrored borders, as ``cv2.GaussianBlur``."""
-    kernel = torch.from_numpy(_gaussian_kernel(float(sigma_px))).to(a.device)
-    r = kernel.numel() // 2
-    b, h, w = a.shape
-    cols = _reflect_index(w, r, a.device)
-    rows = _reflect_index(h, r, a.device)
-    x = a[:, None, :, cols]  # (B, 1, H, W + 2r)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = x[:, :, rows, :]
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x[:, 0]
+    """Separable gaussian of a batch (B, H, W), mirrored borders, as ``cv2.GaussianBlur``.
+
+    Taps summed in float32 one shifted slice at a time (not a convolution: cuDNN may run
+    float32 convolutions in TF32, which would cost three decimal digits)."""
+    kernel = [float(v) for v in _gaussian_kernel(float(sigma_px))]
+    r = len(kernel) // 2
+    _, h, w = a.shape
+    x = a[:, :, _reflect_index(w, r, a.device)]  # (B, H, W + 2r)
+    out = kernel[0] * x[:, :, 0:w]
+    for i in range(1, len(kernel)):
+        out += kernel[i] * x[:, :, i:i + w]
+    x = out[:, _reflect_index(h, r, a.device), :]  # (B, H + 2r, W)
+    out = kernel[0] * x[:, 0:h]
+    for i in range(1, len(kernel)):
+        out += kernel[i] * x[:, i:i + h]
+    return out
 
 
 def nan_gaussian(z: torch.Tensor, *, sigma_px: float) -> torch.Tensor:
@@ -261,10 +266,20 @@ def _resize_weights(n_in: int, n_out: int, interpolation: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(eye, (n_out, n_in), interpolation=interpolation).T)
 
 
+@functools.lru_cache(maxsize=32)
+def _resize_weights_on(n_in: int, n_out: int, interpolation: int, device: torch.device
+                       ) -> torch.Tensor:
+    """`_resize_weights` kept on ``device`` (uploaded once per shape, not per batch)."""
+    return torch.from_numpy(_resize_weights(n_in, n_out, interpolation)).to(device,
+                                                                             torch.float64)
+
+
 def _resize(a: torch.Tensor, shape_out: tuple[int, int], interpolation: int) -> torch.Tensor:
-    wy = torch.from_numpy(_resize_weights(a.shape[1], shape_out[0], interpolation)).to(a.device)
-    wx = torch.from_numpy(_resize_weights(a.shape[2], shape_out[1], interpolation)).to(a.device)
-    return wy @ a @ wx.T
+    # float64 products: a float32 matmul may run in TF32 on a GPU (allow_tf32 / "high"
+    # matmul precision), three decimal digits short of OpenCV's float32
+    wy = _resize_weights_on(a.shape[1], shape_out[0], interpolation, a.device)
+    wx = _resize_weights_on(a.shape[2], shape_out[1], interpolation, a.device)
+    return (wy @ a.to(torch.float64) @ wx.T).to(torch.float32)
 
 
 def resample(z: torch.Tensor, *, pixel_size_nm: tuple[float, float], target_nm: float
@@ -433,9 +448,13 @@ def prepare_batch(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], *,
     if isinstance(frames, torch.Tensor):
         z = frames.to(device=device, dtype=torch.float32)
     else:
-        z = torch.from_numpy(np.ascontiguousarray(np.stack(list(frames))
-                                                  if not isinstance(frames, np.ndarray)
-                                                  else frames, dtype=np.float32)).to(device)
+        if not isinstance(frames, np.ndarray):
+            shapes = {np.shape(f) for f in frames}
+            if len(shapes) != 1:
+                raise ValueError(f"a batch needs frames of one shape, got {sorted(shapes)}: "
+                                 "group scans by shape (and pixel size) first")
+            frames = np.stack(list(frames))
+        z = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(device)
     if z.ndim == 2:
         z = z[None]
     flat = flatten(_batch(z), order=params.line_order, mask_sigma=params.mask_sigma,

@@ -278,3 +278,15 @@ def test_a_batch_prepared_in_torch_runs_through_the_ensemble_as_one_image_does(e
         one_mean, one_spread = ensemble.predict_image(image[k].numpy())
         np.testing.assert_allclose(mean[k].numpy(), one_mean, atol=1e-5)
         np.testing.assert_allclose(spread[k].numpy(), one_spread, atol=1e-5)
+
+
+def test_the_bracketed_median_is_numpys_exactly():
+    rng = np.random.default_rng(5)
+    cases = [rng.normal(size=100_001), rng.normal(size=262_144).astype(np.float32),
+             np.round(rng.normal(size=300_000), 1),  # many ties
+             np.concatenate([np.zeros(200_000), rng.normal(size=70_000)]),  # a spike
+             rng.standard_cauchy(size=131_072).astype(np.float32), rng.normal(size=999)]
+    for v in cases:
+        assert fast._median(v.copy()) == np.median(v)
+    z, _ = FRAMES["sim-3"]
+    assert fast.robust_sigma(np.tile(z, (2, 2))) == ref.robust_sigma(np.tile(z, (2, 2)))

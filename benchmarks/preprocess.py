@@ -150,7 +150,7 @@ def main(repeats: int = 5) -> None:
             def f2d_new():
                 detect_file(path, ensemble=ensemble)
 
-            (t_old, t_new), = _interleaved([(f2d_old, f2d_new)], 1 if pixels == 2048 else 2)
+            (t_old, t_new), = _interleaved([(f2d_old, f2d_new)], 2 if pixels > 512 else 3)
             mem.update({"f2d old": t_old, "f2d new": t_new})
             extra[pixels] = mem
             print(f"{pixels} px done", file=sys.stderr, flush=True)

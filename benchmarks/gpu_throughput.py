@@ -7,7 +7,8 @@ on CPU threads (prefetched), each batch of same-shaped scans goes to the GPU onc
 (`preprocess_torch.prepare_batch`: flatten, resample, gaussian, CLAHE), the shipped ensemble
 runs on the batch there (`Ensemble.predict_batch`; fp16 autocast, its fast mode on CUDA;
 ``--exact``: float32), and only
-the mean/spread maps come back for defect finding and contrast on CPU threads. Reports scans/s
+the maps (and the flattened frames, for each defect's contrast) come back for defect
+finding on CPU threads. Reports scans/s
 for preprocessing alone, preprocessing + ensemble, and file to defects.
 
 Without CUDA it says so and exits 0 (``--device cpu`` runs the same code on the CPU, for a
@@ -17,7 +18,6 @@ smoke test with a few scans).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from defectwatch.pipeline.detect import find_defects
+from defectwatch.pipeline.inference import Prediction
 from defectwatch.pipeline.preprocess_torch import prepare_batch
 from defectwatch.pipeline.scan import read_scan
 
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_throughput: no CUDA device here; nothing measured (run it on a machine with "
               "a GPU, or pass --device cpu for a smoke test)")
         return 0
-    from defectwatch.service.detection import default_model_dir
     from defectwatch.pipeline.inference import Ensemble
+    from defectwatch.service.detection import default_model_dir
     from defectwatch.service.simulation import write_simulated_scans
 
     device = torch.device(args.device)
@@ -77,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm-up (kernels, cuDNN autotuning, the resize weights)
         scans, px, z = read(batches[0])
-        image, valid, mapping, flat = prepare_batch(z, pixel_size_nm=px, target_nm=target,
-                                                    params=params, device=device,
-                                                    keep_flat=True)
+        image, _, _, _ = prepare_batch(z, pixel_size_nm=px, target_nm=target, params=params,
+                                       device=device, keep_flat=True)
         ensemble.predict_batch(image)
         sync()
         loaded = [read(b) for b in batches]
@@ -98,13 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         sync()
         t_inf = time.perf_counter() - t0
 
-        def defects(mean, spread, valid, mapping, scan_px):
-            (ny, nx), (my, mx) = mapping.shape_in, mapping.shape_out
-            pixel = (scan_px[0] * nx / mx, scan_px[1] * ny / my)
-            min_px = max(1, int(math.ceil(0.05 / (pixel[0] * pixel[1]))))
-            return find_defects(mean, spread, pixel_size_nm=pixel, min_area_px=min_px,
-                                threshold=ensemble.config.threshold_for("Z"),
-                                classes=ensemble.classes, valid=valid)
+        def defects(image, mean, spread, valid, mapping, scan_px, flat):
+            prediction = Prediction(image, valid, mean, spread, mapping, scan_px,
+                                    ensemble.classes, flat, ensemble.config.report_contrast)
+            return prediction.defects(threshold=ensemble.config.threshold_for("Z"))
 
         found = 0
         t0 = time.perf_counter()
@@ -114,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             scans, px, z = pending.result()
             if i + 1 < len(batches):
                 pending = readers.submit(read, batches[i + 1])
-            image, valid, mapping, _ = prepare_batch(z, pixel_size_nm=px, target_nm=target,
-                                                     params=params, device=device)
+            image, valid, mapping, flat = prepare_batch(z, pixel_size_nm=px, target_nm=target,
+                                                        params=params, device=device,
+                                                        keep_flat=True)
             mean, spread = ensemble.predict_batch(image)
-            mean, spread, valid = mean.cpu().numpy(), spread.cpu().numpy(), valid.cpu().numpy()
-            futures += [posts.submit(defects, mean[k], spread[k], valid[k], mapping, px)
-                        for k in range(len(scans))]
+            host = [t.cpu().numpy() for t in (image, mean, spread, valid, flat)]
+            futures += [posts.submit(defects, *(h[k] for h in host[:4]), mapping, px,
+                                     host[4][k]) for k in range(len(scans))]
         found = sum(len(f.result()) for f in futures)
         t_all = time.perf_counter() - t0
         readers.shutdown()

@@ -3,7 +3,9 @@
 1. reading, preprocessing and simulating (peak traced numpy/Python memory in MB);
 2. the ensemble: ours (exact float32, fast) against AtomAI's EnsemblePredictor + Locator on
    the shipped default's weights (see `benchmarks/inference.py`);
-3. one whole scan, file to defects, with the resident ensemble (peak extra resident memory).
+3. one whole scan, file to defects, with the resident ensemble (peak extra resident memory);
+4. preprocessing step by step, before issue 20 against now, and its share of file to defects
+   (`benchmarks/preprocess.py`; the GPU throughput is `benchmarks/gpu_throughput.py`).
 Markdown tables for 512, 1024 and 2048 px frames.
 """
 
@@ -83,10 +85,11 @@ def end_to_end() -> None:
 
 
 if __name__ == "__main__":
-    from benchmarks import inference
+    from benchmarks import inference, preprocess
     from defectwatch.service.detection import default_model_dir
 
     main()
     print("\n## Ensemble inference, one image per call (ours vs AtomAI, same weights)\n")
     inference.main(default_model_dir())
     end_to_end()
+    preprocess.main()

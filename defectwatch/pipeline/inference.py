@@ -230,6 +230,41 @@ class Ensemble:
                           flat if topography else None,  # flatten gives float32 already
                           self.config.report_contrast)
 
+    def predict_batch(self, images: Any) -> tuple[Any, Any]:
+        """A batch of prepared images, a torch tensor (B, H, W) (e.g. from
+        `preprocess_torch.prepare_batch` on this ensemble's device) -> ``(mean, spread)``
+        torch tensors (B, C, H, W) on the same device, members folded as in `predict_image`.
+
+        One pass per member over the whole batch, no tiles (frames of model size: a large
+        frame belongs in `predict_image`); members' own forwards, fp16/bf16 autocast in fast
+        mode. Meant for re-scoring many same-sized scans on a GPU, where the images never
+        leave the device.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if images.ndim != 3:
+            raise ValueError(f"expected a batch (B, H, W), got shape {tuple(images.shape)}")
+        _, h, w = images.shape
+        x = images[:, None].to(self.device, torch.float32)
+        pad_h, pad_w = (-h) % 8, (-w) % 8  # three poolings: reflect up to a multiple of 8
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        x = x.contiguous(memory_format=torch.channels_last)
+        mean = m2 = None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.fast_dtype,
+                                                    enabled=self.fast_dtype is not None):
+            for k, member in enumerate(self.members, start=1):
+                p = torch.softmax(member(x).float(), dim=1)[..., :h, :w]
+                if mean is None:
+                    mean, m2 = p.clone(), torch.zeros_like(p)
+                    continue
+                delta = p - mean
+                mean += delta / k
+                m2 += delta * (p - mean)
+        spread = torch.sqrt(torch.clamp(m2 / len(self.members), min=0.0))
+        return mean, spread
+
     # -- internals ----------------------------------------------------------------------------
 
     def _tiles(self, image: np.ndarray):

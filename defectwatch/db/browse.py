@@ -93,7 +93,8 @@ def _with_runs(scans: list[ScanRow], *, session: Session) -> list[ScanWithRun]:
         select(DetectionRun).join(newest, newest.c.run_id == DetectionRun.id))}
     names = dict(session.execute(select(Sample.id, Sample.name).where(
         Sample.id.in_({s.sample_id for s in scans if s.sample_id is not None}))).all())
-    return [ScanWithRun(s, names.get(s.sample_id), runs.get(s.id)) for s in scans]
+    return [ScanWithRun(s, None if s.sample_id is None else names.get(s.sample_id), runs.get(s.id))
+            for s in scans]
 
 
 def count_scans(*, session: Session, sample_id: int | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +118,7 @@ class Ensemble:
         # members run ``side_by_side`` at a time in Python threads (torch releases the GIL);
         # on a few CPU cores this beats splitting each small convolution across threads
         self.side_by_side = max(1, int(side_by_side))
-        self._pool = None
+        self._pool: Any = None  # a ThreadPoolExecutor once members run side by side
         self.config = config
         self.device = resolve_device(device)
         self.fast = fast
@@ -161,7 +161,8 @@ class Ensemble:
         if float32_cpu and (cpu_onnx or (fast and self._fused < len(self.members))):
             from defectwatch.pipeline.onnx_members import member_session
 
-            hashes = list(config.members.values()) or [None] * len(self.members)
+            hashes: list[str | None] = (list(config.members.values())
+                                        or [None] * len(self.members))
             threads = 1 if self.side_by_side > 1 else torch.get_num_threads()
             try:
                 self._sessions = [member_session(m, sha256=h, cache_dir=onnx_cache_dir,
@@ -251,7 +252,8 @@ class Ensemble:
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         x = x.contiguous(memory_format=torch.channels_last)
-        mean = m2 = None
+        mean: torch.Tensor | None = None
+        m2: torch.Tensor | None = None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.fast_dtype,
                                                     enabled=self.fast_dtype is not None):
             for k, member in enumerate(self.members, start=1):
@@ -259,9 +261,11 @@ class Ensemble:
                 if mean is None:
                     mean, m2 = p.clone(), torch.zeros_like(p)
                     continue
+                assert m2 is not None
                 delta = p - mean
                 mean += delta / k
                 m2 += delta * (p - mean)
+        assert mean is not None and m2 is not None  # an ensemble has members
         spread = torch.sqrt(torch.clamp(m2 / len(self.members), min=0.0))
         return mean, spread
 
@@ -278,6 +282,8 @@ class Ensemble:
         """
         h, w = image.shape
         m, t = self.margin_px, self.tile_px
+        starts_r: Iterable[int]
+        starts_c: Iterable[int]
         if h <= t + 2 * m and w <= t + 2 * m:
             starts_r, starts_c, t_r, t_c = [0], [0], h, w
         else:
@@ -312,6 +318,7 @@ class Ensemble:
                 return torch.softmax(torch.from_numpy(run_session(session, window)),
                                      dim=0).numpy()
 
+        probs_of: Callable[[Any], np.ndarray]
         if self._sessions is not None:
             from defectwatch.pipeline.onnx_members import run_session
 
@@ -334,7 +341,8 @@ class Ensemble:
             probs = map(probs_of, runners)
         # the fold runs in numpy, on one thread: torch ops here would start a team of
         # intra-op threads competing with the member threads for the same cores
-        mean = m2 = None
+        mean: np.ndarray | None = None
+        m2: np.ndarray | None = None
         for k, p in enumerate(probs, start=1):
             if mean is None:
                 mean, m2 = p.copy(), np.zeros_like(p)
@@ -343,6 +351,7 @@ class Ensemble:
             mean += delta / np.float32(k)
             delta *= p - mean
             m2 += delta
+        assert mean is not None and m2 is not None  # an ensemble has members
         spread = np.sqrt(np.maximum(m2 / np.float32(len(self.members)), 0.0))
         return mean, spread
 

@@ -393,14 +393,14 @@ def nan_gaussian(z: np.ndarray, *, sigma_px: float) -> np.ndarray:
         out = cv2.GaussianBlur(z, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
         den = _blurred_one(float(sigma_px))
         if den != 1.0:
-            out /= den
+            np.divide(out, np.float32(den), out=out)
         return out
     num = cv2.GaussianBlur(np.where(valid, z, np.float32(0)), (0, 0), sigma_px,
                            borderType=cv2.BORDER_REFLECT)
     den = cv2.GaussianBlur(valid.view(np.uint8).astype(np.float32), (0, 0), sigma_px,
                            borderType=cv2.BORDER_REFLECT)
     with np.errstate(invalid="ignore", divide="ignore"):
-        num /= den
+        np.divide(num, den, out=num)
     num[~valid] = np.nan
     return num
 

@@ -460,7 +460,8 @@ def prepare_batch(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], *,
     flat = flatten(_batch(z), order=params.line_order, mask_sigma=params.mask_sigma,
                    mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
     if target_nm is None:
-        resampled, mapping = flat, Resampling(tuple(flat.shape[1:]), tuple(flat.shape[1:]))
+        shape = (int(flat.shape[1]), int(flat.shape[2]))
+        resampled, mapping = flat, Resampling(shape, shape)
     else:
         resampled, mapping = resample(flat, pixel_size_nm=pixel_size_nm, target_nm=target_nm)
     valid = torch.isfinite(resampled)

@@ -55,14 +55,16 @@ def exported_render(z: np.ndarray, rng: np.random.Generator,
     valid = np.isfinite(flat)
     if not valid.any():
         return flat.astype(np.float32)
-    filled = np.where(valid, flat, np.median(flat[valid])).astype(np.float32)
+    filled: np.ndarray = np.where(valid, flat, np.median(flat[valid])).astype(np.float32)
     if rng.random() < 0.5:
         filled = cv2.GaussianBlur(filled, (0, 0), float(rng.uniform(0.3, 1.2)))
     lo, hi = np.percentile(filled[valid], [rng.uniform(0.0, 2.0), 100.0 - rng.uniform(0.0, 2.0)])
     grey = np.clip((filled - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
     u8 = np.rint(grey * 255.0).astype(np.uint8)
     _, jpeg = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
-    out = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    decoded = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None  # a JPEG OpenCV just encoded
+    out = decoded.astype(np.float32)
     out[~valid] = np.nan
     return out
 

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM,
 
 def save_examples(path: Path, examples: list[Example]) -> None:
     """Cache prepared examples (images, masks, sources) in one .npz file."""
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for i, e in enumerate(examples):
         arrays[f"image_{i}"] = e.image01
         arrays[f"mask_{i}"] = e.mask
@@ -174,7 +175,7 @@ def validation_thresholds(directory: Path) -> dict:
         return choose_threshold(ensemble, cases)
 
     threshold, table = best(VALIDATION)
-    metrics = {"threshold": threshold, "threshold_chosen_on": VALIDATION_NOTE,
+    metrics: dict[str, Any] = {"threshold": threshold, "threshold_chosen_on": VALIDATION_NOTE,
                "validation_mean_f1": {f"{t:.2f}": round(f, 4) for t, f in table.items()},
                "threshold_by_channel": {}}
     for channel, validation in VALIDATION_BY_CHANNEL.items():

@@ -60,6 +60,7 @@ def parse_review(payload: Any) -> tuple[list[tuple[float, float, str]], bool]:
         for name, v in (("row", row), ("col", col)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"defects[{i}]: {name} {v!r} is not a number of pixels")
+        assert isinstance(row, (int, float)) and isinstance(col, (int, float))  # checked above
         out.append((float(row), float(col), str(kind)))
     return out, exhaustive
 

@@ -154,7 +154,7 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
 
 
 def _value(param: dict[str, Any], key: str) -> float | None:
-    v = param.get(key)
+    v: Any = param.get(key)
     if isinstance(v, (list, tuple)) and v:
         v = v[0]
     if isinstance(v, bool):

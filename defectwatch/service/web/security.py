@@ -87,8 +87,9 @@ class Guard:
         if given and hmac.compare_digest(given.encode(), self.token.encode()):
             return True
         cookie = request.cookies.get(COOKIE)
-        return bool(cookie) and hmac.compare_digest(cookie.encode(),
-                                                    self.session_value().encode())
+        if not cookie:
+            return False
+        return hmac.compare_digest(cookie.encode(), self.session_value().encode())
 
     def check_origin(self, request: Request) -> None:
         """403 unless the request comes from the app's own pages (or from no browser page)."""

@@ -137,6 +137,10 @@ class Calibration:
     data: dict[str, Any] = field(default_factory=dict)
     truth: str = "every defect a labeller marks"
     method: str = METHOD
+    # the per-scan counts it was pooled from (kept in memory, not written to config.json)
+    scan_counts: dict[str, list[ScanCounts]] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+    scan_names: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def scans(self) -> int:
@@ -220,7 +224,9 @@ class CalibrationCounter:
                truth: str = "every defect a labeller marks") -> Calibration:
         """The pooled `Calibration` of every scan added."""
         return Calibration({k: pooled(self.per_scan[k], kind=k) for k in self.kinds}, source,
-                           description, dict(data or {}), truth)
+                           description, dict(data or {}), truth,
+                           scan_counts={k: list(v) for k, v in self.per_scan.items()},
+                           scan_names=list(self.names))
 
 
 def pooled(scans: Sequence[ScanCounts], *, kind: str) -> KindCalibration:

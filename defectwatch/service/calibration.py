@@ -29,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
-
-from defectwatch.pipeline.calibration import (KINDS, Calibration, CalibrationCounter,
-                                              KindCalibration, ScanCounts, pooled)
+from defectwatch.pipeline.calibration import (
+    KINDS,
+    Calibration,
+    CalibrationCounter,
+    KindCalibration,
+    ScanCounts,
+    pooled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +87,33 @@ def calibrate(ensemble: Any, cases: Iterable[Any], *, source: str, description: 
 
 def simulated_calibration(directory: Path, *, sets=CALIBRATION_SETS,
                           on_progress: Progress | None = None) -> Calibration:
-    """The version in ``directory`` calibrated on the simulated calibration scans (`sets`)."""
+    """The version in ``directory`` calibrated on the simulated calibration scans (`sets`);
+    ``data.by_set`` keeps each set's own recall and precision per kind."""
     from defectwatch.pipeline.inference import Ensemble
     from defectwatch.service.evaluation import simulated_cases
 
     ensemble = Ensemble.load(directory, device="cpu")
     n = sum(len(seeds) for _, seeds in sets)
-    cases = (c for kwargs, seeds in sets for c in simulated_cases(seeds, **kwargs))
-    return calibrate(ensemble, cases, source="simulated",
-                     description=f"simulated validation, {ensemble.version}, {n} scans",
-                     data={"scans": n, "sets": _describe_sets(sets),
-                           "note": "simulated STM topography (no C-AFM); seeds disjoint from "
-                                   "training, threshold validation and test"},
-                     on_progress=on_progress, n_cases=n)
+    pooled_counter = CalibrationCounter(kinds=KINDS)
+    by_set: dict[str, Any] = {}
+    done = 0
+    for (kwargs, seeds), name in zip(sets, _describe_sets(sets)):
+        part = calibrate(ensemble, simulated_cases(seeds, **kwargs), source="simulated",
+                         description=name,
+                         on_progress=(lambda i, _n, base=done: on_progress(base + i, n))
+                         if on_progress else None)
+        done += len(seeds)
+        by_set[name] = {k: {"recall": round(c.recall, 3), "precision": round(c.precision, 3),
+                            "true": c.true, "detected": c.detected}
+                        for k, c in part.kinds.items()}
+        for k in KINDS:
+            pooled_counter.per_scan[k].extend(part.scan_counts[k])
+        pooled_counter.names.extend(part.scan_names)
+    return pooled_counter.result(
+        source="simulated", description=f"simulated validation, {ensemble.version}, {n} scans",
+        data={"scans": n, "sets": _describe_sets(sets), "by_set": by_set,
+              "note": "simulated STM topography (no C-AFM); seeds disjoint from training, "
+                      "threshold validation and test"})
 
 
 # -- which calibration corrects a count ----------------------------------------------------------
@@ -178,7 +196,8 @@ def reviewed_scans(*, session: Any, version: str, radius_nm: float = 1.0
             continue
         px, py = pixel
 
-        def nm(row: float, col: float, kind: str) -> TruthPoint:
+        def nm(row: float, col: float, kind: str, px: float = px, py: float = py
+               ) -> TruthPoint:
             return TruthPoint(float((col + 0.5) * px), float((row + 0.5) * py), kind)
 
         truth = [nm(lab.row, lab.col, lab.kind) for lab in sl.labels if lab.source == source]

@@ -71,8 +71,11 @@ class _Calibrations:
     version's own (config.json), else none."""
 
     def __init__(self, session: Any, versions: Sequence[str]) -> None:
-        from defectwatch.service.calibration import (read_calibration, reviewed_scans,
-                                                     version_directories)
+        from defectwatch.service.calibration import (
+            read_calibration,
+            reviewed_scans,
+            version_directories,
+        )
 
         active = active_version(session=session)
         self.active = active.name if active else None

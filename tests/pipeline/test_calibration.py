@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defectwatch.pipeline.calibration import (Calibration, CalibrationCounter, KindCalibration,
-                                              ScanCounts, corrected_interval, pooled)
+from defectwatch.domain import Defect
+from defectwatch.pipeline.calibration import (
+    Calibration,
+    CalibrationCounter,
+    KindCalibration,
+    ScanCounts,
+    corrected_interval,
+    pooled,
+)
 from defectwatch.pipeline.density import poisson_ci95
 from defectwatch.pipeline.metrics import TruthPoint
-from defectwatch.domain import Defect
 
 
 def test_rates_factor_and_jeffreys_intervals_from_known_counts():

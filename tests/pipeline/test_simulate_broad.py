@@ -8,7 +8,7 @@ import pytest
 
 from defectwatch.pipeline.simulate import BROAD_FAMILIES, simulate
 
-KW = dict(size_nm=20.0, pixels=160, density_per_cm2=3e12)
+KW = {"size_nm": 20.0, "pixels": 160, "density_per_cm2": 3e12}
 
 
 def _same(a, b) -> bool:

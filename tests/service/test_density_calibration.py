@@ -14,7 +14,11 @@ from defectwatch.db import open_database, write_transaction
 from defectwatch.db.labels import replace_labels
 from defectwatch.db.models import ScanRow
 from defectwatch.db.registry import register_version
-from defectwatch.pipeline.calibration import Calibration, KindCalibration, corrected_interval
+from defectwatch.pipeline.calibration import (
+    Calibration,
+    KindCalibration,
+    corrected_interval,
+)
 from defectwatch.pipeline.density import poisson_ci95
 from defectwatch.service.cli import app
 from defectwatch.service.queries import density_report

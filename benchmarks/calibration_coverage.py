@@ -13,6 +13,7 @@ is detected as the daemon would (the version's threshold and report rule) and:
   raw Poisson interval, as `density` reported before.
 
     python -m benchmarks.calibration_coverage [--model DIR] [--scans 8] [--out FILE.json]
+        [--size-nm 25 --pixels 256] [--families none,all] [--real]
 """
 
 from __future__ import annotations
@@ -88,16 +89,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=default_model_dir())
     parser.add_argument("--scans", type=int, default=8, help="scans per set")
     parser.add_argument("--families", default="none," + ",".join(BROAD_FAMILIES) + ",all")
+    parser.add_argument("--size-nm", type=float, default=SETTINGS["size_nm"],
+                        help="simulated frame side, nm")
+    parser.add_argument("--pixels", type=int, default=SETTINGS["pixels"],
+                        help="simulated pixels per side")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--real", action="store_true",
                         help="also the 15 labelled real WSe2 frames (a clean test set: nothing "
                              "may be fitted on them)")
     args = parser.parse_args(argv)
+    settings = {**SETTINGS, "size_nm": args.size_nm, "pixels": args.pixels}
     ensemble = Ensemble.load(args.model, device="cpu")
     calibration = read_calibration(args.model)
     seeds = range(args.scans)
     results = {}
-    print(f"# {ensemble.version}: {args.scans} held-out scans per set ({SETTINGS}); "
+    print(f"# {ensemble.version}: {args.scans} held-out scans per set ({settings}); "
           f"calibration: {calibration.description if calibration else 'none'}\n")
     print("| set | kind | F1 | P | R | detected/true | corrected/true | coverage corrected "
           "| coverage raw Poisson |")
@@ -113,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cases = cases_from_images(sorted(REAL.glob("*.jpg")), REAL / "labels_via.csv")
         else:
             broad: Any = True if family == "all" else (() if family == "none" else (family,))
-            cases = simulated_cases(seeds, broad=broad, **SETTINGS)
+            cases = simulated_cases(seeds, broad=broad, **settings)
         r = run_set(ensemble, calibration, cases)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results[family] = r
@@ -124,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"| {x['coverage_corrected']:.2f} | {x['coverage_raw_poisson']:.2f} |",
                   flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"model": ensemble.version, "settings": SETTINGS,
+        args.out.write_text(json.dumps({"model": ensemble.version, "settings": settings,
                                         "scans_per_set": args.scans, "results": results},
                                        indent=2))
 

@@ -187,7 +187,16 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
 
 def write_calibration(directory: str | os.PathLike[str],
                       calibration: Mapping[str, Any]) -> None:
-    """Replace the ``calibration`` of a saved version's config.json (weights untouched)."""
+    """Replace the ``calibration`` of a saved version's config.json (weights untouched).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The version directory (holds ``config.json``).
+    calibration : Mapping
+        ``pipeline.calibration.Calibration.to_json()`` of the calibration measured for it
+        (e.g. by ``service.calibration.simulated_calibration``).
+    """
     path = Path(directory) / CONFIG_NAME
     stored = json.loads(path.read_text())
     stored["calibration"] = dict(calibration)

@@ -94,6 +94,44 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
     return sorted(out, key=lambda t: (t.sample is None, t.sample or ""))
 
 
+@dataclass(frozen=True)
+class VersionTotals:
+    """One sample's done scans whose latest run came from one model version."""
+
+    sample: str | None
+    model_version: str
+    counted: int  # done scans
+    area_nm2: float
+    trough: int
+    peak: int
+    scan_ids: tuple[int, ...]
+
+
+def sample_version_totals(*, session: Session, samples: Sequence[str] | None = None
+                          ) -> list[VersionTotals]:
+    """Per sample and model version of the latest run: done scans, area and counts (each
+    sample's done scans split by the version that counted them), sorted by sample, version."""
+    latest = latest_runs()
+    query = (select(Sample.name, DetectionRun.model_version, ScanRow.id, DetectionRun.area_nm2,
+                    DetectionRun.trough_count, DetectionRun.peak_count)
+             .select_from(ScanRow)
+             .outerjoin(Sample, Sample.id == ScanRow.sample_id)
+             .join(latest, latest.c.scan_id == ScanRow.id)
+             .join(DetectionRun, DetectionRun.id == latest.c.run_id)
+             .where(ScanRow.status == "done"))
+    if samples is not None:
+        query = query.where(Sample.name.in_(list(samples)))
+    groups: dict[tuple[str | None, str], list] = {}
+    for name, version, scan_id, area, trough, peak in session.execute(query):
+        groups.setdefault((name, version), []).append((scan_id, area, trough, peak))
+    return [VersionTotals(name, version, len(rows), float(sum(r[1] or 0.0 for r in rows)),
+                          int(sum(r[2] or 0 for r in rows)), int(sum(r[3] or 0 for r in rows)),
+                          tuple(sorted(r[0] for r in rows)))
+            for (name, version), rows in sorted(groups.items(),
+                                                key=lambda kv: (kv[0][0] is None,
+                                                                kv[0][0] or "", kv[0][1]))]
+
+
 def list_scans(*, session: Session, sample: str | None = None, status: str | None = None,
                limit: int | None = None
                ) -> list[tuple[ScanRow, str | None, DetectionRun | None]]:

@@ -63,7 +63,7 @@ class Prediction:
 
         Where ``flat`` is known each defect's contrast is measured, and with ``marked_only``
         only those that stand out by the version's rule are kept (``report_contrast``,
-        `contrast.marked`; the shipped default: troughs at most -1.5 sigma, peaks at least +2.0).
+        `contrast.marked`; the shipped default: troughs at most -1.25 sigma, peaks at least +1.0).
         """
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))

@@ -74,6 +74,9 @@ class ModelConfig:
     # how defects are reported: ``report_contrast`` {kind: weakest contrast} (`contrast.marked`)
     detection: dict[str, Any] = field(
         default_factory=lambda: {"report_contrast": dict(REPORT_CONTRAST)})
+    # the detector's calibration per kind (`calibration.Calibration.to_json`); empty: not
+    # measured (versions made before it: their densities are reported uncalibrated)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def report_contrast(self) -> dict[str, float]:
@@ -231,6 +234,24 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
     config.members = hashes
     (out / CONFIG_NAME).write_text(json.dumps(config.to_json(), indent=2))
     return out
+
+
+def write_calibration(directory: str | os.PathLike[str],
+                      calibration: Mapping[str, Any]) -> None:
+    """Replace the ``calibration`` of a saved version's config.json (weights untouched).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The version directory (holds ``config.json``).
+    calibration : Mapping
+        ``pipeline.calibration.Calibration.to_json()`` of the calibration measured for it
+        (e.g. by ``service.calibration.simulated_calibration``).
+    """
+    path = Path(directory) / CONFIG_NAME
+    stored = json.loads(path.read_text())
+    stored["calibration"] = dict(calibration)
+    path.write_text(json.dumps(stored, indent=2))
 
 
 def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:

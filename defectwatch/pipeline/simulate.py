@@ -16,6 +16,7 @@ the top of the frame; ``x_nm = (col + 0.5) * pixel_size``, ``y_nm = (row + 0.5) 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -136,6 +137,9 @@ class Recipe:
     abort_fraction: float = 1.0  # share of lines acquired before the scan was stopped
     gain_sigma: float = 0.0  # C-AFM: line gain changes
     clusters: list[dict[str, float]] = field(default_factory=list)  # adsorbate clusters
+    # the broadened families drawn for this scan (`BROAD_FAMILIES`, `simulate(broad=...)`):
+    # {family: its parameters}; empty: the scan as the simulator drew it before them
+    broad: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,8 +261,12 @@ class _Geometry:
         return 1.0 - t if self.r.scan_dir == "up" else t
 
     def _dx(self, t: np.ndarray) -> np.ndarray:
-        return (self.r.drift_nm[0] * t + self.r.creep_nm * np.exp(-t / self.r.creep_tau)
-                + self.shift)
+        dx = (self.r.drift_nm[0] * t + self.r.creep_nm * np.exp(-t / self.r.creep_tau)
+              + self.shift)
+        wobble = self.r.broad.get("drift") if self.r.broad else None
+        if wobble:  # a slow oscillation of the fast axis (broadened drift family)
+            dx = dx + wobble["wobble_nm"] * np.sin(2 * math.pi * wobble["wobble_cycles"] * t)
+        return dx
 
     def surface(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = self.time(rows)
@@ -291,6 +299,8 @@ class _Defect:
     halo_nm: float  # charged halo decay length (0 = none)
     halo_amp_nm: float
     lattice_gain: float  # local lattice brightening for peaks (0 = none)
+    ring_amp_nm: float = 0.0  # "sombrero": a rim of the other sign at ~1.3 radii (0 = none)
+    aspect: float = 1.0  # elongation along the lattice direction (1 = none)
 
 
 def _lattice_vectors(r: Recipe) -> tuple[np.ndarray, np.ndarray]:
@@ -384,6 +394,11 @@ def _cluster_blobs(r: Recipe) -> list[_Defect]:
 def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
                   tip_sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """(height nm, lattice gain) of one defect at offsets (dx, dy) nm from its centre."""
+    if d.aspect != 1.0:  # elongated along the lattice direction theta0
+        c, s_ = math.cos(theta0), math.sin(theta0)
+        u = (dx * c + dy * s_) / math.sqrt(d.aspect)
+        v = (-dx * s_ + dy * c) * math.sqrt(d.aspect)
+        dx, dy = u * c - v * s_, u * s_ + v * c
     rho2 = dx * dx + dy * dy
     ang = np.arctan2(dy, dx)
     # three-fold: the radius swells along three directions aligned with the lattice
@@ -395,12 +410,17 @@ def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
         rho = np.sqrt(rho2) + 0.3
         height = height + d.halo_amp_nm * np.exp(-rho / d.halo_nm) * 0.3 / np.sqrt(rho / d.halo_nm
                                                                                      + 0.09)
+    if d.ring_amp_nm:
+        rim = 1.3 * d.radius_nm + tip_sigma
+        width = 0.35 * d.radius_nm + tip_sigma
+        height = height + d.ring_amp_nm * np.exp(-(np.sqrt(rho2) - rim) ** 2
+                                                 / (2.0 * width ** 2))
     gain = d.lattice_gain * np.exp(-rho2 / (2.0 * (d.radius_nm * 0.9) ** 2))
     return height, gain
 
 
 def _reach_nm(d: _Defect) -> float:
-    reach = 4.0 * d.radius_nm * 1.4 + 0.5
+    reach = 4.0 * d.radius_nm * 1.4 * max(d.aspect, 1.0) + 0.5
     if d.halo_nm > 0:
         reach = max(reach, 5.0 * d.halo_nm)
     return reach
@@ -505,6 +525,9 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
     """Render one scan (Z and Current, forward and backward) and its ground truth."""
     r = recipe
     defects = _draw_defects(rng, r)
+    brng = np.random.default_rng(r.broad["seed"]) if r.broad else None
+    if brng is not None:
+        defects = _broaden_defects(brng, r, defects)
     ny, nx = r.ny, r.nx
     px, py = r.pixel_size_nm
     rows = np.arange(ny, dtype=float)
@@ -539,6 +562,8 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
             ghost = _render_surface(r, geo, defects, (dt["dx_nm"], dt["dy_nm"]))
             w = dt["weight"]
             topo = (1 - w) * topo + w * ghost
+        if brng is not None:
+            topo = _broaden_surface(r, geo, defects, topo)
         signal = topo * tip_contrast[:, None]
         z = background + signal + tip_offset[:, None] + line_off[:, None]
         if pink is not None:
@@ -553,6 +578,8 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
             z += _streaks(rng, r, direction)
         if r.scar_rate > 0:
             _add_scars(rng, r, z)
+        if brng is not None:
+            z = _broaden_noise(brng, r, z, t, direction)
         topo_for_current[direction] = signal
         images[("Z", direction)] = z
 
@@ -566,6 +593,8 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
     acquired_lines = _acquired_rows(r, t)
     for key, img in images.items():
         img = img.astype(np.float64)
+        if "quantised" in r.broad and key[0] == "Z":
+            img = _quantise(img, r.broad["quantised"])
         img[~acquired_lines] = np.nan
         images[key] = (img * (1e-9 if key[0] == "Z" else 1.0)).astype(np.float32)
 
@@ -725,13 +754,176 @@ def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray)
 
 def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: float = 50.0,
              pixels: int = 512, density_per_cm2: float | None = None,
-             artifacts: bool = True, clusters: bool = False) -> SimulatedScan:
+             artifacts: bool = True, clusters: bool = False,
+             broad: bool | Sequence[str] = False) -> SimulatedScan:
     """Draw a recipe from ``seed`` and render it: the one call most users need. ``clusters``:
     add adsorbate clusters (drawn from their own random stream, so everything else about the
-    scan stays as without them)."""
+    scan stays as without them). ``broad``: widen the scan by the appearance and artifact
+    families of `BROAD_FAMILIES` (True: all of them; a sequence: those named), drawn from their
+    own random stream too: with ``broad=False`` a seed gives the same scan as before they
+    existed, so held-out sets stay reproducible."""
     rng = np.random.default_rng(seed)
     recipe = draw_recipe(rng, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
                          density_per_cm2=density_per_cm2, seed=seed, artifacts=artifacts)
     if clusters and mode == "stm":
         recipe.clusters = _draw_clusters(np.random.default_rng([seed, 4242]), recipe)
+    families = BROAD_FAMILIES if broad is True else tuple(broad or ())
+    if families:
+        recipe.broad = draw_broad(np.random.default_rng([seed, 1515]), recipe, families)
     return simulate_scan(rng, recipe)
+
+
+# -- broadened families (issue 15): wider than the draws above, behind `simulate(broad=...)` ----
+
+BROAD_FAMILIES = ("shapes", "halos", "rings", "lattice", "noise", "line_noise", "tips",
+                  "drift", "quantised")
+
+
+def draw_broad(rng: np.random.Generator, r: Recipe, families: Sequence[str]
+               ) -> dict[str, Any]:
+    """Draw the broadened families' parameters for one scan (and widen ``r``'s own where a
+    family changes them: lattice corrugation, tip, drift). Returns ``Recipe.broad``.
+
+    - shapes: per-defect sizes x lognormal(0, 0.35), contrasts x lognormal(0, 0.45), lobes up
+      to 0.6, elongation 1-1.8 along the lattice;
+    - halos: 20-60% of uncharged defects get a halo of either sign (0.5-3 nm);
+    - rings (an appearance family the simulator did not draw): 15-50% of defects look like a
+      "sombrero", a core with a rim of the other sign;
+    - lattice: corrugation 2-60 pm and a moire superstructure (period 1.5-8 nm);
+    - noise: a 2-D 1/f^beta field (beta 0.5-2.5, 1-8 pm) beside the time-ordered noise;
+    - line_noise: mains-like interference along the acquisition (1-6 pm) and noisy line bursts;
+    - tips: an anisotropic blunt tip (blur sd 0-0.25 nm per axis) and double tips in half the
+      scans with up to three ghosts;
+    - drift: drift up to 10% of the frame and a slow oscillation of the fast axis;
+    - quantised: heights quantised to 8-12 bits of the frame's range (an exported render).
+    """
+    unknown = sorted(set(families) - set(BROAD_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown broad families {unknown}; choose from {BROAD_FAMILIES}")
+    out: dict[str, Any] = {"seed": int(rng.integers(2**31)), "families": list(families)}
+    if "shapes" in families:
+        out["shapes"] = {"size_sigma": float(rng.uniform(0.15, 0.35)),
+                         "amp_sigma": float(rng.uniform(0.2, 0.45)),
+                         "lobes_max": float(rng.uniform(0.3, 0.6)),
+                         "aspect_max": float(rng.uniform(1.0, 1.8))}
+    if "halos" in families:
+        out["halos"] = {"share": float(rng.uniform(0.2, 0.6)),
+                        "length_nm": [0.5, float(rng.uniform(1.0, 3.0))]}
+    if "rings" in families:
+        out["rings"] = {"share": float(rng.uniform(0.15, 0.5)),
+                        "strength": float(rng.uniform(0.2, 0.7))}
+    if "lattice" in families and r.mode == "stm":
+        r.corrugation_nm = _log_uniform(rng, 0.002, 0.060)
+        out["lattice"] = {"moire_period_nm": float(rng.uniform(1.5, 8.0)),
+                          "moire_amp_nm": float(rng.uniform(0.2, 0.8)) * r.corrugation_nm,
+                          "moire_angle_rad": float(rng.uniform(0, math.pi))}
+    if "noise" in families:
+        out["noise"] = {"beta": float(rng.uniform(0.5, 2.5)),
+                        "amp_nm": _log_uniform(rng, 0.001, 0.008)}
+    if "line_noise" in families:
+        out["line_noise"] = {"amp_nm": _log_uniform(rng, 0.001, 0.006),
+                             "cycles_per_line": float(rng.uniform(0.5, 40.0)),
+                             "burst_rate": float(rng.uniform(0.0, 0.05)),
+                             "burst_nm": _log_uniform(rng, 0.003, 0.02)}
+    if "tips" in families:
+        out["tips"] = {"blur_nm": [float(rng.uniform(0.0, 0.25)), float(rng.uniform(0.0, 0.25))]}
+        if rng.random() < 0.5:
+            ghosts = []
+            for _ in range(int(rng.integers(1, 4))):
+                ang = rng.uniform(0, 2 * math.pi)
+                dist = rng.uniform(0.4, 4.0)
+                ghosts.append({"dx_nm": dist * math.cos(ang), "dy_nm": dist * math.sin(ang),
+                               "weight": float(rng.uniform(0.1, 0.5))})
+            out["tips"]["ghosts"] = ghosts
+    if "drift" in families:
+        r.drift_nm = (float(rng.uniform(-0.1, 0.1) * r.width_nm),
+                      float(rng.uniform(-0.1, 0.1) * r.height_nm))
+        out["drift"] = {"wobble_nm": float(rng.uniform(0.0, 0.6)),
+                        "wobble_cycles": float(rng.uniform(0.5, 4.0))}
+    if "quantised" in families:
+        out["quantised"] = {"bits": int(rng.integers(8, 13))}
+    return out
+
+
+def _broaden_defects(rng: np.random.Generator, r: Recipe, defects: list[_Defect]
+                     ) -> list[_Defect]:
+    b = r.broad
+    out = []
+    for d in defects:
+        if "shapes" in b and d.cls is not ADSORBATE:
+            sh = b["shapes"]
+            d = replace(d, radius_nm=d.radius_nm * float(rng.lognormal(0.0, sh["size_sigma"])),
+                        amp_nm=d.amp_nm * float(rng.lognormal(0.0, sh["amp_sigma"])),
+                        lobes=float(rng.uniform(0.0, sh["lobes_max"])),
+                        aspect=float(rng.uniform(1.0, sh["aspect_max"])))
+        if "halos" in b and d.halo_nm == 0 and rng.random() < b["halos"]["share"]:
+            lo, hi = b["halos"]["length_nm"]
+            d = replace(d, halo_nm=float(rng.uniform(lo, hi)),
+                        halo_amp_nm=float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5))
+                        * d.amp_nm)
+        if "rings" in b and rng.random() < b["rings"]["share"]:
+            d = replace(d, ring_amp_nm=-b["rings"]["strength"] * d.amp_nm
+                        * float(rng.uniform(0.6, 1.4)))
+        out.append(d)
+    return out
+
+
+def _broaden_surface(r: Recipe, geo: _Geometry, defects: list[_Defect], topo: np.ndarray
+                     ) -> np.ndarray:
+    """Moire, extra tip ghosts and an anisotropic tip on the rendered surface (nm)."""
+    from scipy.ndimage import gaussian_filter
+
+    b = r.broad
+    px, py = r.pixel_size_nm
+    if "lattice" in b and r.mode == "stm":
+        m = b["lattice"]
+        rows, cols = np.mgrid[0:r.ny, 0:r.nx].astype(np.float64)
+        xs, ys = geo.surface(rows, cols)
+        k = 2 * math.pi / m["moire_period_nm"]
+        th = m["moire_angle_rad"]
+        moire = sum(np.cos(k * (xs * math.cos(th + a) + ys * math.sin(th + a)))
+                    for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3))
+        topo = topo + m["moire_amp_nm"] * moire / 3.0
+    if "tips" in b:
+        for g in b["tips"].get("ghosts", ()):
+            ghost = _render_surface(r, geo, defects, (g["dx_nm"], g["dy_nm"]))
+            topo = (1 - g["weight"]) * topo + g["weight"] * ghost
+        bx, by = b["tips"]["blur_nm"]
+        if bx > 0 or by > 0:
+            topo = gaussian_filter(topo, (by / py, bx / px), mode="nearest")
+    return topo
+
+
+def _broaden_noise(rng: np.random.Generator, r: Recipe, z: np.ndarray, t: np.ndarray,
+                   direction: str) -> np.ndarray:
+    """2-D 1/f noise, line interference and noisy line bursts (nm)."""
+    b = r.broad
+    ny, nx = z.shape
+    if "noise" in b:
+        n = b["noise"]
+        fy = np.fft.fftfreq(ny)[:, None]
+        fx = np.fft.rfftfreq(nx)[None, :]
+        f = np.hypot(fy, fx)
+        f[0, 0] = f.flat[1] if f.size > 1 else 1.0
+        spec = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) * f ** (-n["beta"] / 2)
+        spec[0, 0] = 0
+        field_ = np.fft.irfft2(spec, s=(ny, nx))
+        z = z + n["amp_nm"] * field_ / (field_.std() + 1e-12)
+    if "line_noise" in b:
+        ln = b["line_noise"]
+        cols = np.arange(nx)[None, :] / nx
+        phase = 2 * math.pi * ln["cycles_per_line"] * (t[:, None] * ny + cols)
+        z = z + ln["amp_nm"] * np.sin(phase + rng.uniform(0, 2 * math.pi))
+        bursts = rng.random(ny) < ln["burst_rate"]
+        if bursts.any():
+            z[bursts] += rng.normal(0, ln["burst_nm"], (int(bursts.sum()), nx))
+    return z
+
+
+def _quantise(z_nm: np.ndarray, q: Mapping[str, Any]) -> np.ndarray:
+    finite = np.isfinite(z_nm)
+    if not finite.any():
+        return z_nm
+    lo, hi = float(np.min(z_nm[finite])), float(np.max(z_nm[finite]))
+    step = (hi - lo) / (2 ** int(q["bits"]) - 1) or 1.0
+    return lo + np.round((z_nm - lo) / step) * step

@@ -1,15 +1,18 @@
 """Use cases: answering questions from the record (densities per sample, scans, defects, status).
 
 Densities are area-weighted over a sample's done scans: all defects of each scan's latest run
-over the sum of their acquired areas (= the area-weighted mean of the per-scan densities), with
-an exact 95% Poisson interval on the summed count. Plain dicts and dataclasses out; the CLI
-renders them.
+over the sum of their acquired areas (= the area-weighted mean of the per-scan densities). The
+count is corrected by the detector's calibration (precision / recall per kind, measured on
+simulated validation scans or on the record's reviewed scans; `service.calibration`) with a 95%
+interval that holds both the counting noise and the calibration's uncertainty
+(`pipeline.calibration`); a version without a calibration reports the detected count with its
+exact Poisson interval ("uncalibrated"). Plain dicts and dataclasses out; the CLI renders them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePath
 from typing import Any
@@ -23,14 +26,22 @@ from defectwatch.db.models import DetectionRun, ScanRow
 from defectwatch.db.records import rename_sample
 from defectwatch.db.registry import active_version
 from defectwatch.errors import ConfigError, NotFoundError
-from defectwatch.pipeline.density import density
+from defectwatch.pipeline.calibration import Calibration, corrected_interval
+from defectwatch.pipeline.density import NM2_PER_CM2, density
 
 KINDS = ("trough", "peak", "total")
+UNCALIBRATED = "uncalibrated"
 
 
 @dataclass(frozen=True)
 class SampleDensity:
-    """One sample's defect densities per kind (per cm^2) over its done scans."""
+    """One sample's defect densities per kind (per cm^2) over its done scans.
+
+    ``density_per_cm2`` / ``ci95_per_cm2``: the count corrected by the detector's calibration
+    (`pipeline.calibration`) and its 95% interval (counting noise and calibration uncertainty);
+    ``raw_density_per_cm2``: the detected count over the area; ``calibration``: which
+    calibration corrected it ("uncalibrated": none, the raw count with its Poisson interval).
+    """
 
     sample: str | None
     scans: int  # done scans counted
@@ -38,21 +49,89 @@ class SampleDensity:
     counts: dict[str, int]
     density_per_cm2: dict[str, float]
     ci95_per_cm2: dict[str, tuple[float, float]]
+    raw_density_per_cm2: dict[str, float] = field(default_factory=dict)
+    calibration: str = UNCALIBRATED
+
+    @property
+    def corrected(self) -> bool:
+        return self.calibration != UNCALIBRATED
 
     def to_json(self) -> dict[str, Any]:
         """The ``density --json`` object (ci95 values as [low, high])."""
         return {"sample": self.sample, "scans": self.scans, "area_nm2": self.area_nm2,
                 "counts": dict(self.counts), "density_per_cm2": dict(self.density_per_cm2),
-                "ci95_per_cm2": {k: [lo, hi] for k, (lo, hi) in self.ci95_per_cm2.items()}}
+                "ci95_per_cm2": {k: [lo, hi] for k, (lo, hi) in self.ci95_per_cm2.items()},
+                "raw_density_per_cm2": dict(self.raw_density_per_cm2),
+                "calibration": self.calibration}
 
 
-def _density(t: q.SampleTotals) -> SampleDensity:
+class _Calibrations:
+    """Which calibration corrects the scans one version counted in one sample: the reviewed
+    scans of the active version (leaving the sample's own out) when there are enough, else the
+    version's own (config.json), else none."""
+
+    def __init__(self, session: Any, versions: Sequence[str]) -> None:
+        from defectwatch.service.calibration import (
+            read_calibration,
+            reviewed_scans,
+            version_directories,
+        )
+
+        active = active_version(session=session)
+        self.active = active.name if active else None
+        dirs = version_directories(versions, session=session)
+        self.own = {v: read_calibration(d) for v, d in dirs.items()}
+        self.reviewed = (reviewed_scans(session=session, version=self.active)
+                         if self.active in versions else [])
+
+    def for_group(self, sample: str | None, version: str) -> Calibration | None:
+        from defectwatch.service.calibration import reviewed_calibration
+
+        if version == self.active and self.reviewed:
+            found = reviewed_calibration(self.reviewed, version=version, exclude_sample=sample)
+            if found is not None:
+                return found
+        return self.own.get(version)
+
+
+def _density(t: q.SampleTotals, groups: Sequence[q.VersionTotals] = (),
+             calibrations: _Calibrations | None = None) -> SampleDensity:
     counts = {"trough": t.trough, "peak": t.peak, "total": t.total}
     per = {k: density(n, t.area_nm2, kind=k) for k, n in counts.items()}
+    raw = {k: d.per_cm2 for k, d in per.items()}
+    used = [(g, calibrations.for_group(t.sample, g.model_version) if calibrations else None)
+            for g in groups]
+    if t.area_nm2 <= 0 or not any(cal is not None for _, cal in used):
+        return SampleDensity(
+            sample=t.sample, scans=t.counted, area_nm2=t.area_nm2, counts=counts,
+            density_per_cm2=raw,
+            ci95_per_cm2={k: (d.ci95_low_per_cm2, d.ci95_high_per_cm2) for k, d in per.items()},
+            raw_density_per_cm2=dict(raw), calibration=UNCALIBRATED)
+    estimates = corrected_interval(
+        [({"trough": g.trough, "peak": g.peak},
+          {k: (cal.kinds.get(k) if cal is not None else None) for k in ("trough", "peak")})
+         for g, cal in used])
+    scale = NM2_PER_CM2 / t.area_nm2
+    names = []
+    for g, cal in used:
+        name = cal.description if cal is not None else f"uncalibrated ({g.model_version})"
+        if name not in names:
+            names.append(name)
     return SampleDensity(
         sample=t.sample, scans=t.counted, area_nm2=t.area_nm2, counts=counts,
-        density_per_cm2={k: d.per_cm2 for k, d in per.items()},
-        ci95_per_cm2={k: (d.ci95_low_per_cm2, d.ci95_high_per_cm2) for k, d in per.items()})
+        density_per_cm2={k: e.count * scale for k, e in estimates.items()},
+        ci95_per_cm2={k: (e.low * scale, e.high * scale) for k, e in estimates.items()},
+        raw_density_per_cm2=raw, calibration="; ".join(names))
+
+
+def _densities(session: Any, totals: Sequence[q.SampleTotals],
+               samples: Sequence[str] | None = None) -> list[SampleDensity]:
+    groups: dict[str | None, list[q.VersionTotals]] = {}
+    for g in q.sample_version_totals(session=session, samples=samples):
+        groups.setdefault(g.sample, []).append(g)
+    versions = sorted({g.model_version for gs in groups.values() for g in gs})
+    calibrations = _Calibrations(session, versions) if versions else None
+    return [_density(t, groups.get(t.sample, ()), calibrations) for t in totals]
 
 
 def _check_samples(names: Sequence[str], *, session: Any) -> None:
@@ -72,10 +151,12 @@ def density_report(engine: Engine, samples: Sequence[str] | None = None
         if samples:
             _check_samples(samples, session=session)
         totals = q.sample_totals(session=session, samples=samples or None)
-    if samples:
-        order = {name: i for i, name in enumerate(samples)}
-        return [_density(t) for t in sorted(totals, key=lambda t: order.get(t.sample or "", 0))]
-    return [_density(t) for t in totals if t.counted]
+        if samples:
+            order = {name: i for i, name in enumerate(samples)}
+            totals = sorted(totals, key=lambda t: order.get(t.sample or "", 0))
+        else:
+            totals = [t for t in totals if t.counted]
+        return _densities(session, totals, samples or None)
 
 
 def samples_overview(engine: Engine, samples: Sequence[str] | None = None
@@ -83,14 +164,16 @@ def samples_overview(engine: Engine, samples: Sequence[str] | None = None
     """Every sample (or those named): scans by status, scanned area, latest scan, densities."""
     with read_transaction(engine) as session:
         totals = q.sample_totals(session=session, samples=samples)
+        dens = _densities(session, totals, samples)
     out = []
-    for t in totals:
-        d = _density(t)
+    for t, d in zip(totals, dens):
         out.append({"sample": t.sample, "scans": t.scans, "done": t.done, "failed": t.failed,
                     "pending": t.pending, "area_nm2": t.area_nm2,
                     "latest_seen_at": _iso(t.latest_seen_at), "latest_path": t.latest_path,
                     "counts": d.counts, "density_per_cm2": d.density_per_cm2,
-                    "ci95_per_cm2": {k: list(v) for k, v in d.ci95_per_cm2.items()}})
+                    "ci95_per_cm2": {k: list(v) for k, v in d.ci95_per_cm2.items()},
+                    "raw_density_per_cm2": d.raw_density_per_cm2,
+                    "calibration": d.calibration})
     return out
 
 

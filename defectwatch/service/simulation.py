@@ -75,9 +75,11 @@ def write_simulated_scans(outdir: str | Path, *, n: int = 1, material: str = "ws
                           density_per_cm2: float | None = None, seed: int = 0,
                           preview: bool = False, prefix: str | None = None,
                           artifacts: bool = True, clusters: bool = False,
+                          broad: bool | tuple[str, ...] = False,
                           on_progress: Callable[[int, int], None] | None = None
                           ) -> list[WrittenScan]:
-    """Simulate ``n`` scans into ``outdir``: ``.sxm`` + truth ``.csv`` (+ ``.png`` preview)."""
+    """Simulate ``n`` scans into ``outdir``: ``.sxm`` + truth ``.csv`` (+ ``.png`` preview);
+    ``broad``: the broadened families (`simulate.BROAD_FAMILIES`; True: all)."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     pretty = {"wse2": "WSe2", "mose2": "MoSe2"}.get(material, material)
@@ -86,7 +88,8 @@ def write_simulated_scans(outdir: str | Path, *, n: int = 1, material: str = "ws
     written: list[WrittenScan] = []
     for i in range(n):
         sim = simulate(seed + i, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
-                       density_per_cm2=density_per_cm2, artifacts=artifacts, clusters=clusters)
+                       density_per_cm2=density_per_cm2, artifacts=artifacts, clusters=clusters,
+                       broad=broad)
         r = sim.recipe
         base = out / f"{stem}_{seed + i:04d}"
         when = start + timedelta(minutes=7 * (seed + i))

@@ -89,7 +89,7 @@ def test_the_report_rule_is_part_of_the_version(tmp_path):
     save_version(tmp_path / "new", ModelConfig(version="new", pixel_size_nm=0.1,
                                                architecture=TINY), _members(1))
     new, _ = load_version(tmp_path / "new")
-    assert new.report_contrast == REPORT_CONTRAST and REPORT_CONTRAST["peak"] == 2.0
+    assert new.report_contrast == REPORT_CONTRAST and REPORT_CONTRAST["peak"] == 1.0
     stored = json.loads((tmp_path / "new" / "config.json").read_text())
     del stored["detection"]
     (tmp_path / "new" / "config.json").write_text(json.dumps(stored))

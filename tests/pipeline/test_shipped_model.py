@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from defectwatch.pipeline.calibration import (
+    Calibration,
+    CalibrationCounter,
+    corrected_interval,
+)
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import ObjectEvaluation
 from defectwatch.pipeline.model import load_version
 from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.service.evaluation import headline, reported_truth, simulated_cases
-
 
 # measured on these four scans (default-sim-7, against the defects it reports): trough F1 0.94
 # (35 troughs), peak F1 0.94 (8 peaks); the bars leave room for platform noise but fail on a
@@ -100,17 +104,47 @@ def test_the_shipped_config_is_what_make_default_model_writes():
 
 
 def test_topography_defects_carry_their_contrast_and_current_maps_none(ensemble):
-    """Contrast is judged in heights by the version's own rule (troughs at -1.5 sigma or
-    deeper, peaks at +2.0 or brighter); C-AFM current maps are not judged."""
+    """Contrast is judged in heights by the version's own rule (troughs at -1.25 sigma or
+    deeper, peaks at +1.0 or brighter, chosen on simulated validation scans); C-AFM current
+    maps are not judged."""
     (stm,) = simulated_cases([905], size_nm=25.0, pixels=256, density_per_cm2=3e12)
     found = ensemble.predict_scan(stm.scan).defects(threshold=0.55)
     measured = [d for d in found if d.contrast == d.contrast]
     assert len(measured) >= 0.8 * len(found) > 0  # NaN only where the ring leaves the frame
-    assert ensemble.config.report_contrast == {"trough": -1.5, "peak": 2.0}
-    assert all(d.contrast <= -1.5 for d in measured if d.kind == "trough")
-    assert all(d.contrast >= 2.0 for d in measured if d.kind == "peak")
+    assert ensemble.config.report_contrast == {"trough": -1.25, "peak": 1.0}
+    assert "simulated validation" in ensemble.config.detection["report_contrast_chosen_on"]
+    assert all(d.contrast <= -1.25 for d in measured if d.kind == "trough")
+    assert all(d.contrast >= 1.0 for d in measured if d.kind == "peak")
     (cafm,) = simulated_cases([906], mode="cafm", size_nm=50.0, pixels=256)
     prediction = ensemble.predict_scan(cafm.scan)
     assert cafm.scan.unit == "A" and prediction.flat is None
     found = prediction.defects(threshold=0.2)
     assert found and all(d.contrast != d.contrast for d in found)
+
+
+def test_the_default_carries_a_calibration_that_corrects_held_out_counts(ensemble):
+    """The shipped calibration was measured on simulated validation scans (not training, not
+    test); end to end on four held-out scans, the corrected counts land near the true ones
+    (every defect a labeller marks) and the 95% intervals hold them."""
+    cal = Calibration.from_json(ensemble.config.calibration)
+    assert cal is not None and cal.source == "simulated" and cal.scans >= 40
+    assert "validation" in cal.description and "Monte Carlo" in cal.method
+    for kind in ("trough", "peak"):
+        c = cal.kinds[kind]
+        assert 0.5 < c.recall <= 1.0 and 0.5 < c.precision <= 1.0, c
+    counter = CalibrationCounter()
+    inside = []
+    corrected = dict.fromkeys(("trough", "peak"), 0.0)
+    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256,
+                                density_per_cm2=3e12):
+        found = ensemble.predict_scan(case.scan).defects(
+            threshold=ensemble.config.threshold_for(case.scan.channel))
+        counts = counter.add(found, case.labels)
+        est = corrected_interval([({k: counts[k].detected for k in corrected}, cal.kinds)])
+        for k in corrected:
+            corrected[k] += est[k].count
+            inside.append(est[k].low <= counts[k].true <= est[k].high)
+    true = {k: sum(s.true for s in counter.per_scan[k]) for k in corrected}
+    assert sum(inside) >= 6, inside  # of 8 intervals
+    for k in corrected:
+        assert 0.75 <= corrected[k] / true[k] <= 1.33, (k, corrected[k], true[k])

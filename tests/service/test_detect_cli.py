@@ -119,11 +119,11 @@ def test_evaluate_scores_against_the_reported_or_every_marked_defect(tiny_model,
 
     reported, marked = summary(), summary("--truth", "marked")
     assert reported["settings"]["truth"] == "reported" and marked["settings"]["truth"] == "marked"
-    assert reported["settings"]["report_contrast"] == {"trough": -1.5, "peak": 2.0}
+    assert reported["settings"]["report_contrast"] == {"trough": -1.25, "peak": 1.0}
     # the truth asked for: every visible defect, or those at the version's limits (CSV contrast)
     rows = [r for p in scans.glob("*.csv") for r in csv.DictReader(open(p, newline=""))
             if r["visible"] == "1"]
-    limit = {"trough": lambda c: c <= -1.5, "peak": lambda c: c >= 2.0}
+    limit = {"trough": lambda c: c <= -1.25, "peak": lambda c: c >= 1.0}
     for kind in ("trough", "peak"):
         asked = {name: s["objects"]["kinds"][kind]["tp"] + s["objects"]["kinds"][kind]["fn"]
                  for name, s in (("reported", reported), ("marked", marked))}

@@ -19,7 +19,8 @@ from defectwatch.service.cli import app
 from tests.db.factories import detection, record
 
 runner = CliRunner()
-JSON_KEYS = {"sample", "scans", "area_nm2", "counts", "density_per_cm2", "ci95_per_cm2"}
+JSON_KEYS = {"sample", "scans", "area_nm2", "counts", "density_per_cm2", "ci95_per_cm2",
+             "raw_density_per_cm2", "calibration"}
 
 
 @pytest.fixture

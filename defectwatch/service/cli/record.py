@@ -14,6 +14,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
@@ -84,7 +85,13 @@ def density(
                       ] = False,
     db: DbOption = None,
 ) -> None:
-    """Defect density per sample and kind (per cm², area-weighted) with a 95% interval."""
+    """Defect density per sample and kind (per cm², area-weighted) with a 95% interval.
+
+    The density is the detected count corrected by the model version's calibration (its
+    recall and false detections per kind) and the interval holds both the counting noise and
+    the calibration's uncertainty; the detected ("raw") density is shown beside it. A version
+    without a calibration reports the raw count with its Poisson interval ("uncalibrated").
+    """
     from defectwatch.service.queries import KINDS, density_report
 
     if as_json and as_csv:
@@ -98,30 +105,44 @@ def density(
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["sample", "kind", "scans", "defects", "area_nm2", "density_per_cm2",
-                         "ci95_low_per_cm2", "ci95_high_per_cm2"])
+                         "ci95_low_per_cm2", "ci95_high_per_cm2", "raw_density_per_cm2",
+                         "calibration"])
         for r in report:
             for k in KINDS:
                 lo, hi = r.ci95_per_cm2[k]
                 writer.writerow([r.sample, k, r.scans, r.counts[k], f"{r.area_nm2:.6g}",
-                                 f"{r.density_per_cm2[k]:.6g}", f"{lo:.6g}", f"{hi:.6g}"])
+                                 f"{r.density_per_cm2[k]:.6g}", f"{lo:.6g}", f"{hi:.6g}",
+                                 f"{r.raw_density_per_cm2[k]:.6g}", r.calibration])
         return
     out.print(density_table(report) if report else "no processed scans yet")
+    for r in report:
+        out.print(f"{escape(r.sample or '(none)')}: "
+                  + (f"corrected, {escape(r.calibration)}" if r.corrected
+                     else "uncalibrated (the version carries no calibration): detected count, "
+                          "Poisson interval"), highlight=False)
 
 
 def density_table(report: list[SampleDensity]) -> Table:
-    """The ``density`` table: per sample and kind, scans, defects, area, density, 95% interval
-    (``demo`` prints the same table)."""
+    """The ``density`` table: per sample and kind, scans, defects, area, density (corrected by
+    the version's calibration when it has one), 95% interval, detected density (``demo`` prints
+    the same table)."""
     from defectwatch.service.queries import KINDS
 
-    table = Table("sample", "kind", "scans", "defects", "area nm²", "density cm⁻²",
-                  "95% interval cm⁻²")
+    corrected = any(r.corrected for r in report)
+    table = Table("sample", "kind", "scans", "defects", "area nm²",
+                  "density cm⁻² (corrected)" if corrected else "density cm⁻²",
+                  "95% interval cm⁻²", "detected cm⁻²",
+                  caption="corrected: detected count x precision / recall of the model "
+                          "version (its calibration); the interval holds counting noise and "
+                          "the calibration's uncertainty" if corrected else None)
     for r in report:
         for i, k in enumerate(KINDS):
             lo, hi = r.ci95_per_cm2[k]
             table.add_row(r.sample or "(none)" if i == 0 else "", k,
                           str(r.scans) if i == 0 else "", str(r.counts[k]),
                           _area(r.area_nm2) if i == 0 else "", _sci(r.density_per_cm2[k]),
-                          f"{_sci(lo)} – {_sci(hi)}", end_section=k == "total")
+                          f"{_sci(lo)} – {_sci(hi)}", _sci(r.raw_density_per_cm2[k]),
+                          end_section=k == "total")
     return table
 
 

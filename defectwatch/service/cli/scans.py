@@ -74,6 +74,10 @@ def simulate(
     clusters: Annotated[bool, typer.Option(
         help="Add clusters of bright adsorbate blobs (STM), each blob a labelled peak.")
     ] = False,
+    broad: Annotated[bool, typer.Option(
+        help="Widen every scan by the broadened families (shapes, halos, sombrero rings, "
+             "lattice and moire, 2-D 1/f and line noise, tips and ghosts, drift, quantised).")
+    ] = False,
 ) -> None:
     """Write realistic simulated STM / C-AFM scans with their ground truth."""
     from defectwatch.service.simulation import write_simulated_scans
@@ -94,7 +98,8 @@ def simulate(
         written = write_simulated_scans(
             outdir, n=n, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
             density_per_cm2=density, seed=seed, preview=preview, artifacts=not clean,
-            clusters=clusters, on_progress=lambda done, total: bar.update(task, completed=done))
+            clusters=clusters, broad=broad,
+            on_progress=lambda done, total: bar.update(task, completed=done))
     for w in written:
         extra = f" + {w.preview.name}" if w.preview else ""
         out.print(f"{w.sxm}  ({w.defects} defects, {w.visible} visible){extra}", highlight=False)

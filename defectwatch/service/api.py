@@ -305,7 +305,11 @@ class Record:
         pandas.DataFrame
             One row per sample and kind (``trough``, ``peak``, ``total``): ``sample, kind,
             scans, defects, area_nm2, density_per_cm2, ci95_low_per_cm2,
-            ci95_high_per_cm2`` (densities in defects per cm^2, exact 95% Poisson interval).
+            ci95_high_per_cm2, raw_density_per_cm2, calibration`` (defects per cm^2:
+            ``density_per_cm2`` is the detected count corrected by the model version's
+            calibration, with a 95% interval holding counting noise and the calibration's
+            uncertainty; ``raw_density_per_cm2`` is the detected count over the area;
+            ``calibration`` says which calibration, or ``uncalibrated``).
         """
         import pandas as pd
 
@@ -315,12 +319,15 @@ class Record:
         rows = [{"sample": r.sample, "kind": k, "scans": r.scans, "defects": r.counts[k],
                  "area_nm2": r.area_nm2, "density_per_cm2": r.density_per_cm2[k],
                  "ci95_low_per_cm2": r.ci95_per_cm2[k][0],
-                 "ci95_high_per_cm2": r.ci95_per_cm2[k][1]}
+                 "ci95_high_per_cm2": r.ci95_per_cm2[k][1],
+                 "raw_density_per_cm2": r.raw_density_per_cm2[k],
+                 "calibration": r.calibration}
                 for r in density_report(self.engine, list(samples) if samples else None)
                 for k in REPORT_KINDS]
         return pd.DataFrame(rows, columns=["sample", "kind", "scans", "defects", "area_nm2",
                                            "density_per_cm2", "ci95_low_per_cm2",
-                                           "ci95_high_per_cm2"])
+                                           "ci95_high_per_cm2", "raw_density_per_cm2",
+                                           "calibration"])
 
     def scans(self, *, sample: str | None = None, status: str | None = None,
               limit: int | None = None) -> pd.DataFrame:

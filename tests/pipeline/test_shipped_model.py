@@ -64,11 +64,11 @@ def test_large_frames_keep_their_quality(ensemble):
 
 
 def test_the_shipped_thresholds_were_chosen_on_validation_scans():
-    from defectwatch.service.default_model import VALIDATION_NOTE
-
     config, _ = load_version(default_model_dir())
     m = config.metrics
-    assert m["threshold_chosen_on"] == VALIDATION_NOTE  # the seeds `make default-model` uses
+    # re-chosen with the report limits on simulated validation seeds (issue 15), never on the
+    # real frames or the test seeds
+    assert m["threshold_chosen_on"].startswith("simulated seeds 200-235 (validation")
     table = m["validation_mean_f1"]
     assert len(table) >= 5 and table[f"{m['threshold']:.2f}"] == max(table.values())
     assert 0.2 <= m["threshold"] <= 0.8

@@ -130,7 +130,10 @@ def test_record_add_and_ask_gives_what_the_cli_gives(tmp_path, scans, detections
     area = sum(d.scan.acquired_area_nm2 for d in detections)
     assert total["defects"] == n and total["scans"] == 2
     assert total["area_nm2"] == pytest.approx(area)
-    assert total["density_per_cm2"] == pytest.approx(n / area * 1e14)
+    assert total["raw_density_per_cm2"] == pytest.approx(n / area * 1e14)
+    # the shipped default carries a calibration: the reported density is corrected by it
+    assert total["calibration"] != "uncalibrated"
+    assert total["ci95_low_per_cm2"] < total["density_per_cm2"] < total["ci95_high_per_cm2"]
     assert tuple(defects.columns) == DEFECT_COLUMNS and len(defects) == len(detections[1].defects)
     assert sorted(defects["x_nm"].round(3)) == sorted(round(d.x_nm, 3)
                                                       for d in detections[1].defects)

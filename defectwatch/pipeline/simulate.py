@@ -372,11 +372,12 @@ def _cluster_blobs(r: Recipe) -> list[_Defect]:
     diameters apart) and overlaps none (no two closer than 0.9 diameters)."""
     out: list[_Defect] = []
     for c in r.clusters:
-        rng = np.random.default_rng(c["seed"])
+        rng = np.random.default_rng(int(c["seed"]))
         d0 = c["diameter_nm"]
+        blobs = int(c["blobs"])
         xy = [np.array([c["x"], c["y"]])]
-        for _ in range(60 * c["blobs"]):
-            if len(xy) >= c["blobs"]:
+        for _ in range(60 * blobs):
+            if len(xy) >= blobs:
                 break
             ang = rng.uniform(0, 2 * math.pi)
             p = xy[rng.integers(len(xy))] + d0 * rng.uniform(0.95, 1.35) * np.array(

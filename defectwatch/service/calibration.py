@@ -85,6 +85,16 @@ def calibrate(ensemble: Any, cases: Iterable[Any], *, source: str, description: 
     return counter.result(source=source, description=description, data=dict(data or {}))
 
 
+def _offset(on_progress: Callable[[int, int], None] | None, base: int, total: int
+            ) -> Callable[[int, int], None] | None:
+    """``on_progress`` of one set inside several: (done in the set, set size) -> (base + done,
+    total)."""
+    if on_progress is None:
+        return None
+    report = on_progress
+    return lambda done, _n: report(base + done, total)
+
+
 def simulated_calibration(directory: Path, *, sets=CALIBRATION_SETS,
                           on_progress: Progress | None = None) -> Calibration:
     """The version in ``directory`` calibrated on the simulated calibration scans (`sets`);
@@ -100,8 +110,7 @@ def simulated_calibration(directory: Path, *, sets=CALIBRATION_SETS,
     for (kwargs, seeds), name in zip(sets, _describe_sets(sets)):
         part = calibrate(ensemble, simulated_cases(seeds, **kwargs), source="simulated",
                          description=name,
-                         on_progress=(lambda i, _n, base=done: on_progress(base + i, n))
-                         if on_progress else None)
+                         on_progress=_offset(on_progress, done, n))
         done += len(seeds)
         by_set[name] = {k: {"recall": round(c.recall, 3), "precision": round(c.precision, 3),
                             "true": c.true, "detected": c.detected}
@@ -250,7 +259,7 @@ def main() -> None:
 
     from defectwatch.pipeline.model import write_calibration
 
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(main.__doc__ or "").splitlines()[0])
     parser.add_argument("directory", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -82,7 +82,7 @@ class _Calibrations:
         dirs = version_directories(versions, session=session)
         self.own = {v: read_calibration(d) for v, d in dirs.items()}
         self.reviewed = (reviewed_scans(session=session, version=self.active)
-                         if self.active in versions else [])
+                         if self.active is not None and self.active in versions else [])
 
     def for_group(self, sample: str | None, version: str) -> Calibration | None:
         from defectwatch.service.calibration import reviewed_calibration

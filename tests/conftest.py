@@ -24,3 +24,7 @@ def shared_sxm() -> dict[str, Path]:
     if not folder.is_dir():
         pytest.skip("../shared/fixtures/real-sxm is not present")
     return {p.stem: p for p in sorted(folder.glob("*.sxm"))}
+
+
+# A real PostgreSQL server (a throwaway cluster, or DEFECTWATCH_TEST_POSTGRES); see postgres.py
+from tests.postgres import any_db_url, pg_cluster, pg_server, pg_url  # noqa: E402,F401

@@ -63,15 +63,17 @@ def mark_done(job: Job, *, session: Session) -> bool:
 class SqlJobQueue:
     """The daemon's queue on top of the ``scan`` table.
 
-    ``sample_for(path)`` names the sample of a new file (None: no sample); ``clock`` returns
-    the current UTC time (tests move it forward instead of sleeping).
+    ``sample_for(path)`` names the sample of a new file (None: no sample); ``instrument``: the
+    microscope new files come from (recorded on each scan); ``clock`` returns the current UTC
+    time (tests move it forward instead of sleeping).
     """
 
     def __init__(self, engine: Engine, *, sample_for: SampleFor | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, instrument: str | None = None) -> None:
         self.engine = engine
         self.sample_for = sample_for
         self.clock = clock
+        self.instrument = instrument
 
     def is_known(self, path: str, *, size_bytes: int, mtime_ns: int) -> bool:
         """True when this path with this size and mtime was enqueued before."""
@@ -94,6 +96,7 @@ class SqlJobQueue:
                 sample_row = get_or_create_sample(sample, session=s) if sample else None
                 s.add(ScanRow(path=path, sha256=sha256, size_bytes=size_bytes,
                               mtime_ns=mtime_ns, sample=sample_row, status="queued",
+                              instrument=self.instrument,
                               attempts=0, created_at=now, updated_at=now))
         except IntegrityError:  # another process enqueued the same content just now?
             with self._read() as s:

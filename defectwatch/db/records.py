@@ -69,11 +69,12 @@ def scan_by_sha256(sha256: str, *, session: Session) -> ScanRow | None:
 
 
 def add_scan(path: str, *, session: Session, sha256: str, size_bytes: int, mtime_ns: int,
-             sample: str | None, status: str = "processing") -> ScanRow:
+             sample: str | None, status: str = "processing",
+             instrument: str | None = None) -> ScanRow:
     """A new scan row (outside the queue, e.g. for ``defectwatch process``)."""
     row = ScanRow(path=path, sha256=sha256, size_bytes=size_bytes, mtime_ns=mtime_ns,
                   sample=get_or_create_sample(sample, session=session) if sample else None,
-                  status=status, attempts=0)
+                  status=status, attempts=0, instrument=instrument)
     session.add(row)
     session.flush()
     return row

@@ -29,6 +29,10 @@ DbOption = Annotated[str | None, typer.Option(
     "--db", metavar="URL", show_default=False,
     help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).")]
 
+InstrumentOption = Annotated[str | None, typer.Option(
+    "--instrument", metavar="NAME", show_default=False,
+    help="Only the scans of this instrument (see `defectwatch status`).")]
+
 samples_app = typer.Typer(help="Samples: scan counts, scanned area, latest scan, densities.",
                           invoke_without_command=True, no_args_is_help=False)
 app.add_typer(samples_app, name="samples")
@@ -105,7 +109,8 @@ def _area(nm2: float) -> str:
 
 @samples_app.callback()
 def samples(ctx: typer.Context, db: DbOption = None,
-            as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
+            instrument: InstrumentOption = None) -> None:
     """Samples with scan counts, scanned area, latest scan and densities."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db}
@@ -113,7 +118,7 @@ def samples(ctx: typer.Context, db: DbOption = None,
     from defectwatch.service.queries import samples_overview
 
     with _database(db) as engine:
-        rows = samples_overview(engine)
+        rows = samples_overview(engine, instrument=instrument)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -153,6 +158,7 @@ def density(
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per sample and kind.")
                       ] = False,
     db: DbOption = None,
+    instrument: InstrumentOption = None,
 ) -> None:
     """Defect density per sample and kind (per cm², area-weighted) with a 95% interval."""
     from defectwatch.service.queries import KINDS, density_report
@@ -161,7 +167,7 @@ def density(
         _fail("--json and --csv: choose one")
         raise typer.Exit(1)
     with _database(db) as engine:
-        report = density_report(engine, samples or None)
+        report = density_report(engine, samples or None, instrument=instrument)
     if as_json:
         print(json.dumps([r.to_json() for r in report], indent=2))
         return
@@ -196,12 +202,14 @@ def scans(
                      ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
     db: DbOption = None,
+    instrument: InstrumentOption = None,
 ) -> None:
     """Recorded scans, newest first: sample, status, size, defects, density, errors."""
     from defectwatch.service.queries import scans_report
 
     with _database(db) as engine:
-        rows = scans_report(engine, sample=sample, status=status, limit=limit)
+        rows = scans_report(engine, sample=sample, status=status, limit=limit,
+                            instrument=instrument)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -278,6 +286,12 @@ def status(
     _print_status(s)
 
 
+def _daemon_state(d: dict[str, Any]) -> str:
+    if d["alive"]:
+        return "[green]alive[/green]"
+    return "stopped" if d["stopped_at"] else "[red]silent[/red]"
+
+
 def _print_status(s: dict[str, Any]) -> None:
     if s["daemon_alive"]:
         d = s["daemons"][0]
@@ -293,6 +307,10 @@ def _print_status(s: dict[str, Any]) -> None:
     model = s["active_model"]
     table = Table(show_header=False, box=None)
     table.add_row("daemon", alive)
+    for i in s.get("instruments", []):  # every daemon's heartbeat, per instrument
+        beats = "; ".join(f"{_daemon_state(d)} pid {d['pid']} on {escape(d['host'])}, last "
+                          f"beat {_when(d['beat_at'])} UTC" for d in i["daemons"])
+        table.add_row(f"  {escape(i['instrument'] or '(unnamed)')}", beats)
     table.add_row("queue", f"{s['queue_depth']} ({c['queued']} queued, "
                            f"{c['processing']} processing)")
     table.add_row("done", str(c["done"]))

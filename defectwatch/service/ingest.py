@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from defectwatch.db import heartbeat as hb
-from defectwatch.db.engine import read_transaction, write_transaction
+from defectwatch.db.engine import read_transaction, unreachable_as_error, write_transaction
 from defectwatch.db.models import ScanRow, utcnow
 from defectwatch.db.queue import SqlJobQueue, mark_done
 from defectwatch.db.records import (add_detection_run, add_scan, get_or_create_sample,
@@ -178,6 +178,10 @@ def make_process(engine: Engine, *, channel: str = "Z",
         return name, loaded[key]
 
     def process(job: Job) -> str:
+        with unreachable_as_error(engine):  # the worker waits out an outage, then retries
+            return _process(job)
+
+    def _process(job: Job) -> str:
         _, model = ensemble()
         scan, detection = detect(job.path, ensemble=model, channel=channel)
         with write_transaction(engine) as session:
@@ -223,7 +227,7 @@ class Heartbeat:
         self.started_at: datetime = utcnow()
 
     def __call__(self) -> None:
-        with write_transaction(self.engine) as session:
+        with unreachable_as_error(self.engine), write_transaction(self.engine) as session:
             hb.beat(session=session, pid=self.pid, host=self.host, started_at=self.started_at,
                     instrument=self.instrument)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from defectwatch.db import open_database, read_transaction, write_transaction
 from defectwatch.db.models import DetectionRun, ScanRow
@@ -19,6 +20,7 @@ from defectwatch.db.records import add_detection_run, add_run_unless_scored, add
 from defectwatch.db.registry import register_version
 from defectwatch.errors import ConfigError
 from defectwatch.service.archive import map_path, parse_path_map, rescore_archive
+from defectwatch.service.cli import app
 from defectwatch.service.ingest import file_sha256
 from tests.daemon.queue_double import write_scan
 from tests.db.factories import detection
@@ -133,9 +135,11 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
 def test_on_postgresql_the_workers_write_and_a_repeat_finds_nothing_to_do(pg_url, tmp_path,
                                                                          tiny_models):
     archive(pg_url, tmp_path / "share", tiny_models, 4)
+    result = CliRunner().invoke(app, ["reprocess", "--all", "--workers", "2", "--db", pg_url])
+    assert result.exit_code == 0, result.output
+    assert "re-scored 4 of 4 scan(s) with tiny-2 on Dask" in result.stdout
+    assert "done 4 · failed 0 · remaining 0" in result.stderr
     engine = open_database(pg_url)
-    result = rescore_archive(engine, workers=2, everything=True)
-    assert (result.total, result.recorded, result.already, result.failed) == (4, 4, 0, ())
     again = rescore_archive(engine, workers=2)
     assert again.total == 0 and again.recorded == 0
     # a task computed twice (a worker killed after its commit) records nothing the second time
@@ -155,3 +159,7 @@ def test_path_maps_and_bad_options():
     assert map_path("Z:\\stm\\2026\\s.sxm", pairs) == "/share/stm/2026/s.sxm"
     with pytest.raises(ConfigError, match="OLD=NEW"):
         parse_path_map(["/mnt/a"])
+    both = CliRunner().invoke(app, ["reprocess", "--all", "--outdated", "--workers", "2"])
+    assert both.exit_code == 1 and "choose one" in both.output
+    bad = CliRunner().invoke(app, ["reprocess", "--workers", "1", "--path-map", "/x"])
+    assert bad.exit_code == 1 and "OLD=NEW" in bad.output

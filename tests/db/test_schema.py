@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from datetime import UTC, datetime
 from contextlib import redirect_stdout
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command

@@ -30,6 +30,11 @@ class ModelLoadError(DefectwatchError):
     """A model version directory is missing, incomplete, or does not match its checksum."""
 
 
+class DatabaseUnavailableError(DefectwatchError):
+    """The database cannot be reached (its server is down or restarting, the network is away):
+    nothing was recorded; try again later. The daemon waits with backoff and carries on."""
+
+
 class NotFoundError(DefectwatchError):
     """A named thing (scan, sample, model version, channel) does not exist."""
 

@@ -34,3 +34,7 @@ def shared_formats() -> dict[str, Path]:
     if not folder.is_dir():
         pytest.skip("../shared/fixtures/real-formats is not present")
     return {p.name: p for p in sorted(folder.glob("*/*")) if p.name != "SOURCES.md"}
+
+
+# A real PostgreSQL server (a throwaway cluster, or DEFECTWATCH_TEST_POSTGRES); see postgres.py
+from tests.postgres import any_db_url, pg_cluster, pg_server, pg_url  # noqa: E402,F401

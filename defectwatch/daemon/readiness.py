@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from defectwatch.digest import sha256_file
 from defectwatch.daemon.ports import ExpectedSize, JobQueue
-from defectwatch.errors import NotAnImageError, ScanIncompleteError, ScanReadError
+from defectwatch.errors import (DatabaseUnavailableError, NotAnImageError, ScanIncompleteError,
+                                ScanReadError)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ class Readiness:
             try:
                 new = queue.enqueue(f.path, sha256=f.sha256, size_bytes=f.size_bytes,
                                     mtime_ns=f.mtime_ns)
+            except DatabaseUnavailableError as exc:  # the worker reports the outage
+                log.debug("%s: could not be queued (%s); will try again", f.path, exc)
+                self.nominate(f.path)
+                continue
             except Exception:
                 log.exception("%s: could not be queued; will try again", f.path)
                 self.nominate(f.path)
@@ -174,7 +179,9 @@ class Readiness:
                 if self.skip is not None and self.skip(path, st.st_size, st.st_mtime_ns):
                     return _GONE
             except Exception as exc:  # noqa: BLE001 - database away: wait and ask again
-                log.warning("%s: could not ask the queue about it (%s)", path, exc)
+                level = logging.DEBUG if isinstance(exc, DatabaseUnavailableError) else \
+                    logging.WARNING  # an outage is reported once, by the worker
+                log.log(level, "%s: could not ask the queue about it (%s)", path, exc)
                 return _WAIT
             seen.expected, seen.unreadable, seen.waiting_for, seen.no_image = \
                 self._expected(path)

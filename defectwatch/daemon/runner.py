@@ -22,7 +22,7 @@ from defectwatch.daemon.readiness import Readiness
 from defectwatch.daemon.reconcile import ReconcileReport, nominate_unknown, reconcile
 from defectwatch.daemon.watcher import FolderWatcher
 from defectwatch.daemon.worker import RetryPolicy, Worker, WorkerStats
-from defectwatch.errors import ConfigError
+from defectwatch.errors import ConfigError, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class _Beat:
         self.last = now
         try:
             self.heartbeat(self.status())
+        except DatabaseUnavailableError as exc:  # the worker reports the outage
+            log.debug("heartbeat failed: %s", exc)
         except Exception as exc:  # noqa: BLE001 - a missed beat is not worth stopping for
             log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from defectwatch.errors import ConfigError
+from defectwatch.errors import ConfigError, DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,42 @@ def _ensure_wal(cursor, *, timeout_s: float) -> None:  # type: ignore[no-untyped
             raise sqlite3.OperationalError("database is locked: could not switch it to WAL")
         time.sleep(delay)
         delay = min(2 * delay, 0.2)
+
+
+# PostgreSQL SQLSTATEs that mean "the server is not there right now": connection exceptions
+# (class 08), and the server shutting down or starting up
+_UNREACHABLE_STATES = ("57P01", "57P02", "57P03")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database server cannot be reached (down, restarting, the
+    network away), as opposed to a bad query or a conflict. SQLite files are never
+    "unreachable" (a locked file waits in the busy timeout)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    if not type(exc.orig).__module__.startswith("psycopg"):
+        return False
+    state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return state is None or state.startswith("08") or state in _UNREACHABLE_STATES
+
+
+@contextmanager
+def unreachable_as_error(engine: Engine) -> Iterator[None]:
+    """Translate "the server cannot be reached" into ``DatabaseUnavailableError`` (one line
+    naming the server; other database errors pass unchanged)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not is_unreachable(exc):
+            raise
+        reason = (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+        raise DatabaseUnavailableError(
+            f"database {engine.url.render_as_string(hide_password=True)} is unreachable "
+            f"({reason})") from exc
 
 
 def writer(engine: Engine) -> Engine:

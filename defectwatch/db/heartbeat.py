@@ -15,14 +15,16 @@ from defectwatch.db.models import DaemonHeartbeat, utcnow
 
 
 def beat(*, session: Session, pid: int, host: str, started_at: datetime,
-         now: datetime | None = None) -> DaemonHeartbeat:
-    """Record that the daemon (``host``, ``pid``, started at ``started_at``) is alive now."""
+         now: datetime | None = None, instrument: str | None = None) -> DaemonHeartbeat:
+    """Record that the daemon (``host``, ``pid``, started at ``started_at``, recording for
+    ``instrument``) is alive now."""
     now = now or utcnow()
     row = session.scalar(select(DaemonHeartbeat).where(
         DaemonHeartbeat.host == host, DaemonHeartbeat.pid == pid,
         DaemonHeartbeat.started_at == started_at))
     if row is None:
-        row = DaemonHeartbeat(host=host, pid=pid, started_at=started_at, beat_at=now)
+        row = DaemonHeartbeat(host=host, pid=pid, started_at=started_at, beat_at=now,
+                              instrument=instrument)
         session.add(row)
     else:
         row.beat_at = now
@@ -55,3 +57,10 @@ def last_beat(*, session: Session) -> DaemonHeartbeat | None:
     """The most recent heartbeat of any daemon, alive or not."""
     return session.scalar(select(DaemonHeartbeat).order_by(DaemonHeartbeat.beat_at.desc())
                           .limit(1))
+
+
+def latest_per_daemon(*, session: Session, limit: int = 200) -> list[DaemonHeartbeat]:
+    """The newest heartbeat rows (one per daemon run), newest first: every daemon that ran,
+    alive or not, for listing per instrument."""
+    return list(session.scalars(select(DaemonHeartbeat)
+                                .order_by(DaemonHeartbeat.beat_at.desc()).limit(limit)))

@@ -75,12 +75,15 @@ class ScanRow(Base):
         Index("ix_scan_status_not_before", "status", "not_before"),
         Index("ix_scan_path", "path"),
         Index("ix_scan_sample_status", "sample_id", "status"),
+        Index("ix_scan_instrument_status", "instrument", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     sample_id: Mapped[int | None] = mapped_column(ForeignKey("sample.id", ondelete="SET NULL"))
+    # the microscope it came from (``--instrument``, default the recording host's name)
+    instrument: Mapped[str | None] = mapped_column(String(200))
     # file identity (cheap "seen it?" check before hashing)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
@@ -233,6 +236,7 @@ class DaemonHeartbeat(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
+    instrument: Mapped[str | None] = mapped_column(String(200))  # the one it records for
     started_at: Mapped[datetime]
     beat_at: Mapped[datetime] = mapped_column(index=True)
     stopped_at: Mapped[datetime | None]

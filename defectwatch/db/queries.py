@@ -46,10 +46,11 @@ def sample_names(*, session: Session) -> list[str]:
     return list(session.scalars(select(Sample.name).order_by(Sample.name)))
 
 
-def sample_totals(*, session: Session, samples: Sequence[str] | None = None
-                  ) -> list[SampleTotals]:
+def sample_totals(*, session: Session, samples: Sequence[str] | None = None,
+                  instrument: str | None = None) -> list[SampleTotals]:
     """Totals per sample (all samples, or those named), sorted by name; scans without a
-    sample come last as ``sample=None``."""
+    sample come last as ``sample=None``. With ``instrument``, only that instrument's scans
+    (and only the samples it has scans of)."""
     def is_(status: str):  # type: ignore[no-untyped-def]
         return func.sum(case((ScanRow.status == status, 1), else_=0))
 
@@ -72,6 +73,9 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
         wanted = {sid for sid, name in names.items() if name in set(samples)}
         by_status = by_status.where(ScanRow.sample_id.in_(wanted))
         sums = sums.where(ScanRow.sample_id.in_(wanted))
+    if instrument is not None:
+        by_status = by_status.where(ScanRow.instrument == instrument)
+        sums = sums.where(ScanRow.instrument == instrument)
     counted = {row[0]: row[1:] for row in session.execute(sums)}
     rows = session.execute(by_status).all()
     newest = {r.id: r for r in session.scalars(
@@ -87,7 +91,7 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None
             total=int(total or 0),
             latest_seen_at=latest_row.created_at if latest_row else None,
             latest_path=latest_row.path if latest_row else None, counted=int(n_counted or 0)))
-    known = set(names.values())
+    known = set(names.values()) if instrument is None else set()
     asked = known if samples is None else known & set(samples)
     for name in asked - {t.sample for t in out}:  # samples without scans (e.g. all merged)
         out.append(SampleTotals(name, 0, 0, 0, 0, 0.0, 0, 0, 0, None, None))
@@ -107,10 +111,11 @@ class VersionTotals:
     scan_ids: tuple[int, ...]
 
 
-def sample_version_totals(*, session: Session, samples: Sequence[str] | None = None
-                          ) -> list[VersionTotals]:
+def sample_version_totals(*, session: Session, samples: Sequence[str] | None = None,
+                          instrument: str | None = None) -> list[VersionTotals]:
     """Per sample and model version of the latest run: done scans, area and counts (each
-    sample's done scans split by the version that counted them), sorted by sample, version."""
+    sample's done scans split by the version that counted them), sorted by sample, version;
+    with ``instrument``, that instrument's scans only."""
     latest = latest_runs()
     query = (select(Sample.name, DetectionRun.model_version, ScanRow.id, DetectionRun.area_nm2,
                     DetectionRun.trough_count, DetectionRun.peak_count)
@@ -121,6 +126,8 @@ def sample_version_totals(*, session: Session, samples: Sequence[str] | None = N
              .where(ScanRow.status == "done"))
     if samples is not None:
         query = query.where(Sample.name.in_(list(samples)))
+    if instrument is not None:
+        query = query.where(ScanRow.instrument == instrument)
     groups: dict[tuple[str | None, str], list] = {}
     for name, version, scan_id, area, trough, peak in session.execute(query):
         groups.setdefault((name, version), []).append((scan_id, area, trough, peak))
@@ -133,7 +140,7 @@ def sample_version_totals(*, session: Session, samples: Sequence[str] | None = N
 
 
 def list_scans(*, session: Session, sample: str | None = None, status: str | None = None,
-               limit: int | None = None
+               limit: int | None = None, instrument: str | None = None
                ) -> list[tuple[ScanRow, str | None, DetectionRun | None]]:
     """Scans (newest first) with their sample name and latest run (None if never run)."""
     latest = latest_runs()
@@ -146,6 +153,8 @@ def list_scans(*, session: Session, sample: str | None = None, status: str | Non
         query = query.where(Sample.name == sample)
     if status is not None:
         query = query.where(ScanRow.status == status)
+    if instrument is not None:
+        query = query.where(ScanRow.instrument == instrument)
     if limit is not None:
         query = query.limit(limit)
     return [(s, n, r) for s, n, r in session.execute(query)]
@@ -202,3 +211,9 @@ def recent_failures(*, session: Session, limit: int = 5) -> list[ScanRow]:
     return list(session.scalars(select(ScanRow).where(ScanRow.status == "failed")
                                 .order_by(ScanRow.updated_at.desc(), ScanRow.id.desc())
                                 .limit(limit)))
+
+
+def instrument_names(*, session: Session) -> list[str]:
+    """Every instrument that recorded a scan, sorted."""
+    return list(session.scalars(select(ScanRow.instrument).where(ScanRow.instrument.is_not(None))
+                                .distinct().order_by(ScanRow.instrument)))

@@ -12,15 +12,17 @@ re-claimed elsewhere cannot overwrite the newer outcome.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from defectwatch.db.engine import write_transaction
+from defectwatch.db.engine import unreachable_as_error, write_transaction
 from defectwatch.db.models import ScanRow, utcnow
 from defectwatch.db.records import get_or_create_sample
 from defectwatch.domain import Job
@@ -28,6 +30,17 @@ from defectwatch.domain import Job
 log = logging.getLogger(__name__)
 
 SampleFor = Callable[[str], "str | None"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reaching(method: _F) -> _F:
+    """A queue method whose "server unreachable" errors become DatabaseUnavailableError (the
+    worker then waits with backoff instead of treating it as a bug)."""
+    @functools.wraps(method)
+    def wrapper(self: SqlJobQueue, *args: Any, **kwargs: Any) -> Any:
+        with unreachable_as_error(self.engine):
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _claimed(job: Job):  # type: ignore[no-untyped-def]
@@ -63,16 +76,19 @@ def mark_done(job: Job, *, session: Session) -> bool:
 class SqlJobQueue:
     """The daemon's queue on top of the ``scan`` table.
 
-    ``sample_for(path)`` names the sample of a new file (None: no sample); ``clock`` returns
-    the current UTC time (tests move it forward instead of sleeping).
+    ``sample_for(path)`` names the sample of a new file (None: no sample); ``instrument``: the
+    microscope new files come from (recorded on each scan); ``clock`` returns the current UTC
+    time (tests move it forward instead of sleeping).
     """
 
     def __init__(self, engine: Engine, *, sample_for: SampleFor | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, instrument: str | None = None) -> None:
         self.engine = engine
         self.sample_for = sample_for
         self.clock = clock
+        self.instrument = instrument
 
+    @_reaching
     def is_known(self, path: str, *, size_bytes: int, mtime_ns: int) -> bool:
         """True when this path with this size and mtime was enqueued before."""
         with self._read() as s:
@@ -81,6 +97,7 @@ class SqlJobQueue:
                 ScanRow.mtime_ns == mtime_ns).limit(1))
         return found is not None
 
+    @_reaching
     def enqueue(self, path: str, *, sha256: str, size_bytes: int, mtime_ns: int) -> bool:
         """Queue a ready file; False (nothing new) when its content (sha256) is known."""
         sample = self.sample_for(path) if self.sample_for else None
@@ -94,6 +111,7 @@ class SqlJobQueue:
                 sample_row = get_or_create_sample(sample, session=s) if sample else None
                 s.add(ScanRow(path=path, sha256=sha256, size_bytes=size_bytes,
                               mtime_ns=mtime_ns, sample=sample_row, status="queued",
+                              instrument=self.instrument,
                               attempts=0, created_at=now, updated_at=now))
         except IntegrityError:  # another process enqueued the same content just now?
             with self._read() as s:
@@ -104,6 +122,7 @@ class SqlJobQueue:
         log.info("queued %s (sample %s)", path, sample or "-")
         return True
 
+    @_reaching
     def claim(self, *, worker: str, lease_s: float) -> Job | None:
         """Lease the oldest due job (queued and past its backoff, or lease expired)."""
         now = self.clock()
@@ -122,6 +141,7 @@ class SqlJobQueue:
         log.debug("%s claimed %s (attempt %d)", worker, job.path, job.attempts)
         return job
 
+    @_reaching
     def retry(self, job: Job, *, reason: str, delay_s: float, max_attempts: int) -> bool:
         """Re-queue after ``delay_s``, or mark failed once ``max_attempts`` is reached."""
         if job.attempts >= max_attempts:
@@ -138,10 +158,12 @@ class SqlJobQueue:
             return False
         return True
 
+    @_reaching
     def fail(self, job: Job, *, reason: str) -> None:
         """Mark the job failed for good with ``reason``."""
         self._finish(job, status="failed", reason=reason)
 
+    @_reaching
     def requeue_expired(self) -> int:
         """Put jobs whose lease expired (a killed worker) back in the queue; how many."""
         now = self.clock()
@@ -154,6 +176,7 @@ class SqlJobQueue:
             log.info("re-queued %d job(s) whose lease expired", n)
         return n
 
+    @_reaching
     def release_dead_workers(self, *, host: str, is_alive: Callable[[int], bool]) -> int:
         """Re-queue jobs leased by workers on ``host`` (owner ``host:pid``) whose process is
         gone (``is_alive(pid)`` False): a daemon killed with kill -9 on this machine does not
@@ -175,6 +198,7 @@ class SqlJobQueue:
             log.info("re-queued %d job(s) held by dead workers on %s", released, host)
         return released
 
+    @_reaching
     def depth(self) -> int:
         """Jobs queued or processing."""
         with self._read() as s:

@@ -69,11 +69,12 @@ def scan_by_sha256(sha256: str, *, session: Session) -> ScanRow | None:
 
 
 def add_scan(path: str, *, session: Session, sha256: str, size_bytes: int, mtime_ns: int,
-             sample: str | None, status: str = "processing") -> ScanRow:
+             sample: str | None, status: str = "processing",
+             instrument: str | None = None) -> ScanRow:
     """A new scan row (outside the queue, e.g. for ``defectwatch process``)."""
     row = ScanRow(path=path, sha256=sha256, size_bytes=size_bytes, mtime_ns=mtime_ns,
                   sample=get_or_create_sample(sample, session=session) if sample else None,
-                  status=status, attempts=0)
+                  status=status, attempts=0, instrument=instrument)
     session.add(row)
     session.flush()
     return row
@@ -119,3 +120,25 @@ def add_detection_run(scan_id: int, detection: Detection, *, session: Session,
              "contrast": float(d.contrast) if math.isfinite(d.contrast) else None}
             for d in detection.defects])
     return run
+
+
+def add_run_unless_scored(sha256: str, detection: Detection, *, version: str,
+                          session: Session) -> bool:
+    """Record ``detection`` as the latest run of the scan with this content, unless its latest
+    run is already by ``version`` (then nothing: a re-score is recorded exactly once per
+    (sha256, version), whoever computes it and however often). The scan row is locked first
+    (``FOR UPDATE`` on servers; SQLite's write transaction already holds the file), so two
+    writers of the same scan take turns. A failed scan that now has a run becomes ``done``.
+    True when recorded; NotFoundError when the scan is no longer in the record."""
+    row = session.scalar(select(ScanRow).where(ScanRow.sha256 == sha256).with_for_update())
+    if row is None:
+        raise NotFoundError(f"no scan with sha256 {sha256[:12]}... in the record any more")
+    latest = session.scalar(select(DetectionRun.model_version)
+                            .where(DetectionRun.scan_id == row.id)
+                            .order_by(DetectionRun.id.desc()).limit(1))
+    if latest == version:
+        return False
+    add_detection_run(row.id, detection, session=session)
+    if row.status == "failed":
+        row.status, row.last_error = "done", None
+    return True

@@ -1,6 +1,7 @@
 """Settings from the environment (``DEFECTWATCH_*``); only the service layer reads them.
 
-``DEFECTWATCH_DB`` (a URL or a SQLite file path), ``DEFECTWATCH_MODELS_DIR`` and
+``DEFECTWATCH_DB`` (a URL or a SQLite file path), ``DEFECTWATCH_INSTRUMENT`` (the microscope
+scans are recorded for; default the host name), ``DEFECTWATCH_MODELS_DIR`` and
 ``DEFECTWATCH_SAMPLE_RULE`` (``folder`` | ``regex:<pattern with (?P<sample>...)>`` |
 ``comment``), ``DEFECTWATCH_CPU_BF16`` (``0`` | ``1``: CPU fast mode in bf16 or not; unset:
 where the CPU computes bf16 natively). Lower layers are handed plain values. Tests call
@@ -10,6 +11,7 @@ where the CPU computes bf16 natively). Lower layers are handed plain values. Tes
 from __future__ import annotations
 
 import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -63,6 +65,7 @@ class Settings(BaseSettings):
     db: str = Field(default_factory=default_db_url)
     models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
     sample_rule: str = "folder"
+    instrument: str | None = None  # the microscope scans are recorded for (default: host name)
     cpu_bf16: bool | None = None  # CPU fast mode in bf16 (unset: where the CPU has it natively)
     # CPU exact mode in ONNX Runtime float32: slower than torch's fused forward at every size
     # measured (README, Speed), so off by default
@@ -87,3 +90,18 @@ def get_settings() -> Settings:
             f"DEFECTWATCH_{'_'.join(map(str, e['loc'])).upper()}: "
             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise ConfigError(problems) from None
+
+
+def default_instrument() -> str:
+    """The instrument scans are recorded for when ``--instrument`` is not given:
+    ``DEFECTWATCH_INSTRUMENT``, else this machine's host name."""
+    return check_instrument(get_settings().instrument or socket.gethostname())
+
+
+def check_instrument(name: str) -> str:
+    """``name`` stripped; ConfigError when it is empty or longer than 200 characters."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ConfigError(f"instrument name {name!r}: give 1 to 200 characters "
+                          f"(e.g. --instrument STM-1)")
+    return name

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from defectwatch.db import heartbeat as hb
-from defectwatch.db.engine import read_transaction, write_transaction
+from defectwatch.db.engine import read_transaction, unreachable_as_error, write_transaction
 from defectwatch.db.models import ScanRow, utcnow
 from defectwatch.db.queue import SqlJobQueue, mark_done
 from defectwatch.db.records import (add_detection_run, add_scan, get_or_create_sample,
@@ -38,12 +38,14 @@ Detect = Callable[..., "tuple[Scan, Detection]"]  # detect_file(path, *, ensembl
 
 def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: str,
                      sample: str | None = None, path: str | None = None,
-                     size_bytes: int | None = None, mtime_ns: int | None = None) -> int:
+                     size_bytes: int | None = None, mtime_ns: int | None = None,
+                     instrument: str | None = None) -> int:
     """Record one detection of a scan file (outside the queue, e.g. ``defectwatch process``).
 
     A file whose content is already recorded gets a new run (its latest counts); a new file
-    becomes a ``done`` scan. ``size_bytes``/``mtime_ns`` default to the file's. Returns the run
-    id. Does not commit.
+    becomes a ``done`` scan. ``size_bytes``/``mtime_ns`` default to the file's; ``instrument``
+    is recorded on a new scan (and on a known one that has none). Returns the run id. Does not
+    commit.
     """
     path = str(path or scan.path)
     row = scan_by_sha256(sha256, session=session)
@@ -52,10 +54,12 @@ def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: 
             st = os.stat(path)
             size_bytes, mtime_ns = st.st_size, st.st_mtime_ns
         row = add_scan(path, session=session, sha256=sha256, size_bytes=size_bytes,
-                       mtime_ns=mtime_ns, sample=sample, status="done")
+                       mtime_ns=mtime_ns, sample=sample, status="done", instrument=instrument)
     else:
         if sample and row.sample is None:
             row.sample = get_or_create_sample(sample, session=session)
+        if instrument and row.instrument is None:
+            row.instrument = instrument
         row.status, row.lease_owner, row.lease_expires_at = "done", None, None
         row.last_error = None
     set_scan_metadata(row, scan)
@@ -64,14 +68,15 @@ def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: 
 
 def record_file(path: str | os.PathLike[str], scan: Scan, detection: Detection, *,
                 engine: Engine, rule: str = "folder",
-                watch_root: str | os.PathLike[str] | None = None) -> int:
+                watch_root: str | os.PathLike[str] | None = None,
+                instrument: str | None = None) -> int:
     """Hash ``path``, name its sample by ``rule`` and record the detection in one transaction;
     returns the run id."""
     sha = file_sha256(path)
     sample = sample_for(path, watch_root=watch_root, rule=rule, comment=scan.comment)
     with write_transaction(engine) as session:
         return record_detection(scan, detection, session=session, sha256=sha, sample=sample,
-                                path=str(path))
+                                path=str(path), instrument=instrument)
 
 
 def model_version_name(directory: str | os.PathLike[str]) -> str:
@@ -164,6 +169,10 @@ def make_process(engine: Engine, *, channel: str = "Z",
         return name, loaded[key]
 
     def process(job: Job) -> str:
+        with unreachable_as_error(engine):  # the worker waits out an outage, then retries
+            return _process(job)
+
+    def _process(job: Job) -> str:
         _, model = ensemble()
         scan, detection = detect(job.path, ensemble=model, channel=channel)
         with write_transaction(engine) as session:
@@ -189,25 +198,29 @@ def summary(job: Job, detection: Detection) -> str:
             f"{detection.seconds:.1f} s ({detection.model_version})")
 
 
-def make_queue(engine: Engine, *, roots: Sequence[str | os.PathLike[str]], rule: str
-               ) -> SqlJobQueue:
-    """The job queue for ``watch``, naming each new file's sample by ``rule`` under ``roots``."""
-    return SqlJobQueue(engine, sample_for=make_sample_for(roots=roots, rule=rule))
+def make_queue(engine: Engine, *, roots: Sequence[str | os.PathLike[str]], rule: str,
+               instrument: str | None = None) -> SqlJobQueue:
+    """The job queue for ``watch``, naming each new file's sample by ``rule`` under ``roots``
+    and recording ``instrument`` on it."""
+    return SqlJobQueue(engine, sample_for=make_sample_for(roots=roots, rule=rule),
+                       instrument=instrument)
 
 
 class Heartbeat:
     """Callable the daemon calls every few seconds; ``stop()`` once at a clean exit."""
 
-    def __init__(self, engine: Engine, *, pid: int | None = None, host: str | None = None
-                 ) -> None:
+    def __init__(self, engine: Engine, *, pid: int | None = None, host: str | None = None,
+                 instrument: str | None = None) -> None:
         self.engine = engine
         self.pid = os.getpid() if pid is None else pid
         self.host = host or socket.gethostname()
+        self.instrument = instrument
         self.started_at: datetime = utcnow()
 
     def __call__(self) -> None:
-        with write_transaction(self.engine) as session:
-            hb.beat(session=session, pid=self.pid, host=self.host, started_at=self.started_at)
+        with unreachable_as_error(self.engine), write_transaction(self.engine) as session:
+            hb.beat(session=session, pid=self.pid, host=self.host, started_at=self.started_at,
+                    instrument=self.instrument)
 
     def stop(self) -> None:
         with write_transaction(self.engine) as session:

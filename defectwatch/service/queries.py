@@ -125,9 +125,10 @@ def _density(t: q.SampleTotals, groups: Sequence[q.VersionTotals] = (),
 
 
 def _densities(session: Any, totals: Sequence[q.SampleTotals],
-               samples: Sequence[str] | None = None) -> list[SampleDensity]:
+               samples: Sequence[str] | None = None, *,
+               instrument: str | None = None) -> list[SampleDensity]:
     groups: dict[str | None, list[q.VersionTotals]] = {}
-    for g in q.sample_version_totals(session=session, samples=samples):
+    for g in q.sample_version_totals(session=session, samples=samples, instrument=instrument):
         groups.setdefault(g.sample, []).append(g)
     versions = sorted({g.model_version for gs in groups.values() for g in gs})
     calibrations = _Calibrations(session, versions) if versions else None
@@ -143,28 +144,34 @@ def _check_samples(names: Sequence[str], *, session: Any) -> None:
                             f"(known: {shown})")
 
 
-def density_report(engine: Engine, samples: Sequence[str] | None = None
-                   ) -> list[SampleDensity]:
+def density_report(engine: Engine, samples: Sequence[str] | None = None, *,
+                   instrument: str | None = None) -> list[SampleDensity]:
     """Densities of the named samples (NotFoundError for an unknown name), or of every sample
-    with at least one done scan."""
+    with at least one done scan; with ``instrument``, over that instrument's scans only."""
     with read_transaction(engine) as session:
         if samples:
             _check_samples(samples, session=session)
-        totals = q.sample_totals(session=session, samples=samples or None)
+        if instrument is not None:
+            _check_instrument(instrument, session=session)
+        totals = q.sample_totals(session=session, samples=samples or None,
+                                 instrument=instrument)
         if samples:
             order = {name: i for i, name in enumerate(samples)}
             totals = sorted(totals, key=lambda t: order.get(t.sample or "", 0))
         else:
             totals = [t for t in totals if t.counted]
-        return _densities(session, totals, samples or None)
+        return _densities(session, totals, samples or None, instrument=instrument)
 
 
-def samples_overview(engine: Engine, samples: Sequence[str] | None = None
-                     ) -> list[dict[str, Any]]:
-    """Every sample (or those named): scans by status, scanned area, latest scan, densities."""
+def samples_overview(engine: Engine, samples: Sequence[str] | None = None, *,
+                     instrument: str | None = None) -> list[dict[str, Any]]:
+    """Every sample, or those named (with ``instrument``: every sample it scanned, over its
+    scans only): scans by status, scanned area, latest scan, densities."""
     with read_transaction(engine) as session:
-        totals = q.sample_totals(session=session, samples=samples)
-        dens = _densities(session, totals, samples)
+        if instrument is not None:
+            _check_instrument(instrument, session=session)
+        totals = q.sample_totals(session=session, samples=samples, instrument=instrument)
+        dens = _densities(session, totals, samples, instrument=instrument)
     out = []
     for t, d in zip(totals, dens):
         out.append({"sample": t.sample, "scans": t.scans, "done": t.done, "failed": t.failed,
@@ -184,14 +191,18 @@ def rename(engine: Engine, old: str, new: str) -> str:
 
 
 def scans_report(engine: Engine, *, sample: str | None = None, status: str | None = None,
-                 limit: int | None = None) -> list[dict[str, Any]]:
+                 limit: int | None = None, instrument: str | None = None
+                 ) -> list[dict[str, Any]]:
     """Scans, newest first, with sample, status, metadata and their latest run's counts."""
     if status is not None and status not in ("queued", "processing", "done", "failed"):
         raise ConfigError(f"--status {status!r}: choose queued, processing, done or failed")
     with read_transaction(engine) as session:
         if sample is not None:
             _check_samples([sample], session=session)
-        rows = q.list_scans(session=session, sample=sample, status=status, limit=limit)
+        if instrument is not None:
+            _check_instrument(instrument, session=session)
+        rows = q.list_scans(session=session, sample=sample, status=status, limit=limit,
+                            instrument=instrument)
         return [_scan_json(s, sample_name, run) for s, sample_name, run in rows]
 
 
@@ -200,6 +211,7 @@ def _scan_json(s: ScanRow, sample_name: str | None, run: DetectionRun | None
     total = density(run.defect_count, run.area_nm2) if run else None
     return {
         "id": s.id, "path": s.path, "file": PurePath(s.path).name, "sample": sample_name,
+        "instrument": s.instrument,
         "status": s.status, "attempts": s.attempts, "last_error": s.last_error,
         "recorded_at": _iso(s.recorded_at), "seen_at": _iso(s.created_at),
         "nx": s.nx, "ny": s.ny, "width_nm": s.width_nm, "height_nm": s.height_nm,
@@ -241,6 +253,8 @@ def status_report(engine: Engine, *, alive_within_s: float = 60.0) -> dict[str, 
     with read_transaction(engine) as session:
         counts = q.status_counts(session=session)
         daemons = hb.alive(session=session, within_s=alive_within_s)
+        instruments = _daemons_per_instrument(hb.latest_per_daemon(session=session),
+                                              alive={d.id for d in daemons})
         last_beat = hb.last_beat(session=session)
         last = q.last_processed(session=session)
         failures = q.recent_failures(session=session, limit=5)
@@ -248,7 +262,9 @@ def status_report(engine: Engine, *, alive_within_s: float = 60.0) -> dict[str, 
         return {
             "daemon_alive": bool(daemons),
             "daemons": [{"host": d.host, "pid": d.pid, "started_at": _iso(d.started_at),
-                         "beat_at": _iso(d.beat_at)} for d in daemons],
+                         "beat_at": _iso(d.beat_at), "instrument": d.instrument}
+                        for d in daemons],
+            "instruments": instruments,
             "last_beat_at": _iso(last_beat.beat_at) if last_beat else None,
             "queue_depth": counts["queued"] + counts["processing"],
             "status_counts": counts,
@@ -262,6 +278,30 @@ def status_report(engine: Engine, *, alive_within_s: float = 60.0) -> dict[str, 
             "active_model": ({"name": model.name, "directory": model.directory}
                              if model else None),
         }
+
+
+def _check_instrument(name: str, *, session: Any) -> None:
+    known = q.instrument_names(session=session)
+    if name not in known:
+        shown = ", ".join(known[:20]) or "none yet"
+        raise NotFoundError(f"no scan recorded for instrument {name!r} (known: {shown})")
+
+
+def _daemons_per_instrument(rows: Sequence[Any], *, alive: set[int]) -> list[dict[str, Any]]:
+    """Per instrument (sorted; None = daemons from before instruments were recorded): whether
+    a daemon is alive, and each daemon's latest heartbeat that is alive or the newest one."""
+    out: dict[str | None, dict[str, Any]] = {}
+    for d in rows:  # newest first
+        entry = out.setdefault(d.instrument, {"instrument": d.instrument, "alive": False,
+                                              "last_beat_at": _iso(d.beat_at), "daemons": []})
+        is_alive = d.id in alive
+        if is_alive or not entry["daemons"]:
+            entry["daemons"].append({"host": d.host, "pid": d.pid, "alive": is_alive,
+                                     "started_at": _iso(d.started_at),
+                                     "beat_at": _iso(d.beat_at),
+                                     "stopped_at": _iso(d.stopped_at)})
+        entry["alive"] |= is_alive
+    return sorted(out.values(), key=lambda e: (e["instrument"] is None, e["instrument"] or ""))
 
 
 def _iso(value: datetime | None) -> str | None:

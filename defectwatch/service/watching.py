@@ -29,7 +29,8 @@ from defectwatch.db import open_database
 from defectwatch.errors import ScanIncompleteError
 from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
 from defectwatch.pipeline.sxm import read_layout
-from defectwatch.service.config import check_sample_rule, data_dir
+from defectwatch.service.config import (check_instrument, check_sample_rule, data_dir,
+                                        default_instrument)
 from defectwatch.service.ingest import Heartbeat, active_model, make_process, make_queue
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class WatchOptions:
     retry_delay_s: float = 10.0
     lease_s: float = 900.0
     heartbeat_s: float = 5.0
+    instrument: str | None = None  # recorded on every scan (None: DEFECTWATCH_INSTRUMENT/host)
 
 
 def default_log_file(db_url: str) -> Path:
@@ -138,18 +140,20 @@ def _watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str, options: Watc
            stop: threading.Event) -> DaemonReport:
     roots = check_dirs([os.fspath(d) for d in dirs])
     rule = check_sample_rule(options.sample_rule)
+    instrument = (check_instrument(options.instrument) if options.instrument
+                  else default_instrument())
     engine = open_database(db_url)
     model = check_model(engine)
-    queue = make_queue(engine, roots=roots, rule=rule)
+    queue = make_queue(engine, roots=roots, rule=rule, instrument=instrument)
     queue.release_dead_workers(host=socket.gethostname(), is_alive=_pid_alive)
     process = make_process(engine, channel=options.channel)
-    heartbeat = Heartbeat(engine)
+    heartbeat = Heartbeat(engine, instrument=instrument)
 
     def beat(status: DaemonStatus) -> None:
         heartbeat()
 
-    log.info("defectwatch watch: %s into %s, model %s, samples by %s", ", ".join(roots),
-             engine.url.render_as_string(), model, rule)
+    log.info("defectwatch watch: %s into %s for instrument %s, model %s, samples by %s",
+             ", ".join(roots), engine.url.render_as_string(), instrument, model, rule)
     try:
         return run_daemon(
             roots, queue=queue, process=process, expected_size=scan_expected_size,

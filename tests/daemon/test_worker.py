@@ -9,7 +9,8 @@ import pytest
 
 from defectwatch.daemon.worker import RetryPolicy, Worker
 from defectwatch.domain import Job
-from defectwatch.errors import ModelLoadError, ScanIncompleteError, ScanReadError
+from defectwatch.errors import (DatabaseUnavailableError, ModelLoadError, ScanIncompleteError,
+                                ScanReadError)
 from tests.daemon.queue_double import InMemoryJobQueue
 
 
@@ -125,3 +126,82 @@ def test_a_broken_model_is_retried_not_blamed_on_the_file():
     w = Worker(q, process, name="t:1", retry=RetryPolicy(max_attempts=2, base_delay_s=0))
     w.run_once()
     assert q.rows[1].status == "queued" and "sha256" in q.rows[1].last_error
+
+
+class _Outage:
+    """The queue double behind a database that is down while ``down`` is True."""
+
+    def __init__(self, queue: InMemoryJobQueue) -> None:
+        self.queue = queue
+        self.down = False
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        method = getattr(self.queue, name)
+
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise DatabaseUnavailableError("database postgresql://h/db is unreachable "
+                                               "(connection refused)")
+            return method(*args, **kwargs)
+        return call
+
+
+def test_an_unreachable_database_is_waited_out_with_backoff_and_nothing_recorded_twice(caplog):
+    q = _queue("a.sxm", "b.sxm")
+    db = _Outage(q)
+    now = [0.0]
+    recorded: list[str] = []
+
+    def process(job: Job) -> str:  # records at the end, as ingest's process does
+        if db.down:
+            raise DatabaseUnavailableError("database postgresql://h/db is unreachable")
+        q.mark_done(job, "ok")
+        recorded.append(job.path)
+        return "ok"
+
+    w = Worker(db, process, name="t:1", db_retry_base_s=1.0, db_retry_max_s=4.0,
+               clock=lambda: now[0])
+    assert w.run_once() and recorded == ["/data/a.sxm"]
+    db.down = True
+    caplog.set_level(logging.WARNING)
+    assert not w.run_once()  # claim fails: the outage starts, next try in 1 s
+    assert w.wait_s() == 1.0 and not w.run_once()  # not tried again before then
+    delays = []
+    for _ in range(4):
+        now[0] += w.wait_s()
+        assert not w.run_once()
+        delays.append(w.wait_s())
+    assert delays == [2.0, 4.0, 4.0, 4.0]  # doubling up to the cap
+    assert w.stats.outages == 1
+    text = caplog.text
+    assert "is unreachable" in text and "retrying in 1 s" in text and "retrying in 4 s" in text
+    assert "Traceback" not in text
+    db.down = False
+    now[0] += w.wait_s()
+    assert w.run_once() and not w.run_once()
+    assert recorded == ["/data/a.sxm", "/data/b.sxm"]
+    assert "reachable again" in caplog.text and w.wait_s() == w.idle_s
+
+
+def test_a_result_that_could_not_be_recorded_is_held_and_recorded_once_when_back():
+    q = _queue("a.sxm")
+    down = [False]
+    runs: list[str] = []
+    now = [0.0]
+
+    def process(job: Job) -> str:
+        runs.append(job.path)
+        if down[0]:  # the server went away during the final transaction
+            raise DatabaseUnavailableError("database is unreachable")
+        q.mark_done(job, "ok")
+        return "ok"
+
+    w = Worker(q, process, name="t:1", clock=lambda: now[0])
+    down[0] = True
+    assert not w.run_once()
+    assert q.by_name()["a.sxm"].status == "processing" and q.calls["claim"] == 1
+    down[0] = False
+    now[0] += w.wait_s()
+    assert w.run_once()  # the held job again, without a new claim
+    assert q.calls["claim"] == 1 and q.by_name()["a.sxm"].status == "done"
+    assert runs == ["/data/a.sxm", "/data/a.sxm"] and w.stats.done == 1

@@ -15,6 +15,8 @@ from defectwatch.db.models import Label, ScanRow
 from defectwatch.errors import ConfigError
 from tests.db.factories import record
 
+ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
+
 
 @dataclass(frozen=True)
 class P:

@@ -1,21 +1,19 @@
 """The same record on a PostgreSQL server (a facility's shared database).
 
-Runs only when ``DEFECTWATCH_TEST_POSTGRES`` names a server URL whose user may create
-databases, e.g. ``postgresql+psycopg://postgres@/postgres?host=/tmp&port=54329``; each test
-gets a fresh database that is dropped afterwards.
+A real server: a throwaway cluster of the PostgreSQL binaries here, or the one
+``DEFECTWATCH_TEST_POSTGRES`` names (see ``tests/postgres.py``; skipped locally without either,
+FAILED under CI=true). Each test gets a fresh database that is dropped afterwards.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from defectwatch.db import make_engine, open_database, write_transaction
@@ -25,22 +23,6 @@ from defectwatch.db.queue import SqlJobQueue, mark_done
 from defectwatch.db.records import add_detection_run, rename_sample
 from defectwatch.db.registry import register_version
 from tests.db.factories import Clock, detection, record, sha
-
-SERVER = os.environ.get("DEFECTWATCH_TEST_POSTGRES")
-pytestmark = pytest.mark.skipif(not SERVER, reason="DEFECTWATCH_TEST_POSTGRES is not set")
-
-
-@pytest.fixture
-def pg_url():
-    admin = create_engine(SERVER, isolation_level="AUTOCOMMIT")
-    name = f"dw_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    url = make_url(SERVER).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from defectwatch.db.queue import SqlJobQueue, mark_done
 from defectwatch.db.records import add_detection_run
 from tests.db.factories import detection, sha
 
+ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
+
 
 @pytest.fixture
 def queue(engine, clock):

@@ -16,6 +16,8 @@ from defectwatch.db.records import add_detection_run, rename_sample
 from defectwatch.errors import NotFoundError
 from tests.db.factories import detection, record
 
+ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
+
 
 def test_totals_count_each_done_scan_once_through_its_latest_run(engine):
     a = record(engine, "/w/A/1.sxm", sample="A", runs=[detection(50, 50, 1000.0),  # old model

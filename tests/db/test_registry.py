@@ -12,6 +12,8 @@ from defectwatch.db.registry import (activate_version, active_version, get_versi
                                      list_versions, register_version, rollback_version)
 from defectwatch.errors import ConfigError, NotFoundError
 
+ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
+
 
 def _active(engine) -> str | None:
     with read_transaction(engine) as s:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from datetime import UTC, datetime
 from contextlib import redirect_stdout
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
@@ -20,7 +20,6 @@ from defectwatch.db import make_engine, open_database, read_transaction, write_t
 from defectwatch.db.migrate import alembic_config, current_revision, head_revision, upgrade
 from defectwatch.db.models import Base, ModelVersion, ScanRow
 from defectwatch.db.queue import due_query
-from tests.db.factories import detection, record
 
 TABLES = {"sample", "scan", "detection_run", "defect", "model_version", "model_activation",
           "label", "label_set", "daemon_heartbeat", "split_assignment", "alembic_version"}
@@ -78,12 +77,18 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
     assert current_revision(old) == "0001"
     assert "daemon_heartbeat" not in inspect(old).get_table_names()
     # a database written by the first release: a sample, a scan with a run, an active model
-    scan_id = record(old, "/data/S1/a.sxm", sample="S1", runs=[])
-    with old.begin() as conn:  # its run, in the columns of the time
-        conn.execute(text("INSERT INTO detection_run (scan_id, model_version, started_at, "
-                          "finished_at, seconds, area_nm2, trough_count, peak_count, "
-                          "defect_count) VALUES (:s, 'v1', '2025-01-01', '2025-01-01', 0.5, "
-                          "2500.0, 5, 0, 5)"), {"s": scan_id})
+    # (in SQL: the models describe the newest schema, which may have more columns)
+    with old.begin() as conn:
+        conn.execute(text("INSERT INTO sample (name, created_at) VALUES ('S1', '2025-01-01')"))
+        scan_id = conn.execute(text(
+            "INSERT INTO scan (path, sha256, sample_id, size_bytes, mtime_ns, status, attempts, "
+            "created_at, updated_at) VALUES ('/data/S1/a.sxm', :sha, 1, 100, 1, 'done', 0, "
+            "'2025-01-01', '2025-01-01') RETURNING id"), {"sha": "a" * 64}).scalar_one()
+        conn.execute(text(
+            "INSERT INTO detection_run (scan_id, model_version, started_at, finished_at, "
+            "seconds, area_nm2, trough_count, peak_count, defect_count) VALUES "
+            "(:scan, 'v1', '2025-01-01', '2025-01-01', 0.5, 2500.0, 5, 0, 5)"),
+            {"scan": scan_id})
         for i in range(5):  # its defects, in the columns of the time
             conn.execute(text("INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, "
                               "confidence, uncertainty, area_nm2) VALUES (1, :i, :i, :i, :i, "

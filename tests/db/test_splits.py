@@ -13,6 +13,8 @@ from defectwatch.db.splits import (assign_splits, exhaustive_scan_ids, label_cou
                                    trainable_scans)
 from tests.db.factories import record
 
+ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
+
 
 def add_scans(engine, names: list[str], *, labels: int = 2) -> list[int]:
     ids = [record(engine, f"/w/S/{n}.sxm", sample="S", runs=[]) for n in names]
@@ -107,7 +109,7 @@ def test_one_assignment_per_scan_and_only_train_or_test(engine):
     (other,) = add_scans(engine, ["b"])
     with pytest.raises(IntegrityError):
         with write_transaction(engine) as s:
-            s.add(SplitAssignment(scan_id=other, split="validation"))
+            s.add(SplitAssignment(scan_id=other, split="val"))  # fits String(8); the CHECK
 
 
 def test_deleting_a_scan_removes_its_assignment(engine):

@@ -5,7 +5,9 @@ Two sessions keep the process start-ups (torch + atomai: seconds each) few:
   garbage and a non-scan file, 30 scans at once, `density` queried from other processes while it
   writes, the active model switched mid-run, paths with spaces and non-ASCII characters, SIGTERM;
 - two daemons on one folder, one killed with SIGKILL mid-run and restarted: every scan recorded
-  exactly once, none processed twice.
+  exactly once, none processed twice (on a SQLite file and on a real PostgreSQL server);
+- the PostgreSQL server stopped under a running daemon while scans arrive, then started again:
+  the outage is logged, waited out with backoff, and every scan recorded exactly once.
 """
 
 from __future__ import annotations
@@ -51,7 +53,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return versions
 
 
-def make_db(path: Path, models: dict[str, Path], *, active: str = "tiny-1") -> Path:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def record_db(request, tmp_path) -> Path | str:
+    """Where the record goes: a SQLite file, or a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "record.db"
+    return request.getfixturevalue("pg_url")
+
+
+def make_db(path: Path | str, models: dict[str, Path], *, active: str = "tiny-1"
+            ) -> Path | str:
     from defectwatch.db import open_database, write_transaction
     from defectwatch.db.registry import register_version
 
@@ -109,22 +120,41 @@ class Watch:
         self._fh.close()
 
 
-def query(db: Path, sql: str, *args: object) -> list[tuple]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+def query(db: Path | str, sql: str, *args: object) -> list[tuple]:
+    """Rows of ``sql`` from a SQLite file (read-only) or a server URL."""
+    if isinstance(db, Path):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(db, poolclass=NullPool)
     try:
-        return con.execute(sql, args).fetchall()
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql, args or None).fetchall()]
     finally:
-        con.close()
+        engine.dispose()
 
 
-def scans(db: Path) -> dict[str, tuple]:
+def scans(db: Path | str) -> dict[str, tuple]:
     """file name -> (status, attempts, last_error, sample, runs, model versions)."""
     rows = query(db, """
-        SELECT s.path, s.status, s.attempts, s.last_error, sa.name, COUNT(r.id),
-               GROUP_CONCAT(r.model_version)
+        SELECT s.id, s.path, s.status, s.attempts, s.last_error, sa.name, r.model_version
         FROM scan s LEFT JOIN sample sa ON sa.id = s.sample_id
-        LEFT JOIN detection_run r ON r.scan_id = s.id GROUP BY s.id""")
-    return {Path(p).name: tuple(rest) for p, *rest in rows}
+        LEFT JOIN detection_run r ON r.scan_id = s.id ORDER BY s.id, r.id""")
+    out: dict[str, tuple] = {}
+    versions: dict[str, list[str]] = {}
+    for _, path, status, attempts, error, sample, version in rows:
+        name = Path(path).name
+        versions.setdefault(name, [])
+        if version is not None:
+            versions[name].append(version)
+        out[name] = (status, attempts, error, sample, len(versions[name]),
+                     ",".join(versions[name]) or None)
+    return out
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout_s: float,
@@ -147,7 +177,7 @@ def started(db: Path, n: int = 1) -> Callable[[], bool]:
         try:
             return query(db, "SELECT COUNT(*) FROM daemon_heartbeat "
                              "WHERE stopped_at IS NULL")[0][0] >= n
-        except sqlite3.OperationalError:  # not created yet
+        except Exception:  # noqa: BLE001 - not created yet (or the server is away)
             return False
     return check
 
@@ -227,8 +257,9 @@ def test_a_session_written_as_an_instrument_writes_it(tmp_path, tiny_models):
                  )[0][0] == 1
 
 
-def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_models):
-    db = make_db(tmp_path / "record.db", tiny_models)
+def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_models,
+                                                               record_db):
+    db = make_db(record_db, tiny_models)
     folder = tmp_path / "scans"
     n = 24
     for k in range(n):
@@ -325,3 +356,44 @@ def test_a_sigterm_while_the_model_loads_stops_cleanly(tmp_path, tiny_models):
     assert "stopped cleanly, done 0" in run.stdout and "SIGTERM" in run.stderr
     assert query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL"
                  )[0][0] == 1
+
+
+def test_postgresql_going_away_under_watch_loses_no_scan(tmp_path, tiny_models, pg_cluster):
+    """The server stops while `watch` runs and scans keep arriving; it starts again: the daemon
+    says the database is unreachable, retries with backoff, and records every scan once."""
+    from tests.postgres import create_database
+
+    db = make_db(create_database(pg_cluster.url), tiny_models)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    watch = Watch(tmp_path, "watch", str(folder), "--db", str(db), "--instrument", "LT-STM",
+                  *FAST)
+
+    def done() -> int:
+        return sum(v[0] == "done" for v in scans(db).values())
+
+    try:
+        wait_until(started(db), "start-up", 90, watch)
+        for k in range(2):
+            write_scan(folder / f"before_{k}.sxm", 400 + k, pixels=64)
+        wait_until(lambda: done() == 2, "the scans before the outage", 60, watch)
+        pg_cluster.stop()  # clients disconnected, as a server restart or crash does
+        for k in range(4):
+            write_scan(folder / f"during_{k}.sxm", 410 + k, pixels=64)
+        wait_until(lambda: "retrying in 2 s" in watch.text(), "the outage noticed and retried",
+                   60, watch)
+        time.sleep(1.0)  # the scans written meanwhile are stable and waiting
+        pg_cluster.start()
+        wait_until(lambda: done() == 6, "every scan recorded after the outage", 90, watch)
+        code = watch.stop()
+    finally:
+        if watch.proc.poll() is None:
+            watch.proc.kill()
+    log = watch.text()
+    assert code == 0, log[-3000:]
+    s = scans(db)
+    assert len(s) == 6 and {v[0] for v in s.values()} == {"done"}
+    assert {v[4] for v in s.values()} == {1}, s  # one detection run per scan
+    assert "is unreachable" in log and "retrying in 1 s" in log and "retrying in 2 s" in log
+    assert "database reachable again" in log and "Traceback" not in log, log[-3000:]
+    assert query(db, "SELECT DISTINCT instrument FROM scan") == [("LT-STM",)]

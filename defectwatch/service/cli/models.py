@@ -96,9 +96,35 @@ def reprocess(
     channel: Annotated[str | None, typer.Option(
         help="Channel to analyse (default: the one each scan was recorded with).")] = None,
     db: DbOption = None,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="Every scan (in one process: the default). On Dask, where a scan is "
+        "never scored twice by one version, --outdated is the default and --all adds scans "
+        "that failed or were never scored.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, metavar="N",
+        help="Run on Dask: a local cluster of N worker processes, each loading the model "
+        "once.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", metavar="ADDRESS",
+        help="Run on a running Dask cluster, e.g. tcp://head-node:8786 (dask-jobqueue on "
+        "SLURM, one worker per GPU...).")] = None,
+    path_map: Annotated[list[str] | None, typer.Option(
+        "--path-map", metavar="OLD=NEW",
+        help="Dask workers see recorded paths under OLD at NEW (repeatable).")] = None,
 ) -> None:
     """Re-score recorded .sxm scans with the active model version; earlier runs are kept and
-    densities use each scan's latest run."""
+    densities use each scan's latest run. With --workers/--scheduler on Dask distributed:
+    each scan recorded once per model version however often it runs; Ctrl-C and run again to
+    resume."""
+    if outdated and everything:
+        err.print("[red]error:[/red] --outdated and --all: choose one", highlight=False)
+        raise typer.Exit(1)
+    if workers is not None or scheduler is not None or path_map:
+        from defectwatch.service.cli.archive import reprocess_on_dask
+
+        reprocess_on_dask(db, everything=everything, sample=sample, workers=workers,
+                          scheduler=scheduler, path_map=path_map or [], channel=channel)
+        return
     from defectwatch.service.reprocess import reprocess as run_reprocess
 
     with _database(db) as engine, _progress() as bar:

@@ -71,6 +71,9 @@ def process(
     sample_rule: Annotated[str | None, typer.Option(
         help="How a scan's sample is named: folder (the folder holding the file), "
              "regex:PATTERN with a (?P<sample>...) group, or comment.")] = None,
+    instrument: Annotated[str | None, typer.Option(
+        "--instrument", metavar="NAME", help="The microscope the scans came from (default: "
+        "DEFECTWATCH_INSTRUMENT, else the host name).")] = None,
 ) -> None:
     """Find the defects in scans: coordinates, confidence, uncertainty, densities; record
     them in the database (unless --no-db)."""
@@ -93,7 +96,7 @@ def process(
     failed = 0
     database = nullcontext(None) if no_db else _database(db, create=True)
     with database as engine, _progress() as bar:
-        record = None if engine is None else _recorder(engine, sample_rule)
+        record = None if engine is None else _recorder(engine, sample_rule, instrument)
         task = bar.add_task("detecting", total=len(files))
         for k, path in enumerate(files):
             try:
@@ -134,18 +137,20 @@ def process(
         raise typer.Exit(1)
 
 
-def _recorder(engine, sample_rule: str | None):
+def _recorder(engine, sample_rule: str | None, instrument: str | None = None):
     """``record(path, scan, detection)`` into the open database."""
-    from defectwatch.service.config import check_sample_rule, get_settings
+    from defectwatch.service.config import (check_instrument, check_sample_rule,
+                                            default_instrument, get_settings)
     from defectwatch.service.ingest import record_file
 
     rule = check_sample_rule(sample_rule or get_settings().sample_rule)
+    instrument = check_instrument(instrument) if instrument else default_instrument()
 
     def record(path: Path, scan, detection) -> None:
         # "folder": the sample is the folder holding the file; the path recorded is absolute
         # (the web app reads the file again to draw it, from any working directory)
         record_file(path.resolve(), scan, detection, engine=engine, rule=rule,
-                    watch_root=path.resolve().parent.parent)
+                    watch_root=path.resolve().parent.parent, instrument=instrument)
 
     return record
 

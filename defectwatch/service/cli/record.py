@@ -22,6 +22,10 @@ from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
 if TYPE_CHECKING:
     from defectwatch.service.queries import SampleDensity
 
+InstrumentOption = Annotated[str | None, typer.Option(
+    "--instrument", metavar="NAME", show_default=False,
+    help="Only the scans of this instrument (see `defectwatch status`).")]
+
 samples_app = typer.Typer(help="Samples: scan counts, scanned area, latest scan, densities.",
                           invoke_without_command=True, no_args_is_help=False)
 
@@ -37,7 +41,8 @@ def _area(nm2: float) -> str:
 
 @samples_app.callback()
 def samples(ctx: typer.Context, db: DbOption = None,
-            as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False) -> None:
+            as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
+            instrument: InstrumentOption = None) -> None:
     """Samples with scan counts, scanned area, latest scan and densities."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db}
@@ -45,7 +50,7 @@ def samples(ctx: typer.Context, db: DbOption = None,
     from defectwatch.service.queries import samples_overview
 
     with _database(db) as engine:
-        rows = samples_overview(engine)
+        rows = samples_overview(engine, instrument=instrument)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -84,6 +89,7 @@ def density(
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per sample and kind.")
                       ] = False,
     db: DbOption = None,
+    instrument: InstrumentOption = None,
 ) -> None:
     """Defect density per sample and kind (per cm², area-weighted) with a 95% interval.
 
@@ -98,7 +104,7 @@ def density(
         _fail("--json and --csv: choose one")
         raise typer.Exit(1)
     with _database(db) as engine:
-        report = density_report(engine, samples or None)
+        report = density_report(engine, samples or None, instrument=instrument)
     if as_json:
         print(json.dumps([r.to_json() for r in report], indent=2))
         return
@@ -154,12 +160,14 @@ def scans(
                      ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
     db: DbOption = None,
+    instrument: InstrumentOption = None,
 ) -> None:
     """Recorded scans, newest first: sample, status, size, defects, density, errors."""
     from defectwatch.service.queries import scans_report
 
     with _database(db) as engine:
-        rows = scans_report(engine, sample=sample, status=status, limit=limit)
+        rows = scans_report(engine, sample=sample, status=status, limit=limit,
+                            instrument=instrument)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -234,6 +242,12 @@ def status(
     _print_status(s)
 
 
+def _daemon_state(d: dict[str, Any]) -> str:
+    if d["alive"]:
+        return "[green]alive[/green]"
+    return "stopped" if d["stopped_at"] else "[red]silent[/red]"
+
+
 def _print_status(s: dict[str, Any]) -> None:
     if s["daemon_alive"]:
         d = s["daemons"][0]
@@ -249,6 +263,10 @@ def _print_status(s: dict[str, Any]) -> None:
     model = s["active_model"]
     table = Table(show_header=False, box=None)
     table.add_row("daemon", alive)
+    for i in s.get("instruments", []):  # every daemon's heartbeat, per instrument
+        beats = "; ".join(f"{_daemon_state(d)} pid {d['pid']} on {escape(d['host'])}, last "
+                          f"beat {_when(d['beat_at'])} UTC" for d in i["daemons"])
+        table.add_row(f"  {escape(i['instrument'] or '(unnamed)')}", beats)
     table.add_row("queue", f"{s['queue_depth']} ({c['queued']} queued, "
                            f"{c['processing']} processing)")
     table.add_row("done", str(c["done"]))

@@ -51,6 +51,10 @@ def watch(
         "--lease", metavar="SECONDS", min=1.0,
         help="How long a claimed scan is ours before another worker may take it over.")
     ] = 900.0,
+    instrument: Annotated[str | None, typer.Option(
+        "--instrument", metavar="NAME", help="The microscope these folders belong to, "
+        "recorded on every scan (default: DEFECTWATCH_INSTRUMENT, else the host name).")
+    ] = None,
     log_file: Annotated[Path | None, typer.Option(
         "--log-file", help="Rotating log file (default: watch.log next to a SQLite database, "
         "else in the user's data folder).")] = None,
@@ -72,7 +76,8 @@ def watch(
             recursive=recursive, poll_s=poll, pattern=pattern, once=once,
             stable_for_s=stable_for, incomplete_after_s=incomplete_after,
             sample_rule=sample_rule or settings.sample_rule, channel=channel,
-            max_attempts=max_attempts, retry_delay_s=retry_delay, lease_s=lease)
+            max_attempts=max_attempts, retry_delay_s=retry_delay, lease_s=lease,
+            instrument=instrument)
         run_watch(dirs, db_url=db_url, options=options)
     except DefectwatchError as exc:
         _fail(str(exc))

@@ -3,7 +3,7 @@ spread) of its defects, and the area where the ensemble's mean probability sat n
 threshold (NULL for runs recorded before this revision: the queue then counts the defects
 only). An index on ``label_set.source`` finds reviewed scans.
 
-Revision ID: 0006_issue16
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-04
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_issue16"
+revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

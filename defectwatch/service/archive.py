@@ -230,8 +230,15 @@ def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any, int 
     if n < 1:
         raise ConfigError(f"--workers {n}: give 1 or more")
     threads = max(1, (os.cpu_count() or 1) // n)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+    import dask
+
+    # Dask starts workers with OMP/MKL/OpenBLAS at 1 thread; each of ours gets its share
+    # of the cores (one task at a time per worker: the ensemble runs its members side by side)
+    environ = {f"distributed.nanny.pre-spawn-environ.{k}": str(threads)
+               for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    with dask.config.set(environ):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
     return Client(cluster), cluster, threads
 
 

@@ -112,7 +112,10 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
         assert 6 <= first.recorded < n - 1 and first.already == 0
         assert seen[0] == (0, 0, n) and seen[-1][2] == n
         assert [f for f in first.failed if "KilledWorker" in f[1]] == []
-        assert set(first.loads_by_worker.values()) == {1}
+        # no worker process loaded the ensemble twice (one restarted after the kill may not
+        # have been handed a scan before the interruption: 0 loads)
+        assert max(first.loads_by_worker.values()) == 1
+        assert set(first.loads_by_worker.values()) <= {0, 1}
 
         # the same command again (the same cluster: its workers keep their ensemble)
         second = rescore_archive(engine, scheduler=cluster.scheduler_address,
@@ -125,7 +128,9 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
     assert second.recorded == n - 1 - first.recorded and second.already == 0
     [(path, reason)] = second.failed
     assert path == "/mnt/stm-pc/share/scan_11.sxm" and "no such file" in reason
-    assert set(second.loads_by_worker.values()) == {1}  # loaded once per worker process
+    # loaded at most once per worker process (the same cluster: a worker of the first run
+    # keeps its ensemble and loads nothing)
+    assert max(second.loads_by_worker.values()) == 1
 
     done = runs(url)
     assert done.pop("scan_11.sxm") == ["tiny-1"]

@@ -24,7 +24,7 @@ from defectwatch.service.ingest import _shipped_default_dir, active_model, model
 
 log = logging.getLogger(__name__)
 
-JSON_KEYS = ("version", "active", "created_at", "parent", "members", "metrics")
+JSON_KEYS = ("version", "active", "created_at", "parent", "members", "metrics", "retrain")
 
 Check = Callable[[Path], None]  # raises ModelLoadError when a version directory is unusable
 
@@ -89,13 +89,18 @@ class Switch:
 
 def versions_report(engine: Engine) -> list[dict[str, Any]]:
     """Every registered version, oldest first, as the ``models list --json`` objects:
-    ``version, active, created_at (ISO, UTC), parent, members, metrics``."""
+    ``version, active, created_at (ISO, UTC), parent, members, metrics, retrain`` (for a
+    version a retrain made: ``{outcome: promoted | candidate, reason}``, else None)."""
+    from defectwatch.service.retrain_runs import outcome_by_version
+
     active_model(engine)
+    outcomes = outcome_by_version(engine)
     with read_transaction(engine) as session:
         return [{"version": v.name, "active": bool(v.active),
                  "created_at": v.created_at.isoformat() if v.created_at else None,
                  "parent": v.parent, "members": int(v.members or 0),
-                 "metrics": dict(v.metrics or {})} for v in list_versions(session=session)]
+                 "metrics": dict(v.metrics or {}), "retrain": outcomes.get(v.name)}
+                for v in list_versions(session=session)]
 
 
 def activate(engine: Engine, name: str, *, check: Check = check_loads) -> Switch:

@@ -116,8 +116,6 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     db, models = out / "record.db", out / "models"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEFECTWATCH_")}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
     if args.model is not None:
         register_active(db, model)
     frames = sorted(str(p) for p in args.fixtures.glob("*.jpg"))  # 2021-11-18 and -20
@@ -132,25 +130,33 @@ def main(argv: list[str] | None = None) -> dict:
     for flag, value in (("--recipe", args.recipe), ("--members", args.members),
                         ("--iterations", args.iterations), ("--crop", args.crop),
                         ("--learning-rate", args.learning_rate),
-                        ("--rehearsal", args.rehearsal), ("--filters", args.filters)):
+                        ("--rehearsal", args.rehearsal), ("--filters", args.filters),
+                        ("--threads", args.threads)):
         if value is not None:
             retrain += [flag, str(value)]
     if args.no_spare_unlabelled:
         retrain.append("--no-spare-unlabelled")
     if args.from_active:
         retrain.append("--from-active")
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     result = json.loads(defectwatch(*retrain, env=env))
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if result.get("outcome") == "skipped":
         raise SystemExit(f"the retrain was skipped: {result['reason']}")
     import torch
 
     report = {
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                    f"torch {torch.__version__}, {args.threads or 'default'} threads, "
+                    f"torch {torch.__version__}, {result['training'].get('cpu_threads')} threads, "
                     f"device {result['training']['device']}",
         "retrain_seconds": round(seconds, 1), "import_seconds": round(t_import, 1),
+        "retrain_cpu_seconds": round(cpu_s, 1),
+        "load_average": os.getloadavg(),
         "options": {k: str(v) for k, v in vars(args).items()}, "out": str(out), **result}
     (out / "real_retrain.json").write_text(json.dumps(report, indent=2))
     d = result["data"]
@@ -165,8 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(result))
     print(f"\nGate: {'activated' if result['activated'] else 'kept as a candidate'}: "
           f"{result['decision']['summary']}")
-    print(f"`retrain` took {seconds:.0f} s ({result['training']['train_seconds']:.0f} s "
-          f"training) on {report['hardware']}; report in {out / 'real_retrain.json'}")
+    print(f"`retrain` took {seconds:.0f} s wall, {cpu_s:.0f} s CPU "
+          f"({result['training']['train_seconds']:.0f} s training the members) on "
+          f"{report['hardware']} (load average {os.getloadavg()[0]:.1f}: a shared machine "
+          f"stretches the wall time); report in {out / 'real_retrain.json'}")
     return report
 
 

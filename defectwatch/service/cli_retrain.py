@@ -33,10 +33,10 @@ def retrain(
         "--force", help="Retrain even when no label changed since the active version (or "
                         "the last candidate from it) was trained.")] = False,
     members: Annotated[int | None, typer.Option(
-        min=1, help="Ensemble members (default: finetune the active version's count; "
+        min=1, help="Ensemble members (default: finetune the active version's first 5; "
                     "scratch 10).")] = None,
     iterations: Annotated[int | None, typer.Option(
-        min=1, help="Mini-batches per member (default: finetune at most 300, chosen on "
+        min=1, help="Mini-batches per member (default: finetune 100 or 200, chosen on "
                     "validation; scratch 500).")] = None,
     from_active: Annotated[bool, typer.Option(
         "--from-active", help="With --recipe scratch: start from the active version's "
@@ -72,6 +72,9 @@ def retrain(
         "--spare-unlabelled/--no-spare-unlabelled",
         help="finetune: do not teach the active version's confident detections that no label "
              "marks as background (labels may be incomplete).")] = True,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads (default: the cores the rest of the machine leaves idle).")
+    ] = None,
     name: Annotated[str | None, typer.Option(
         "--name", help="Name of the new version (default: retrain-<UTC time>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")
@@ -89,7 +92,7 @@ def retrain(
                              crop_px=crop, seed=seed, tolerance=tolerance,
                              learning_rate=learning_rate, version=name, recipe=recipe.lower(),
                              force=force, rehearsal_share=rehearsal,
-                             spare_unlabelled=spare_unlabelled)
+                             spare_unlabelled=spare_unlabelled, threads=threads)
 
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,

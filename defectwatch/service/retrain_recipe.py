@@ -14,11 +14,13 @@ to a few hundred labelled scans can train on a CPU overnight without making thin
    within ``SPARE_MATCH_NM`` is not taught as background: its disc is IGNORE
    (`training_data.spare_detections`). Labelled defects and the rest of the frame are taught
    as before.
-5. **Learning rate and steps on the validation split.** One probe member per learning rate in
+5. **Members.** The parent's first ``MEMBERS`` members are fine-tuned (``--members`` for
+   more): the candidate is a smaller ensemble, so the night and every later scan cost less.
+6. **Learning rate and steps on the validation split.** One probe member per learning rate in
    ``RATES`` is fine-tuned for the full number of steps; its weights at half and at all the
-   steps are scored on the validation scans (each at its best detection rule, see 6); the
+   steps are scored on the validation scans (each at its best detection rule, see 7); the
    best (rate, steps) trains every member.
-6. **Detection thresholds on the validation split.** The candidate's mean-probability
+7. **Detection thresholds on the validation split.** The candidate's mean-probability
    threshold and its per-kind contrast rule (``report_contrast``) are chosen jointly on the
    validation scans (`choose_detection`); a kind without validation labels keeps the parent's
    rule.
@@ -49,7 +51,10 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SHARE = 0.25
 RATES = (1e-4, 3e-4)  # Adam learning rates tried (a couple of candidates: CPU budget)
-STEPS = 300  # mini-batches per member at most; half of it is the other candidate
+STEPS = 200  # mini-batches per member at most; half of it is the other candidate
+# members fine-tuned (the parent's first ones): the night's cost and every later scan's
+# inference time grow with it; 5 keep a spread for the uncertainty map
+MEMBERS = 5
 CROP_PX = 128
 BATCH = 8
 REHEARSAL_SHARE = 0.5

@@ -106,7 +106,7 @@ class RetrainOptions:
     paper's: new members from random weights; ``from_active`` starts them from the active
     members instead, without rehearsal or search). ``members`` / ``iterations`` / ``crop_px``
     / ``batch_size`` / ``learning_rate``: None takes the recipe's default (fine-tune: the
-    parent's member count, ``STEPS``, ``CROP_PX``, ``BATCH``, a search over ``RATES`` on the
+    ``MEMBERS`` of the parent's, ``STEPS``, ``CROP_PX``, ``BATCH``, a search over ``RATES`` on the
     validation split; scratch: 10, 500, 256, 4, 1e-3). ``filters``: U-Net width (scratch
     only; None: the active version's); ``tolerance``: largest F1 drop of one class the gate
     accepts; ``version``: the new version's name (default ``retrain-<UTC time>``); ``force``:
@@ -133,6 +133,7 @@ class RetrainOptions:
     rehearsal_share: float | None = None
     spare_unlabelled: bool = True
     min_test_labels: int = MIN_TEST_LABELS
+    threads: int | None = None
 
     def check(self) -> None:
         """ConfigError naming the first unusable value."""
@@ -150,6 +151,8 @@ class RetrainOptions:
             raise ConfigError(f"--filters {self.filters}: must be at least 1")
         if not 0.0 <= self.tolerance < 1.0:
             raise ConfigError(f"--tolerance {self.tolerance}: an F1 difference in [0, 1)")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be at least 1")
         if self.rehearsal_share is not None and not 0.0 <= self.rehearsal_share < 1.0:
             raise ConfigError(f"--rehearsal {self.rehearsal_share}: a share of the mini-batch "
                               "in [0, 1)")
@@ -591,6 +594,7 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
 
     options.check()
     device = _check_device(options.device)
+    threads = _set_threads(options.threads) if device.type == "cpu" else None
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -621,10 +625,37 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
             raise
         result.notes = notes
         result.seconds = round(time.perf_counter() - t0, 1)
+        result.training["cpu_threads"] = threads
         record_outcome(engine, result.outcome, reason=result.decision.summary(),
                        started_at=started, version=result.version, parent=parent.name,
                        recipe=options.recipe, fingerprint=fingerprint, seconds=result.seconds)
         return result
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Torch CPU threads for a retrain: ``requested``, else the cores left idle by the rest of
+    the machine (cores minus the 1-minute load average, at least 1, at most torch's default).
+    A nightly job shares the PC: OpenMP threads beyond the idle cores spin while descheduled
+    (measured on a 2-core machine at load 15: 2 threads 4.6 s per mini-batch, 1 thread 1.1 s)."""
+    import torch
+
+    if requested is not None:
+        return int(requested)
+    default = torch.get_num_threads()
+    try:
+        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return default
+    return max(1, min(default, math.floor(idle + 0.5)))
+
+
+def _set_threads(requested: int | None) -> int:
+    import torch
+
+    n = cpu_threads(requested)
+    torch.set_num_threads(n)
+    log.info("training with %d CPU thread(s)", n)
+    return n
 
 
 def _check_device(device: str) -> Any:
@@ -768,7 +799,9 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
     if not val_items:
         note(f"only {len(train_items)} training scan(s): no validation split, so the learning "
              "rate, steps and detection rule are not chosen (defaults and the parent's rule)")
-    parent_ens = Ensemble(parent.config, parent.states, device=options.device)
+    members = options.members or min(rr.MEMBERS, len(parent.states))
+    init_states = parent.states[:members] if members <= len(parent.states) else parent.states
+    parent_ens = Ensemble(parent.config, init_states, device=options.device)
 
     def tick(task: str) -> Callable[[int, int], None]:
         return lambda done, total: on_progress(task, done, total) if on_progress else None
@@ -792,7 +825,7 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
             parent.config.data, n=rr.REHEARSAL_SCANS, target_nm=target_nm,
             params=parent.params, radius_nm=radius, on_progress=on_progress)
     steps = options.iterations or rr.STEPS
-    base = TrainingRecipe(members=options.members or len(parent.states), iterations=steps,
+    base = TrainingRecipe(members=members, iterations=steps,
                           batch_size=options.batch_size or rr.BATCH,
                           crop_px=options.crop_px or rr.CROP_PX,
                           learning_rate=options.learning_rate or rr.RATES[0],
@@ -807,7 +840,7 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
     recipe = replace(base, learning_rate=rate, iterations=steps)
     t0 = time.perf_counter()
     states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
-                            init_states=parent.states, rehearsal=rehearsal,
+                            init_states=init_states, rehearsal=rehearsal,
                             on_progress=_progress_for(on_progress, recipe.members))
     train_s = time.perf_counter() - t0
     detection = None
@@ -829,6 +862,8 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
                                "label sets" if options.spare_unlabelled else
                                "taught as background (exhaustive label sets)"),
                 "spared_detections": spared,
+                "members_from": f"the first {min(members, len(parent.states))} of "
+                                f"{parent.name}'s {len(parent.states)} members",
                 "search": search or ("not searched: " + (
                     "--learning-rate given" if options.learning_rate is not None else
                     "no validation split")),

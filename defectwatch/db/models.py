@@ -253,3 +253,22 @@ class SplitAssignment(Base):
     scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id", ondelete="CASCADE"), unique=True)
     split: Mapped[str] = mapped_column(String(8))
     assigned_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetrainRun(Base):
+    """One `defectwatch retrain` run and its outcome: ``promoted`` (the candidate became
+    active), ``candidate`` (kept out; ``reason`` says why), ``skipped`` (no label changed since
+    the active version was trained), ``failed`` (``reason``: the error)."""
+
+    __tablename__ = "retrain_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str | None] = mapped_column(String(200))  # the candidate (None: none made)
+    parent: Mapped[str | None] = mapped_column(String(200))  # the active version it started from
+    recipe: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    labels_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    seconds: Mapped[float | None] = mapped_column(Float)

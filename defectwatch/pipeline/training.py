@@ -43,6 +43,9 @@ class TrainingRecipe:
     # float32): ~2x faster per step on CPUs with AMX / AVX512-BF16, several times slower on
     # CPUs without them
     bf16: bool = False
+    # share of every mini-batch drawn from the rehearsal examples (simulated scans from the
+    # parent version's own training distribution) when fine-tuning: 0 without rehearsal
+    rehearsal_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,10 +100,47 @@ class CropSampler:
         return xs, ys
 
 
+class MixedSampler:
+    """Mini-batches of which ``round(share * n)`` crops come from ``rehearsal`` (simulated
+    scans the parent version was trained on: it keeps what it knew) and the rest from the
+    lab's ``examples``; plain `CropSampler` batches when ``rehearsal`` is empty."""
+
+    def __init__(self, examples: Sequence[Example], rehearsal: Sequence[Example], *,
+                 share: float, crop_px: int, rng: np.random.Generator, flips: bool = False):
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"rehearsal share must lie in [0, 1), got {share!r}")
+        self.lab = CropSampler(examples, crop_px=crop_px, rng=rng, flips=flips)
+        self.sim = (CropSampler(rehearsal, crop_px=crop_px, rng=rng, flips=flips)
+                    if rehearsal and share > 0 else None)
+        self.share = share
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 1, crop, crop) float32 images and (n, crop, crop) int64 targets."""
+        n_sim = 0 if self.sim is None else min(n - 1, round(self.share * n))
+        if n_sim <= 0:
+            return self.lab.batch(n)
+        xl, yl = self.lab.batch(n - n_sim)
+        xs, ys = self.sim.batch(n_sim)  # type: ignore[union-attr]
+        return np.concatenate([xl, xs]), np.concatenate([yl, ys])
+
+
+# on_checkpoint(step, state): a member's weights (BatchNorm recomputed) after ``step`` batches
+Checkpoint = Callable[[int, dict[str, Any]], None]
+
+
 def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: TrainingRecipe,
                  member: int = 0, device: str = "auto", init_state: dict | None = None,
-                 on_progress: TrainingProgress | None = None) -> dict[str, Any]:
-    """Train one member (seed ``recipe.seed + member``) -> its averaged state dict (CPU)."""
+                 on_progress: TrainingProgress | None = None,
+                 rehearsal: Sequence[Example] = (), checkpoints: Sequence[int] = (),
+                 on_checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """Train one member (seed ``recipe.seed + member``) -> its averaged state dict (CPU).
+
+    ``rehearsal``: examples mixed into every mini-batch (``recipe.rehearsal_share`` of it);
+    ``checkpoints``: steps after which ``on_checkpoint(step, state)`` receives a copy of the
+    current (not averaged) weights with BatchNorm statistics recomputed for them, e.g. to
+    choose the number of steps on a validation split."""
+    import copy
+
     import torch
     from torch.optim.swa_utils import AveragedModel
 
@@ -116,7 +156,9 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
-    sampler = CropSampler(examples, crop_px=recipe.crop_px, rng=rng, flips=recipe.flips)
+    sampler = MixedSampler(examples, rehearsal, share=recipe.rehearsal_share,
+                           crop_px=recipe.crop_px, rng=rng, flips=recipe.flips)
+    marks = {int(c) for c in checkpoints}
     start_avg = int(round(recipe.iterations * (1.0 - recipe.average_last)))
     averaged = AveragedModel(model)
     n_avg = 0
@@ -137,13 +179,20 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
             n_avg += 1
         if on_progress:
             on_progress(member, it + 1, recipe.iterations, float(loss.detach()))
+        if on_checkpoint is not None and it + 1 in marks:
+            snap = copy.deepcopy(model)
+            _recompute_batchnorm(snap, sampler, recipe, dev)
+            on_checkpoint(it + 1, {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                                   for k, v in snap.state_dict().items()})
+            model.train()
     final = averaged.module if n_avg else model
     _recompute_batchnorm(final, sampler, recipe, dev)
     return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
             for k, v in final.state_dict().items()}
 
 
-def _recompute_batchnorm(model, sampler: CropSampler, recipe: TrainingRecipe, dev) -> None:
+def _recompute_batchnorm(model, sampler: CropSampler | MixedSampler, recipe: TrainingRecipe,
+                         dev) -> None:
     """Running BatchNorm statistics for the (averaged) weights: a cumulative average over
     ``recipe.bn_batches`` fresh training batches."""
     import torch
@@ -168,17 +217,20 @@ def train_ensemble(examples: Sequence[Example], *, spec: UnetSpec = UnetSpec(),
                    recipe: TrainingRecipe = TrainingRecipe(), device: str = "auto",
                    init_states: Sequence[dict] | None = None,
                    on_progress: TrainingProgress | None = None,
-                   on_member: Callable[[int, dict[str, Any]], None] | None = None
-                   ) -> list[dict[str, Any]]:
+                   on_member: Callable[[int, dict[str, Any]], None] | None = None,
+                   rehearsal: Sequence[Example] = ()) -> list[dict[str, Any]]:
     """``recipe.members`` members, each from its own seed -> their state dicts (CPU).
 
-    ``on_member(k, state)`` is called as each member finishes (e.g. to checkpoint it).
+    ``init_states``: member k starts from ``init_states[k % len]`` (fine-tuning);
+    ``rehearsal``: see `train_member`; ``on_member(k, state)`` is called as each member
+    finishes (e.g. to checkpoint it).
     """
     states = []
     for k in range(recipe.members):
         init = init_states[k % len(init_states)] if init_states else None
         states.append(train_member(examples, spec=spec, recipe=recipe, member=k, device=device,
-                                   init_state=init, on_progress=on_progress))
+                                   init_state=init, on_progress=on_progress,
+                                   rehearsal=rehearsal))
         if on_member:
             on_member(k, states[-1])
         log.info("member %d/%d trained", k + 1, recipe.members)

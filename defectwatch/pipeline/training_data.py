@@ -44,6 +44,19 @@ def example_from_points(z: np.ndarray, *, pixel_size_nm: tuple[float, float], ta
     return Example(image01, mask, source)
 
 
+def spare_detections(mask: np.ndarray, rows: Sequence[float], cols: Sequence[float], *,
+                     radius_px: Sequence[float] | float) -> np.ndarray:
+    """Positive-unlabelled masks: background pixels (0) within ``radius_px`` of each point
+    (``rows, cols``: e.g. confident detections of the parent version that no label marks, in
+    the mask's pixels) become IGNORE, so a defect the labeller left out is not taught as
+    background; labelled discs and IGNORE stay as they are. (H, W) uint8 in, a copy out."""
+    n = len(rows)
+    if n == 0:
+        return mask.copy()
+    near = circle_mask(mask.shape, rows, cols, ["trough"] * n, radius_px=radius_px) > 0
+    return np.where(near & (mask == 0), IGNORE, mask).astype(np.uint8)
+
+
 def exported_render(z: np.ndarray, rng: np.random.Generator,
                     params: PreprocessParams = PreprocessParams()) -> np.ndarray:
     """What a lab's exported picture of a raw image (ny, nx) holds: flattened, sometimes

@@ -277,6 +277,7 @@ def status_report(engine: Engine, *, alive_within_s: float = 60.0) -> dict[str, 
                                 for f in failures],
             "active_model": ({"name": model.name, "directory": model.directory}
                              if model else None),
+            "last_retrain": _last_retrain(session),
         }
 
 
@@ -302,6 +303,18 @@ def _daemons_per_instrument(rows: Sequence[Any], *, alive: set[int]) -> list[dic
                                      "stopped_at": _iso(d.stopped_at)})
         entry["alive"] |= is_alive
     return sorted(out.values(), key=lambda e: (e["instrument"] is None, e["instrument"] or ""))
+
+
+def _last_retrain(session: Any) -> dict[str, Any] | None:
+    """The latest `defectwatch retrain` run: when, outcome, version, reason (None: never)."""
+    from defectwatch.db.retrain_runs import list_runs
+
+    runs = list_runs(session=session, limit=1)
+    if not runs:
+        return None
+    r = runs[0]
+    return {"started_at": _iso(r.started_at), "outcome": r.outcome, "version": r.version,
+            "parent": r.parent, "reason": r.reason, "seconds": r.seconds}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -21,7 +21,7 @@ from defectwatch.db import queries as q
 from defectwatch.db.engine import read_transaction, write_transaction
 from defectwatch.domain import Detection, Scan
 from defectwatch.errors import DefectwatchError, NotFoundError
-from defectwatch.service.ingest import active_model, file_sha256, record_detection
+from defectwatch.service.ingest import file_sha256, record_detection
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,10 @@ def reprocess(engine: Engine, *, sample: str | None = None, outdated: bool = Fal
     by another version) with the active version; one write transaction per scan.
     ``channel``: analyse this channel instead of the one each scan was recorded with.
     ModelLoadError when the active version does not load (nothing is re-scored)."""
-    name, directory = active_model(engine)
+    from defectwatch.service.model_versions import resolve_model
+
+    chosen = resolve_model(engine)
+    name, directory = chosen.name, chosen.directory
     todo = candidates(engine, sample=sample, outdated_for=name if outdated else None)
     ensemble = load(directory) if todo else None
     rescored: list[Rescored] = []

@@ -43,11 +43,26 @@ from sqlalchemy import Engine
 from defectwatch.db.engine import read_transaction, write_transaction
 from defectwatch.db.models import utcnow
 from defectwatch.db.registry import active_version, list_versions, register_version
-from defectwatch.db.splits import (TEST_SHARE, assign_splits, exhaustive_scan_ids,
-                                   scan_labels, trainable_scans)
+from defectwatch.db.splits import (
+    TEST_SHARE,
+    assign_splits,
+    exhaustive_scan_ids,
+    scan_labels,
+    trainable_scans,
+)
 from defectwatch.domain import Scan
 from defectwatch.errors import ConfigError, DefectwatchError
-from defectwatch.pipeline.labels import CLASS_INDEX, DEFAULT_RADIUS_NM, IGNORE, circle_mask
+from defectwatch.pipeline.compare import (
+    F1Difference,
+    bootstrap_f1_difference,
+    scan_counts,
+)
+from defectwatch.pipeline.labels import (
+    CLASS_INDEX,
+    DEFAULT_RADIUS_NM,
+    IGNORE,
+    circle_mask,
+)
 from defectwatch.pipeline.metrics import TruthPoint
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
 from defectwatch.pipeline.training_data import Example, example_from_points
@@ -56,7 +71,12 @@ from defectwatch.service.evaluation import Case
 log = logging.getLogger(__name__)
 
 KINDS = ("trough", "peak")
+RECIPES = ("finetune", "scratch")
 MIN_LABELLED_SCANS = 4
+# fewer test labels of a kind than this: its F1 is too rough to resolve a few hundredths (with
+# F1 ~ 0.5-0.8 on n labels, the binomial standard error of recall alone is ~sqrt(0.25 / n),
+# 0.09 at n = 30); the gate says so and states a bootstrap interval of the difference
+MIN_TEST_LABELS = 30
 SMALL_TEST_SPLIT = 3  # fewer test scans than this: the comparison is rough (a warning)
 RING_NM = 1.0  # partial labels: background taught this far beyond each marked disc
 RADIUS_RANGE = (0.5, 1.0)  # label radius clipped to these multiples of the class default
@@ -80,38 +100,66 @@ class RetrainLockedError(DefectwatchError):
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    """What ``defectwatch retrain`` can change. ``filters``: U-Net width (None: the active
-    version's); ``crop_px``: training crop side in model pixels (a multiple of 8);
-    ``tolerance``: largest F1 drop of one class the gate accepts; ``version``: the new
-    version's name (default ``retrain-<UTC time>``)."""
+    """What ``defectwatch retrain`` can change.
 
-    members: int = 10
-    iterations: int = 500
+    ``recipe``: ``finetune`` (the nightly default: `retrain_recipe`) or ``scratch`` (the
+    paper's: new members from random weights; ``from_active`` starts them from the active
+    members instead, without rehearsal or search). ``members`` / ``iterations`` / ``crop_px``
+    / ``batch_size`` / ``learning_rate``: None takes the recipe's default (fine-tune: the
+    ``MEMBERS`` of the parent's, ``STEPS``, ``CROP_PX``, ``BATCH``, a search over ``RATES`` on the
+    validation split; scratch: 10, 500, 256, 4, 1e-3). ``filters``: U-Net width (scratch
+    only; None: the active version's); ``tolerance``: largest F1 drop of one class the gate
+    accepts; ``version``: the new version's name (default ``retrain-<UTC time>``); ``force``:
+    train even when no label changed since the active version was trained;
+    ``rehearsal_share``: share of each fine-tuning mini-batch that is simulated;
+    ``spare_unlabelled``: the positive-unlabelled masks (`retrain_recipe.spare_unlabelled`).
+    """
+
+    members: int | None = None
+    iterations: int | None = None
     from_active: bool = False
     device: str = "auto"
     promote: str = "auto"
     filters: int | None = None
-    crop_px: int = 256
-    batch_size: int = 4
-    learning_rate: float = 1e-3
+    crop_px: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     seed: int = 0
     tolerance: float = 0.02
     test_share: float = TEST_SHARE
     version: str | None = None
+    recipe: str = "finetune"
+    force: bool = False
+    rehearsal_share: float | None = None
+    spare_unlabelled: bool = True
+    min_test_labels: int = MIN_TEST_LABELS
+    threads: int | None = None
 
     def check(self) -> None:
         """ConfigError naming the first unusable value."""
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe {self.recipe!r}: choose {' or '.join(RECIPES)}")
         if self.promote not in PROMOTE_MODES:
             raise ConfigError(f"--promote {self.promote!r}: choose auto, never or force")
-        if self.members < 1 or self.iterations < 1:
+        if (self.members is not None and self.members < 1) or (
+                self.iterations is not None and self.iterations < 1):
             raise ConfigError("--members and --iterations must be at least 1")
-        if self.crop_px < 16 or self.crop_px % 8:
+        if self.crop_px is not None and (self.crop_px < 16 or self.crop_px % 8):
             raise ConfigError(f"--crop {self.crop_px}: use a multiple of 8, at least 16 "
                               "(the U-Net pools three times)")
         if self.filters is not None and self.filters < 1:
             raise ConfigError(f"--filters {self.filters}: must be at least 1")
         if not 0.0 <= self.tolerance < 1.0:
             raise ConfigError(f"--tolerance {self.tolerance}: an F1 difference in [0, 1)")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be at least 1")
+        if self.rehearsal_share is not None and not 0.0 <= self.rehearsal_share < 1.0:
+            raise ConfigError(f"--rehearsal {self.rehearsal_share}: a share of the mini-batch "
+                              "in [0, 1)")
+
+    @property
+    def fine_tune(self) -> bool:
+        return self.recipe == "finetune"
 
 
 @dataclass(frozen=True)
@@ -135,6 +183,10 @@ class GateDecision:
     candidate_mean_f1: float | None
     active_mean_f1: float | None
     judged: tuple[str, ...]  # classes with labels in the test split
+    # classes with fewer than the minimum of test labels: judged, but roughly (see reasons)
+    small: tuple[str, ...] = ()
+    # "mean" and per class: the candidate - active F1 with its bootstrap interval
+    uncertainty: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,14 +203,36 @@ class RetrainResult:
     data: dict[str, Any]
     training: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``promoted`` or ``candidate`` (kept out)."""
+        return "promoted" if self.activated else "candidate"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "directory": str(self.directory),
+        return {"outcome": self.outcome, "version": self.version,
+                "directory": str(self.directory), "seconds": self.seconds,
                 "parent": self.parent, "activated": self.activated,
                 "decision": {**asdict(self.decision), "summary": self.decision.summary()},
                 "candidate": self.candidate,
                 "active": self.active, "data": self.data, "training": self.training,
                 "notes": list(self.notes)}
+
+
+@dataclass
+class SkippedRun:
+    """A retrain that did not train: no label changed since the active version was trained."""
+
+    parent: str
+    reason: str
+    notes: list[str] = field(default_factory=list)
+    outcome: str = "skipped"
+    activated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "version": None, "parent": self.parent,
+                "activated": False, "reason": self.reason, "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -334,13 +408,23 @@ def _has_truth(scores: Mapping[str, Any]) -> bool:
 
 
 def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | None], *,
-         tolerance: float = 0.02, mode: str = "auto") -> GateDecision:
+         tolerance: float = 0.02, mode: str = "auto",
+         test_labels: Mapping[str, int] | None = None,
+         uncertainty: Mapping[str, F1Difference] | None = None,
+         min_labels: int = MIN_TEST_LABELS) -> GateDecision:
     """Decide whether a candidate replaces the active version.
 
     ``candidate`` / ``active``: F1 per class on the same test split, None (or NaN) for classes
     without labels there (not judged). ``auto`` promotes only if no judged class's F1 drops by
     more than ``tolerance`` and the mean F1 over judged classes improves or holds; ``never``
     and ``force`` override the verdict (which is still reported as ``would_promote``).
+
+    ``test_labels``: labels per class in the test split; a judged class with fewer than
+    ``min_labels`` is judged on what there is (the same rule: its point estimate is the best
+    figure there is), but the reasons say so and state ``uncertainty[class]`` (a paired
+    bootstrap over test scans of the F1 difference, `compare.bootstrap_f1_difference`;
+    ``uncertainty["mean"]`` for the mean F1): a tiny split can neither promote a candidate with
+    a claim of improvement it cannot support nor hide that the comparison is rough.
     """
     if mode not in PROMOTE_MODES:
         raise ConfigError(f"promote mode {mode!r}: choose auto, never or force")
@@ -348,7 +432,10 @@ def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | Non
     def ok(v: float | None) -> bool:
         return v is not None and math.isfinite(v)
 
+    unc = dict(uncertainty or {})
     judged = tuple(k for k in candidate if ok(candidate.get(k)) and ok(active.get(k)))
+    small = tuple(k for k in judged if test_labels is not None
+                  and int(test_labels.get(k, 0)) < min_labels)
     reasons: list[str] = []
     if not judged:
         reasons.append("the test split holds no labelled defects to compare the versions on")
@@ -368,8 +455,21 @@ def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | Non
         if verdict:
             reasons.append(f"mean F1 {c_mean:.3f} vs {a_mean:.3f} and no class drops by more "
                            f"than {tolerance:g}")
+        for k in small:
+            n = int(test_labels.get(k, 0)) if test_labels is not None else 0
+            spread = f": candidate - active F1 {unc[k].describe()}" if k in unc else ""
+            reasons.append(f"rough for {k}: only {n} {k} label(s) in the test split (fewer "
+                           f"than {min_labels}){spread}")
+        if small and "mean" in unc:
+            m = unc["mean"]
+            shown = ("the improvement holds in the interval" if m.low >= 0 else
+                     "no improvement is established" if m.delta >= 0 else
+                     "the candidate is worse")
+            reasons.append(f"mean F1 difference {m.describe()}: {shown}; label more scans "
+                           "for a firmer comparison")
     promote = verdict if mode == "auto" else mode == "force"
-    return GateDecision(mode, promote, verdict, tuple(reasons), c_mean, a_mean, judged)
+    return GateDecision(mode, promote, verdict, tuple(reasons), c_mean, a_mean, judged,
+                        small, {k: asdict(v) for k, v in unc.items()})
 
 
 # -- the lock -----------------------------------------------------------------------------------
@@ -434,35 +534,67 @@ def _unlock(fd: int) -> None:
 
 # -- the use case -------------------------------------------------------------------------------
 
+@dataclass
+class _Parent:
+    """The active version a retrain starts from."""
+
+    name: str
+    directory: Path
+    config: Any  # pipeline.model.ModelConfig
+    states: list[dict[str, Any]]
+
+    @property
+    def mask_radius_nm(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.config.training.get(
+            "mask_radius_nm", DEFAULT_RADIUS_NM).items()}
+
+    @property
+    def params(self) -> PreprocessParams:
+        return PreprocessParams.from_dict(self.config.preprocess)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.metrics.get("threshold", DEFAULT_THRESHOLD))
+
+
+@dataclass
+class _Trained:
+    """What the training step hands on: members, the recipe as recorded, the detection rule
+    chosen for the candidate (None: choose in-sample as the scratch recipe does)."""
+
+    states: list[dict[str, Any]]
+    training: dict[str, Any]
+    detection: Any = None  # retrain_recipe.DetectionChoice
+    validation: list[Any] = field(default_factory=list)
+
+
 def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
             options: RetrainOptions = RetrainOptions(),
             on_progress: Progress | None = None, on_note: Note | None = None,
-            default_dir: Callable[[], Path] | None = None) -> RetrainResult:
+            default_dir: Callable[[], Path] | None = None) -> RetrainResult | SkippedRun:
     """Train a candidate from the labels in the record, evaluate it beside the active version
-    on the frozen test split, save and register it, and activate it if the gate says so.
+    on the frozen test split, save and register it, and activate it if the gate says so; or
+    skip (`SkippedRun`) when no label changed since the active version was trained (unless
+    ``options.force``). Every run's outcome is recorded (`retrain_runs.record_outcome`).
+
+    Steps: the lock, the parent (active version), the data (`gather_labelled_scans`), the
+    training (`_train_finetune` or `_train_scratch`), the candidate's directory, the gate
+    (`_judge`), the registration (`_register`).
 
     ``models_dir``: where the version directory is written (and the lock lives);
     ``on_progress(task, done, total)``: training iterations per member, then evaluation;
     ``on_note(message)``: warnings worth showing (small test split, skipped files);
     ``default_dir``: the shipped default's directory, registered when the registry is empty.
     """
-    import torch
-
-    from defectwatch.pipeline.inference import Ensemble
-    from defectwatch.pipeline.model import (ModelConfig, load_version, save_version,
-                                            write_metrics)
-    from defectwatch.pipeline.training import TrainingRecipe, resolve_device, train_ensemble
-    from defectwatch.service.evaluation import choose_threshold, evaluate
-    from defectwatch.service.ingest import active_model
+    from defectwatch.service.retrain_runs import (
+        current_fingerprint,
+        record_outcome,
+        unchanged_since,
+    )
 
     options.check()
-    try:
-        device = resolve_device(options.device)
-    except RuntimeError:
-        raise ConfigError(f"--device {options.device!r}: use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {options.device}: no CUDA GPU is usable here; use auto "
-                          "or cpu")
+    device = _check_device(options.device)
+    threads = _set_threads(options.threads) if device.type == "cpu" else None
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -470,76 +602,352 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
         _note(on_note, message)
 
     models = Path(models_dir)
+    started, t0 = utcnow(), time.perf_counter()
     with retrain_lock(models):
-        kwargs = {"default_dir": default_dir} if default_dir is not None else {}
-        parent, parent_dir = active_model(engine, **kwargs)
-        parent_cfg, parent_states = load_version(parent_dir)
-        items = gather_labelled_scans(engine, test_share=options.test_share, on_note=note)
-        train_items = [i for i in items if i.split == "train"]
-        test_items = [i for i in items if i.split == "test"]
-        if not train_items or not test_items:
-            raise NotEnoughLabelsError(
-                f"{len(train_items)} training and {len(test_items)} test scan(s) could be read;"
-                " both splits need at least one (see the notes above); no version was created")
-        n_test_labels = sum(len(i.kinds) for i in test_items)
-        if len(test_items) < SMALL_TEST_SPLIT:
-            note(f"the frozen test split holds only {len(test_items)} scan(s) "
-                 f"({n_test_labels} labels): the comparison with {parent} is rough; label "
-                 "more scans")
-
-        spec = parent_cfg.architecture
-        if options.filters is not None and options.filters != spec.nb_filters:
-            if options.from_active:
-                raise ConfigError(f"--filters {options.filters} with --from-active: the active "
-                                  f"version {parent} has {spec.nb_filters} filters; leave "
-                                  "--filters out or train from scratch")
-            spec = replace(spec, nb_filters=options.filters)
-        params = PreprocessParams.from_dict(parent_cfg.preprocess)
-        target_nm = float(parent_cfg.pixel_size_nm)
-        mask_radius = {k: float(v) for k, v in parent_cfg.training.get(
-            "mask_radius_nm", DEFAULT_RADIUS_NM).items()}
-        examples = [example_from_labels(i, target_nm=target_nm, params=params,
-                                        default_radius_nm=mask_radius) for i in train_items]
-        recipe = TrainingRecipe(members=options.members, iterations=options.iterations,
-                                batch_size=options.batch_size, crop_px=options.crop_px,
-                                learning_rate=options.learning_rate, seed=options.seed)
-
-        def progress(member: int, it: int, total: int, _loss: float) -> None:
-            if on_progress:
-                on_progress(f"training member {member + 1}/{recipe.members}", it, total)
-
-        t0 = time.perf_counter()
-        states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
-                                init_states=parent_states if options.from_active else None,
-                                on_progress=progress)
-        train_s = time.perf_counter() - t0
-
-        name = _new_version_name(engine, models, options.version)
-        partial = models / f".{name}.partial"
-        if partial.exists():
-            shutil.rmtree(partial)
-        thresholds = {"threshold": float(parent_cfg.metrics.get("threshold", DEFAULT_THRESHOLD))}
-        if parent_cfg.metrics.get("threshold_by_channel"):
-            thresholds["threshold_by_channel"] = dict(parent_cfg.metrics["threshold_by_channel"])
-        data = data_summary(items, default_radius_nm=mask_radius)
-        training = {**recipe.to_dict(), "from": f"active version {parent}" if
-                    options.from_active else "scratch", "device": str(device),
-                    "torch": torch.__version__, "train_seconds": round(train_s, 1),
-                    "examples_model_pixels": int(sum(e.image01.size for e in examples)),
-                    "mask_radius_nm": mask_radius, "partial_label_ring_nm": RING_NM,
-                    "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
-        config = ModelConfig(version=name, pixel_size_nm=target_nm, architecture=spec,
-                             classes=tuple(parent_cfg.classes),
-                             preprocess=dict(parent_cfg.preprocess), training=training,
-                             data=data, metrics=dict(thresholds), parent=parent,
-                             detection=dict(parent_cfg.detection))  # its report rule
+        parent = _load_parent(engine, default_dir)
+        fingerprint = current_fingerprint(engine)
+        why = unchanged_since(engine, active=parent.name, active_data=dict(parent.config.data),
+                              fingerprint=fingerprint)
+        if why is not None and not options.force:
+            reason = f"{why}; nothing to learn (--force retrains anyway)"
+            record_outcome(engine, "skipped", reason=reason, started_at=started,
+                           parent=parent.name, recipe=options.recipe, fingerprint=fingerprint,
+                           seconds=round(time.perf_counter() - t0, 1))
+            return SkippedRun(parent.name, reason, notes)
         try:
-            save_version(partial, config, states)
-            candidate = Ensemble.load(partial, device=options.device)
-            # the candidate's own threshold: the parent's was calibrated for the parent's
-            # probabilities, a retrained version's are not the same. Chosen on the training
-            # scans with exhaustive labels (partial sets would count unmarked defects as false),
-            # never on the test split the gate judges by.
+            result = _retrain_locked(engine, models=models, parent=parent, options=options,
+                                     device=device, fingerprint=fingerprint, note=note,
+                                     on_progress=on_progress)
+        except DefectwatchError as exc:
+            record_outcome(engine, "failed", reason=str(exc), started_at=started,
+                           parent=parent.name, recipe=options.recipe, fingerprint=fingerprint,
+                           seconds=round(time.perf_counter() - t0, 1))
+            raise
+        result.notes = notes
+        result.seconds = round(time.perf_counter() - t0, 1)
+        result.training["cpu_threads"] = threads
+        record_outcome(engine, result.outcome, reason=result.decision.summary(),
+                       started_at=started, version=result.version, parent=parent.name,
+                       recipe=options.recipe, fingerprint=fingerprint, seconds=result.seconds)
+        return result
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Torch CPU threads for a retrain: ``requested``, else the cores left idle by the rest of
+    the machine (cores minus the 1-minute load average, at least 1, at most torch's default).
+    A nightly job shares the PC: OpenMP threads beyond the idle cores spin while descheduled
+    (measured on a 2-core machine at load 15: 2 threads 4.6 s per mini-batch, 1 thread 1.1 s)."""
+    import torch
+
+    if requested is not None:
+        return int(requested)
+    default = torch.get_num_threads()
+    try:
+        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return default
+    return max(1, min(default, math.floor(idle + 0.5)))
+
+
+def _set_threads(requested: int | None) -> int:
+    import torch
+
+    n = cpu_threads(requested)
+    torch.set_num_threads(n)
+    log.info("training with %d CPU thread(s)", n)
+    return n
+
+
+def _check_device(device: str) -> Any:
+    import torch
+
+    from defectwatch.pipeline.training import resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is usable here; use auto or cpu")
+    return dev
+
+
+def _load_parent(engine: Engine, default_dir: Callable[[], Path] | None) -> _Parent:
+    """The active version (the shipped default registered on an empty registry), loaded."""
+    from defectwatch.pipeline.model import load_version
+    from defectwatch.service.ingest import active_model
+
+    kwargs = {"default_dir": default_dir} if default_dir is not None else {}
+    name, directory = active_model(engine, **kwargs)
+    config, states = load_version(directory)
+    return _Parent(name, Path(directory), config, list(states))
+
+
+def _retrain_locked(engine: Engine, *, models: Path, parent: _Parent, options: RetrainOptions,
+                    device: Any, fingerprint: str, note: Note,
+                    on_progress: Progress | None) -> RetrainResult:
+    """The data, training, candidate, gate and registration steps (the lock is held)."""
+    items = gather_labelled_scans(engine, test_share=options.test_share, on_note=note)
+    train_items = [i for i in items if i.split == "train"]
+    test_items = [i for i in items if i.split == "test"]
+    if not train_items or not test_items:
+        raise NotEnoughLabelsError(
+            f"{len(train_items)} training and {len(test_items)} test scan(s) could be read;"
+            " both splits need at least one (see the notes above); no version was created")
+    if len(test_items) < SMALL_TEST_SPLIT:
+        note(f"the frozen test split holds only {len(test_items)} scan(s) "
+             f"({sum(len(i.kinds) for i in test_items)} labels): the comparison with "
+             f"{parent.name} is rough; label more scans")
+    spec = _architecture(parent, options)
+    train = _train_finetune if options.fine_tune else _train_scratch
+    trained = train(train_items, parent=parent, options=options, spec=spec, note=note,
+                    on_progress=on_progress)
+    trained.training.update({"device": str(device), "recipe": options.recipe})
+    data = data_summary(items, default_radius_nm=parent.mask_radius_nm)
+    data["labels_fingerprint"] = fingerprint
+    if trained.validation:
+        data["validation"] = {"scans": len(trained.validation),
+                              "scan_names": [i.name for i in trained.validation],
+                              "note": "training-split scans held out to choose the learning "
+                                      "rate, steps and detection rule"}
+    name = _new_version_name(engine, models, options.version)
+    final, metrics, decision, cand_m, act_m = _build_and_judge(
+        models, name=name, parent=parent, spec=spec, trained=trained, data=data,
+        train_items=train_items, test_items=test_items, options=options,
+        on_progress=on_progress)
+    activated = _register(engine, name=name, directory=final, parent=parent.name,
+                          metrics=metrics, members=len(trained.states), decision=decision,
+                          note=note)
+    if decision.promote and not activated:
+        decision = replace(decision, promote=False)
+    log.info("retrained %s from %s: %s", name, parent.name,
+             "activated" if activated else "kept as a candidate")
+    return RetrainResult(version=name, directory=final, parent=parent.name, activated=activated,
+                         decision=decision, candidate=cand_m, active=act_m, data=data,
+                         training=trained.training)
+
+
+def _architecture(parent: _Parent, options: RetrainOptions) -> Any:
+    spec = parent.config.architecture
+    if options.filters is not None and options.filters != spec.nb_filters:
+        if options.from_active or options.fine_tune:
+            how = "--from-active" if options.from_active else "--recipe finetune"
+            raise ConfigError(f"--filters {options.filters} with {how}: the active version "
+                              f"{parent.name} has {spec.nb_filters} filters; leave --filters "
+                              "out or train from scratch (--recipe scratch)")
+        spec = replace(spec, nb_filters=options.filters)
+    return spec
+
+
+def _progress_for(on_progress: Progress | None, members: int, label: str = "training member"
+                  ) -> Callable[[int, int, int, float], None]:
+    def progress(member: int, it: int, total: int, _loss: float) -> None:
+        if on_progress:
+            on_progress(f"{label} {member + 1}/{members}", it, total)
+    return progress
+
+
+def _train_scratch(train_items: Sequence[LabelledScan], *, parent: _Parent,
+                   options: RetrainOptions, spec: Any, note: Note,
+                   on_progress: Progress | None) -> _Trained:
+    """The paper's recipe: members from random weights (or the active ones with
+    ``from_active``) on every training scan; thresholds chosen later, in-sample."""
+    import torch
+
+    from defectwatch.pipeline.training import TrainingRecipe, train_ensemble
+
+    examples = [example_from_labels(i, target_nm=float(parent.config.pixel_size_nm),
+                                    params=parent.params,
+                                    default_radius_nm=parent.mask_radius_nm)
+                for i in train_items]
+    recipe = TrainingRecipe(members=options.members or 10, iterations=options.iterations or 500,
+                            batch_size=options.batch_size or 4, crop_px=options.crop_px or 256,
+                            learning_rate=options.learning_rate or 1e-3, seed=options.seed)
+    t0 = time.perf_counter()
+    states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
+                            init_states=parent.states if options.from_active else None,
+                            on_progress=_progress_for(on_progress, recipe.members))
+    training = {**recipe.to_dict(), "from": f"active version {parent.name}" if
+                options.from_active else "scratch", "torch": torch.__version__,
+                "train_seconds": round(time.perf_counter() - t0, 1),
+                "examples_model_pixels": int(sum(e.image01.size for e in examples)),
+                "mask_radius_nm": parent.mask_radius_nm, "partial_label_ring_nm": RING_NM,
+                "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
+    return _Trained(states, training)
+
+
+def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
+                    options: RetrainOptions, spec: Any, note: Note,
+                    on_progress: Progress | None) -> _Trained:
+    """The nightly recipe (`retrain_recipe`): validation split, positive-unlabelled masks,
+    rehearsal, learning rate and steps chosen on validation, every member fine-tuned from its
+    parent member, the detection rule chosen on validation."""
+    import torch
+
+    from defectwatch.pipeline.inference import Ensemble
+    from defectwatch.pipeline.training import (
+        TrainingRecipe,
+        train_ensemble,
+        train_member,
+    )
+    from defectwatch.service import retrain_recipe as rr
+
+    t_all = time.perf_counter()
+    target_nm = float(parent.config.pixel_size_nm)
+    radius = parent.mask_radius_nm
+    fit_items, val_items = rr.validation_split(train_items)
+    if not val_items:
+        note(f"only {len(train_items)} training scan(s): no validation split, so the learning "
+             "rate, steps and detection rule are not chosen (defaults and the parent's rule)")
+    members = options.members or min(rr.MEMBERS, len(parent.states))
+    init_states = parent.states[:members] if members <= len(parent.states) else parent.states
+    parent_ens = Ensemble(parent.config, init_states, device=options.device)
+
+    def tick(task: str) -> Callable[[int, int], None]:
+        return lambda done, total: on_progress(task, done, total) if on_progress else None
+
+    # the lab's examples, with the parent's confident unlabelled detections spared
+    examples, spared = [], 0
+    for k, item in enumerate(fit_items):
+        ex = example_from_labels(item, target_nm=target_nm, params=parent.params,
+                                 default_radius_nm=radius)
+        if options.spare_unlabelled and item.exhaustive:
+            ex, n = rr.spare_unlabelled(ex, item, parent_ens.predict_scan(item.scan),
+                                        radius_nm=radius, target_nm=target_nm)
+            spared += n
+        examples.append(ex)
+        tick("preparing the lab's scans")(k + 1, len(fit_items))
+    share = rr.REHEARSAL_SHARE if options.rehearsal_share is None else options.rehearsal_share
+    rehearsal: list[Example] = []
+    rehearsal_note = "none"
+    if share > 0:
+        rehearsal, rehearsal_note = rr.rehearsal_examples(
+            parent.config.data, n=rr.REHEARSAL_SCANS, target_nm=target_nm,
+            params=parent.params, radius_nm=radius, on_progress=on_progress)
+    steps = options.iterations or rr.STEPS
+    base = TrainingRecipe(members=members, iterations=steps,
+                          batch_size=options.batch_size or rr.BATCH,
+                          crop_px=options.crop_px or rr.CROP_PX,
+                          learning_rate=options.learning_rate or rr.RATES[0],
+                          seed=options.seed, rehearsal_share=share)
+    val_cases = [Case(i.name, i.scan, i.truth()) for i in val_items]
+    search: dict[str, Any] = {}
+    rate = base.learning_rate
+    if val_cases and options.learning_rate is None:
+        rate, steps, search = _search(examples, rehearsal, val_cases, parent=parent, spec=spec,
+                                      base=base, device=options.device,
+                                      on_progress=on_progress, train_member=train_member)
+    recipe = replace(base, learning_rate=rate, iterations=steps)
+    t0 = time.perf_counter()
+    states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
+                            init_states=init_states, rehearsal=rehearsal,
+                            on_progress=_progress_for(on_progress, recipe.members))
+    train_s = time.perf_counter() - t0
+    detection = None
+    if val_cases:
+        candidate = Ensemble(replace(parent.config, version="candidate"), states,
+                             device=options.device)
+        detection = rr.choose_detection(candidate, val_cases,
+                                        parent_threshold=parent.threshold,
+                                        parent_rule=parent.config.report_contrast)
+    training = {**recipe.to_dict(), "from": f"active version {parent.name}",
+                "torch": torch.__version__, "train_seconds": round(train_s, 1),
+                "recipe_seconds": round(time.perf_counter() - t_all, 1),
+                "examples_model_pixels": int(sum(e.image01.size for e in examples)),
+                "mask_radius_nm": radius, "partial_label_ring_nm": RING_NM,
+                "rehearsal": rehearsal_note,
+                "unlabelled": (f"spared: {spared} confident detections of {parent.name} "
+                               f"(mean probability >= {rr.SPARE_THRESHOLD}) with no label "
+                               f"within {rr.SPARE_MATCH_NM:g} nm made IGNORE on exhaustive "
+                               "label sets" if options.spare_unlabelled else
+                               "taught as background (exhaustive label sets)"),
+                "spared_detections": spared,
+                "members_from": f"the first {min(members, len(parent.states))} of "
+                                f"{parent.name}'s {len(parent.states)} members",
+                "search": search or ("not searched: " + (
+                    "--learning-rate given" if options.learning_rate is not None else
+                    "no validation split")),
+                "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
+    return _Trained(states, training, detection, list(val_items))
+
+
+def _search(examples: Sequence[Example], rehearsal: Sequence[Example], val_cases: Sequence[Case],
+            *, parent: _Parent, spec: Any, base: Any, device: str,
+            on_progress: Progress | None, train_member: Callable[..., Any]
+            ) -> tuple[float, int, dict[str, Any]]:
+    """One probe member (member 0, from the parent's member 0) per rate in
+    `retrain_recipe.RATES`, scored on the validation cases after half and all the steps, each
+    at its best detection rule -> (rate, steps, the table)."""
+    from defectwatch.pipeline.inference import Ensemble
+    from defectwatch.service import retrain_recipe as rr
+
+    def score(state: dict[str, Any]) -> float:
+        ens = Ensemble(replace(parent.config, version="probe"), [state], device=device)
+        return rr.choose_detection(ens, val_cases, parent_threshold=parent.threshold,
+                                   parent_rule=parent.config.report_contrast).mean_f1
+
+    marks = sorted({max(1, base.iterations // 2), base.iterations})
+    table: dict[str, float] = {"parent member 0": round(score(parent.states[0]), 4)}
+    best: tuple[float, float, int] | None = None
+    for rate in rr.RATES:
+        found: dict[int, dict[str, Any]] = {}
+        train_member(examples, spec=spec, recipe=replace(base, learning_rate=rate, members=1),
+                     member=0, device=device, init_state=parent.states[0],
+                     rehearsal=rehearsal, checkpoints=marks,
+                     on_checkpoint=found.__setitem__,
+                     on_progress=_progress_for(on_progress, 1, f"choosing: rate {rate:g},"
+                                               " member"))
+        for step in marks:
+            f1 = score(found[step])
+            table[f"rate {rate:g}, {step} steps"] = round(f1, 4)
+            if best is None or f1 > best[0] + 1e-9:
+                best = (f1, rate, step)
+    assert best is not None
+    log.info("fine-tuning search on %d validation scans: %s", len(val_cases), table)
+    return best[1], best[2], {"validation_mean_f1": table, "chosen": {
+        "learning_rate": best[1], "iterations": best[2]},
+        "probe": "member 0 alone, each at its best detection rule on the validation scans"}
+
+
+def _build_and_judge(models: Path, *, name: str, parent: _Parent, spec: Any, trained: _Trained,
+                     data: dict[str, Any], train_items: Sequence[LabelledScan],
+                     test_items: Sequence[LabelledScan], options: RetrainOptions,
+                     on_progress: Progress | None
+                     ) -> tuple[Path, dict[str, Any], GateDecision, dict, dict]:
+    """Save the candidate (in a partial directory), give it its detection rule, evaluate it
+    and the parent on the test split, judge, write its metrics and move it into place."""
+    from defectwatch.pipeline.inference import Ensemble
+    from defectwatch.pipeline.model import ModelConfig, save_version, write_metrics
+    from defectwatch.service.evaluation import choose_threshold
+
+    pcfg = parent.config
+    partial = models / f".{name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    thresholds: dict[str, Any] = {"threshold": parent.threshold}
+    if pcfg.metrics.get("threshold_by_channel"):
+        thresholds["threshold_by_channel"] = dict(pcfg.metrics["threshold_by_channel"])
+    detection = dict(pcfg.detection)  # its report rule, unless chosen on validation
+    if trained.detection is not None:
+        choice = trained.detection
+        thresholds.update({"threshold": choice.threshold, "threshold_chosen_on": (
+            f"{len(trained.validation)} validation scans of the lab's training split (not "
+            "trained on, not the test split), jointly with the report rule"),
+            "threshold_table": choice.table,
+            "validation_f1": choice.f1})
+        detection = {**detection, "report_contrast": dict(choice.report_contrast)}
+    config = ModelConfig(version=name, pixel_size_nm=float(pcfg.pixel_size_nm),
+                         architecture=spec, classes=tuple(pcfg.classes),
+                         preprocess=dict(pcfg.preprocess), training=trained.training,
+                         data=data, metrics=dict(thresholds), parent=parent.name,
+                         detection=detection)
+    try:
+        save_version(partial, config, trained.states)
+        candidate = Ensemble.load(partial, device=options.device)
+        if trained.detection is None:
+            # the scratch recipe: the candidate's own threshold, chosen on the training scans
+            # with exhaustive labels (in-sample; partial sets would count unmarked defects as
+            # false), never on the test split the gate judges by
             by_channel = thresholds.get("threshold_by_channel", {})
             fit = [i for i in train_items if i.exhaustive and i.scan.channel not in by_channel]
             if fit:
@@ -549,44 +957,59 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
                     f"{len(fit)} training scans with exhaustive labels (in-sample)"),
                     "threshold_table": {f"{t:.2f}": round(f, 4) for t, f in table.items()}})
                 candidate.config.metrics.update(thresholds)
-            active = Ensemble(parent_cfg, parent_states, device=options.device)
-            cases = [Case(i.name, i.scan, i.truth()) for i in test_items]
-            reports = {}
-            for label, ens in (("candidate", candidate), ("active", active)):
-                def eval_progress(done: int, total: int, label: str = label) -> None:
-                    if on_progress:
-                        on_progress(f"evaluating {label}", done, total)
+        active = Ensemble(pcfg, parent.states, device=options.device)
+        decision, metrics, cand_m, act_m = _judge(candidate, active, parent=parent.name,
+                                                  test_items=test_items, options=options,
+                                                  on_progress=on_progress)
+        metrics = {**cand_m, **thresholds, **metrics}
+        write_metrics(partial, metrics)
+        final = models / name
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final, metrics, decision, cand_m, act_m
 
-                # each version at its own thresholds
-                reports[label] = evaluation_metrics(evaluate(
-                    ens, cases, on_progress=eval_progress, n_cases=len(cases)))
-            cand_m, act_m = reports["candidate"], reports["active"]
-            decision = gate({k: cand_m["kinds"][k]["f1"] if _has_truth(cand_m["kinds"][k])
-                             else None for k in KINDS},
-                            {k: act_m["kinds"][k]["f1"] for k in KINDS},
-                            tolerance=options.tolerance, mode=options.promote)
-            metrics = {**cand_m, **thresholds,
-                       "test_split": {"scans": len(test_items), "labels": n_test_labels,
-                                      "scan_names": [i.name for i in test_items]},
-                       "compared_with": {"version": parent, **act_m},
-                       "gate": {**asdict(decision), "summary": decision.summary()}}
-            write_metrics(partial, metrics)
-            final = models / name
-            partial.rename(final)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
 
-        activated = _register(engine, name=name, directory=final, parent=parent,
-                              metrics=metrics, members=len(states), decision=decision,
-                              note=note)
-        if decision.promote and not activated:
-            decision = replace(decision, promote=False)
-        log.info("retrained %s from %s: %s", name, parent,
-                 "activated" if activated else "kept as a candidate")
-        return RetrainResult(version=name, directory=final, parent=parent, activated=activated,
-                             decision=decision, candidate=cand_m, active=act_m, data=data,
-                             training=training, notes=notes)
+def _judge(candidate: Any, active: Any, *, parent: str, test_items: Sequence[LabelledScan],
+           options: RetrainOptions, on_progress: Progress | None
+           ) -> tuple[GateDecision, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Both versions on the frozen test split (each at its own rule), the bootstrap of their
+    F1 difference, the gate -> (decision, metrics to store, candidate's, active's figures)."""
+    from defectwatch.service.evaluation import evaluate
+
+    cases = [Case(i.name, i.scan, i.truth()) for i in test_items]
+    reports, counts = {}, {}
+    for label, ens in (("candidate", candidate), ("active", active)):
+        def eval_progress(done: int, total: int, label: str = label) -> None:
+            if on_progress:
+                on_progress(f"evaluating {label}", done, total)
+
+        report = evaluate(ens, cases, on_progress=eval_progress, n_cases=len(cases))
+        reports[label] = evaluation_metrics(report)
+        counts[label] = scan_counts(report.objects["scans"], KINDS)
+    cand_m, act_m = reports["candidate"], reports["active"]
+    n_labels = Counter(k for i in test_items for k in i.kinds)
+    judged = [j for j, k in enumerate(KINDS) if _has_truth(cand_m["kinds"][k])]
+    uncertainty: dict[str, F1Difference] = {}
+    for j in judged:
+        uncertainty[KINDS[j]] = bootstrap_f1_difference(counts["active"][:, j],
+                                                        counts["candidate"][:, j])
+    if judged:
+        uncertainty["mean"] = bootstrap_f1_difference(counts["active"][:, judged],
+                                                      counts["candidate"][:, judged])
+    decision = gate({k: cand_m["kinds"][k]["f1"] if _has_truth(cand_m["kinds"][k])
+                     else None for k in KINDS},
+                    {k: act_m["kinds"][k]["f1"] for k in KINDS},
+                    tolerance=options.tolerance, mode=options.promote,
+                    test_labels={k: n_labels.get(k, 0) for k in KINDS},
+                    uncertainty=uncertainty, min_labels=options.min_test_labels)
+    metrics = {"test_split": {"scans": len(test_items), "labels": sum(n_labels.values()),
+                              "labels_by_kind": {k: n_labels.get(k, 0) for k in KINDS},
+                              "scan_names": [i.name for i in test_items]},
+               "compared_with": {"version": parent, **act_m},
+               "gate": {**asdict(decision), "summary": decision.summary()}}
+    return decision, metrics, cand_m, act_m
 
 
 def _register(engine: Engine, *, name: str, directory: Path, parent: str,

@@ -34,6 +34,9 @@ SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 MARKER = "# Written by `defectwatch service install`; `defectwatch service uninstall` removes it."
 WATCH_TASK = r"defectwatch\watch"
 RETRAIN_TASK = r"defectwatch\retrain"
+# what the nightly job runs: the fine-tuning recipe, written out so an installed unit keeps its
+# meaning if the command's default changes (a night with no new label is skipped, exit 0)
+NIGHTLY_RETRAIN = ("retrain", "--recipe", "finetune")
 PASSED_ENV = ("DEFECTWATCH_DB", "DEFECTWATCH_MODELS_DIR", "DEFECTWATCH_SAMPLE_RULE")
 WINDOWS_PYTHON = r"C:\path\to\defectwatch\.venv\Scripts\python.exe"  # shown off Windows
 SCHTASKS_TR_MAX = 261  # longest /TR command Task Scheduler accepts
@@ -181,7 +184,7 @@ def plan_install(*, user: bool, watch_dirs: Sequence[str | os.PathLike[str]] = (
                          + ", ".join(str(d) for d in missing))
     else:
         notes.append("no --watch DIR: only the nightly retrain was planned")
-    retrain = " ".join(systemd_quote(a) for a in defectwatch_command("retrain",
+    retrain = " ".join(systemd_quote(a) for a in defectwatch_command(*NIGHTLY_RETRAIN,
                                                                       executable=executable))
     units[RETRAIN_UNIT] = "\n".join([
         MARKER,
@@ -259,7 +262,7 @@ def windows_install_commands(*, watch_dirs: Sequence[str], db_url: str | None = 
         lines.append(f'schtasks /Create /F /TN "{WATCH_TASK}" /SC ONLOGON /RL LIMITED '
                      f'/TR "{run.replace(chr(34), chr(92) + chr(34))}"')
     exe = _windows_python(executable, windowless=False)
-    run = " ".join(windows_quote(a) for a in [exe, "-m", "defectwatch", "retrain"])
+    run = " ".join(windows_quote(a) for a in [exe, "-m", "defectwatch", *NIGHTLY_RETRAIN])
     lines.append(f'schtasks /Create /F /TN "{RETRAIN_TASK}" /SC DAILY '
                  f'/ST {hour:02d}:{minute:02d} /TR "{run.replace(chr(34), chr(92) + chr(34))}"')
     if any(len(_tr(line)) > SCHTASKS_TR_MAX for line in lines if "/TR" in line):

@@ -28,7 +28,8 @@ from defectwatch.service.simulation import read_truth_csv, write_simulated_scans
 from tests.db.factories import detection
 
 runner = CliRunner()
-TINY = ["--filters", "4", "--members", "2", "--iterations", "5", "--crop", "64"]
+TINY = ["--recipe", "scratch", "--filters", "4", "--members", "2", "--iterations", "5", "--crop",
+        "64"]
 
 
 @pytest.fixture(scope="module")
@@ -242,12 +243,13 @@ def test_from_active_fine_tunes_and_refuses_another_width(record, sim_scans):
     record_scans(engine, sim_scans[:4], exhaustive=False)
     engine.dispose()
     bad = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models),
-                              "--from-active", "--filters", "8", "--members", "1",
-                              "--iterations", "2", "--crop", "64"])
+                              "--recipe", "scratch", "--from-active", "--filters", "8",
+                              "--members", "1", "--iterations", "2", "--crop", "64"])
     assert bad.exit_code == 1 and "--from-active" in bad.stderr and "4 filters" in bad.stderr
     ok = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models),
-                             "--from-active", "--members", "1", "--iterations", "3", "--crop",
-                             "64", "--promote", "force", "--json"])
+                             "--recipe", "scratch", "--from-active", "--members", "1",
+                             "--iterations", "3", "--crop", "64", "--promote", "force",
+                             "--json"])
     assert ok.exit_code == 0, ok.output
     report = json.loads(ok.stdout)
     assert report["activated"] and report["training"]["from"] == "active version blind-1"

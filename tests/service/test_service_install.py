@@ -54,7 +54,7 @@ def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_
     assert "WantedBy=default.target" in watch and "Restart=on-failure" in watch
     assert "User=" not in watch and watch.startswith(MARKER)
     retrain = (units / RETRAIN_UNIT).read_text()
-    assert f"ExecStart={python} -m defectwatch retrain\n" in retrain
+    assert f"ExecStart={python} -m defectwatch retrain --recipe finetune\n" in retrain
     assert "Type=oneshot" in retrain
     timer = (units / TIMER_UNIT).read_text()
     assert "OnCalendar=*-*-* 03:30:00" in timer and "Persistent=true" in timer

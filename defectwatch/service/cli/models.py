@@ -46,19 +46,33 @@ def models_list(
 ) -> None:
     """Registered model versions, oldest first; the active one is marked."""
     from defectwatch.service.model_versions import versions_report
+    from defectwatch.service.retrain_runs import runs_report
 
     with _database(db, create=True) as engine:
         rows = versions_report(engine)
+        last = runs_report(engine, limit=1)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("", "version", "created (UTC)", "parent", "members", "metrics")
+    table = Table("", "version", "created (UTC)", "parent", "members", "metrics", "retrain")
     for r in rows:
+        made = r.get("retrain")
         table.add_row("[green]*[/green]" if r["active"] else "", escape(r["version"]),
                       (r["created_at"] or "-")[:19].replace("T", " "),
                       escape(r["parent"] or "-"), str(r["members"]),
-                      escape(_metrics_summary(r["metrics"])))
+                      escape(_metrics_summary(r["metrics"])),
+                      escape(f"{made['outcome']}: {made['reason']}") if made else "-")
     out.print(table)
+    if last:
+        out.print(escape(f"last retrain {last_retrain_line(last[0])}"), highlight=False,
+                  soft_wrap=True)
+
+
+def last_retrain_line(run: dict[str, Any]) -> str:
+    """``2026-12-04 02:00 UTC: skipped (why)`` for one `runs_report` entry."""
+    when = (run["started_at"] or "-")[:16].replace("T", " ")
+    what = run["outcome"] + (f" {run['version']}" if run.get("version") else "")
+    return f"{when} UTC: {what} ({run['reason']})"
 
 
 @models_app.command("activate")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli.common import DbOption, _database, _fail, _progress, out
+from defectwatch.service.cli.common import DbOption, _database, _fail, _progress, err, out
 
 
 def _finite(x: float) -> float | None:
@@ -58,7 +58,8 @@ def process(
         help="Write a PNG per scan here: defects marked beside the uncertainty map.")] = None,
     channel: Annotated[str, typer.Option(help="Channel to analyse (Z, Current, ...).")] = "Z",
     model: Annotated[Path | None, typer.Option(
-        help="Model version directory (default: the shipped ensemble).")] = None,
+        help="Model version directory (default: the record's active version; with --no-db "
+             "the shipped ensemble).")] = None,
     threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Mean-probability threshold (default: the model's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -77,64 +78,80 @@ def process(
 ) -> None:
     """Find the defects in scans: coordinates, confidence, uncertainty, densities; record
     them in the database (unless --no-db)."""
-    from defectwatch.pipeline.scan import read_scan
-    from defectwatch.service.detection import detect_scan, load_ensemble
-    from defectwatch.service.pictures import write_overlay
+    from defectwatch.service.detection import load_ensemble
+    from defectwatch.service.model_versions import resolve_model
 
     files = _expand(paths)
     if not files:
         _fail("no scan files (.sxm, .sm4, .Z_mtrx, .dat, .gwy) found in "
               + ", ".join(str(p) for p in paths))
         raise typer.Exit(1)
-    try:
-        ensemble = load_ensemble(model, device=device, fast=fast)
-    except DefectwatchError as exc:
-        _fail(escape(str(exc)))
-        raise typer.Exit(1) from None
     table = Table("file", "px", "nm", "troughs", "peaks", "density cm^-2 (95% CI)",
                   "mean conf", "s")
     failed = 0
     database = nullcontext(None) if no_db else _database(db, create=True)
-    with database as engine, _progress() as bar:
+    with database as engine:
+        try:
+            chosen = resolve_model(engine, model)
+            ensemble = load_ensemble(chosen.directory, device=device, fast=fast)
+        except DefectwatchError as exc:
+            _fail(escape(str(exc)))
+            raise typer.Exit(1) from None
+        err.print(escape(f"detecting with {chosen.describe()}"), highlight=False)
         record = None if engine is None else _recorder(engine, sample_rule, instrument)
-        task = bar.add_task("detecting", total=len(files))
-        for k, path in enumerate(files):
-            try:
-                scan = read_scan(path, channel=channel)
-                detected = detect_scan(scan, ensemble=ensemble, threshold=threshold)
-            except DefectwatchError as exc:
-                failed += 1
-                if as_json:
-                    print(json.dumps(failed_json(path, str(exc))), flush=True)
-                else:
-                    _fail(escape(str(exc)))
-                bar.update(task, completed=k + 1)
-                continue
-            det = detected.detection
-            if record is not None:
-                record(path, scan, det)
-            if overlay is not None:
-                write_overlay(overlay / f"{path.stem}.png", detected.prediction, det.defects,
-                              title=path.name)
-            if as_json:
-                print(json.dumps(result_json(path, detected, ensemble.version)), flush=True)
-            else:
-                tot = det.densities["total"]
-                conf = (sum(d.confidence for d in det.defects) / len(det.defects)
-                        if det.defects else float("nan"))
-                table.add_row(path.name, f"{scan.nx}x{scan.ny}", f"{scan.width_nm:.4g}",
-                              str(det.densities["trough"].count),
-                              str(det.densities["peak"].count),
-                              f"{tot.per_cm2:.3g} ({tot.ci95_low_per_cm2:.2g}-"
-                              f"{tot.ci95_high_per_cm2:.2g})", f"{conf:.2f}",
-                              f"{det.seconds:.2f}")
-            bar.update(task, completed=k + 1)
+        with _progress() as bar:
+            failed = _process_files(files, bar=bar, ensemble=ensemble, channel=channel,
+                                    threshold=threshold, record=record, overlay=overlay,
+                                    as_json=as_json, table=table)
     if not as_json and table.row_count:
         out.print(table)
         if overlay is not None:
             out.print(f"overlays written to {overlay}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _process_files(files: list[Path], *, bar, ensemble, channel: str, threshold: float | None,
+                   record, overlay: Path | None, as_json: bool, table: Table) -> int:
+    """Detect (and record) each file; returns how many failed."""
+    from defectwatch.pipeline.scan import read_scan
+    from defectwatch.service.detection import detect_scan
+    from defectwatch.service.pictures import write_overlay
+
+    failed = 0
+    task = bar.add_task("detecting", total=len(files))
+    for k, path in enumerate(files):
+        try:
+            scan = read_scan(path, channel=channel)
+            detected = detect_scan(scan, ensemble=ensemble, threshold=threshold)
+        except DefectwatchError as exc:
+            failed += 1
+            if as_json:
+                print(json.dumps(failed_json(path, str(exc))), flush=True)
+            else:
+                _fail(escape(str(exc)))
+            bar.update(task, completed=k + 1)
+            continue
+        det = detected.detection
+        if record is not None:
+            record(path, scan, det)
+        if overlay is not None:
+            write_overlay(overlay / f"{path.stem}.png", detected.prediction, det.defects,
+                          title=path.name)
+        if as_json:
+            print(json.dumps(result_json(path, detected, ensemble.version)), flush=True)
+        else:
+            tot = det.densities["total"]
+            conf = (sum(d.confidence for d in det.defects) / len(det.defects)
+                    if det.defects else float("nan"))
+            table.add_row(path.name, f"{scan.nx}x{scan.ny}", f"{scan.width_nm:.4g}",
+                          str(det.densities["trough"].count),
+                          str(det.densities["peak"].count),
+                          f"{tot.per_cm2:.3g} ({tot.ci95_low_per_cm2:.2g}-"
+                          f"{tot.ci95_high_per_cm2:.2g})", f"{conf:.2f}",
+                          f"{det.seconds:.2f}")
+        bar.update(task, completed=k + 1)
+    return failed
 
 
 def _recorder(engine, sample_rule: str | None, instrument: str | None = None):
@@ -153,6 +170,39 @@ def _recorder(engine, sample_rule: str | None, instrument: str | None = None):
                     watch_root=path.resolve().parent.parent, instrument=instrument)
 
     return record
+
+
+def _evaluated_model(model: Path | None, db: str | None):
+    """The version ``evaluate`` scores: ``--model``, else the active version of the record
+    (``--db``, or the default one when it exists), else the shipped default."""
+    from defectwatch.service.model_versions import resolve_model
+
+    if model is None and (db is not None or _default_record_exists()):
+        with _database(db) as engine:
+            try:
+                return resolve_model(engine)
+            except DefectwatchError as exc:
+                _fail(escape(str(exc)))
+                raise typer.Exit(1) from None
+    try:
+        return resolve_model(None, model)
+    except DefectwatchError as exc:
+        _fail(escape(str(exc)))
+        raise typer.Exit(1) from None
+
+
+def _default_record_exists() -> bool:
+    """Whether the default record (DEFECTWATCH_DB, else the user data dir's) is there to ask:
+    a server URL always is; a SQLite file only once something was recorded."""
+    from sqlalchemy import make_url
+
+    from defectwatch.db.engine import normalize_url
+    from defectwatch.service.config import get_settings
+
+    url = make_url(normalize_url(get_settings().db))
+    if url.get_backend_name() != "sqlite":
+        return True
+    return bool(url.database) and Path(url.database).exists()
 
 
 def _per_scan_table(scans: list[dict]) -> Table:
@@ -205,7 +255,12 @@ def evaluate(
     pixels: Annotated[int, typer.Option(help="Simulated pixels per side.")] = 512,
     seed: Annotated[int, typer.Option(help="Simulated: seed of the first scan.")] = 0,
     model: Annotated[Path | None, typer.Option(
-        help="Model version directory (default: the shipped ensemble).")] = None,
+        help="Model version directory (default: the record's active version; the shipped "
+             "ensemble when there is no record).")] = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", metavar="URL", show_default=False,
+        help="Record whose active version is scored (default: DEFECTWATCH_DB, else the user "
+             "data dir; read only when it exists).")] = None,
     threshold: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="Mean-probability threshold (default: the model's).")] = None,
     radius_nm: Annotated[float, typer.Option(help="Matching radius, nm.")] = 1.0,
@@ -255,11 +310,14 @@ def evaluate(
         raise typer.Exit(1)
     sims = simulated_cases(range(seed, seed + simulate_n), material=material.lower(),
                            mode=mode.lower(), size_nm=size_nm, pixels=pixels)
+    chosen = _evaluated_model(model, db)
     try:
-        ensemble = load_ensemble(model)
+        ensemble = load_ensemble(chosen.directory)
     except DefectwatchError as exc:
         _fail(escape(str(exc)))
         raise typer.Exit(1) from None
+    if not as_json:
+        out.print(escape(f"scoring {chosen.describe()}"), highlight=False)
     with _progress() as bar:
         task = bar.add_task("evaluating", total=n)
         report = run_evaluation(ensemble, [*cases, *sims], threshold=threshold,

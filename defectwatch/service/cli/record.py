@@ -278,4 +278,9 @@ def _print_status(s: dict[str, Any]) -> None:
         table.add_row("", f"{PurePath(f['path']).name}: {f['error'] or '?'}")
     table.add_row("active model", f"{model['name']} ({model['directory']})" if model else
                   "none registered yet (the shipped default is registered at the first scan)")
+    run = s.get("last_retrain")
+    if run:
+        when = (run["started_at"] or "-")[:16].replace("T", " ")
+        what = run["outcome"] + (f" {run['version']}" if run.get("version") else "")
+        table.add_row("last retrain", escape(f"{when} UTC: {what} ({run['reason']})"))
     out.print(table)

@@ -22,12 +22,23 @@ from defectwatch.service.cli.common import DbOption, _database, _progress, err, 
 
 
 def retrain(
-    members: Annotated[int, typer.Option(min=1, help="Ensemble members to train.")] = 10,
-    iterations: Annotated[int, typer.Option(
-        min=1, help="Mini-batches per member.")] = 500,
+    recipe: Annotated[str, typer.Option(
+        help="finetune (the nightly default): fine-tune the active version with rehearsal of "
+             "its simulated data, sparing its confident unlabelled detections, learning rate, "
+             "steps and detection rule chosen on a validation split of the labels; scratch: "
+             "the paper's recipe, new members from random weights.")] = "finetune",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Retrain even when no label changed since the active version (or "
+                        "the last candidate from it) was trained.")] = False,
+    members: Annotated[int | None, typer.Option(
+        min=1, help="Ensemble members (default: finetune the active version's first 5; "
+                    "scratch 10).")] = None,
+    iterations: Annotated[int | None, typer.Option(
+        min=1, help="Mini-batches per member (default: finetune 100 or 200, chosen on "
+                    "validation; scratch 500).")] = None,
     from_active: Annotated[bool, typer.Option(
-        "--from-active", help="Fine-tune the active version's members instead of training "
-                              "from scratch.")] = False,
+        "--from-active", help="With --recipe scratch: start from the active version's "
+                              "members (plain fine-tuning, no rehearsal or search).")] = False,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")
                       ] = "auto",
     promote: Annotated[str, typer.Option(
@@ -39,29 +50,47 @@ def retrain(
                              "DEFECTWATCH_MODELS_DIR, else the user data dir's models).")
     ] = None,
     filters: Annotated[int | None, typer.Option(
-        min=1, help="U-Net filters (default: the active version's).")] = None,
-    crop: Annotated[int, typer.Option(
-        "--crop", min=16, help="Training crop side, model pixels (a multiple of 8).")] = 256,
+        min=1, help="U-Net filters, --recipe scratch only (default: the active version's).")
+    ] = None,
+    crop: Annotated[int | None, typer.Option(
+        "--crop", min=16, help="Training crop side, model pixels (a multiple of 8; default "
+                               "finetune 128, scratch 256).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of member 0 (member k uses seed + k).")] = 0,
     tolerance: Annotated[float, typer.Option(
         min=0.0, max=0.99, help="Largest F1 drop of one class that --promote auto accepts.")
     ] = 0.02,
-    learning_rate: Annotated[float, typer.Option(
-        "--learning-rate", min=1e-7, help="Adam learning rate.")] = 1e-3,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--learning-rate", min=1e-7, help="Adam learning rate (default: finetune chooses "
+                                          "1e-4 or 3e-4 on validation; scratch 1e-3).")] = None,
+    rehearsal: Annotated[float | None, typer.Option(
+        "--rehearsal", min=0.0, max=0.95, help="finetune: share of each mini-batch simulated "
+                                               "from the active version's data (default 0.5; "
+                                               "0: none).")] = None,
+    spare_unlabelled: Annotated[bool, typer.Option(
+        "--spare-unlabelled/--no-spare-unlabelled",
+        help="finetune: do not teach the active version's confident detections that no label "
+             "marks as background (labels may be incomplete).")] = True,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads (default: the cores the rest of the machine leaves idle).")
+    ] = None,
     name: Annotated[str | None, typer.Option(
         "--name", help="Name of the new version (default: retrain-<UTC time>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")
                        ] = False,
 ) -> None:
     """Retrain the ensemble from all accumulated labels and promote it only if it is no
-    worse than the active version on the frozen test split."""
+    worse than the active version on the frozen test split; skipped (exit 0) when no label
+    changed since the active version was trained."""
     from defectwatch.service.config import get_settings
-    from defectwatch.service.retraining import RetrainOptions, retrain as run_retrain
+    from defectwatch.service.retraining import RetrainOptions, SkippedRun
+    from defectwatch.service.retraining import retrain as run_retrain
 
     options = RetrainOptions(members=members, iterations=iterations, from_active=from_active,
                              device=device, promote=promote.lower(), filters=filters,
                              crop_px=crop, seed=seed, tolerance=tolerance,
-                             learning_rate=learning_rate, version=name)
+                             learning_rate=learning_rate, version=name, recipe=recipe.lower(),
+                             force=force, rehearsal_share=rehearsal,
+                             spare_unlabelled=spare_unlabelled, threads=threads)
 
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
@@ -82,6 +111,9 @@ def retrain(
     if as_json:
         print(json.dumps(result.to_dict()))
         return
+    if isinstance(result, SkippedRun):
+        out.print(f"[cyan]skipped[/cyan]: {escape(result.reason)}", highlight=False)
+        return
     out.print(comparison_table(result.candidate, result.active,
                                candidate_name=result.version, active_name=result.parent))
     why = result.decision.summary()
@@ -91,7 +123,8 @@ def retrain(
     else:
         out.print(f"[yellow]kept as a candidate[/yellow] {escape(result.version)} "
                   f"({escape(result.parent)} stays active): {escape(why)}", highlight=False)
-    out.print(f"written to {escape(str(result.directory))}", highlight=False)
+    out.print(f"written to {escape(str(result.directory))} ({result.seconds:.0f} s)",
+              highlight=False)
 
 
 def _f(value: Any) -> str:

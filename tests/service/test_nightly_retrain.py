@@ -1,0 +1,263 @@
+"""The nightly retrain (issue 17) on tiny real models and a real SQLite record: a night with
+no new label is skipped (and `--force` trains anyway), every run's outcome shows in `models
+list` and `status`, the gate states its uncertainty on a small test split, and the fine-tuning
+recipe runs end to end with rehearsal and the positive-unlabelled masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from defectwatch.db import open_database, write_transaction
+from defectwatch.db.models import Label
+from defectwatch.pipeline.compare import bootstrap_f1_difference
+from defectwatch.pipeline.labels import IGNORE
+from defectwatch.pipeline.scan import read_scan
+from defectwatch.pipeline.training import MixedSampler
+from defectwatch.pipeline.training_data import Example, spare_detections
+from defectwatch.service.cli import app
+from defectwatch.service.retrain_recipe import spare_unlabelled, validation_split
+from defectwatch.service.retraining import LabelledScan, example_from_labels, gate
+from tests.service.test_retrain import blind_model, record, record_scans, sim_scans  # noqa: F401
+
+runner = CliRunner()
+SCRATCH = ["--recipe", "scratch", "--filters", "4", "--members", "1", "--iterations", "3",
+           "--crop", "64"]
+
+
+def retrain(db: str, models: Path, *args: str):
+    return runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models), *args])
+
+
+# -- skip, force, outcomes ----------------------------------------------------------------------
+
+def test_a_night_without_new_labels_is_skipped_force_trains_and_outcomes_show(record,
+                                                                              sim_scans):
+    db, models = record
+    engine = open_database(db)
+    ids = record_scans(engine, sim_scans[:5])
+    first = retrain(db, models, *SCRATCH, "--promote", "never", "--name", "c1", "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["outcome"] == "candidate"
+
+    # nothing changed: skipped, exit 0, no version made, said why
+    again = retrain(db, models, *SCRATCH, "--json")
+    assert again.exit_code == 0, again.output
+    skipped = json.loads(again.stdout)
+    assert skipped["outcome"] == "skipped" and skipped["version"] is None
+    assert "no label changed since c1 was trained from blind-1" in skipped["reason"]
+    assert "--force" in skipped["reason"]
+    plain = retrain(db, models, *SCRATCH)
+    assert plain.exit_code == 0 and "skipped" in plain.stdout
+    assert not (models / "c2").exists()
+
+    # --force trains anyway
+    forced = retrain(db, models, *SCRATCH, "--force", "--promote", "never", "--name", "c2")
+    assert forced.exit_code == 0, forced.output and (models / "c2").is_dir()
+
+    # a new label is a change: trained (and promoted: the blind parent finds nothing)
+    with write_transaction(engine) as s:
+        s.add(Label(scan_id=ids[0], row=5.0, col=5.0, kind="peak", radius_nm=0.7,
+                    source="review:x", exhaustive=False))
+    third = retrain(db, models, *SCRATCH, "--name", "c3", "--json")
+    assert third.exit_code == 0, third.output
+    assert json.loads(third.stdout)["outcome"] == "promoted"
+    # ...and the night after, c3 itself was trained on these labels: skipped
+    assert json.loads(retrain(db, models, *SCRATCH, "--json").stdout)["outcome"] == "skipped"
+    engine.dispose()
+
+    listed = runner.invoke(app, ["models", "list", "--db", db, "--json"])
+    by_name = {r["version"]: r for r in json.loads(listed.stdout)}
+    assert by_name["c1"]["retrain"]["outcome"] == "candidate"
+    assert "--promote never" in by_name["c1"]["retrain"]["reason"]
+    assert by_name["c3"]["retrain"]["outcome"] == "promoted" and by_name["c3"]["active"]
+    assert by_name["blind-1"]["retrain"] is None
+    table = runner.invoke(app, ["models", "list", "--db", db])
+    assert table.exit_code == 0 and "last retrain" in table.stdout
+    assert "skipped" in table.stdout and "candidate" in table.stdout
+    status = runner.invoke(app, ["status", "--db", db, "--json"])
+    assert json.loads(status.stdout)["last_retrain"]["outcome"] == "skipped"
+    assert "last retrain" in runner.invoke(app, ["status", "--db", db]).stdout
+
+
+def test_a_failed_run_is_recorded_with_its_reason(record, sim_scans):
+    db, models = record
+    engine = open_database(db)
+    record_scans(engine, sim_scans[:3])
+    engine.dispose()
+    result = retrain(db, models, *SCRATCH)
+    assert result.exit_code == 1 and "at least 4" in result.stderr
+    status = json.loads(runner.invoke(app, ["status", "--db", db, "--json"]).stdout)
+    assert status["last_retrain"]["outcome"] == "failed"
+    assert "at least 4" in status["last_retrain"]["reason"]
+
+
+# -- the gate on a small test split -------------------------------------------------------------
+
+def test_a_small_test_split_is_judged_with_a_stated_uncertainty():
+    # 3 test scans; per scan TP, FP, FN of the active and the candidate for peaks
+    active = np.array([[1, 0, 2], [0, 1, 1], [2, 0, 1]])
+    cand = np.array([[2, 0, 1], [1, 0, 0], [2, 1, 1]])
+    diff = bootstrap_f1_difference(active, cand, resamples=500)
+    assert diff.low <= diff.delta <= diff.high and diff.scans == 3
+    assert diff.delta == pytest.approx(2 * 5 / (10 + 1 + 2) - 2 * 3 / (6 + 1 + 4))
+    d = gate({"trough": 0.80, "peak": 0.60}, {"trough": 0.80, "peak": 0.50},
+             test_labels={"trough": 120, "peak": 8}, uncertainty={"peak": diff, "mean": diff})
+    assert d.promote and d.small == ("peak",)
+    rough = [r for r in d.reasons if r.startswith("rough for peak")]
+    assert rough and "only 8 peak label(s) in the test split (fewer than 30)" in rough[0]
+    assert "interval" in rough[0] and "bootstrap resamples of the 3 test scans" in rough[0]
+    assert any("label more scans" in r for r in d.reasons)
+    assert d.uncertainty["peak"]["delta"] == pytest.approx(diff.delta)
+    # a small split does not excuse a drop beyond the tolerance
+    worse = gate({"trough": 0.80, "peak": 0.40}, {"trough": 0.80, "peak": 0.50},
+                 test_labels={"trough": 120, "peak": 8})
+    assert not worse.promote and worse.small == ("peak",)
+    # enough labels: no such caveat
+    big = gate({"trough": 0.8}, {"trough": 0.7}, test_labels={"trough": 30})
+    assert big.small == () and not any(r.startswith("rough") for r in big.reasons)
+
+
+def test_the_bootstrap_separates_a_clear_difference_from_none():
+    same = np.array([[5, 1, 1]] * 6)
+    d = bootstrap_f1_difference(same, same)
+    assert d.delta == 0 and d.low == 0 and d.high == 0 and d.p_worse == 0
+    better = np.array([[9, 0, 0]] * 6)
+    d = bootstrap_f1_difference(same, better)
+    assert d.low > 0 and d.p_worse == 0
+
+
+# -- the fine-tuning recipe ---------------------------------------------------------------------
+
+def test_mixed_batches_hold_the_rehearsal_share():
+    lab = [Example(np.zeros((40, 40), np.float32), np.full((40, 40), 1, np.uint8), "lab")]
+    sim = [Example(np.ones((40, 40), np.float32), np.full((40, 40), 2, np.uint8), "sim")]
+    sampler = MixedSampler(lab, sim, share=0.5, crop_px=16, rng=np.random.default_rng(0))
+    xs, ys = sampler.batch(8)
+    assert xs.shape == (8, 1, 16, 16) and (ys[:4] == 1).all() and (ys[4:] == 2).all()
+    plain = MixedSampler(lab, [], share=0.5, crop_px=16, rng=np.random.default_rng(0))
+    assert (plain.batch(4)[1] == 1).all()
+
+
+def test_spared_detections_become_ignore_and_labels_stay():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[8:12, 8:12] = 1  # a labelled trough
+    mask[0, :] = IGNORE
+    out = spare_detections(mask, [10.0, 30.0], [10.0, 30.0], radius_px=3.0)
+    assert (out[8:12, 8:12] == 1).all()  # the label is still taught
+    assert out[30, 30] == IGNORE and out[30, 33] == IGNORE and out[30, 35] == 0
+    assert (out[0] == IGNORE).all() and (spare_detections(mask, [], [], radius_px=3) == mask).all()
+
+
+def test_the_parents_unlabelled_detections_are_spared_on_exhaustive_scans(sim_scans,
+                                                                           tmp_path):
+    """A parent that calls everything a trough: its one big detection (at the frame's centre)
+    has no label near it and is spared on an exhaustive scan, not on a partial one."""
+    import torch
+
+    from defectwatch.pipeline.inference import Ensemble
+    from defectwatch.pipeline.model import ModelConfig, UnetSpec, build_member
+
+    spec = UnetSpec(nb_filters=4)
+    torch.manual_seed(0)
+    state = build_member(spec).state_dict()
+    state["px.weight"] = torch.zeros_like(state["px.weight"])
+    state["px.bias"] = torch.tensor([-20.0, 20.0, -20.0])
+    eager = Ensemble(ModelConfig(version="eager", pixel_size_nm=0.1, architecture=spec,
+                                 detection={"report_contrast": {"trough": 0, "peak": 0}}),
+                     [state])
+    scan = read_scan(sim_scans[0])
+    item = LabelledScan(scan_id=1, name="a", split="train", scan=scan, rows=(5.0,),
+                        cols=(5.0,), kinds=("peak",), radius_nm=(None,), exhaustive=True)
+    ex = example_from_labels(item, target_nm=0.1)
+    pred = eager.predict_scan(scan)
+    spared, n = spare_unlabelled(ex, item, pred, radius_nm={"trough": 0.6, "peak": 0.7},
+                                 target_nm=0.1)
+    assert n == 1
+    h, w = ex.mask.shape
+    assert ex.mask[h // 2, w // 2] == 0 and spared.mask[h // 2, w // 2] == IGNORE
+    assert (spared.mask == 2).sum() == (ex.mask == 2).sum()  # the labelled peak is kept
+    partial = LabelledScan(**{**item.__dict__, "exhaustive": False})
+    assert spare_unlabelled(ex, partial, pred, radius_nm={"trough": 0.6, "peak": 0.7},
+                            target_nm=0.1)[1] == 0
+
+
+def test_the_validation_split_is_deterministic_and_leaves_training_scans():
+    class Item:
+        def __init__(self, i: int) -> None:
+            self.scan_id, self.name = i, f"s{i}.sxm"
+
+    items = [Item(i) for i in range(11)]
+    fit, val = validation_split(items)
+    assert len(val) == 3 and len(fit) == 8 and {i.scan_id for i in fit + val} == set(range(11))
+    assert [i.scan_id for i in validation_split(items[::-1])[1]] == sorted(
+        i.scan_id for i in val)[::-1] or {i.scan_id for i in validation_split(items[::-1])[1]} \
+        == {i.scan_id for i in val}
+    assert validation_split(items[:1]) == (items[:1], [])
+    assert len(validation_split(items[:2])[1]) == 1
+
+
+@pytest.fixture
+def tiny_mix_parent(tmp_path, blind_model):  # noqa: F811
+    """The blind model with a recorded simulator mix of tiny frames (fast rehearsal)."""
+    import shutil
+
+    out = tmp_path / "blind-mix"
+    shutil.copytree(blind_model, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["data"] = {"source": "defectwatch simulator", "seeds": [500, 515],
+                   "mix": {"material_weights": [["wse2", 1.0]], "cafm_share": 0.0,
+                           "size_nm": [6.0, 8.0], "pixel_size_nm": [0.1, 0.12],
+                           "max_model_px": 80, "artifacts_share": 0.0,
+                           "density_per_cm2": [1e12, 3e12], "render_share": 0.0}}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
+        tmp_path, sim_scans, tiny_mix_parent):  # noqa: F811
+    from defectwatch.db.registry import register_version
+
+    db = tmp_path / "nightly.db"
+    engine = open_database(db)
+    with write_transaction(engine) as s:
+        register_version("blind-1", session=s, directory=str(tiny_mix_parent), members=2,
+                         activate=True)
+    record_scans(engine, sim_scans[:6])
+    engine.dispose()
+    models = tmp_path / "models"
+    result = retrain(str(db), models, "--iterations", "4", "--crop", "32", "--name", "n1",
+                     "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    t = report["training"]
+    assert t["recipe"] == "finetune" and t["from"] == "active version blind-1"
+    assert t["members"] == 2 and t["rehearsal_share"] == 0.5 and t["crop_px"] == 32
+    assert "the parent's recorded simulator mix" in t["rehearsal"]
+    assert t["unlabelled"].startswith("spared: 0 confident detections")  # blind: none
+    search = t["search"]
+    assert search["chosen"]["iterations"] in (2, 4)
+    assert search["chosen"]["learning_rate"] in (1e-4, 3e-4)
+    assert set(search["validation_mean_f1"]) == {
+        "parent member 0", "rate 0.0001, 2 steps", "rate 0.0001, 4 steps",
+        "rate 0.0003, 2 steps", "rate 0.0003, 4 steps"}
+    data = report["data"]
+    assert data["validation"]["scans"] == 1 and data["train"]["scans"] == 4
+    assert set(data["validation"]["scan_names"]) <= set(data["train"]["scan_names"])
+    assert not set(data["validation"]["scan_names"]) & set(data["test"]["scan_names"])
+    cfg = json.loads((models / "n1" / "config.json").read_text())
+    assert "validation scans" in cfg["metrics"]["threshold_chosen_on"]
+    assert set(cfg["detection"]["report_contrast"]) == {"trough", "peak"}
+    assert report["decision"]["small"]  # 2 test scans: too few labels per kind
+    # without the positive-unlabelled masks and without rehearsal, as the options say
+    off = retrain(str(db), models, "--iterations", "2", "--crop", "32", "--force",
+                  "--rehearsal", "0", "--no-spare-unlabelled", "--learning-rate", "1e-4",
+                  "--promote", "never", "--json")
+    assert off.exit_code == 0, off.output
+    t = json.loads(off.stdout)["training"]
+    assert t["rehearsal"] == "none" and t["unlabelled"].startswith("taught as background")
+    assert t["search"].startswith("not searched: --learning-rate given")

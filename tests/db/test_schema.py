@@ -22,7 +22,8 @@ from defectwatch.db.models import Base, ModelVersion, ScanRow
 from defectwatch.db.queue import due_query
 
 TABLES = {"sample", "scan", "detection_run", "defect", "model_version", "model_activation",
-          "label", "label_set", "daemon_heartbeat", "split_assignment", "alembic_version"}
+          "label", "label_set", "daemon_heartbeat", "split_assignment", "retrain_run",
+          "alembic_version"}
 
 
 def test_fresh_database_has_the_schema_at_head(engine):

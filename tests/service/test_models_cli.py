@@ -18,7 +18,7 @@ from defectwatch.service.cli import app
 from tests.service.test_labels_cli import write_png
 
 runner = CliRunner()
-JSON_KEYS = {"version", "active", "created_at", "parent", "members", "metrics"}
+JSON_KEYS = {"version", "active", "created_at", "parent", "members", "metrics", "retrain"}
 
 
 def invoke(*args: str | Path):
@@ -68,6 +68,7 @@ def test_a_fresh_database_lists_the_shipped_default_as_the_active_first_version(
     rows = listed(db)  # the database is created, the default registered
     assert len(rows) == 1 and set(rows[0]) == JSON_KEYS
     assert rows[0]["active"] is True and rows[0]["parent"] is None
+    assert rows[0]["retrain"] is None  # shipped, not made by a retrain
     assert rows[0]["version"].startswith("default")
     table = invoke("models", "list", "--db", db)
     assert table.exit_code == 0 and rows[0]["version"] in table.stdout

@@ -38,24 +38,37 @@ def _measure(fn, repeats: int = 3) -> tuple[float, float]:
 
 
 def main() -> None:
-    print(f"# defectwatch benchmarks ({platform.processor() or platform.machine()}, "
-          f"numpy {np.__version__})\n")
+    print(
+        f"# defectwatch benchmarks ({platform.processor() or platform.machine()}, "
+        f"numpy {np.__version__})\n"
+    )
     print("| pixels | simulate+write s | MB | read_scan s | MB | preprocess s | MB |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for pixels in (512, 1024, 2048):
             size = 50.0 * pixels / 512
             out = Path(tmp) / str(pixels)
-            t_sim, m_sim = _measure(lambda: write_simulated_scans(
-                out, n=1, size_nm=size, pixels=pixels, seed=1, density_per_cm2=1e12), 1)
+            t_sim, m_sim = _measure(
+                lambda: write_simulated_scans(
+                    out, n=1, size_nm=size, pixels=pixels, seed=1, density_per_cm2=1e12
+                ),
+                1,
+            )
             path = next(out.glob("*.sxm"))
             t_read, m_read = _measure(lambda: read_scan(path))
             scan = read_scan(path)
-            t_pre, m_pre = _measure(lambda: prepare(
-                scan.data, pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm),
-                target_nm=0.098))
-            print(f"| {pixels} | {t_sim:.2f} | {m_sim:.0f} | {t_read:.3f} | {m_read:.0f} | "
-                  f"{t_pre:.2f} | {m_pre:.0f} |", flush=True)
+            t_pre, m_pre = _measure(
+                lambda: prepare(
+                    scan.data,
+                    pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm),
+                    target_nm=0.098,
+                )
+            )
+            print(
+                f"| {pixels} | {t_sim:.2f} | {m_sim:.0f} | {t_read:.3f} | {m_read:.0f} | "
+                f"{t_pre:.2f} | {m_pre:.0f} |",
+                flush=True,
+            )
 
 
 def end_to_end() -> None:
@@ -70,8 +83,9 @@ def end_to_end() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for pixels in (512, 1024, 2048):
             out = Path(tmp) / str(pixels)
-            write_simulated_scans(out, n=1, size_nm=50.0 * pixels / 512, pixels=pixels, seed=2,
-                                  density_per_cm2=1e12)
+            write_simulated_scans(
+                out, n=1, size_nm=50.0 * pixels / 512, pixels=pixels, seed=2, density_per_cm2=1e12
+            )
             path = next(out.glob("*.sxm"))
             row = []
             for ens in (exact, fast):
@@ -80,8 +94,10 @@ def end_to_end() -> None:
                     t0 = time.perf_counter()
                     detect_file(path, ensemble=ens)
                     row += [time.perf_counter() - t0, mem.mb]
-            print(f"| {pixels} | {row[0]:.2f} | {row[1]:.0f} | {row[2]:.2f} | {row[3]:.0f} |",
-                  flush=True)
+            print(
+                f"| {pixels} | {row[0]:.2f} | {row[1]:.0f} | {row[2]:.2f} | {row[3]:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

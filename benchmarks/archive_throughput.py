@@ -36,10 +36,18 @@ def _record(url: str, scans: list[Path]) -> None:
     active_model(engine)
     with write_transaction(engine) as s:
         for path in scans:
-            row = add_scan(str(path), session=s, sha256=file_sha256(path), size_bytes=1,
-                           mtime_ns=1, sample="bench", status="done")
-            add_detection_run(row.id, Detection("older", (), {}, 2500.0, datetime.now(UTC),
-                                                1.0), session=s)
+            row = add_scan(
+                str(path),
+                session=s,
+                sha256=file_sha256(path),
+                size_bytes=1,
+                mtime_ns=1,
+                sample="bench",
+                status="done",
+            )
+            add_detection_run(
+                row.id, Detection("older", (), {}, 2500.0, datetime.now(UTC), 1.0), session=s
+            )
     engine.dispose()
 
 
@@ -51,13 +59,15 @@ def _run(template: Path, work: Path, how: str) -> tuple[float, float, int]:
     stamps: list[float] = []
     t0 = time.perf_counter()
     if how == "in-process":
-        result = reprocess(engine, outdated=True,
-                           on_progress=lambda i, n: stamps.append(time.perf_counter()))
+        result = reprocess(
+            engine, outdated=True, on_progress=lambda i, n: stamps.append(time.perf_counter())
+        )
         done = len(result.rescored)
     else:
         workers = int(how.split()[0])
-        result = rescore_archive(engine, workers=workers,
-                                 on_progress=lambda d, f, n: stamps.append(time.perf_counter()))
+        result = rescore_archive(
+            engine, workers=workers, on_progress=lambda d, f, n: stamps.append(time.perf_counter())
+        )
         done = result.recorded
         stamps = stamps[1:]  # the first call reports the start (0 done)
     total = time.perf_counter() - t0
@@ -76,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dw-archive-bench-") as tmp:
         work = Path(tmp)
         for px, n, size_nm in ((512, args.n512, 50.0), (1024, args.n1024, 100.0)):
-            written = write_simulated_scans(work / f"scans{px}", n=n, pixels=px,
-                                            size_nm=size_nm, seed=px)
+            written = write_simulated_scans(
+                work / f"scans{px}", n=n, pixels=px, size_nm=size_nm, seed=px
+            )
             template = work / f"template{px}.db"
             _record(f"sqlite:///{template}", [w.sxm for w in written])
             for how in configs:
@@ -85,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
                 assert done == n, f"{how}: re-scored {done} of {n}"
                 rows.append((px, n, how, total, n / total, steady))
                 print(f"  {px} px, {how}: {n} scans in {total:.1f} s", flush=True)
-    print(f"\n## Archive re-scoring throughput ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, shipped default ensemble, exact mode)\n")
+    print(
+        f"\n## Archive re-scoring throughput ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, shipped default ensemble, exact mode)\n"
+    )
     print("| frame | scans | how | total s | scans/s (total) | scans/s (steady) |")
     print("|---|---|---|---|---|---|")
     for px, n, how, total, rate, steady in rows:

@@ -71,16 +71,21 @@ def run_set(ensemble: Ensemble, calibration: Calibration | None, cases) -> dict[
     for k in KINDS:
         c = measured.kinds[k]
         f1 = 2 * c.matched / (c.detected + c.true) if c.detected + c.true else 1.0
-        out[k] = {"f1": round(f1, 3), "precision": round(c.precision, 3),
-                  "recall": round(c.recall, 3), "true": c.true, "detected": c.detected,
-                  "count_ratio_raw": round(c.detected / c.true, 3) if c.true else None,
-                  "count_ratio_corrected": (round(corrected_sum[k] / c.true, 3) if c.true
-                                            else None),
-                  "coverage_corrected": round(hits[k]["corrected"] / hits[k]["n"], 3),
-                  "coverage_raw_poisson": round(hits[k]["raw"] / hits[k]["n"], 3)}
-    out["total"] = {"coverage_corrected": round(hits["total"]["corrected"]
-                                                / hits["total"]["n"], 3),
-                    "coverage_raw_poisson": round(hits["total"]["raw"] / hits["total"]["n"], 3)}
+        out[k] = {
+            "f1": round(f1, 3),
+            "precision": round(c.precision, 3),
+            "recall": round(c.recall, 3),
+            "true": c.true,
+            "detected": c.detected,
+            "count_ratio_raw": round(c.detected / c.true, 3) if c.true else None,
+            "count_ratio_corrected": (round(corrected_sum[k] / c.true, 3) if c.true else None),
+            "coverage_corrected": round(hits[k]["corrected"] / hits[k]["n"], 3),
+            "coverage_raw_poisson": round(hits[k]["raw"] / hits[k]["n"], 3),
+        }
+    out["total"] = {
+        "coverage_corrected": round(hits["total"]["corrected"] / hits["total"]["n"], 3),
+        "coverage_raw_poisson": round(hits["total"]["raw"] / hits["total"]["n"], 3),
+    }
     return out
 
 
@@ -89,24 +94,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=default_model_dir())
     parser.add_argument("--scans", type=int, default=8, help="scans per set")
     parser.add_argument("--families", default="none," + ",".join(BROAD_FAMILIES) + ",all")
-    parser.add_argument("--size-nm", type=float, default=SETTINGS["size_nm"],
-                        help="simulated frame side, nm")
-    parser.add_argument("--pixels", type=int, default=SETTINGS["pixels"],
-                        help="simulated pixels per side")
+    parser.add_argument(
+        "--size-nm", type=float, default=SETTINGS["size_nm"], help="simulated frame side, nm"
+    )
+    parser.add_argument(
+        "--pixels", type=int, default=SETTINGS["pixels"], help="simulated pixels per side"
+    )
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--real", action="store_true",
-                        help="also the 15 labelled real WSe2 frames (a clean test set: nothing "
-                             "may be fitted on them)")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="also the 15 labelled real WSe2 frames (a clean test set: nothing "
+        "may be fitted on them)",
+    )
     args = parser.parse_args(argv)
     settings = {**SETTINGS, "size_nm": args.size_nm, "pixels": args.pixels}
     ensemble = Ensemble.load(args.model, device="cpu")
     calibration = read_calibration(args.model)
     seeds = range(args.scans)
     results = {}
-    print(f"# {ensemble.version}: {args.scans} held-out scans per set ({settings}); "
-          f"calibration: {calibration.description if calibration else 'none'}\n")
-    print("| set | kind | F1 | P | R | detected/true | corrected/true | coverage corrected "
-          "| coverage raw Poisson |")
+    print(
+        f"# {ensemble.version}: {args.scans} held-out scans per set ({settings}); "
+        f"calibration: {calibration.description if calibration else 'none'}\n"
+    )
+    print(
+        "| set | kind | F1 | P | R | detected/true | corrected/true | coverage corrected "
+        "| coverage raw Poisson |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     families = [f for f in args.families.split(",") if f]
     if args.real and (REAL / "labels_via.csv").is_file():
@@ -125,14 +139,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         results[family] = r
         for k in KINDS:
             x = r[k]
-            print(f"| {family} | {k} | {x['f1']:.3f} | {x['precision']:.3f} | "
-                  f"{x['recall']:.3f} | {x['count_ratio_raw']} | {x['count_ratio_corrected']} "
-                  f"| {x['coverage_corrected']:.2f} | {x['coverage_raw_poisson']:.2f} |",
-                  flush=True)
+            print(
+                f"| {family} | {k} | {x['f1']:.3f} | {x['precision']:.3f} | "
+                f"{x['recall']:.3f} | {x['count_ratio_raw']} | {x['count_ratio_corrected']} "
+                f"| {x['coverage_corrected']:.2f} | {x['coverage_raw_poisson']:.2f} |",
+                flush=True,
+            )
     if args.out:
-        args.out.write_text(json.dumps({"model": ensemble.version, "settings": settings,
-                                        "scans_per_set": args.scans, "results": results},
-                                       indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "model": ensemble.version,
+                    "settings": settings,
+                    "scans_per_set": args.scans,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

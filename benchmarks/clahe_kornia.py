@@ -30,17 +30,24 @@ def main() -> None:
     unit = pp.to_unit_range(pp.nan_gaussian(resampled, sigma_px=1.0), percentiles=(0.1, 99.9))
     cv16, cv8 = pp.clahe(unit, bits=16), pp.clahe(unit, bits=8)
     ours = tp.clahe(torch.from_numpy(unit)[None], bits=16)[0].numpy()
-    print(f"kornia {kornia.__version__}\n\n| CLAHE | vs OpenCV | mean abs diff | max |\n"
-          "|---|---|---|---|")
-    print(f"| preprocess_torch.clahe 16 bit | 16 bit | {np.abs(ours - cv16).mean():.2g} | "
-          f"{np.abs(ours - cv16).max():.2g} |")
+    print(
+        f"kornia {kornia.__version__}\n\n| CLAHE | vs OpenCV | mean abs diff | max |\n"
+        "|---|---|---|---|"
+    )
+    print(
+        f"| preprocess_torch.clahe 16 bit | 16 bit | {np.abs(ours - cv16).mean():.2g} | "
+        f"{np.abs(ours - cv16).max():.2g} |"
+    )
     for clip in (2.0, 40.0):
-        k = kornia.enhance.equalize_clahe(torch.from_numpy(unit)[None, None], clip_limit=clip,
-                                          grid_size=(8, 8))[0, 0].numpy()
+        k = kornia.enhance.equalize_clahe(
+            torch.from_numpy(unit)[None, None], clip_limit=clip, grid_size=(8, 8)
+        )[0, 0].numpy()
         for name, ref in (("16 bit", cv16), ("8 bit", cv8)):
             d = np.abs(k - ref)
-            print(f"| kornia equalize_clahe, clip {clip:g} | {name} | {d.mean():.3f} | "
-                  f"{d.max():.3f} |")
+            print(
+                f"| kornia equalize_clahe, clip {clip:g} | {name} | {d.mean():.3f} | "
+                f"{d.max():.3f} |"
+            )
 
 
 if __name__ == "__main__":

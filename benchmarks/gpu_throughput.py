@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readers", type=int, default=8, help="CPU threads reading files")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_throughput: no CUDA device here; nothing measured (run it on a machine with "
-              "a GPU, or pass --device cpu for a smoke test)")
+        print(
+            "gpu_throughput: no CUDA device here; nothing measured (run it on a machine with "
+            "a GPU, or pass --device cpu for a smoke test)"
+        )
         return 0
     from defectwatch.pipeline.inference import Ensemble
     from defectwatch.service.detection import default_model_dir
@@ -53,16 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     ensemble = Ensemble.load(default_model_dir(), device=args.device, fast=not args.exact)
     params, target = ensemble.params, ensemble.pixel_size_nm
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"# file-to-defects throughput, {name}, {args.pixels} px, batches of {args.batch}, "
-          f"members {'float32' if args.exact else 'fp16'}\n")
+    print(
+        f"# file-to-defects throughput, {name}, {args.pixels} px, batches of {args.batch}, "
+        f"members {'float32' if args.exact else 'fp16'}\n"
+    )
     with tempfile.TemporaryDirectory(prefix="defectwatch-gpu-") as tmp:
         # a few distinct scans, repeated: reading and the device see real files
         distinct = min(args.scans, 32)
-        write_simulated_scans(Path(tmp), n=distinct, size_nm=50.0 * args.pixels / 512,
-                              pixels=args.pixels, seed=100, density_per_cm2=1e12)
+        write_simulated_scans(
+            Path(tmp),
+            n=distinct,
+            size_nm=50.0 * args.pixels / 512,
+            pixels=args.pixels,
+            seed=100,
+            density_per_cm2=1e12,
+        )
         files = sorted(Path(tmp).glob("*.sxm"))
         files = [files[i % len(files)] for i in range(args.scans)]
-        batches = [files[i:i + args.batch] for i in range(0, len(files), args.batch)]
+        batches = [files[i : i + args.batch] for i in range(0, len(files), args.batch)]
         readers = ThreadPoolExecutor(args.readers)
         posts = ThreadPoolExecutor(args.readers)
 
@@ -77,29 +87,40 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm-up (kernels, cuDNN autotuning, the resize weights)
         scans, px, z = read(batches[0])
-        image, _, _, _ = prepare_batch(z, pixel_size_nm=px, target_nm=target, params=params,
-                                       device=device, keep_flat=True)
+        image, _, _, _ = prepare_batch(
+            z, pixel_size_nm=px, target_nm=target, params=params, device=device, keep_flat=True
+        )
         ensemble.predict_batch(image)
         sync()
         loaded = [read(b) for b in batches]
 
         t0 = time.perf_counter()
-        for scans, px, z in loaded:
+        for _scans, px, z in loaded:
             prepare_batch(z, pixel_size_nm=px, target_nm=target, params=params, device=device)
         sync()
         t_pre = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        for scans, px, z in loaded:
-            image, valid, mapping, _ = prepare_batch(z, pixel_size_nm=px, target_nm=target,
-                                                     params=params, device=device)
+        for _scans, px, z in loaded:
+            image, valid, mapping, _ = prepare_batch(
+                z, pixel_size_nm=px, target_nm=target, params=params, device=device
+            )
             ensemble.predict_batch(image)
         sync()
         t_inf = time.perf_counter() - t0
 
         def defects(image, mean, spread, valid, mapping, scan_px, flat):
-            prediction = Prediction(image, valid, mean, spread, mapping, scan_px,
-                                    ensemble.classes, flat, ensemble.config.report_contrast)
+            prediction = Prediction(
+                image,
+                valid,
+                mean,
+                spread,
+                mapping,
+                scan_px,
+                ensemble.classes,
+                flat,
+                ensemble.config.report_contrast,
+            )
             return prediction.defects(threshold=ensemble.config.threshold_for("Z"))
 
         found = 0
@@ -110,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             scans, px, z = pending.result()
             if i + 1 < len(batches):
                 pending = readers.submit(read, batches[i + 1])
-            image, valid, mapping, flat = prepare_batch(z, pixel_size_nm=px, target_nm=target,
-                                                        params=params, device=device,
-                                                        keep_flat=True)
+            image, valid, mapping, flat = prepare_batch(
+                z, pixel_size_nm=px, target_nm=target, params=params, device=device, keep_flat=True
+            )
             mean, spread = ensemble.predict_batch(image)
             host = [t.cpu().numpy() for t in (image, mean, spread, valid, flat)]
-            futures += [posts.submit(defects, *(h[k] for h in host[:4]), mapping, px,
-                                     host[4][k]) for k in range(len(scans))]
+            futures += [
+                posts.submit(defects, *(h[k] for h in host[:4]), mapping, px, host[4][k])
+                for k in range(len(scans))
+            ]
         found = sum(len(f.result()) for f in futures)
         t_all = time.perf_counter() - t0
         readers.shutdown()

@@ -62,8 +62,9 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]
     return timed_together([fn], repeats)[0]
 
 
-def timed_together(fns: list[Callable[[], object]], repeats: int
-                   ) -> list[tuple[float, float, object]]:
+def timed_together(
+    fns: list[Callable[[], object]], repeats: int
+) -> list[tuple[float, float, object]]:
     """`timed` for several functions, their calls interleaved (a, b, c, a, b, c...) so that a
     slow spell of the machine falls on all of them alike."""
     for fn in fns:
@@ -85,8 +86,9 @@ def prepared_image(pixels: int, model_nm: float) -> np.ndarray:
     """A simulated WSe2 scan of ``pixels`` at the model's pixel size, prepared as inference does."""
     size_nm = pixels * model_nm
     sim = simulate(7, size_nm=size_nm, pixels=pixels, density_per_cm2=2e12)
-    image01, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(model_nm, model_nm),
-                            target_nm=model_nm)
+    image01, _, _ = prepare(
+        sim.images[("Z", "forward")], pixel_size_nm=(model_nm, model_nm), target_nm=model_nm
+    )
     return image01
 
 
@@ -122,18 +124,23 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
     config, states = load_version(model_dir)
     side = max(1, min(os.cpu_count() or 1, 4))
     # the product's settings (service.detection.load_ensemble): members side by side on CPU
-    exact = Ensemble(config, states, device="cpu", side_by_side=side,
-                     cpu_onnx=get_settings().cpu_onnx)
+    exact = Ensemble(
+        config, states, device="cpu", side_by_side=side, cpu_onnx=get_settings().cpu_onnx
+    )
     # exact mode with each member's own forward (`fused_unet` off), to show what fusing gains
     unfused = Ensemble(config, states, device="cpu", side_by_side=side, cpu_fused=False)
     fast = Ensemble(config, states, device="cpu", fast=True, side_by_side=side)
     atomai = atomai_runner(config, states)
-    print(f"exact mode here: {exact.runtime}; fast mode: {fast.runtime}; "
-          f"calls interleaved, median of {repeats}\n")
+    print(
+        f"exact mode here: {exact.runtime}; fast mode: {fast.runtime}; "
+        f"calls interleaved, median of {repeats}\n"
+    )
     rows = []
-    print("| pixels | AtomAI s | MB | ours exact s | MB | speed-up | max abs diff | "
-          "exact unfused s | ours fast s | MB | speed-up | fast vs exact max diff | "
-          "F1 fast vs exact |")
+    print(
+        "| pixels | AtomAI s | MB | ours exact s | MB | speed-up | max abs diff | "
+        "exact unfused s | ours fast s | MB | speed-up | fast vs exact max diff | "
+        "F1 fast vs exact |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for px in sizes:
         image = prepared_image(px, config.pixel_size_nm)
@@ -142,23 +149,48 @@ def main(model_dir, sizes=(512, 1024, 2048), repeats: int = 3) -> list[dict]:
         def ours(ens):
             def run():
                 mean, spread = ens.predict_image(image)
-                pred = Prediction(image, np.ones(image.shape, bool), mean, spread, full,
-                                  (config.pixel_size_nm,) * 2, tuple(config.classes))
+                pred = Prediction(
+                    image,
+                    np.ones(image.shape, bool),
+                    mean,
+                    spread,
+                    full,
+                    (config.pixel_size_nm,) * 2,
+                    tuple(config.classes),
+                )
                 return mean, pred.defects(threshold=config.threshold_for("Z"))
+
             return run
 
-        (t_a, m_a, (mean_a, _)), (t_e, m_e, (mean_e, det_e)), (t_u, _, _), \
-            (t_f, m_f, (mean_f, det_f)) = timed_together(
-                [lambda: atomai(image), ours(exact), ours(unfused), ours(fast)], repeats)
+        (
+            (t_a, m_a, (mean_a, _)),
+            (t_e, m_e, (mean_e, det_e)),
+            (t_u, _, _),
+            (t_f, m_f, (mean_f, det_f)),
+        ) = timed_together([lambda: atomai(image), ours(exact), ours(unfused), ours(fast)], repeats)
         diff = float(np.abs(mean_e - mean_a).max())
         diff_fast = float(np.abs(mean_f - mean_e).max())
         f1 = detection_f1(det_e, det_f)
-        rows.append({"pixels": px, "atomai_s": t_a, "atomai_mb": m_a, "exact_s": t_e,
-                     "exact_mb": m_e, "max_abs_diff": diff, "unfused_s": t_u,
-                     "fast_s": t_f, "fast_mb": m_f,
-                     "fast_max_abs_diff": diff_fast, "f1_fast_vs_exact": f1,
-                     "defects": len(det_e)})
-        print(f"| {px} | {t_a:.2f} | {m_a:.0f} | {t_e:.2f} | {m_e:.0f} | {t_a / t_e:.1f}x | "
-              f"{diff:.1e} | {t_u:.2f} | {t_f:.2f} | {m_f:.0f} | {t_a / t_f:.1f}x | "
-              f"{diff_fast:.1e} | {f1:.3f} |", flush=True)
+        rows.append(
+            {
+                "pixels": px,
+                "atomai_s": t_a,
+                "atomai_mb": m_a,
+                "exact_s": t_e,
+                "exact_mb": m_e,
+                "max_abs_diff": diff,
+                "unfused_s": t_u,
+                "fast_s": t_f,
+                "fast_mb": m_f,
+                "fast_max_abs_diff": diff_fast,
+                "f1_fast_vs_exact": f1,
+                "defects": len(det_e),
+            }
+        )
+        print(
+            f"| {px} | {t_a:.2f} | {m_a:.0f} | {t_e:.2f} | {m_e:.0f} | {t_a / t_e:.1f}x | "
+            f"{diff:.1e} | {t_u:.2f} | {t_f:.2f} | {m_f:.0f} | {t_a / t_f:.1f}x | "
+            f"{diff_fast:.1e} | {f1:.3f} |",
+            flush=True,
+        )
     return rows

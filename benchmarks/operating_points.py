@@ -32,14 +32,21 @@ from defectwatch.service.default_model import VALIDATION, default_model_dir
 from defectwatch.service.evaluation import simulated_cases
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
-LIMITS = {"trough": (-1.0, -1.25, -1.5, -1.75, -2.0, -2.5),
-          "peak": (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)}
+LIMITS = {
+    "trough": (-1.0, -1.25, -1.5, -1.75, -2.0, -2.5),
+    "peak": (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5),
+}
 KINDS = ("trough", "peak")
 
 
-def counts(ensemble: Ensemble, cases, *, thresholds: Sequence[float] = THRESHOLDS,
-           limits: dict[str, Sequence[float]] = LIMITS, on_case=None
-           ) -> dict[tuple[str, float, float], np.ndarray]:
+def counts(
+    ensemble: Ensemble,
+    cases,
+    *,
+    thresholds: Sequence[float] = THRESHOLDS,
+    limits: dict[str, Sequence[float]] = LIMITS,
+    on_case=None,
+) -> dict[tuple[str, float, float], np.ndarray]:
     """{(kind, threshold, limit): [tp, detected, true]} summed over ``cases``."""
     out: dict[tuple[str, float, float], np.ndarray] = {}
     for i, case in enumerate(cases):
@@ -48,8 +55,11 @@ def counts(ensemble: Ensemble, cases, *, thresholds: Sequence[float] = THRESHOLD
             found = pred.defects(threshold=t, marked_only=False)
             for kind in KINDS:
                 for lim in limits[kind]:
-                    keep = [d for d in found if d.kind != kind
-                            or marked(kind, float(d.contrast), {kind: lim})]
+                    keep = [
+                        d
+                        for d in found
+                        if d.kind != kind or marked(kind, float(d.contrast), {kind: lim})
+                    ]
                     s = object_scores(keep, case.labels, kinds=(kind,))[kind]
                     key = (kind, t, lim)
                     out.setdefault(key, np.zeros(3, dtype=np.int64))
@@ -63,9 +73,15 @@ def _row(tp: int, det: int, true: int) -> dict[str, float]:
     p = tp / det if det else 1.0
     r = tp / true if true else 1.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"f1": round(f1, 4), "precision": round(p, 4), "recall": round(r, 4),
-            "count_ratio": round(det / true, 4) if true else float("nan"), "tp": int(tp),
-            "detected": int(det), "true": int(true)}
+    return {
+        "f1": round(f1, 4),
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "count_ratio": round(det / true, 4) if true else float("nan"),
+        "tp": int(tp),
+        "detected": int(det),
+        "true": int(true),
+    }
 
 
 def choose(table: dict[tuple[str, float, float], np.ndarray]) -> dict[str, Any]:
@@ -79,8 +95,8 @@ def choose(table: dict[tuple[str, float, float], np.ndarray]) -> dict[str, Any]:
         unbiased = min(near, key=lambda k: abs(np.log(max(mine[k]["count_ratio"], 1e-6))))
         result["kinds"][kind] = {
             "f1_best": {"threshold": best[1], "limit": best[2], **mine[best]},
-            "count_unbiased": {"threshold": unbiased[1], "limit": unbiased[2],
-                               **mine[unbiased]}}
+            "count_unbiased": {"threshold": unbiased[1], "limit": unbiased[2], **mine[unbiased]},
+        }
     thresholds = sorted({k[1] for k in rows})
     shared = {}
     for t in thresholds:
@@ -89,8 +105,7 @@ def choose(table: dict[tuple[str, float, float], np.ndarray]) -> dict[str, Any]:
             cands = {k: v for k, v in rows.items() if k[0] == kind and k[1] == t}
             k_best = max(cands, key=lambda k: cands[k]["f1"])
             per[kind] = {"limit": k_best[2], **cands[k_best]}
-        shared[t] = {"mean_f1": round(float(np.mean([per[k]["f1"] for k in KINDS])), 4),
-                     **per}
+        shared[t] = {"mean_f1": round(float(np.mean([per[k]["f1"] for k in KINDS])), 4), **per}
     t_best = max(shared, key=lambda t: (shared[t]["mean_f1"], -abs(t - 0.5)))
     result["shared_threshold"] = {"threshold": t_best, **shared[t_best]}
     result["by_threshold"] = {f"{t:.2f}": shared[t] for t in thresholds}
@@ -105,30 +120,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a third of the scans")
     args = parser.parse_args(argv)
     ensemble = Ensemble.load(args.model, device="cpu")
-    sets = [(kw, seeds[: max(2, len(seeds) // 3)] if args.quick else seeds)
-            for kw, seeds in VALIDATION]
+    sets = [
+        (kw, seeds[: max(2, len(seeds) // 3)] if args.quick else seeds) for kw, seeds in VALIDATION
+    ]
     n = sum(len(s) for _, s in sets)
     t0 = time.perf_counter()
     cases = (c for kw, seeds in sets for c in simulated_cases(seeds, **kw))
-    table = counts(ensemble, cases, on_case=lambda i: print(f"  {i}/{n} scans", flush=True)
-                   if i % 10 == 0 else None)
+    table = counts(
+        ensemble,
+        cases,
+        on_case=lambda i: print(f"  {i}/{n} scans", flush=True) if i % 10 == 0 else None,
+    )
     result = choose(table)
-    result["settings"] = {"model": ensemble.version, "scans": n,
-                          "validation": [f"{kw}: seeds {s.start}-{s.stop - 1}"
-                                         for kw, s in sets],
-                          "truth": "every simulated defect a labeller marks (visible)",
-                          "seconds": round(time.perf_counter() - t0, 1)}
+    result["settings"] = {
+        "model": ensemble.version,
+        "scans": n,
+        "validation": [f"{kw}: seeds {s.start}-{s.stop - 1}" for kw, s in sets],
+        "truth": "every simulated defect a labeller marks (visible)",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     print(f"# operating points of {ensemble.version} on {n} simulated validation scans\n")
     print("| kind | point | threshold | limit | F1 | precision | recall | detected/true |")
     print("|---|---|---|---|---|---|---|---|")
     for kind, pts in result["kinds"].items():
         for name, p in pts.items():
-            print(f"| {kind} | {name} | {p['threshold']:.2f} | {p['limit']:+.2f} | "
-                  f"{p['f1']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | "
-                  f"{p['count_ratio']:.3f} |")
+            print(
+                f"| {kind} | {name} | {p['threshold']:.2f} | {p['limit']:+.2f} | "
+                f"{p['f1']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | "
+                f"{p['count_ratio']:.3f} |"
+            )
     s = result["shared_threshold"]
-    print(f"\nshared threshold {s['threshold']:.2f}: mean F1 {s['mean_f1']:.3f}, limits "
-          f"trough {s['trough']['limit']:+.2f} peak {s['peak']['limit']:+.2f}")
+    print(
+        f"\nshared threshold {s['threshold']:.2f}: mean F1 {s['mean_f1']:.3f}, limits "
+        f"trough {s['trough']['limit']:+.2f} peak {s['peak']['limit']:+.2f}"
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

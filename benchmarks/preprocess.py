@@ -44,22 +44,26 @@ def _steps(mod, z: np.ndarray, px: tuple[float, float]) -> dict[str, Callable[[]
     first = mod.flatten_lines(planed, order=params.line_order)
     flat = mod.flatten_with(z, params)
     resampled, _ = mod.resample(flat, pixel_size_nm=px, target_nm=MODEL_NM)
-    unit = mod.to_unit_range(mod.nan_gaussian(resampled, sigma_px=1.0),
-                             percentiles=params.clip_percentiles)
+    unit = mod.to_unit_range(
+        mod.nan_gaussian(resampled, sigma_px=1.0), percentiles=params.clip_percentiles
+    )
 
     def mask_refit():
         out = first.copy()
         for _ in range(params.mask_passes):
-            exclude = mod.strong_feature_mask(out, sigma=params.mask_sigma,
-                                              dilate_px=params.mask_dilate_px)
+            exclude = mod.strong_feature_mask(
+                out, sigma=params.mask_sigma, dilate_px=params.mask_dilate_px
+            )
             exclude[exclude.mean(axis=1) > 0.6] = False
             if mod is new:  # the plane and the lines refitted from one set of sums, in place
-                poly = new._line_polynomials(z, order=params.line_order, exclude=exclude,
-                                             plane=True)
+                poly = new._line_polynomials(
+                    z, order=params.line_order, exclude=exclude, plane=True
+                )
                 new._subtract_lines(z, poly, out=out)
             else:
-                out = mod.flatten_lines(mod.plane_correct(z, exclude=exclude),
-                                        order=params.line_order, exclude=exclude)
+                out = mod.flatten_lines(
+                    mod.plane_correct(z, exclude=exclude), order=params.line_order, exclude=exclude
+                )
         return out
 
     return {
@@ -69,15 +73,20 @@ def _steps(mod, z: np.ndarray, px: tuple[float, float]) -> dict[str, Callable[[]
         "flatten (all)": lambda: mod.flatten_with(z, params),
         "resample": lambda: mod.resample(flat, pixel_size_nm=px, target_nm=MODEL_NM),
         "gaussian": lambda: mod.nan_gaussian(resampled, sigma_px=1.0),
-        "CLAHE": lambda: mod.clahe(unit, clip_limit=params.clahe_clip_limit,
-                                   tiles=params.clahe_tiles, bits=params.clahe_bits,
-                                   max_tile_px=params.clahe_max_tile_px),
+        "CLAHE": lambda: mod.clahe(
+            unit,
+            clip_limit=params.clahe_clip_limit,
+            tiles=params.clahe_tiles,
+            bits=params.clahe_bits,
+            max_tile_px=params.clahe_max_tile_px,
+        ),
         "prepare": lambda: mod.prepare(z, pixel_size_nm=px, target_nm=MODEL_NM, params=params),
     }
 
 
-def _interleaved(pairs: list[tuple[Callable[[], object], Callable[[], object]]],
-                 repeats: int) -> list[tuple[float, float]]:
+def _interleaved(
+    pairs: list[tuple[Callable[[], object], Callable[[], object]]], repeats: int
+) -> list[tuple[float, float]]:
     times = [([], []) for _ in pairs]
     for a, b in pairs:  # warm-up
         a(), b()
@@ -121,15 +130,18 @@ def main(repeats: int = 5) -> None:
     from defectwatch.service.detection import default_model_dir, detect_file, load_ensemble
 
     ensemble = load_ensemble(default_model_dir())
-    print(f"\n## Preprocessing per step, old (before issue 20) vs new, median of {repeats} "
-          "interleaved runs\n")
+    print(
+        f"\n## Preprocessing per step, old (before issue 20) vs new, median of {repeats} "
+        "interleaved runs\n"
+    )
     rows: dict[str, dict[int, tuple[float, float]]] = {}
     extra: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="defectwatch-bench-") as tmp:
         for pixels in SIZES:
             out = Path(tmp) / str(pixels)
-            write_simulated_scans(out, n=1, size_nm=50.0 * pixels / 512, pixels=pixels,
-                                  seed=2, density_per_cm2=1e12)
+            write_simulated_scans(
+                out, n=1, size_nm=50.0 * pixels / 512, pixels=pixels, seed=2, density_per_cm2=1e12
+            )
             path = next(out.glob("*.sxm"))
             scan = read_scan(path)
             px = (scan.pixel_size_x_nm, scan.pixel_size_y_nm)
@@ -138,10 +150,12 @@ def main(repeats: int = 5) -> None:
             result = _interleaved([(steps_old[k], steps_new[k]) for k in steps_old], reps)
             for name, pair in zip(steps_old, result):
                 rows.setdefault(name, {})[pixels] = pair
-            mem = {"traced old": _traced_mb(steps_old["prepare"]),
-                   "traced new": _traced_mb(steps_new["prepare"]),
-                   "rss old": _rss_mb(steps_old["prepare"]),
-                   "rss new": _rss_mb(steps_new["prepare"])}
+            mem = {
+                "traced old": _traced_mb(steps_old["prepare"]),
+                "traced new": _traced_mb(steps_new["prepare"]),
+                "rss old": _rss_mb(steps_old["prepare"]),
+                "rss new": _rss_mb(steps_new["prepare"]),
+            }
 
             def f2d_old():
                 with _old_preprocessing_in_inference():
@@ -150,7 +164,7 @@ def main(repeats: int = 5) -> None:
             def f2d_new():
                 detect_file(path, ensemble=ensemble)
 
-            (t_old, t_new), = _interleaved([(f2d_old, f2d_new)], 2 if pixels > 512 else 3)
+            ((t_old, t_new),) = _interleaved([(f2d_old, f2d_new)], 2 if pixels > 512 else 3)
             mem.update({"f2d old": t_old, "f2d new": t_new})
             extra[pixels] = mem
             print(f"{pixels} px done", file=sys.stderr, flush=True)
@@ -164,15 +178,20 @@ def main(repeats: int = 5) -> None:
             a, b = by_size[p]
             cells.append(f"{a:.4f} | {b:.4f} | {a / b:.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\n| pixels | prepare old s | new s | file to defects old s | new s | "
-          "prepare share old | new | traced peak MB old | new | peak extra RSS MB old | new |")
+    print(
+        "\n| pixels | prepare old s | new s | file to defects old s | new s | "
+        "prepare share old | new | traced peak MB old | new | peak extra RSS MB old | new |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p in SIZES:
         a, b = rows["prepare"][p]
         e = extra[p]
-        print(f"| {p} | {a:.3f} | {b:.3f} | {e['f2d old']:.2f} | {e['f2d new']:.2f} | "
-              f"{a / e['f2d old']:.1%} | {b / e['f2d new']:.1%} | {e['traced old']:.0f} | "
-              f"{e['traced new']:.0f} | {e['rss old']:.0f} | {e['rss new']:.0f} |", flush=True)
+        print(
+            f"| {p} | {a:.3f} | {b:.3f} | {e['f2d old']:.2f} | {e['f2d new']:.2f} | "
+            f"{a / e['f2d old']:.1%} | {b / e['f2d new']:.1%} | {e['traced old']:.0f} | "
+            f"{e['traced new']:.0f} | {e['rss old']:.0f} | {e['rss new']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,14 @@ SAMPLE = "WSe2-SL445"
 
 def defectwatch(*args: str, env: dict[str, str]) -> str:
     """Run one ``defectwatch`` command (stderr passes through); its stdout, or exit."""
-    done = subprocess.run([sys.executable, "-m", "defectwatch", *args], env=env,
-                          stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "defectwatch", *args], env=env, stdout=subprocess.PIPE, text=True
+    )
     if done.returncode != 0:
-        raise SystemExit(f"defectwatch {' '.join(args[:2])} failed ({done.returncode}): "
-                         f"{done.stdout.strip()[-500:]}")
+        raise SystemExit(
+            f"defectwatch {' '.join(args[:2])} failed ({done.returncode}): "
+            f"{done.stdout.strip()[-500:]}"
+        )
     return done.stdout
 
 
@@ -61,36 +64,50 @@ def register_active(db: Path, model: Path) -> None:
 
     engine = open_database(db)
     with write_transaction(engine) as session:
-        register_version(model_version_name(model), session=session, directory=str(model),
-                         activate=True)
+        register_version(
+            model_version_name(model), session=session, directory=str(model), activate=True
+        )
     engine.dispose()
 
 
 def table(result: dict) -> str:
     """Markdown: the active version vs the candidate on the held-out frames."""
-    lines = ["| model | kind | precision | recall | F1 | AP | TP | FP | FN |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | kind | precision | recall | F1 | AP | TP | FP | FN |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def f(v) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    for name, m in ((f"{result['parent']} (active)", result["active"]),
-                    (f"{result['version']} (candidate)", result["candidate"])):
+    for name, m in (
+        (f"{result['parent']} (active)", result["active"]),
+        (f"{result['version']} (candidate)", result["candidate"]),
+    ):
         for kind, s in m["kinds"].items():
-            lines.append(f"| {name} | {kind} | {f(s['precision'])} | {f(s['recall'])} | "
-                         f"{f(s['f1'])} | {f(s['ap'])} | {s['tp']} | {s['fp']} | {s['fn']} |")
-        lines.append(f"| {name} | mean F1 / object mAP | | | {f(m['mean_f1'])} | "
-                     f"{f(m['map'])} | | | |")
-        lines.append(f"| {name} | pixel level F1 / mAP | | | {f(m['pixels']['mean_f1'])} | "
-                     f"{f(m['pixels']['map'])} | | | |")
+            lines.append(
+                f"| {name} | {kind} | {f(s['precision'])} | {f(s['recall'])} | "
+                f"{f(s['f1'])} | {f(s['ap'])} | {s['tp']} | {s['fp']} | {s['fn']} |"
+            )
+        lines.append(
+            f"| {name} | mean F1 / object mAP | | | {f(m['mean_f1'])} | {f(m['map'])} | | | |"
+        )
+        lines.append(
+            f"| {name} | pixel level F1 / mAP | | | {f(m['pixels']['mean_f1'])} | "
+            f"{f(m['pixels']['map'])} | | | |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", type=Path, default=FIXTURES)
-    parser.add_argument("--model", type=Path, default=None,
-                        help="active version to start from (default: the shipped default)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="active version to start from (default: the shipped default)",
+    )
     parser.add_argument("--recipe", default=None, help="finetune (default) or scratch")
     parser.add_argument("--members", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None)
@@ -108,8 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     model = (args.model or default_model_dir()).resolve()
     if not (model / "config.json").is_file():
-        raise SystemExit(f"{model}: no model version there (train the default first: "
-                         "make default-model, or pass --model DIR)")
+        raise SystemExit(
+            f"{model}: no model version there (train the default first: "
+            "make default-model, or pass --model DIR)"
+        )
     if not args.fixtures.is_dir():
         raise SystemExit(f"{args.fixtures}: the real WSe2 fixtures are not there")
     out = (args.out or Path(tempfile.mkdtemp(prefix="real-retrain-"))).resolve()
@@ -121,17 +140,40 @@ def main(argv: list[str] | None = None) -> dict:
     frames = sorted(str(p) for p in args.fixtures.glob("*.jpg"))  # 2021-11-18 and -20
     t0 = time.perf_counter()
     print(defectwatch("import-image", *frames, "--sample", SAMPLE, "--db", str(db), env=env))
-    print(defectwatch("labels", "import", str(args.fixtures / "labels_via.csv"),
-                      "--partial" if args.partial else "--exhaustive", "--db", str(db),
-                      env=env))
+    print(
+        defectwatch(
+            "labels",
+            "import",
+            str(args.fixtures / "labels_via.csv"),
+            "--partial" if args.partial else "--exhaustive",
+            "--db",
+            str(db),
+            env=env,
+        )
+    )
     t_import = time.perf_counter() - t0
-    retrain = ["retrain", "--seed", str(args.seed), "--device", args.device, "--json",
-               "--db", str(db), "--models-dir", str(models)]
-    for flag, value in (("--recipe", args.recipe), ("--members", args.members),
-                        ("--iterations", args.iterations), ("--crop", args.crop),
-                        ("--learning-rate", args.learning_rate),
-                        ("--rehearsal", args.rehearsal), ("--filters", args.filters),
-                        ("--threads", args.threads)):
+    retrain = [
+        "retrain",
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--json",
+        "--db",
+        str(db),
+        "--models-dir",
+        str(models),
+    ]
+    for flag, value in (
+        ("--recipe", args.recipe),
+        ("--members", args.members),
+        ("--iterations", args.iterations),
+        ("--crop", args.crop),
+        ("--learning-rate", args.learning_rate),
+        ("--rehearsal", args.rehearsal),
+        ("--filters", args.filters),
+        ("--threads", args.threads),
+    ):
         if value is not None:
             retrain += [flag, str(value)]
     if args.no_spare_unlabelled:
@@ -152,29 +194,41 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                    f"torch {torch.__version__}, {result['training'].get('cpu_threads')} threads, "
-                    f"device {result['training']['device']}",
-        "retrain_seconds": round(seconds, 1), "import_seconds": round(t_import, 1),
+        f"torch {torch.__version__}, {result['training'].get('cpu_threads')} threads, "
+        f"device {result['training']['device']}",
+        "retrain_seconds": round(seconds, 1),
+        "import_seconds": round(t_import, 1),
         "retrain_cpu_seconds": round(cpu_s, 1),
         "load_average": os.getloadavg(),
-        "options": {k: str(v) for k, v in vars(args).items()}, "out": str(out), **result}
+        "options": {k: str(v) for k, v in vars(args).items()},
+        "out": str(out),
+        **result,
+    }
     (out / "real_retrain.json").write_text(json.dumps(report, indent=2))
     d = result["data"]
     t = result["training"]
-    print(f"# Real WSe2 frames: {result['parent']} vs a candidate retrained "
-          f"({t.get('recipe')}: {t.get('from')}, {t['members']} members x {t['iterations']} "
-          f"iterations at {t['learning_rate']:g}, labels "
-          f"{'partial' if args.partial else 'exhaustive'})\n")
-    print(f"Held out (frozen test split): {', '.join(d['test']['scan_names'])} "
-          f"({d['test']['labels']}); trained on {d['train']['scans']} frames "
-          f"({d['train']['labels']}).\n")
+    print(
+        f"# Real WSe2 frames: {result['parent']} vs a candidate retrained "
+        f"({t.get('recipe')}: {t.get('from')}, {t['members']} members x {t['iterations']} "
+        f"iterations at {t['learning_rate']:g}, labels "
+        f"{'partial' if args.partial else 'exhaustive'})\n"
+    )
+    print(
+        f"Held out (frozen test split): {', '.join(d['test']['scan_names'])} "
+        f"({d['test']['labels']}); trained on {d['train']['scans']} frames "
+        f"({d['train']['labels']}).\n"
+    )
     print(table(result))
-    print(f"\nGate: {'activated' if result['activated'] else 'kept as a candidate'}: "
-          f"{result['decision']['summary']}")
-    print(f"`retrain` took {seconds:.0f} s wall, {cpu_s:.0f} s CPU "
-          f"({result['training']['train_seconds']:.0f} s training the members) on "
-          f"{report['hardware']} (load average {os.getloadavg()[0]:.1f}: a shared machine "
-          f"stretches the wall time); report in {out / 'real_retrain.json'}")
+    print(
+        f"\nGate: {'activated' if result['activated'] else 'kept as a candidate'}: "
+        f"{result['decision']['summary']}"
+    )
+    print(
+        f"`retrain` took {seconds:.0f} s wall, {cpu_s:.0f} s CPU "
+        f"({result['training']['train_seconds']:.0f} s training the members) on "
+        f"{report['hardware']} (load average {os.getloadavg()[0]:.1f}: a shared machine "
+        f"stretches the wall time); report in {out / 'real_retrain.json'}"
+    )
     return report
 
 

@@ -28,10 +28,9 @@ LIMIT_MS = 200.0
 
 def build_record(db: Path, *, scans: int, defects_per_scan: int, seed: int = 0) -> str:
     """Write the generated record into a new SQLite file; returns its URL."""
-    from defectwatch.db import open_database, write_transaction
     from defectwatch.db import heartbeat as hb
-    from defectwatch.db.models import (DefectRow, DetectionRun, Label, LabelSet, Sample,
-                                       ScanRow)
+    from defectwatch.db import open_database, write_transaction
+    from defectwatch.db.models import DefectRow, DetectionRun, Label, LabelSet, Sample, ScanRow
     from defectwatch.db.registry import register_version
 
     url = f"sqlite:///{db}"
@@ -40,29 +39,67 @@ def build_record(db: Path, *, scans: int, defects_per_scan: int, seed: int = 0) 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     nx = 512
     with write_transaction(engine) as s:
-        s.execute(insert(Sample), [{"id": i + 1, "name": f"WSe2-S{i:02d}", "created_at": t0}
-                                   for i in range(SAMPLES)])
-        s.execute(insert(ScanRow), [{
-            "id": i + 1, "path": f"/data/WSe2-S{i % SAMPLES:02d}/scan_{i:05d}.sxm",
-            "sha256": f"{i:064x}", "size_bytes": 2_100_000, "mtime_ns": i,
-            "sample_id": i % SAMPLES + 1, "recorded_at": t0 + timedelta(minutes=i),
-            "channel": "Z", "nx": nx, "ny": nx, "width_nm": 50.0, "height_nm": 50.0,
-            "pixel_size_x_nm": 50.0 / nx, "pixel_size_y_nm": 50.0 / nx, "angle_deg": 0.0,
-            "bias_v": -1.5, "setpoint_a": 1e-10, "constant_height": False,
-            "acquired_fraction": 1.0, "acquired_area_nm2": 2500.0, "scan_dir": "down",
-            "comment": "generated", "status": "done", "attempts": 1,
-            "created_at": t0 + timedelta(minutes=i), "updated_at": t0 + timedelta(minutes=i)}
-            for i in range(scans)])
+        s.execute(
+            insert(Sample),
+            [{"id": i + 1, "name": f"WSe2-S{i:02d}", "created_at": t0} for i in range(SAMPLES)],
+        )
+        s.execute(
+            insert(ScanRow),
+            [
+                {
+                    "id": i + 1,
+                    "path": f"/data/WSe2-S{i % SAMPLES:02d}/scan_{i:05d}.sxm",
+                    "sha256": f"{i:064x}",
+                    "size_bytes": 2_100_000,
+                    "mtime_ns": i,
+                    "sample_id": i % SAMPLES + 1,
+                    "recorded_at": t0 + timedelta(minutes=i),
+                    "channel": "Z",
+                    "nx": nx,
+                    "ny": nx,
+                    "width_nm": 50.0,
+                    "height_nm": 50.0,
+                    "pixel_size_x_nm": 50.0 / nx,
+                    "pixel_size_y_nm": 50.0 / nx,
+                    "angle_deg": 0.0,
+                    "bias_v": -1.5,
+                    "setpoint_a": 1e-10,
+                    "constant_height": False,
+                    "acquired_fraction": 1.0,
+                    "acquired_area_nm2": 2500.0,
+                    "scan_dir": "down",
+                    "comment": "generated",
+                    "status": "done",
+                    "attempts": 1,
+                    "created_at": t0 + timedelta(minutes=i),
+                    "updated_at": t0 + timedelta(minutes=i),
+                }
+                for i in range(scans)
+            ],
+        )
         kinds = rng.random((scans, defects_per_scan)) < 0.7  # True: trough
         unc = rng.uniform(0.0, 0.3, (scans, defects_per_scan))
         near = rng.uniform(0.0, 40.0, scans)
-        s.execute(insert(DetectionRun), [{
-            "id": i + 1, "scan_id": i + 1, "model_version": "v3",
-            "started_at": t0 + timedelta(minutes=i), "finished_at": t0 + timedelta(minutes=i),
-            "seconds": 1.0, "area_nm2": 2500.0, "trough_count": int(kinds[i].sum()),
-            "peak_count": int(defects_per_scan - kinds[i].sum()),
-            "defect_count": defects_per_scan, "uncertainty_sum": float(unc[i].sum()),
-            "near_threshold_nm2": float(near[i])} for i in range(scans)])
+        s.execute(
+            insert(DetectionRun),
+            [
+                {
+                    "id": i + 1,
+                    "scan_id": i + 1,
+                    "model_version": "v3",
+                    "started_at": t0 + timedelta(minutes=i),
+                    "finished_at": t0 + timedelta(minutes=i),
+                    "seconds": 1.0,
+                    "area_nm2": 2500.0,
+                    "trough_count": int(kinds[i].sum()),
+                    "peak_count": int(defects_per_scan - kinds[i].sum()),
+                    "defect_count": defects_per_scan,
+                    "uncertainty_sum": float(unc[i].sum()),
+                    "near_threshold_nm2": float(near[i]),
+                }
+                for i in range(scans)
+            ],
+        )
     chunk = 2000  # scans per insert
     for start in range(0, scans, chunk):
         stop = min(scans, start + chunk)
@@ -74,23 +111,64 @@ def build_record(db: Path, *, scans: int, defects_per_scan: int, seed: int = 0) 
         k = kinds[start:stop].ravel()
         u = unc[start:stop].ravel()
         with write_transaction(engine) as s:
-            s.execute(insert(DefectRow), [{
-                "run_id": int(run_ids[j]), "row": float(rows[j]), "col": float(cols[j]),
-                "x_nm": float(cols[j] * 50 / nx), "y_nm": float(rows[j] * 50 / nx),
-                "kind": "trough" if k[j] else "peak", "confidence": float(conf[j]),
-                "uncertainty": float(u[j]), "area_nm2": 1.0, "contrast": -3.0}
-                for j in range(n)])
+            s.execute(
+                insert(DefectRow),
+                [
+                    {
+                        "run_id": int(run_ids[j]),
+                        "row": float(rows[j]),
+                        "col": float(cols[j]),
+                        "x_nm": float(cols[j] * 50 / nx),
+                        "y_nm": float(rows[j] * 50 / nx),
+                        "kind": "trough" if k[j] else "peak",
+                        "confidence": float(conf[j]),
+                        "uncertainty": float(u[j]),
+                        "area_nm2": 1.0,
+                        "contrast": -3.0,
+                    }
+                    for j in range(n)
+                ],
+            )
     with write_transaction(engine) as s:
         reviewed = range(1, scans + 1, max(1, scans // 500))
-        s.execute(insert(LabelSet), [{"scan_id": i, "source": "reviewed", "exhaustive": True,
-                                      "labels": 2, "updated_at": t0} for i in reviewed])
-        s.execute(insert(Label), [{"scan_id": i, "row": 10.0 + j, "col": 10.0, "kind": "trough",
-                                   "source": "reviewed", "exhaustive": True, "created_at": t0}
-                                  for i in reviewed for j in range(2)])
+        s.execute(
+            insert(LabelSet),
+            [
+                {
+                    "scan_id": i,
+                    "source": "reviewed",
+                    "exhaustive": True,
+                    "labels": 2,
+                    "updated_at": t0,
+                }
+                for i in reviewed
+            ],
+        )
+        s.execute(
+            insert(Label),
+            [
+                {
+                    "scan_id": i,
+                    "row": 10.0 + j,
+                    "col": 10.0,
+                    "kind": "trough",
+                    "source": "reviewed",
+                    "exhaustive": True,
+                    "created_at": t0,
+                }
+                for i in reviewed
+                for j in range(2)
+            ],
+        )
         for v in ("v1", "v2", "v3"):
-            register_version(v, session=s, directory=f"/models/{v}", members=10,
-                             metrics={"threshold": 0.5, "gate": {"summary": "held"}},
-                             activate=True)
+            register_version(
+                v,
+                session=s,
+                directory=f"/models/{v}",
+                members=10,
+                metrics={"threshold": 0.5, "gate": {"summary": "held"}},
+                activate=True,
+            )
         hb.beat(session=s, pid=1, host="stm-pc", started_at=datetime.now(UTC))
     engine.dispose()
     return url
@@ -109,14 +187,30 @@ def time_requests(url: str, *, repeats: int) -> list[tuple[str, float, float, fl
     folder = image_cache_dir(url)
     folder.mkdir(parents=True, exist_ok=True)
     mid = 5000
-    cv2.imwrite(str(folder / f"run-{mid}-scan.png"),
-                np.random.default_rng(1).integers(0, 255, (512, 512), dtype=np.uint8))
+    cv2.imwrite(
+        str(folder / f"run-{mid}-scan.png"),
+        np.random.default_rng(1).integers(0, 255, (512, 512), dtype=np.uint8),
+    )
     client = TestClient(create_app(engine, image_folder=folder), base_url="http://127.0.0.1:8765")
-    gets = ["/", "/samples/WSe2-S03", "/samples/WSe2-S03?offset=600", f"/scans/{mid}",
-            "/review", "/review?offset=600", "/models", "/api/status", "/api/samples",
-            "/api/samples/WSe2-S03", "/api/scans", "/api/scans?sample=WSe2-S07&status=done",
-            "/api/scans?limit=500&offset=9000", f"/api/scans/{mid}", "/api/review/queue",
-            "/api/models", f"/api/scans/{mid}/image.png"]
+    gets = [
+        "/",
+        "/samples/WSe2-S03",
+        "/samples/WSe2-S03?offset=600",
+        f"/scans/{mid}",
+        "/review",
+        "/review?offset=600",
+        "/models",
+        "/api/status",
+        "/api/samples",
+        "/api/samples/WSe2-S03",
+        "/api/scans",
+        "/api/scans?sample=WSe2-S07&status=done",
+        "/api/scans?limit=500&offset=9000",
+        f"/api/scans/{mid}",
+        "/api/review/queue",
+        "/api/models",
+        f"/api/scans/{mid}/image.png",
+    ]
     out = []
     for path in gets:
         client.get(path)  # warm-up
@@ -128,10 +222,13 @@ def time_requests(url: str, *, repeats: int) -> list[tuple[str, float, float, fl
             cpu.append((time.process_time() - c0) * 1000)
             assert r.status_code == 200, (path, r.status_code, r.text[:200])
             size = len(r.content)
-        out.append((f"GET {path}", statistics.median(times), max(times),
-                    statistics.median(cpu), size))
-    body = {"defects": [{"row": 10.0 + i, "col": 20.0, "kind": "peak"} for i in range(100)],
-            "exhaustive": True}
+        out.append(
+            (f"GET {path}", statistics.median(times), max(times), statistics.median(cpu), size)
+        )
+    body = {
+        "defects": [{"row": 10.0 + i, "col": 20.0, "kind": "peak"} for i in range(100)],
+        "exhaustive": True,
+    }
     times, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -139,8 +236,15 @@ def time_requests(url: str, *, repeats: int) -> list[tuple[str, float, float, fl
         times.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
         assert r.status_code == 200, r.text
-    out.append((f"POST /api/scans/{mid + 1}/review (100 defects)", statistics.median(times),
-                max(times), statistics.median(cpu), len(r.content)))
+    out.append(
+        (
+            f"POST /api/scans/{mid + 1}/review (100 defects)",
+            statistics.median(times),
+            max(times),
+            statistics.median(cpu),
+            len(r.content),
+        )
+    )
     engine.dispose()
     return out
 
@@ -159,8 +263,10 @@ def main() -> None:
         else:
             t0 = time.perf_counter()
             url = build_record(db, scans=args.scans, defects_per_scan=args.defects_per_scan)
-            print(f"built {args.scans} scans, {args.scans * args.defects_per_scan} defects in "
-                  f"{time.perf_counter() - t0:.0f} s ({db.stat().st_size / 2**20:.0f} MB)\n")
+            print(
+                f"built {args.scans} scans, {args.scans * args.defects_per_scan} defects in "
+                f"{time.perf_counter() - t0:.0f} s ({db.stat().st_size / 2**20:.0f} MB)\n"
+            )
         rows = time_requests(url, repeats=args.repeats)
     print("| request | median ms | max ms | median CPU ms | bytes |")
     print("|---|---|---|---|---|")

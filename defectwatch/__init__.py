@@ -19,12 +19,25 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _API = ("read_scan", "detect", "open_record", "simulate_scans", "Detection", "Record")
-__all__ = ["Detection", "Record", "__version__", "detect", "open_record", "read_scan",
-           "simulate_scans"]
+__all__ = [
+    "Detection",
+    "Record",
+    "__version__",
+    "detect",
+    "open_record",
+    "read_scan",
+    "simulate_scans",
+]
 
 if TYPE_CHECKING:
-    from defectwatch.service.api import (Detection, Record, detect, open_record, read_scan,
-                                         simulate_scans)
+    from defectwatch.service.api import (
+        Detection,
+        Record,
+        detect,
+        open_record,
+        read_scan,
+        simulate_scans,
+    )
 
 
 def __getattr__(name: str) -> Any:

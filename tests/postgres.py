@@ -43,9 +43,12 @@ def in_ci() -> bool:
 
 def postgres_bindir() -> Path | None:
     """The newest PostgreSQL server binaries on this machine (None when there are none)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name)
-                   if Path(p).parent.parent.name.isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: (
+            int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0
+        ),
+    )
     if found:
         return Path(found[-1]).parent
     if shutil.which("initdb"):
@@ -82,10 +85,21 @@ class PgCluster:
                 raise RuntimeError(
                     f"PostgreSQL refuses to run as root and there is no user {self.user!r} to "
                     f"run it as: create one (useradd -r {self.user}), name another in "
-                    f"{USER_VARIABLE}, or point {URL_VARIABLE} at a server") from None
+                    f"{USER_VARIABLE}, or point {URL_VARIABLE} at a server"
+                ) from None
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
 
     @property
     def url(self) -> str:
@@ -95,18 +109,31 @@ class PgCluster:
         cmd = [str(self.bindir / tool), *args]
         if self.user is not None and os.geteuid() == 0:
             cmd = ["runuser", "-u", self.user, "--", *cmd]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              cwd=self.root)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=self.root)
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n"
-                               f"{done.stderr}\n{log}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}\n{log}"
+            )
 
     def start(self) -> None:
-        options = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
-                  "-t", "60", "start")
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, *, mode: str = "fast") -> None:
         """Stop the server (``fast``: clients disconnected, as a restart or crash would)."""
@@ -126,8 +153,11 @@ class PgCluster:
 def unavailable(reason: str) -> None:
     """Skip locally; fail in CI (where PostgreSQL must be tested)."""
     if in_ci():
-        pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}. .ci/run installs Debian's "
-                    f"postgresql and the non-root user {DEFAULT_USER}", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL tests cannot run in CI: {reason}. .ci/run installs Debian's "
+            f"postgresql and the non-root user {DEFAULT_USER}",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
@@ -135,8 +165,10 @@ def throwaway_cluster() -> PgCluster:
     """A started cluster, or skip/fail (see `unavailable`) when none can be made."""
     bindir = postgres_bindir()
     if bindir is None:
-        unavailable("no PostgreSQL server binaries here (apt-get install postgresql, or set "
-                    f"{URL_VARIABLE})")
+        unavailable(
+            "no PostgreSQL server binaries here (apt-get install postgresql, or set "
+            f"{URL_VARIABLE})"
+        )
     try:
         cluster = PgCluster(bindir)  # type: ignore[arg-type]
         cluster.start()

@@ -35,8 +35,9 @@ def _public_callables(module):
                     yield f"{name}.{meth_name}", meth
 
 
-CASES = [(m, name, fn) for m in NUMPYDOC
-         for name, fn in _public_callables(importlib.import_module(m))]
+CASES = [
+    (m, name, fn) for m in NUMPYDOC for name, fn in _public_callables(importlib.import_module(m))
+]
 
 
 @pytest.mark.parametrize("module, name, fn", CASES, ids=[f"{m}.{n}" for m, n, _ in CASES])

@@ -12,10 +12,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from benchmarks.label_audit import (SHEET_COLUMNS, TILE_PX, audit_case, sheet, sheet_tiles,
-                                    stretched)
-from defectwatch.pipeline.inference import Ensemble
+from benchmarks.label_audit import SHEET_COLUMNS, TILE_PX, audit_case, sheet, sheet_tiles, stretched
 from defectwatch.models import default_model_dir
+from defectwatch.pipeline.inference import Ensemble
 from defectwatch.service.evaluation import simulated_cases
 
 
@@ -32,8 +31,9 @@ def test_dropped_labels_come_back_as_unmatched_detections_that_stand_out(ensembl
     thinned = dataclasses.replace(case, labels=kept)
     audit = audit_case(ensemble, thinned, np.random.default_rng(0))[0]["trough"]
     assert len(dropped) >= 4
-    near_dropped = sum(any(np.hypot(x - t.x_nm, y - t.y_nm) < 1.0 for t in dropped)
-                       for x, y in audit.unmatched_xy)
+    near_dropped = sum(
+        any(np.hypot(x - t.x_nm, y - t.y_nm) < 1.0 for t in dropped) for x, y in audit.unmatched_xy
+    )
     assert near_dropped >= 0.75 * len(dropped)
     assert audit.reaching(audit.unmatched, 25) >= 0.5 * len(dropped)
     # measured: 9 of 9 dropped found, 8 reach the quartile; random points 4.5% (a crowded
@@ -50,12 +50,15 @@ def test_contact_sheets_centre_each_crop_on_its_point(ensemble):
     tiles = sheet_tiles(case, z01, audits)
     for kind in ("trough", "peak"):
         a = audits[kind]
-        assert [len(tiles[(kind, g)]) for g in ("found", "missed", "unlabelled")] == \
-            [len(a.found_xy), len(a.missed_xy), len(a.unmatched_xy)]
+        assert [len(tiles[(kind, g)]) for g in ("found", "missed", "unlabelled")] == [
+            len(a.found_xy),
+            len(a.missed_xy),
+            len(a.unmatched_xy),
+        ]
     found = tiles[("trough", "found")]
     assert len(found) >= 8
     c = TILE_PX // 2
-    darker = [t[c - 2:c + 3, c - 2:c + 3, 0].mean() < np.median(t[..., 0]) for t in found]
+    darker = [t[c - 2 : c + 3, c - 2 : c + 3, 0].mean() < np.median(t[..., 0]) for t in found]
     assert np.mean(darker) >= 0.75, darker
     picture = sheet(found, "troughs found")
     rows = -(-len(found) // SHEET_COLUMNS)

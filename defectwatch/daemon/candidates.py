@@ -14,8 +14,21 @@ from collections.abc import Iterator, Sequence
 log = logging.getLogger(__name__)
 
 # Suffixes that copy tools, browsers and editors give files while they are being written.
-TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart",
-                 ".swp", ".swx", ".bak", ".!sync", ".opdownload", "~")
+TEMP_SUFFIXES = (
+    ".part",
+    ".partial",
+    ".tmp",
+    ".temp",
+    ".crdownload",
+    ".download",
+    ".filepart",
+    ".swp",
+    ".swx",
+    ".bak",
+    ".!sync",
+    ".opdownload",
+    "~",
+)
 
 
 def is_temporary(name: str) -> bool:
@@ -28,8 +41,9 @@ def matches(name: str, pattern: str) -> bool:
     """Case-insensitive glob match of a file name (``*.sxm`` matches ``A.SXM``); ``pattern``
     may list several globs separated by commas (``*.sxm,*.sm4``)."""
     lower = name.lower()
-    return any(fnmatch.fnmatchcase(lower, p.strip().lower())
-               for p in pattern.split(",") if p.strip())
+    return any(
+        fnmatch.fnmatchcase(lower, p.strip().lower()) for p in pattern.split(",") if p.strip()
+    )
 
 
 def is_candidate(path: str, *, root: str, pattern: str, recursive: bool) -> bool:
@@ -66,8 +80,11 @@ def walk_candidates(roots: Sequence[str], *, pattern: str, recursive: bool) -> I
                     if entry.is_dir(follow_symlinks=False):
                         if recursive and not is_temporary(entry.name):
                             stack.append(entry.path)
-                    elif entry.is_file() and not is_temporary(entry.name) \
-                            and matches(entry.name, pattern):
+                    elif (
+                        entry.is_file()
+                        and not is_temporary(entry.name)
+                        and matches(entry.name, pattern)
+                    ):
                         yield entry.path
                 except OSError:  # vanished or unreadable between listing and stat
                     continue

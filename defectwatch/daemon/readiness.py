@@ -27,10 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from defectwatch.digest import sha256_file
 from defectwatch.daemon.ports import ExpectedSize, JobQueue
-from defectwatch.errors import (DatabaseUnavailableError, NotAnImageError, ScanIncompleteError,
-                                ScanReadError)
+from defectwatch.digest import sha256_file
+from defectwatch.errors import (
+    DatabaseUnavailableError,
+    NotAnImageError,
+    ScanIncompleteError,
+    ScanReadError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +75,21 @@ class Readiness:
     hashing (the queue's ``is_known``); a known file is dropped without being read.
     """
 
-    def __init__(self, expected_size: ExpectedSize, *, stable_for_s: float = 2.0,
-                 incomplete_after_s: float = 60.0,
-                 skip: Callable[[str, int, int], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        expected_size: ExpectedSize,
+        *,
+        stable_for_s: float = 2.0,
+        incomplete_after_s: float = 60.0,
+        skip: Callable[[str, int, int], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         if stable_for_s < 0 or incomplete_after_s < stable_for_s:
-            raise ValueError(f"need 0 <= stable_for_s ({stable_for_s}) <= incomplete_after_s "
-                             f"({incomplete_after_s})")
+            raise ValueError(
+                f"need 0 <= stable_for_s ({stable_for_s}) <= incomplete_after_s "
+                f"({incomplete_after_s})"
+            )
         self.expected_size = expected_size
         self.stable_for_s = stable_for_s
         self.incomplete_after_s = incomplete_after_s
@@ -134,8 +145,9 @@ class Readiness:
         added = 0
         for f in self.poll():
             try:
-                new = queue.enqueue(f.path, sha256=f.sha256, size_bytes=f.size_bytes,
-                                    mtime_ns=f.mtime_ns)
+                new = queue.enqueue(
+                    f.path, sha256=f.sha256, size_bytes=f.size_bytes, mtime_ns=f.mtime_ns
+                )
             except DatabaseUnavailableError as exc:  # the worker reports the outage
                 log.debug("%s: could not be queued (%s); will try again", f.path, exc)
                 self.nominate(f.path)
@@ -151,8 +163,7 @@ class Readiness:
             elif new:
                 log.debug("%s: queued", f.path)
             else:
-                log.info("%s: already recorded (same content, sha256 %s...)", f.path,
-                         f.sha256[:12])
+                log.info("%s: already recorded (same content, sha256 %s...)", f.path, f.sha256[:12])
         return added
 
     # -- one file -------------------------------------------------------------------------
@@ -179,12 +190,12 @@ class Readiness:
                 if self.skip is not None and self.skip(path, st.st_size, st.st_mtime_ns):
                     return _GONE
             except Exception as exc:  # noqa: BLE001 - database away: wait and ask again
-                level = logging.DEBUG if isinstance(exc, DatabaseUnavailableError) else \
-                    logging.WARNING  # an outage is reported once, by the worker
+                level = (
+                    logging.DEBUG if isinstance(exc, DatabaseUnavailableError) else logging.WARNING
+                )  # an outage is reported once, by the worker
                 log.log(level, "%s: could not ask the queue about it (%s)", path, exc)
                 return _WAIT
-            seen.expected, seen.unreadable, seen.waiting_for, seen.no_image = \
-                self._expected(path)
+            seen.expected, seen.unreadable, seen.waiting_for, seen.no_image = self._expected(path)
             seen.checked = True
 
         watched_s = now - seen.since
@@ -206,15 +217,19 @@ class Readiness:
                 return _WAIT
             promised = "" if seen.expected is None else f" of {seen.expected}"
             waiting = f"; {seen.waiting_for}" if seen.waiting_for else ""
-            return self._release(path, st, note=(
-                f"incomplete ({st.st_size}{promised} bytes, unchanged for {watched_s:.0f} s"
-                f"{waiting})"))
+            return self._release(
+                path,
+                st,
+                note=(
+                    f"incomplete ({st.st_size}{promised} bytes, unchanged for {watched_s:.0f} s"
+                    f"{waiting})"
+                ),
+            )
         if quiet_s < self.stable_for_s:
             return _WAIT
         return self._release(path, st, note=None)
 
-    def _expected(self, path: str
-                  ) -> tuple[int | None, str | None, str | None, str | None]:
+    def _expected(self, path: str) -> tuple[int | None, str | None, str | None, str | None]:
         """(expected size, why unreadable, what it waits for, why it holds no image)."""
         try:
             return self.expected_size(path), None, None, None
@@ -225,19 +240,23 @@ class Readiness:
         except ScanReadError as exc:
             return None, str(exc), None, None
         except Exception as exc:  # noqa: BLE001 - a file must never stop the daemon
-            log.warning("%s: size check failed (%s: %s); the worker will decide", path,
-                        type(exc).__name__, exc)
+            log.warning(
+                "%s: size check failed (%s: %s); the worker will decide",
+                path,
+                type(exc).__name__,
+                exc,
+            )
             return None, f"{type(exc).__name__}: {exc}", None, None
 
-    def _release(self, path: str, st: os.stat_result, *, note: str | None
-                 ) -> ReadyFile | object:
+    def _release(self, path: str, st: os.stat_result, *, note: str | None) -> ReadyFile | object:
         try:
             digest = sha256_file(path)
         except FileNotFoundError:
             return _GONE
         except OSError as exc:
-            log.warning("%s: cannot read it to hash it (%s); will try again", path,
-                        exc.strerror or exc)
+            log.warning(
+                "%s: cannot read it to hash it (%s); will try again", path, exc.strerror or exc
+            )
             return _WAIT
         try:
             after = _stat(path)

@@ -26,8 +26,9 @@ class ReconcileReport:
     waiting: int
 
 
-def nominate_unknown(roots: Sequence[str], *, queue: JobQueue, readiness: Readiness,
-                     pattern: str, recursive: bool) -> tuple[int, int]:
+def nominate_unknown(
+    roots: Sequence[str], *, queue: JobQueue, readiness: Readiness, pattern: str, recursive: bool
+) -> tuple[int, int]:
     """Walk ``roots`` and nominate candidate files the queue does not know (by path, size and
     mtime: nothing is read or hashed here). Returns ``(known, nominated)``."""
     known = nominated = 0
@@ -46,17 +47,24 @@ def nominate_unknown(roots: Sequence[str], *, queue: JobQueue, readiness: Readin
     return known, nominated
 
 
-def reconcile(roots: Sequence[str], *, queue: JobQueue, readiness: Readiness, pattern: str,
-              recursive: bool) -> ReconcileReport:
+def reconcile(
+    roots: Sequence[str], *, queue: JobQueue, readiness: Readiness, pattern: str, recursive: bool
+) -> ReconcileReport:
     """Re-queue expired leases, then queue the ready files on disk the queue has never seen;
     files not ready yet stay in ``readiness``'s pending set."""
     requeued = queue.requeue_expired()
     if requeued:
         log.warning("%d scan(s) left unfinished by a stopped daemon: queued again", requeued)
-    known, _ = nominate_unknown(roots, queue=queue, readiness=readiness, pattern=pattern,
-                                recursive=recursive)
+    known, _ = nominate_unknown(
+        roots, queue=queue, readiness=readiness, pattern=pattern, recursive=recursive
+    )
     queued = readiness.hand_over(queue)
     waiting = len(readiness.pending())
-    log.info("start-up: %d re-queued, %d already known, %d new scan(s) queued, %d file(s) "
-             "not ready yet", requeued, known, queued, waiting)
+    log.info(
+        "start-up: %d re-queued, %d already known, %d new scan(s) queued, %d file(s) not ready yet",
+        requeued,
+        known,
+        queued,
+        waiting,
+    )
     return ReconcileReport(requeued, known, queued, waiting)

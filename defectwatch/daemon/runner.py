@@ -69,16 +69,29 @@ def check_dirs(dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return roots
 
 
-def run_daemon(dirs: Sequence[str | Path], *, queue: JobQueue, process: Process,
-               expected_size: ExpectedSize, recursive: bool = False,
-               poll_s: float | None = None, pattern: str = "*.sxm",
-               stable_for_s: float = 2.0, incomplete_after_s: float = 60.0,
-               once: bool = False, settle_s: float | None = None,
-               stop_event: threading.Event | None = None,
-               heartbeat: Heartbeat | None = None, heartbeat_s: float = 5.0,
-               tick_s: float = 0.25, lease_s: float = 900.0, retry: RetryPolicy | None = None,
-               idle_s: float = 1.0, rescan_s: float | None = 600.0,
-               worker_name: str | None = None) -> DaemonReport:
+def run_daemon(
+    dirs: Sequence[str | Path],
+    *,
+    queue: JobQueue,
+    process: Process,
+    expected_size: ExpectedSize,
+    recursive: bool = False,
+    poll_s: float | None = None,
+    pattern: str = "*.sxm",
+    stable_for_s: float = 2.0,
+    incomplete_after_s: float = 60.0,
+    once: bool = False,
+    settle_s: float | None = None,
+    stop_event: threading.Event | None = None,
+    heartbeat: Heartbeat | None = None,
+    heartbeat_s: float = 5.0,
+    tick_s: float = 0.25,
+    lease_s: float = 900.0,
+    retry: RetryPolicy | None = None,
+    idle_s: float = 1.0,
+    rescan_s: float | None = 600.0,
+    worker_name: str | None = None,
+) -> DaemonReport:
     """Watch ``dirs`` and process their scans until ``stop_event`` is set (or, with ``once``,
     until everything there is done and nothing changed for ``settle_s``).
 
@@ -94,35 +107,56 @@ def run_daemon(dirs: Sequence[str | Path], *, queue: JobQueue, process: Process,
     stop = stop_event or threading.Event()
     started = time.monotonic()
     readiness = Readiness(
-        expected_size, stable_for_s=stable_for_s,
+        expected_size,
+        stable_for_s=stable_for_s,
         incomplete_after_s=max(incomplete_after_s, stable_for_s),
-        skip=lambda path, size, mtime: queue.is_known(path, size_bytes=size, mtime_ns=mtime))
-    worker = Worker(queue, process, name=worker_name, lease_s=lease_s, retry=retry,
-                    idle_s=idle_s)
+        skip=lambda path, size, mtime: queue.is_known(path, size_bytes=size, mtime_ns=mtime),
+    )
+    worker = Worker(queue, process, name=worker_name, lease_s=lease_s, retry=retry, idle_s=idle_s)
     beat = _Beat(heartbeat, heartbeat_s, worker, readiness)
-    watcher = FolderWatcher(roots, readiness, pattern=pattern, recursive=recursive,
-                            poll_s=poll_s)
+    watcher = FolderWatcher(roots, readiness, pattern=pattern, recursive=recursive, poll_s=poll_s)
     watcher.start()  # before the walk, so nothing written during it is missed
     try:
-        startup = reconcile(roots, queue=queue, readiness=readiness, pattern=pattern,
-                            recursive=recursive)
+        startup = reconcile(
+            roots, queue=queue, readiness=readiness, pattern=pattern, recursive=recursive
+        )
         beat(force=True)
         if once:
-            _run_once(stop, queue, readiness, worker, beat, tick_s=tick_s,
-                      settle_s=settle_s if settle_s is not None
-                      else max(1.0, 2 * stable_for_s + 2 * tick_s))
+            _run_once(
+                stop,
+                queue,
+                readiness,
+                worker,
+                beat,
+                tick_s=tick_s,
+                settle_s=settle_s
+                if settle_s is not None
+                else max(1.0, 2 * stable_for_s + 2 * tick_s),
+            )
         else:
             rescan = _Rescan(roots, queue, readiness, pattern, recursive, rescan_s)
             _run_forever(stop, queue, readiness, worker, beat, rescan, tick_s=tick_s)
     finally:
         watcher.stop()
     stats = worker.stats
-    report = DaemonReport(startup, stats.done, stats.failed, stats.retried,
-                          len(readiness.pending()), time.monotonic() - started)
+    report = DaemonReport(
+        startup,
+        stats.done,
+        stats.failed,
+        stats.retried,
+        len(readiness.pending()),
+        time.monotonic() - started,
+    )
     waiting = _depth(queue)
-    log.info("stopped: %d scan(s) done, %d failed, %d retried; %s job(s) in the queue, %d "
-             "file(s) not ready", report.done, report.failed, report.retried,
-             "?" if waiting is None else waiting, report.pending_files)
+    log.info(
+        "stopped: %d scan(s) done, %d failed, %d retried; %s job(s) in the queue, %d "
+        "file(s) not ready",
+        report.done,
+        report.failed,
+        report.retried,
+        "?" if waiting is None else waiting,
+        report.pending_files,
+    )
     return report
 
 
@@ -136,8 +170,9 @@ def _depth(queue: JobQueue) -> int | None:
 class _Beat:
     """Calls the heartbeat every ``every_s`` seconds; its failures are logged, not raised."""
 
-    def __init__(self, heartbeat: Heartbeat | None, every_s: float, worker: Worker,
-                 readiness: Readiness) -> None:
+    def __init__(
+        self, heartbeat: Heartbeat | None, every_s: float, worker: Worker, readiness: Readiness
+    ) -> None:
         self.heartbeat = heartbeat
         self.every_s = every_s
         self.worker = worker
@@ -147,8 +182,15 @@ class _Beat:
 
     def status(self) -> DaemonStatus:
         s: WorkerStats = self.worker.stats
-        return DaemonStatus(self.worker.name, self.started_at, len(self.readiness.pending()),
-                            s.current, s.done, s.failed, s.retried)
+        return DaemonStatus(
+            self.worker.name,
+            self.started_at,
+            len(self.readiness.pending()),
+            s.current,
+            s.done,
+            s.failed,
+            s.retried,
+        )
 
     def __call__(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -167,8 +209,15 @@ class _Rescan:
     """Walks the folders again every ``every_s`` seconds (inotify can overflow and drop
     events; network shares can come back)."""
 
-    def __init__(self, roots: list[str], queue: JobQueue, readiness: Readiness, pattern: str,
-                 recursive: bool, every_s: float | None) -> None:
+    def __init__(
+        self,
+        roots: list[str],
+        queue: JobQueue,
+        readiness: Readiness,
+        pattern: str,
+        recursive: bool,
+        every_s: float | None,
+    ) -> None:
         self.roots, self.queue, self.readiness = roots, queue, readiness
         self.pattern, self.recursive, self.every_s = pattern, recursive, every_s
         self.next = time.monotonic() + every_s if every_s else float("inf")
@@ -178,9 +227,13 @@ class _Rescan:
             return
         self.next = time.monotonic() + self.every_s
         try:
-            _, nominated = nominate_unknown(self.roots, queue=self.queue,
-                                            readiness=self.readiness, pattern=self.pattern,
-                                            recursive=self.recursive)
+            _, nominated = nominate_unknown(
+                self.roots,
+                queue=self.queue,
+                readiness=self.readiness,
+                pattern=self.pattern,
+                recursive=self.recursive,
+            )
         except Exception as exc:  # noqa: BLE001
             log.warning("rescan failed: %s: %s", type(exc).__name__, exc)
             return
@@ -188,8 +241,16 @@ class _Rescan:
             log.info("rescan: %d file(s) the watcher had not reported", nominated)
 
 
-def _run_once(stop: threading.Event, queue: JobQueue, readiness: Readiness, worker: Worker,
-              beat: _Beat, *, tick_s: float, settle_s: float) -> None:
+def _run_once(
+    stop: threading.Event,
+    queue: JobQueue,
+    readiness: Readiness,
+    worker: Worker,
+    beat: _Beat,
+    *,
+    tick_s: float,
+    settle_s: float,
+) -> None:
     """Single-threaded: process what is there, and what becomes ready while things still
     change; return after ``settle_s`` without news (or when ``stop`` is set)."""
     last_news = time.monotonic()
@@ -206,15 +267,24 @@ def _run_once(stop: threading.Event, queue: JobQueue, readiness: Readiness, work
         stop.wait(tick_s)
 
 
-def _run_forever(stop: threading.Event, queue: JobQueue, readiness: Readiness, worker: Worker,
-                 beat: _Beat, rescan: _Rescan, *, tick_s: float) -> None:
+def _run_forever(
+    stop: threading.Event,
+    queue: JobQueue,
+    readiness: Readiness,
+    worker: Worker,
+    beat: _Beat,
+    rescan: _Rescan,
+    *,
+    tick_s: float,
+) -> None:
     """The calling thread ticks; a worker thread processes. Returns once ``stop`` is set and
     the scan under way (if any) is finished."""
     wake = threading.Event()
 
     def start_worker() -> threading.Thread:
-        t = threading.Thread(target=worker.run, args=(stop, wake), name="defectwatch-worker",
-                             daemon=True)
+        t = threading.Thread(
+            target=worker.run, args=(stop, wake), name="defectwatch-worker", daemon=True
+        )
         t.start()
         return t
 

@@ -28,9 +28,13 @@ class StopSignals:
     ``cold_exit(128 + signum)`` on the second. A context manager that restores the previous
     handlers."""
 
-    def __init__(self, stop: threading.Event, *,
-                 cold_exit: Callable[[int], None] = _exit_now,
-                 signals: Sequence[signal.Signals] = STOP_SIGNALS) -> None:
+    def __init__(
+        self,
+        stop: threading.Event,
+        *,
+        cold_exit: Callable[[int], None] = _exit_now,
+        signals: Sequence[signal.Signals] = STOP_SIGNALS,
+    ) -> None:
         self.stop = stop
         self.cold_exit = cold_exit
         self.signals = tuple(signals)
@@ -41,12 +45,15 @@ class StopSignals:
         self.received += 1
         name = signal.Signals(signum).name
         if self.received == 1:
-            log.warning("%s: finishing the scan under way, then stopping (again to stop at "
-                        "once)", name)
+            log.warning(
+                "%s: finishing the scan under way, then stopping (again to stop at once)", name
+            )
             self.stop.set()
         else:
-            log.warning("%s again: stopping at once; an unfinished scan is queued again at "
-                        "the next start", name)
+            log.warning(
+                "%s again: stopping at once; an unfinished scan is queued again at the next start",
+                name,
+            )
             self.cold_exit(128 + signum)
 
     def install(self) -> None:

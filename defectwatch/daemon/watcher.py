@@ -30,8 +30,7 @@ def _text(path: bytes | str) -> str:
 class NominatingHandler(FileSystemEventHandler):
     """Turns the events of one watched root into nominations (and deletions into discards)."""
 
-    def __init__(self, readiness: Readiness, *, root: str, pattern: str,
-                 recursive: bool) -> None:
+    def __init__(self, readiness: Readiness, *, root: str, pattern: str, recursive: bool) -> None:
         self.readiness = readiness
         self.root = os.path.abspath(root)
         self.pattern = pattern
@@ -44,8 +43,9 @@ class NominatingHandler(FileSystemEventHandler):
 
     def _nominate_tree(self, folder: str) -> None:
         """A folder created or moved in: its files may never get events of their own."""
-        if not self.recursive or not is_candidate(os.path.join(folder, "x"), root=self.root,
-                                                  pattern="*", recursive=True):
+        if not self.recursive or not is_candidate(
+            os.path.join(folder, "x"), root=self.root, pattern="*", recursive=True
+        ):
             return
         for path in walk_candidates([folder], pattern=self.pattern, recursive=True):
             self._nominate(path)
@@ -90,8 +90,15 @@ def make_observer(poll_s: float | None) -> BaseObserver:
 class FolderWatcher:
     """Watches ``roots`` and nominates candidates into ``readiness``; a context manager."""
 
-    def __init__(self, roots: Sequence[str], readiness: Readiness, *, pattern: str = "*.sxm",
-                 recursive: bool = False, poll_s: float | None = None) -> None:
+    def __init__(
+        self,
+        roots: Sequence[str],
+        readiness: Readiness,
+        *,
+        pattern: str = "*.sxm",
+        recursive: bool = False,
+        poll_s: float | None = None,
+    ) -> None:
         self.roots = [os.path.abspath(r) for r in roots]
         self.readiness = readiness
         self.pattern = pattern
@@ -103,20 +110,30 @@ class FolderWatcher:
         """Start watching (raises ConfigError naming the folder when that is impossible)."""
         observer = make_observer(self.poll_s)
         for root in self.roots:
-            handler = NominatingHandler(self.readiness, root=root, pattern=self.pattern,
-                                        recursive=self.recursive)
+            handler = NominatingHandler(
+                self.readiness, root=root, pattern=self.pattern, recursive=self.recursive
+            )
             observer.schedule(handler, root, recursive=self.recursive)
         try:
             observer.start()
         except OSError as exc:
-            hint = " (inotify watch limit? raise fs.inotify.max_user_watches or use --poll)" \
-                if self.poll_s is None else ""
-            raise ConfigError(f"cannot watch {', '.join(self.roots)}: "
-                              f"{exc.strerror or exc}{hint}") from exc
+            hint = (
+                " (inotify watch limit? raise fs.inotify.max_user_watches or use --poll)"
+                if self.poll_s is None
+                else ""
+            )
+            raise ConfigError(
+                f"cannot watch {', '.join(self.roots)}: {exc.strerror or exc}{hint}"
+            ) from exc
         self._observer = observer
         how = f"polling every {self.poll_s:g} s" if self.poll_s else type(observer).__name__
-        log.info("watching %s for %s (%s%s)", ", ".join(self.roots), self.pattern, how,
-                 ", recursive" if self.recursive else "")
+        log.info(
+            "watching %s for %s (%s%s)",
+            ", ".join(self.roots),
+            self.pattern,
+            how,
+            ", recursive" if self.recursive else "",
+        )
 
     def stop(self) -> None:
         """Stop watching and wait for watchdog's threads."""

@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 
 from defectwatch.daemon.ports import JobQueue, Process
 from defectwatch.domain import Job
-from defectwatch.errors import (DatabaseUnavailableError, DefectwatchError, ModelLoadError,
-                                ScanIncompleteError)
+from defectwatch.errors import (
+    DatabaseUnavailableError,
+    DefectwatchError,
+    ModelLoadError,
+    ScanIncompleteError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +75,19 @@ class WorkerStats:
 class Worker:
     """Claims and processes jobs from ``queue`` with ``process`` (see `daemon.ports`)."""
 
-    def __init__(self, queue: JobQueue, process: Process, *, name: str | None = None,
-                 lease_s: float = 900.0, retry: RetryPolicy | None = None,
-                 idle_s: float = 1.0, db_retry_base_s: float = 1.0,
-                 db_retry_max_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        process: Process,
+        *,
+        name: str | None = None,
+        lease_s: float = 900.0,
+        retry: RetryPolicy | None = None,
+        idle_s: float = 1.0,
+        db_retry_base_s: float = 1.0,
+        db_retry_max_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.queue = queue
         self.process = process
         self.name = name or worker_name()
@@ -135,18 +147,29 @@ class Worker:
             self._down_since = now
             self._delay_s = self.db_retry_base_s
             self.stats.outages += 1
-            log.warning("%s; retrying in %.3g s (backing off up to %.3g s)%s", exc,
-                        self._delay_s, self.db_retry_max_s, held)
+            log.warning(
+                "%s; retrying in %.3g s (backing off up to %.3g s)%s",
+                exc,
+                self._delay_s,
+                self.db_retry_max_s,
+                held,
+            )
         else:
             self._delay_s = min(2 * self._delay_s, self.db_retry_max_s)
-            log.warning("database still unreachable after %.0f s; retrying in %.3g s%s",
-                        now - self._down_since, self._delay_s, held)
+            log.warning(
+                "database still unreachable after %.0f s; retrying in %.3g s%s",
+                now - self._down_since,
+                self._delay_s,
+                held,
+            )
         self._next_try = now + self._delay_s
 
     def _reachable(self) -> None:
         if self._down_since is not None:
-            log.warning("database reachable again after %.0f s; carrying on",
-                        self._clock() - self._down_since)
+            log.warning(
+                "database reachable again after %.0f s; carrying on",
+                self._clock() - self._down_since,
+            )
             self._down_since = None
             self._delay_s = self.db_retry_base_s
 
@@ -162,8 +185,11 @@ class Worker:
 
     def _handle(self, job: Job) -> None:
         if job.attempts > self.retry.max_attempts:  # a daemon died on it more than once
-            self._fail(job, f"claimed {job.attempts} times without finishing (the daemon "
-                            "stopped or crashed while processing it)")
+            self._fail(
+                job,
+                f"claimed {job.attempts} times without finishing (the daemon "
+                "stopped or crashed while processing it)",
+            )
             return
         try:
             summary = self.process(job)
@@ -184,8 +210,9 @@ class Worker:
     def _retry(self, job: Job, reason: str) -> None:
         delay = self.retry.delay_s(job.attempts)
         try:
-            again = self.queue.retry(job, reason=reason, delay_s=delay,
-                                     max_attempts=self.retry.max_attempts)
+            again = self.queue.retry(
+                job, reason=reason, delay_s=delay, max_attempts=self.retry.max_attempts
+            )
         except DatabaseUnavailableError:
             raise
         except Exception:
@@ -193,8 +220,14 @@ class Worker:
             return
         if again:
             self.stats.retried += 1
-            log.warning("%s: %s; retry in %.3g s (attempt %d of %d)", job.path, reason, delay,
-                        job.attempts, self.retry.max_attempts)
+            log.warning(
+                "%s: %s; retry in %.3g s (attempt %d of %d)",
+                job.path,
+                reason,
+                delay,
+                job.attempts,
+                self.retry.max_attempts,
+            )
         else:
             self.stats.failed += 1
             log.error("%s: failed after %d attempts: %s", job.path, job.attempts, reason)

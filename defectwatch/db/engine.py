@@ -44,8 +44,10 @@ def make_engine(url: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> E
     try:
         parsed = make_url(text)
     except ArgumentError:
-        raise ConfigError(f"database URL {text!r} is not a URL (e.g. sqlite:////path/to/x.db "
-                          f"or postgresql+psycopg://user@host/db)") from None
+        raise ConfigError(
+            f"database URL {text!r} is not a URL (e.g. sqlite:////path/to/x.db "
+            f"or postgresql+psycopg://user@host/db)"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         try:
             return create_engine(parsed, pool_pre_ping=True)
@@ -53,7 +55,8 @@ def make_engine(url: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> E
             raise ConfigError(
                 f"database {parsed.render_as_string(hide_password=True)}: its driver "
                 f"{exc.name or parsed.get_driver_name()!r} is not installed (e.g. pip install "
-                f"'psycopg[binary]' and use postgresql+psycopg://...)") from None
+                f"'psycopg[binary]' and use postgresql+psycopg://...)"
+            ) from None
 
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -137,8 +140,8 @@ def unreachable_as_error(engine: Engine) -> Iterator[None]:
             raise
         reason = (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
         raise DatabaseUnavailableError(
-            f"database {engine.url.render_as_string(hide_password=True)} is unreachable "
-            f"({reason})") from exc
+            f"database {engine.url.render_as_string(hide_password=True)} is unreachable ({reason})"
+        ) from exc
 
 
 def writer(engine: Engine) -> Engine:

@@ -1,7 +1,8 @@
 """Labels in the record: label sets (one scan, one source) and their label rows.
 
-A label set is what one label file (``via:labels.csv``) or one review (``accepted``; ``reviewed``: saved in the web app) says about
-one scan. Importing the same source again replaces that scan's set, so nothing is counted twice.
+A label set is what one label file (``via:labels.csv``) or one review (``accepted``;
+``reviewed``: saved in the web app) says about one scan. Importing the same source again
+replaces that scan's set, so nothing is counted twice.
 Its ``exhaustive`` flag (every defect marked) is copied onto its ``label`` rows; a scan is
 exhaustively labelled when any of its sets is, also when that set holds no label (a clean scan).
 Positions are the scan's pixels: ``(row, col)``, row 0 = top of the frame; radii in nm.
@@ -80,8 +81,9 @@ def file_stem(path: str) -> str:
 
 def label_sets(scan_id: int, *, session: Session) -> list[LabelSet]:
     """The scan's label sets, oldest first."""
-    return list(session.scalars(select(LabelSet).where(LabelSet.scan_id == scan_id)
-                                .order_by(LabelSet.id)))
+    return list(
+        session.scalars(select(LabelSet).where(LabelSet.scan_id == scan_id).order_by(LabelSet.id))
+    )
 
 
 def scans_by_stem(stems: Iterable[str], *, session: Session) -> dict[str, list[ScanRow]]:
@@ -96,15 +98,28 @@ def scans_by_stem(stems: Iterable[str], *, session: Session) -> dict[str, list[S
         stem = file_stem(path).lower()
         if stem in wanted:
             ids.append((stem, scan_id))
-    rows = {r.id: r for r in session.scalars(
-        select(ScanRow).where(ScanRow.id.in_([i for _, i in ids])))} if ids else {}
+    rows = (
+        {
+            r.id: r
+            for r in session.scalars(select(ScanRow).where(ScanRow.id.in_([i for _, i in ids])))
+        }
+        if ids
+        else {}
+    )
     for stem, scan_id in ids:
         out.setdefault(stem, []).append(rows[scan_id])
     return out
 
 
-def replace_labels(scan_id: int, labels: Sequence[LabelPoint], *, session: Session,
-                   source: str, exhaustive: bool, file: str | None = None) -> LabelSet:
+def replace_labels(
+    scan_id: int,
+    labels: Sequence[LabelPoint],
+    *,
+    session: Session,
+    source: str,
+    exhaustive: bool,
+    file: str | None = None,
+) -> LabelSet:
     """Make ``labels`` the scan's label set from ``source`` (its earlier labels from that
     source are deleted). An empty ``labels`` still records the set (a clean scan when
     ``exhaustive``)."""
@@ -119,13 +134,25 @@ def replace_labels(scan_id: int, labels: Sequence[LabelPoint], *, session: Sessi
     session.execute(delete(Label).where(Label.scan_id == scan_id, Label.source == source))
     now = utcnow()
     if labels:
-        session.execute(insert(Label), [
-            {"scan_id": scan_id, "row": float(p.row), "col": float(p.col), "kind": p.kind,
-             "radius_nm": None if p.radius_nm is None else float(p.radius_nm),
-             "source": source, "exhaustive": bool(exhaustive), "created_at": now}
-            for p in labels])
-    found = session.scalar(select(LabelSet).where(LabelSet.scan_id == scan_id,
-                                                  LabelSet.source == source))
+        session.execute(
+            insert(Label),
+            [
+                {
+                    "scan_id": scan_id,
+                    "row": float(p.row),
+                    "col": float(p.col),
+                    "kind": p.kind,
+                    "radius_nm": None if p.radius_nm is None else float(p.radius_nm),
+                    "source": source,
+                    "exhaustive": bool(exhaustive),
+                    "created_at": now,
+                }
+                for p in labels
+            ],
+        )
+    found = session.scalar(
+        select(LabelSet).where(LabelSet.scan_id == scan_id, LabelSet.source == source)
+    )
     if found is None:
         found = LabelSet(scan_id=scan_id, source=source)
         session.add(found)
@@ -134,8 +161,13 @@ def replace_labels(scan_id: int, labels: Sequence[LabelPoint], *, session: Sessi
     found.file = file
     found.updated_at = now
     session.flush()
-    log.debug("scan %d: %d labels from %s (%s)", scan_id, len(labels), source,
-              "exhaustive" if exhaustive else "partial")
+    log.debug(
+        "scan %d: %d labels from %s (%s)",
+        scan_id,
+        len(labels),
+        source,
+        "exhaustive" if exhaustive else "partial",
+    )
     return found
 
 
@@ -150,45 +182,64 @@ def delete_labels(scan_id: int, *, session: Session, source: str | None = None) 
     return int(n)
 
 
-def labelled_scans(*, session: Session, sample: str | None = None,
-                   with_labels: bool = False) -> list[ScanLabels]:
+def labelled_scans(
+    *, session: Session, sample: str | None = None, with_labels: bool = False
+) -> list[ScanLabels]:
     """Every scan with at least one label set (also an empty one), oldest first, with its sets
     and counts per kind; ``with_labels`` also loads the label rows (reading order)."""
     sets_by_scan: dict[int, list[SetInfo]] = {}
     for s in session.scalars(select(LabelSet).order_by(LabelSet.scan_id, LabelSet.id)):
         sets_by_scan.setdefault(s.scan_id, []).append(
-            SetInfo(s.source, bool(s.exhaustive), int(s.labels), s.file))
+            SetInfo(s.source, bool(s.exhaustive), int(s.labels), s.file)
+        )
     # label rows without a set (written before sets existed, or by other code)
     orphans = session.execute(
-        select(Label.scan_id, Label.source, func.count(),
-               func.max(case((Label.exhaustive.is_(True), 1), else_=0)))
-        .group_by(Label.scan_id, Label.source))
+        select(
+            Label.scan_id,
+            Label.source,
+            func.count(),
+            func.max(case((Label.exhaustive.is_(True), 1), else_=0)),
+        ).group_by(Label.scan_id, Label.source)
+    )
     for scan_id, source, n, any_exhaustive in orphans:
         known = {s.source for s in sets_by_scan.get(scan_id, [])}
         if source not in known:
             sets_by_scan.setdefault(scan_id, []).append(
-                SetInfo(source, bool(any_exhaustive), int(n), None))
+                SetInfo(source, bool(any_exhaustive), int(n), None)
+            )
     if not sets_by_scan:
         return []
-    query = (select(ScanRow, Sample.name).outerjoin(Sample, Sample.id == ScanRow.sample_id)
-             .where(ScanRow.id.in_(list(sets_by_scan))).order_by(ScanRow.id))
+    query = (
+        select(ScanRow, Sample.name)
+        .outerjoin(Sample, Sample.id == ScanRow.sample_id)
+        .where(ScanRow.id.in_(list(sets_by_scan)))
+        .order_by(ScanRow.id)
+    )
     if sample is not None:
         query = query.where(Sample.name == sample)
     scans = list(session.execute(query))
     counts: dict[int, dict[str, int]] = {}
     for scan_id, kind, n in session.execute(
-            select(Label.scan_id, Label.kind, func.count())
-            .where(Label.scan_id.in_([s.id for s, _ in scans]))
-            .group_by(Label.scan_id, Label.kind)):
+        select(Label.scan_id, Label.kind, func.count())
+        .where(Label.scan_id.in_([s.id for s, _ in scans]))
+        .group_by(Label.scan_id, Label.kind)
+    ):
         counts.setdefault(scan_id, dict.fromkeys(KINDS, 0))[kind] = int(n)
     rows: dict[int, list[Label]] = {}
     if with_labels and scans:
         for label in session.scalars(
-                select(Label).where(Label.scan_id.in_([s.id for s, _ in scans]))
-                .order_by(Label.scan_id, Label.row, Label.col, Label.id)):
+            select(Label)
+            .where(Label.scan_id.in_([s.id for s, _ in scans]))
+            .order_by(Label.scan_id, Label.row, Label.col, Label.id)
+        ):
             rows.setdefault(label.scan_id, []).append(label)
-    return [ScanLabels(scan=s, sample=name, sets=tuple(sets_by_scan[s.id]),
-                       counts=counts.get(s.id, dict.fromkeys(KINDS, 0)),
-                       labels=tuple(rows.get(s.id, ())))
-            for s, name in scans]
-
+    return [
+        ScanLabels(
+            scan=s,
+            sample=name,
+            sets=tuple(sets_by_scan[s.id]),
+            counts=counts.get(s.id, dict.fromkeys(KINDS, 0)),
+            labels=tuple(rows.get(s.id, ())),
+        )
+        for s, name in scans
+    ]

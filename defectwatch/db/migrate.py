@@ -61,8 +61,12 @@ def upgrade(engine: Engine, *, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
         after = MigrationContext.configure(conn).get_current_revision()
     if before != after:
-        log.info("database %s migrated from %s to %s", engine.url.render_as_string(),
-                 before or "empty", after)
+        log.info(
+            "database %s migrated from %s to %s",
+            engine.url.render_as_string(),
+            before or "empty",
+            after,
+        )
 
 
 def open_database(url: str | Path) -> Engine:
@@ -78,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     rev = sub.add_parser("revision", help="autogenerate a revision from models.py")
     rev.add_argument("-m", "--message", required=True)
-    rev.add_argument("--url", default="sqlite:///:memory:",
-                     help="database at the current head to diff against (default: a fresh one)")
+    rev.add_argument(
+        "--url",
+        default="sqlite:///:memory:",
+        help="database at the current head to diff against (default: a fresh one)",
+    )
     up = sub.add_parser("upgrade", help="migrate a database to head")
     up.add_argument("url")
     args = parser.parse_args(argv)

@@ -10,8 +10,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Dialect, Float,
-                        ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -146,8 +160,9 @@ class DefectRow(Base):
     __tablename__ = "defect"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("detection_run.id", ondelete="CASCADE"),
-                                        index=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("detection_run.id", ondelete="CASCADE"), index=True
+    )
     row: Mapped[float] = mapped_column(Float)
     col: Mapped[float] = mapped_column(Float)
     x_nm: Mapped[float] = mapped_column(Float)
@@ -175,8 +190,13 @@ class ModelVersion(Base):
 
 
 # At most one active version, enforced by the database itself (a partial unique index).
-Index("uq_model_version_active", ModelVersion.active, unique=True,
-      sqlite_where=ModelVersion.active, postgresql_where=ModelVersion.active)
+Index(
+    "uq_model_version_active",
+    ModelVersion.active,
+    unique=True,
+    sqlite_where=ModelVersion.active,
+    postgresql_where=ModelVersion.active,
+)
 
 
 class ModelActivation(Base):
@@ -186,7 +206,8 @@ class ModelActivation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(
-        ForeignKey("model_version.id", ondelete="CASCADE"), index=True)
+        ForeignKey("model_version.id", ondelete="CASCADE"), index=True
+    )
     activated_at: Mapped[datetime] = mapped_column(default=utcnow)
     rolled_back_at: Mapped[datetime | None]
 
@@ -216,8 +237,10 @@ class LabelSet(Base):
     """
 
     __tablename__ = "label_set"
-    __table_args__ = (UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),
-                      Index("ix_label_set_source", "source", "scan_id"))
+    __table_args__ = (
+        UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),
+        Index("ix_label_set_source", "source", "scan_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scan.id", ondelete="CASCADE"), index=True)

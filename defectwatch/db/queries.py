@@ -37,8 +37,11 @@ class SampleTotals:
 
 def latest_runs():  # type: ignore[no-untyped-def]
     """Subquery (scan_id, run_id): each scan's latest detection run."""
-    return (select(DetectionRun.scan_id, func.max(DetectionRun.id).label("run_id"))
-            .group_by(DetectionRun.scan_id).subquery("latest_run"))
+    return (
+        select(DetectionRun.scan_id, func.max(DetectionRun.id).label("run_id"))
+        .group_by(DetectionRun.scan_id)
+        .subquery("latest_run")
+    )
 
 
 def sample_names(*, session: Session) -> list[str]:
@@ -46,28 +49,39 @@ def sample_names(*, session: Session) -> list[str]:
     return list(session.scalars(select(Sample.name).order_by(Sample.name)))
 
 
-def sample_totals(*, session: Session, samples: Sequence[str] | None = None,
-                  instrument: str | None = None) -> list[SampleTotals]:
+def sample_totals(
+    *, session: Session, samples: Sequence[str] | None = None, instrument: str | None = None
+) -> list[SampleTotals]:
     """Totals per sample (all samples, or those named), sorted by name; scans without a
     sample come last as ``sample=None``. With ``instrument``, only that instrument's scans
     (and only the samples it has scans of)."""
+
     def is_(status: str):  # type: ignore[no-untyped-def]
         return func.sum(case((ScanRow.status == status, 1), else_=0))
 
-    by_status = (
-        select(ScanRow.sample_id, func.count(ScanRow.id), is_("done"), is_("failed"),
-               func.sum(case((ScanRow.status.in_(("queued", "processing")), 1), else_=0)),
-               func.max(ScanRow.id))
-        .group_by(ScanRow.sample_id))
+    by_status = select(
+        ScanRow.sample_id,
+        func.count(ScanRow.id),
+        is_("done"),
+        is_("failed"),
+        func.sum(case((ScanRow.status.in_(("queued", "processing")), 1), else_=0)),
+        func.max(ScanRow.id),
+    ).group_by(ScanRow.sample_id)
     latest = latest_runs()
     sums = (
-        select(ScanRow.sample_id, func.count(ScanRow.id), func.sum(DetectionRun.area_nm2),
-               func.sum(DetectionRun.trough_count), func.sum(DetectionRun.peak_count),
-               func.sum(DetectionRun.defect_count))
+        select(
+            ScanRow.sample_id,
+            func.count(ScanRow.id),
+            func.sum(DetectionRun.area_nm2),
+            func.sum(DetectionRun.trough_count),
+            func.sum(DetectionRun.peak_count),
+            func.sum(DetectionRun.defect_count),
+        )
         .join(latest, latest.c.scan_id == ScanRow.id)
         .join(DetectionRun, DetectionRun.id == latest.c.run_id)
         .where(ScanRow.status == "done")
-        .group_by(ScanRow.sample_id))
+        .group_by(ScanRow.sample_id)
+    )
     names = dict(session.execute(select(Sample.id, Sample.name)).all())
     if samples is not None:
         wanted = {sid for sid, name in names.items() if name in set(samples)}
@@ -78,19 +92,30 @@ def sample_totals(*, session: Session, samples: Sequence[str] | None = None,
         sums = sums.where(ScanRow.instrument == instrument)
     counted = {row[0]: row[1:] for row in session.execute(sums)}
     rows = session.execute(by_status).all()
-    newest = {r.id: r for r in session.scalars(
-        select(ScanRow).where(ScanRow.id.in_([row[5] for row in rows])))}
+    newest = {
+        r.id: r
+        for r in session.scalars(select(ScanRow).where(ScanRow.id.in_([row[5] for row in rows])))
+    }
     out = []
     for sample_id, scans, done, failed, pending, newest_id in rows:
         n_counted, area, trough, peak, total = counted.get(sample_id, (0, 0.0, 0, 0, 0))
         latest_row = newest.get(newest_id)
-        out.append(SampleTotals(
-            sample=names.get(sample_id) if sample_id is not None else None, scans=int(scans),
-            done=int(done or 0), failed=int(failed or 0), pending=int(pending or 0),
-            area_nm2=float(area or 0.0), trough=int(trough or 0), peak=int(peak or 0),
-            total=int(total or 0),
-            latest_seen_at=latest_row.created_at if latest_row else None,
-            latest_path=latest_row.path if latest_row else None, counted=int(n_counted or 0)))
+        out.append(
+            SampleTotals(
+                sample=names.get(sample_id) if sample_id is not None else None,
+                scans=int(scans),
+                done=int(done or 0),
+                failed=int(failed or 0),
+                pending=int(pending or 0),
+                area_nm2=float(area or 0.0),
+                trough=int(trough or 0),
+                peak=int(peak or 0),
+                total=int(total or 0),
+                latest_seen_at=latest_row.created_at if latest_row else None,
+                latest_path=latest_row.path if latest_row else None,
+                counted=int(n_counted or 0),
+            )
+        )
     known = set(names.values()) if instrument is None else set()
     asked = known if samples is None else known & set(samples)
     for name in asked - {t.sample for t in out}:  # samples without scans (e.g. all merged)
@@ -111,19 +136,28 @@ class VersionTotals:
     scan_ids: tuple[int, ...]
 
 
-def sample_version_totals(*, session: Session, samples: Sequence[str] | None = None,
-                          instrument: str | None = None) -> list[VersionTotals]:
+def sample_version_totals(
+    *, session: Session, samples: Sequence[str] | None = None, instrument: str | None = None
+) -> list[VersionTotals]:
     """Per sample and model version of the latest run: done scans, area and counts (each
     sample's done scans split by the version that counted them), sorted by sample, version;
     with ``instrument``, that instrument's scans only."""
     latest = latest_runs()
-    query = (select(Sample.name, DetectionRun.model_version, ScanRow.id, DetectionRun.area_nm2,
-                    DetectionRun.trough_count, DetectionRun.peak_count)
-             .select_from(ScanRow)
-             .outerjoin(Sample, Sample.id == ScanRow.sample_id)
-             .join(latest, latest.c.scan_id == ScanRow.id)
-             .join(DetectionRun, DetectionRun.id == latest.c.run_id)
-             .where(ScanRow.status == "done"))
+    query = (
+        select(
+            Sample.name,
+            DetectionRun.model_version,
+            ScanRow.id,
+            DetectionRun.area_nm2,
+            DetectionRun.trough_count,
+            DetectionRun.peak_count,
+        )
+        .select_from(ScanRow)
+        .outerjoin(Sample, Sample.id == ScanRow.sample_id)
+        .join(latest, latest.c.scan_id == ScanRow.id)
+        .join(DetectionRun, DetectionRun.id == latest.c.run_id)
+        .where(ScanRow.status == "done")
+    )
     if samples is not None:
         query = query.where(Sample.name.in_(list(samples)))
     if instrument is not None:
@@ -131,24 +165,39 @@ def sample_version_totals(*, session: Session, samples: Sequence[str] | None = N
     groups: dict[tuple[str | None, str], list] = {}
     for name, version, scan_id, area, trough, peak in session.execute(query):
         groups.setdefault((name, version), []).append((scan_id, area, trough, peak))
-    return [VersionTotals(name, version, len(rows), float(sum(r[1] or 0.0 for r in rows)),
-                          int(sum(r[2] or 0 for r in rows)), int(sum(r[3] or 0 for r in rows)),
-                          tuple(sorted(r[0] for r in rows)))
-            for (name, version), rows in sorted(groups.items(),
-                                                key=lambda kv: (kv[0][0] is None,
-                                                                kv[0][0] or "", kv[0][1]))]
+    return [
+        VersionTotals(
+            name,
+            version,
+            len(rows),
+            float(sum(r[1] or 0.0 for r in rows)),
+            int(sum(r[2] or 0 for r in rows)),
+            int(sum(r[3] or 0 for r in rows)),
+            tuple(sorted(r[0] for r in rows)),
+        )
+        for (name, version), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1])
+        )
+    ]
 
 
-def list_scans(*, session: Session, sample: str | None = None, status: str | None = None,
-               limit: int | None = None, instrument: str | None = None
-               ) -> list[tuple[ScanRow, str | None, DetectionRun | None]]:
+def list_scans(
+    *,
+    session: Session,
+    sample: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    instrument: str | None = None,
+) -> list[tuple[ScanRow, str | None, DetectionRun | None]]:
     """Scans (newest first) with their sample name and latest run (None if never run)."""
     latest = latest_runs()
-    query = (select(ScanRow, Sample.name, DetectionRun)
-             .outerjoin(Sample, Sample.id == ScanRow.sample_id)
-             .outerjoin(latest, latest.c.scan_id == ScanRow.id)
-             .outerjoin(DetectionRun, DetectionRun.id == latest.c.run_id)
-             .order_by(ScanRow.id.desc()))
+    query = (
+        select(ScanRow, Sample.name, DetectionRun)
+        .outerjoin(Sample, Sample.id == ScanRow.sample_id)
+        .outerjoin(latest, latest.c.scan_id == ScanRow.id)
+        .outerjoin(DetectionRun, DetectionRun.id == latest.c.run_id)
+        .order_by(ScanRow.id.desc())
+    )
     if sample is not None:
         query = query.where(Sample.name == sample)
     if status is not None:
@@ -170,50 +219,73 @@ def find_scans(ref: str, *, session: Session) -> list[ScanRow]:
     if exact:
         return exact
     name = PurePath(ref).name
-    candidates = session.scalars(select(ScanRow).where(
-        ScanRow.path.endswith(name, autoescape=True)).order_by(ScanRow.id))
-    return [r for r in candidates
-            if name in (PurePosixPath(r.path).name, PureWindowsPath(r.path).name)]
+    candidates = session.scalars(
+        select(ScanRow).where(ScanRow.path.endswith(name, autoescape=True)).order_by(ScanRow.id)
+    )
+    return [
+        r for r in candidates if name in (PurePosixPath(r.path).name, PureWindowsPath(r.path).name)
+    ]
 
 
 def latest_run(scan_id: int, *, session: Session) -> DetectionRun | None:
     """The scan's most recent detection run."""
-    return session.scalar(select(DetectionRun).where(DetectionRun.scan_id == scan_id)
-                          .order_by(DetectionRun.id.desc()).limit(1))
+    return session.scalar(
+        select(DetectionRun)
+        .where(DetectionRun.scan_id == scan_id)
+        .order_by(DetectionRun.id.desc())
+        .limit(1)
+    )
 
 
 def run_defects(run_id: int, *, session: Session) -> list[DefectRow]:
     """A run's defects in reading order (top to bottom, left to right)."""
-    return list(session.scalars(select(DefectRow).where(DefectRow.run_id == run_id)
-                                .order_by(DefectRow.row, DefectRow.col, DefectRow.id)))
+    return list(
+        session.scalars(
+            select(DefectRow)
+            .where(DefectRow.run_id == run_id)
+            .order_by(DefectRow.row, DefectRow.col, DefectRow.id)
+        )
+    )
 
 
 def status_counts(*, session: Session) -> dict[str, int]:
     """Scans per job status (every status present, 0 when none)."""
     counts = dict.fromkeys(("queued", "processing", "done", "failed"), 0)
-    for status, n in session.execute(select(ScanRow.status, func.count())
-                                     .group_by(ScanRow.status)):
+    for status, n in session.execute(select(ScanRow.status, func.count()).group_by(ScanRow.status)):
         counts[status] = int(n)
     return counts
 
 
 def last_processed(*, session: Session) -> tuple[ScanRow, DetectionRun] | None:
     """The scan whose detection run finished last, with that run."""
-    row = session.execute(select(ScanRow, DetectionRun)
-                          .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
-                          .order_by(DetectionRun.finished_at.desc(), DetectionRun.id.desc())
-                          .limit(1)).first()
+    row = session.execute(
+        select(ScanRow, DetectionRun)
+        .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
+        .order_by(DetectionRun.finished_at.desc(), DetectionRun.id.desc())
+        .limit(1)
+    ).first()
     return (row[0], row[1]) if row else None
 
 
 def recent_failures(*, session: Session, limit: int = 5) -> list[ScanRow]:
     """The most recently failed scans, newest first."""
-    return list(session.scalars(select(ScanRow).where(ScanRow.status == "failed")
-                                .order_by(ScanRow.updated_at.desc(), ScanRow.id.desc())
-                                .limit(limit)))
+    return list(
+        session.scalars(
+            select(ScanRow)
+            .where(ScanRow.status == "failed")
+            .order_by(ScanRow.updated_at.desc(), ScanRow.id.desc())
+            .limit(limit)
+        )
+    )
 
 
 def instrument_names(*, session: Session) -> list[str]:
     """Every instrument that recorded a scan, sorted."""
-    return list(session.scalars(select(ScanRow.instrument).where(ScanRow.instrument.is_not(None))
-                                .distinct().order_by(ScanRow.instrument)))
+    return list(
+        session.scalars(
+            select(ScanRow.instrument)
+            .where(ScanRow.instrument.is_not(None))
+            .distinct()
+            .order_by(ScanRow.instrument)
+        )
+    )

@@ -36,17 +36,20 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 def _reaching(method: _F) -> _F:
     """A queue method whose "server unreachable" errors become DatabaseUnavailableError (the
     worker then waits with backoff instead of treating it as a bug)."""
+
     @functools.wraps(method)
     def wrapper(self: SqlJobQueue, *args: Any, **kwargs: Any) -> Any:
         with unreachable_as_error(self.engine):
             return method(self, *args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
 def _claimed(job: Job):  # type: ignore[no-untyped-def]
     """WHERE clause: the scan row is still held under this claim."""
-    return and_(ScanRow.id == job.id, ScanRow.status == "processing",
-                ScanRow.attempts == job.attempts)
+    return and_(
+        ScanRow.id == job.id, ScanRow.status == "processing", ScanRow.attempts == job.attempts
+    )
 
 
 def due_query(now: datetime, *, dialect: str) -> Select[ScanRow]:
@@ -54,9 +57,11 @@ def due_query(now: datetime, *, dialect: str) -> Select[ScanRow]:
     servers (not SQLite, whose BEGIN IMMEDIATE already serialises writers) the row is locked
     and rows other workers hold are skipped."""
     due = or_(
-        and_(ScanRow.status == "queued",
-             or_(ScanRow.not_before.is_(None), ScanRow.not_before <= now)),
-        and_(ScanRow.status == "processing", ScanRow.lease_expires_at < now))
+        and_(
+            ScanRow.status == "queued", or_(ScanRow.not_before.is_(None), ScanRow.not_before <= now)
+        ),
+        and_(ScanRow.status == "processing", ScanRow.lease_expires_at < now),
+    )
     query = select(ScanRow).where(due).order_by(ScanRow.id).limit(1)
     if dialect != "sqlite":
         query = query.with_for_update(skip_locked=True, of=ScanRow)
@@ -67,9 +72,13 @@ def mark_done(job: Job, *, session: Session) -> bool:
     """Mark a claimed job done inside the caller's transaction (with its results); False when
     the claim was lost (lease expired and re-claimed): then record nothing."""
     now = utcnow()
-    result = session.execute(update(ScanRow).where(_claimed(job)).values(
-        status="done", lease_owner=None, lease_expires_at=None, last_error=None,
-        updated_at=now))
+    result = session.execute(
+        update(ScanRow)
+        .where(_claimed(job))
+        .values(
+            status="done", lease_owner=None, lease_expires_at=None, last_error=None, updated_at=now
+        )
+    )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
@@ -81,8 +90,14 @@ class SqlJobQueue:
     time (tests move it forward instead of sleeping).
     """
 
-    def __init__(self, engine: Engine, *, sample_for: SampleFor | None = None,
-                 clock: Callable[[], datetime] = utcnow, instrument: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        sample_for: SampleFor | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        instrument: str | None = None,
+    ) -> None:
         self.engine = engine
         self.sample_for = sample_for
         self.clock = clock
@@ -92,9 +107,15 @@ class SqlJobQueue:
     def is_known(self, path: str, *, size_bytes: int, mtime_ns: int) -> bool:
         """True when this path with this size and mtime was enqueued before."""
         with self._read() as s:
-            found = s.scalar(select(ScanRow.id).where(
-                ScanRow.path == path, ScanRow.size_bytes == size_bytes,
-                ScanRow.mtime_ns == mtime_ns).limit(1))
+            found = s.scalar(
+                select(ScanRow.id)
+                .where(
+                    ScanRow.path == path,
+                    ScanRow.size_bytes == size_bytes,
+                    ScanRow.mtime_ns == mtime_ns,
+                )
+                .limit(1)
+            )
         return found is not None
 
     @_reaching
@@ -109,10 +130,20 @@ class SqlJobQueue:
                     log.debug("%s: content already recorded as scan %d", path, known)
                     return False
                 sample_row = get_or_create_sample(sample, session=s) if sample else None
-                s.add(ScanRow(path=path, sha256=sha256, size_bytes=size_bytes,
-                              mtime_ns=mtime_ns, sample=sample_row, status="queued",
-                              instrument=self.instrument,
-                              attempts=0, created_at=now, updated_at=now))
+                s.add(
+                    ScanRow(
+                        path=path,
+                        sha256=sha256,
+                        size_bytes=size_bytes,
+                        mtime_ns=mtime_ns,
+                        sample=sample_row,
+                        status="queued",
+                        instrument=self.instrument,
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
         except IntegrityError:  # another process enqueued the same content just now?
             with self._read() as s:
                 if s.scalar(select(ScanRow.id).where(ScanRow.sha256 == sha256)) is None:
@@ -136,8 +167,13 @@ class SqlJobQueue:
             row.lease_owner = worker
             row.lease_expires_at = now + timedelta(seconds=lease_s)
             row.updated_at = now
-            job = Job(id=row.id, path=row.path, sha256=row.sha256, attempts=row.attempts,
-                      sample=row.sample.name if row.sample else None)
+            job = Job(
+                id=row.id,
+                path=row.path,
+                sha256=row.sha256,
+                attempts=row.attempts,
+                sample=row.sample.name if row.sample else None,
+            )
         log.debug("%s claimed %s (attempt %d)", worker, job.path, job.attempts)
         return job
 
@@ -145,14 +181,24 @@ class SqlJobQueue:
     def retry(self, job: Job, *, reason: str, delay_s: float, max_attempts: int) -> bool:
         """Re-queue after ``delay_s``, or mark failed once ``max_attempts`` is reached."""
         if job.attempts >= max_attempts:
-            self._finish(job, status="failed",
-                         reason=f"{reason} (gave up after {job.attempts} attempts)")
+            self._finish(
+                job, status="failed", reason=f"{reason} (gave up after {job.attempts} attempts)"
+            )
             return False
         now = self.clock()
         with write_transaction(self.engine) as s:
-            result = s.execute(update(ScanRow).where(_claimed(job)).values(
-                status="queued", last_error=reason, lease_owner=None, lease_expires_at=None,
-                not_before=now + timedelta(seconds=delay_s), updated_at=now))
+            result = s.execute(
+                update(ScanRow)
+                .where(_claimed(job))
+                .values(
+                    status="queued",
+                    last_error=reason,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    not_before=now + timedelta(seconds=delay_s),
+                    updated_at=now,
+                )
+            )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("%s: lost its lease before the retry was recorded", job.path)
             return False
@@ -168,9 +214,11 @@ class SqlJobQueue:
         """Put jobs whose lease expired (a killed worker) back in the queue; how many."""
         now = self.clock()
         with write_transaction(self.engine) as s:
-            result = s.execute(update(ScanRow).where(
-                ScanRow.status == "processing", ScanRow.lease_expires_at < now).values(
-                status="queued", lease_owner=None, lease_expires_at=None, updated_at=now))
+            result = s.execute(
+                update(ScanRow)
+                .where(ScanRow.status == "processing", ScanRow.lease_expires_at < now)
+                .values(status="queued", lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
         n = int(result.rowcount)  # type: ignore[attr-defined]
         if n:
             log.info("re-queued %d job(s) whose lease expired", n)
@@ -184,15 +232,22 @@ class SqlJobQueue:
         now = self.clock()
         released = 0
         with write_transaction(self.engine) as s:
-            owners = s.scalars(select(ScanRow.lease_owner).where(
-                ScanRow.status == "processing", ScanRow.lease_owner.like(f"{host}:%"))).all()
+            owners = s.scalars(
+                select(ScanRow.lease_owner).where(
+                    ScanRow.status == "processing", ScanRow.lease_owner.like(f"{host}:%")
+                )
+            ).all()
             for owner in set(owners):
                 pid = (owner or "").rpartition(":")[2]
                 if not pid.isdigit() or is_alive(int(pid)):
                     continue
-                result = s.execute(update(ScanRow).where(
-                    ScanRow.status == "processing", ScanRow.lease_owner == owner).values(
-                    status="queued", lease_owner=None, lease_expires_at=None, updated_at=now))
+                result = s.execute(
+                    update(ScanRow)
+                    .where(ScanRow.status == "processing", ScanRow.lease_owner == owner)
+                    .values(
+                        status="queued", lease_owner=None, lease_expires_at=None, updated_at=now
+                    )
+                )
                 released += int(result.rowcount)  # type: ignore[attr-defined]
         if released:
             log.info("re-queued %d job(s) held by dead workers on %s", released, host)
@@ -202,15 +257,29 @@ class SqlJobQueue:
     def depth(self) -> int:
         """Jobs queued or processing."""
         with self._read() as s:
-            return int(s.scalar(select(func.count()).select_from(ScanRow).where(
-                ScanRow.status.in_(("queued", "processing")))) or 0)
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(ScanRow)
+                    .where(ScanRow.status.in_(("queued", "processing")))
+                )
+                or 0
+            )
 
     def _finish(self, job: Job, *, status: str, reason: str) -> None:
         now = self.clock()
         with write_transaction(self.engine) as s:
-            result = s.execute(update(ScanRow).where(_claimed(job)).values(
-                status=status, last_error=reason, lease_owner=None, lease_expires_at=None,
-                updated_at=now))
+            result = s.execute(
+                update(ScanRow)
+                .where(_claimed(job))
+                .values(
+                    status=status,
+                    last_error=reason,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("%s: lost its lease before it was marked %s", job.path, status)
         else:

@@ -56,8 +56,11 @@ def rename_sample(old: str, new: str, *, session: Session) -> str:
         source.name = new
         session.flush()
         return "renamed"
-    session.execute(update(ScanRow).where(ScanRow.sample_id == source.id).values(
-        sample_id=target.id, updated_at=utcnow()))
+    session.execute(
+        update(ScanRow)
+        .where(ScanRow.sample_id == source.id)
+        .values(sample_id=target.id, updated_at=utcnow())
+    )
     session.delete(source)
     session.flush()
     return "merged"
@@ -68,13 +71,28 @@ def scan_by_sha256(sha256: str, *, session: Session) -> ScanRow | None:
     return session.scalar(select(ScanRow).where(ScanRow.sha256 == sha256))
 
 
-def add_scan(path: str, *, session: Session, sha256: str, size_bytes: int, mtime_ns: int,
-             sample: str | None, status: str = "processing",
-             instrument: str | None = None) -> ScanRow:
+def add_scan(
+    path: str,
+    *,
+    session: Session,
+    sha256: str,
+    size_bytes: int,
+    mtime_ns: int,
+    sample: str | None,
+    status: str = "processing",
+    instrument: str | None = None,
+) -> ScanRow:
     """A new scan row (outside the queue, e.g. for ``defectwatch process``)."""
-    row = ScanRow(path=path, sha256=sha256, size_bytes=size_bytes, mtime_ns=mtime_ns,
-                  sample=get_or_create_sample(sample, session=session) if sample else None,
-                  status=status, attempts=0, instrument=instrument)
+    row = ScanRow(
+        path=path,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        mtime_ns=mtime_ns,
+        sample=get_or_create_sample(sample, session=session) if sample else None,
+        status=status,
+        attempts=0,
+        instrument=instrument,
+    )
     session.add(row)
     session.flush()
     return row
@@ -97,33 +115,53 @@ def set_scan_metadata(row: ScanRow, scan: Scan) -> None:
     row.comment = scan.comment
 
 
-def add_detection_run(scan_id: int, detection: Detection, *, session: Session,
-                      finished_at: datetime | None = None) -> DetectionRun:
+def add_detection_run(
+    scan_id: int, detection: Detection, *, session: Session, finished_at: datetime | None = None
+) -> DetectionRun:
     """Record one detection run of a scan and all its defects."""
     kinds = [d.kind for d in detection.defects]
     run = DetectionRun(
-        scan_id=scan_id, model_version=detection.model_version,
-        started_at=detection.started_at, finished_at=finished_at or utcnow(),
-        seconds=float(detection.seconds), area_nm2=float(detection.area_nm2),
-        trough_count=kinds.count("trough"), peak_count=kinds.count("peak"),
+        scan_id=scan_id,
+        model_version=detection.model_version,
+        started_at=detection.started_at,
+        finished_at=finished_at or utcnow(),
+        seconds=float(detection.seconds),
+        area_nm2=float(detection.area_nm2),
+        trough_count=kinds.count("trough"),
+        peak_count=kinds.count("peak"),
         defect_count=len(kinds),
         uncertainty_sum=float(sum(d.uncertainty for d in detection.defects)),
-        near_threshold_nm2=(None if detection.near_threshold_nm2 is None
-                            else float(detection.near_threshold_nm2)))
+        near_threshold_nm2=(
+            None if detection.near_threshold_nm2 is None else float(detection.near_threshold_nm2)
+        ),
+    )
     session.add(run)
     session.flush()
     if detection.defects:
-        session.execute(insert(DefectRow), [
-            {"run_id": run.id, "row": float(d.row), "col": float(d.col), "x_nm": float(d.x_nm),
-             "y_nm": float(d.y_nm), "kind": d.kind, "confidence": float(d.confidence),
-             "uncertainty": float(d.uncertainty), "area_nm2": float(d.area_nm2),
-             "contrast": float(d.contrast) if math.isfinite(d.contrast) else None}
-            for d in detection.defects])
+        session.execute(
+            insert(DefectRow),
+            [
+                {
+                    "run_id": run.id,
+                    "row": float(d.row),
+                    "col": float(d.col),
+                    "x_nm": float(d.x_nm),
+                    "y_nm": float(d.y_nm),
+                    "kind": d.kind,
+                    "confidence": float(d.confidence),
+                    "uncertainty": float(d.uncertainty),
+                    "area_nm2": float(d.area_nm2),
+                    "contrast": float(d.contrast) if math.isfinite(d.contrast) else None,
+                }
+                for d in detection.defects
+            ],
+        )
     return run
 
 
-def add_run_unless_scored(sha256: str, detection: Detection, *, version: str,
-                          session: Session) -> bool:
+def add_run_unless_scored(
+    sha256: str, detection: Detection, *, version: str, session: Session
+) -> bool:
     """Record ``detection`` as the latest run of the scan with this content, unless its latest
     run is already by ``version`` (then nothing: a re-score is recorded exactly once per
     (sha256, version), whoever computes it and however often). The scan row is locked first
@@ -133,9 +171,12 @@ def add_run_unless_scored(sha256: str, detection: Detection, *, version: str,
     row = session.scalar(select(ScanRow).where(ScanRow.sha256 == sha256).with_for_update())
     if row is None:
         raise NotFoundError(f"no scan with sha256 {sha256[:12]}... in the record any more")
-    latest = session.scalar(select(DetectionRun.model_version)
-                            .where(DetectionRun.scan_id == row.id)
-                            .order_by(DetectionRun.id.desc()).limit(1))
+    latest = session.scalar(
+        select(DetectionRun.model_version)
+        .where(DetectionRun.scan_id == row.id)
+        .order_by(DetectionRun.id.desc())
+        .limit(1)
+    )
     if latest == version:
         return False
     add_detection_run(row.id, detection, session=session)

@@ -19,14 +19,27 @@ from defectwatch.errors import ConfigError, NotFoundError
 log = logging.getLogger(__name__)
 
 
-def register_version(name: str, *, session: Session, directory: str, parent: str | None = None,
-                     metrics: dict[str, Any] | None = None, members: int = 0,
-                     activate: bool = False) -> ModelVersion:
+def register_version(
+    name: str,
+    *,
+    session: Session,
+    directory: str,
+    parent: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    members: int = 0,
+    activate: bool = False,
+) -> ModelVersion:
     """Add a version directory to the registry (ConfigError if the name is taken)."""
     if session.scalar(select(ModelVersion.id).where(ModelVersion.name == name)) is not None:
         raise ConfigError(f"model version {name!r} is already registered; pick another name")
-    version = ModelVersion(name=name, directory=str(directory), parent=parent,
-                           metrics=dict(metrics or {}), members=int(members), active=False)
+    version = ModelVersion(
+        name=name,
+        directory=str(directory),
+        parent=parent,
+        metrics=dict(metrics or {}),
+        members=int(members),
+        active=False,
+    )
     session.add(version)
     session.flush()
     if activate:
@@ -65,8 +78,14 @@ def activate_version(name: str, *, session: Session) -> ModelVersion:
 
 def rollback_version(*, session: Session) -> ModelVersion:
     """Undo the latest activation: the previously active version becomes active again."""
-    stack = list(session.scalars(select(ModelActivation).where(
-        ModelActivation.rolled_back_at.is_(None)).order_by(ModelActivation.id.desc()).limit(2)))
+    stack = list(
+        session.scalars(
+            select(ModelActivation)
+            .where(ModelActivation.rolled_back_at.is_(None))
+            .order_by(ModelActivation.id.desc())
+            .limit(2)
+        )
+    )
     if len(stack) < 2:
         raise NotFoundError("no earlier model version to roll back to")
     stack[0].rolled_back_at = utcnow()
@@ -79,8 +98,11 @@ def rollback_version(*, session: Session) -> ModelVersion:
 
 
 def _set_active(version: ModelVersion, *, session: Session) -> None:
-    session.execute(update(ModelVersion).where(ModelVersion.active.is_(True),
-                                               ModelVersion.id != version.id).values(active=False))
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.active.is_(True), ModelVersion.id != version.id)
+        .values(active=False)
+    )
     session.flush()  # the unique partial index allows one active row at a time
     version.active = True
     session.flush()

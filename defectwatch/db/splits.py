@@ -34,9 +34,13 @@ def trainable_scans(*, session: Session) -> list[ScanRow]:
     labelled clean (an exhaustive label set holding no label)."""
     has_label = select(Label.scan_id)
     clean = select(LabelSet.scan_id).where(LabelSet.exhaustive.is_(True))
-    return list(session.scalars(select(ScanRow).where(or_(ScanRow.id.in_(has_label),
-                                                          ScanRow.id.in_(clean)))
-                                .order_by(ScanRow.id)))
+    return list(
+        session.scalars(
+            select(ScanRow)
+            .where(or_(ScanRow.id.in_(has_label), ScanRow.id.in_(clean)))
+            .order_by(ScanRow.id)
+        )
+    )
 
 
 def reviewed_sets(scan_ids: Iterable[int], *, session: Session) -> dict[int, bool]:
@@ -46,8 +50,11 @@ def reviewed_sets(scan_ids: Iterable[int], *, session: Session) -> dict[int, boo
     ids = list(scan_ids)
     if not ids:
         return {}
-    rows = session.execute(select(LabelSet.scan_id, LabelSet.exhaustive).where(
-        LabelSet.scan_id.in_(ids), LabelSet.source == REVIEWED))
+    rows = session.execute(
+        select(LabelSet.scan_id, LabelSet.exhaustive).where(
+            LabelSet.scan_id.in_(ids), LabelSet.source == REVIEWED
+        )
+    )
     return {int(i): bool(e) for i, e in rows}
 
 
@@ -58,10 +65,12 @@ def exhaustive_scan_ids(scan_ids: Iterable[int], *, session: Session) -> set[int
     if not ids:
         return set()
     reviewed = reviewed_sets(ids, session=session)
-    sets = session.scalars(select(LabelSet.scan_id).where(LabelSet.scan_id.in_(ids),
-                                                          LabelSet.exhaustive.is_(True)))
-    rows = session.scalars(select(Label.scan_id).where(Label.scan_id.in_(ids),
-                                                       Label.exhaustive.is_(True)))
+    sets = session.scalars(
+        select(LabelSet.scan_id).where(LabelSet.scan_id.in_(ids), LabelSet.exhaustive.is_(True))
+    )
+    rows = session.scalars(
+        select(Label.scan_id).where(Label.scan_id.in_(ids), Label.exhaustive.is_(True))
+    )
     found = {int(i) for i in sets} | {int(i) for i in rows}
     return {i for i in found if i not in reviewed} | {i for i, e in reviewed.items() if e}
 
@@ -74,8 +83,9 @@ def scan_labels(scan_ids: Iterable[int], *, session: Session) -> dict[int, list[
     if not ids:
         return out
     reviewed = reviewed_sets(ids, session=session)
-    for label in session.scalars(select(Label).where(Label.scan_id.in_(ids))
-                                 .order_by(Label.scan_id, Label.id)):
+    for label in session.scalars(
+        select(Label).where(Label.scan_id.in_(ids)).order_by(Label.scan_id, Label.id)
+    ):
         if label.scan_id in reviewed and label.source != REVIEWED:
             continue
         out.setdefault(label.scan_id, []).append(label)
@@ -101,9 +111,13 @@ def target_test_count(n_scans: int, *, test_share: float = TEST_SHARE) -> int:
     return max(1, math.floor(test_share * n_scans + 0.5))
 
 
-def assign_splits(scan_ids: Sequence[int], *, session: Session,
-                  test_share: float = TEST_SHARE, now: datetime | None = None
-                  ) -> dict[int, str]:
+def assign_splits(
+    scan_ids: Sequence[int],
+    *,
+    session: Session,
+    test_share: float = TEST_SHARE,
+    now: datetime | None = None,
+) -> dict[int, str]:
     """Assign the scans among ``scan_ids`` that have no split yet; existing assignments are
     kept as they are. Returns the split of every scan in ``scan_ids``."""
     if not 0.0 < test_share < 1.0:
@@ -111,8 +125,9 @@ def assign_splits(scan_ids: Sequence[int], *, session: Session,
     existing = split_assignments(session=session)
     new_ids = [i for i in dict.fromkeys(scan_ids) if i not in existing]
     if new_ids:
-        hashes = dict(session.execute(select(ScanRow.id, ScanRow.sha256)
-                                      .where(ScanRow.id.in_(new_ids))).all())
+        hashes = dict(
+            session.execute(select(ScanRow.id, ScanRow.sha256).where(ScanRow.id.in_(new_ids))).all()
+        )
         missing = [i for i in new_ids if i not in hashes]
         if missing:
             raise ValueError(f"no scan with id {missing[0]} in the record")
@@ -121,12 +136,17 @@ def assign_splits(scan_ids: Sequence[int], *, session: Session,
         when = now or utcnow()
         for scan_id in sorted(new_ids, key=lambda i: (hashes[i], i)):
             n_assigned += 1
-            split = "test" if n_test < target_test_count(n_assigned, test_share=test_share) \
-                else "train"
+            split = (
+                "test" if n_test < target_test_count(n_assigned, test_share=test_share) else "train"
+            )
             n_test += split == "test"
             session.add(SplitAssignment(scan_id=scan_id, split=split, assigned_at=when))
             existing[scan_id] = split
         session.flush()
-        log.info("assigned %d new scan(s) to the frozen splits (%d test of %d)", len(new_ids),
-                 n_test, n_assigned)
+        log.info(
+            "assigned %d new scan(s) to the frozen splits (%d test of %d)",
+            len(new_ids),
+            n_test,
+            n_assigned,
+        )
     return {i: existing[i] for i in scan_ids}

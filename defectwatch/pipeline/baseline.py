@@ -41,7 +41,6 @@ from defectwatch.pipeline.preprocess import flatten, robust_sigma
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class BaselineParams:
     """Every parameter of the baseline (thresholds in robust-spread units, scales in nm)."""
@@ -115,12 +114,12 @@ def scale_space(z: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     spectrum = fft.rfft2(zp)
     ky = np.fft.fftfreq(shape[0])[:, None]
     kx = np.fft.rfftfreq(shape[1])[None, :]
-    k2 = ky ** 2 + kx ** 2
+    k2 = ky**2 + kx**2
     cube = np.empty((len(sigmas), ny, nx), dtype=np.float32)
     for i, s in enumerate(np.asarray(sigmas, dtype=float)):
-        transfer = 4.0 * math.pi ** 2 * k2 * s ** 2 * np.exp(-2.0 * math.pi ** 2 * s ** 2 * k2)
+        transfer = 4.0 * math.pi**2 * k2 * s**2 * np.exp(-2.0 * math.pi**2 * s**2 * k2)
         out = fft.irfft2(spectrum * transfer, s=shape)
-        cube[i] = out[pad:pad + ny, pad:pad + nx]
+        cube[i] = out[pad : pad + ny, pad : pad + nx]
     return cube
 
 
@@ -138,8 +137,9 @@ def _local_max_3d(cube: np.ndarray) -> np.ndarray:
 
 def _circle_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Intersection area of circles of radii r1, r2 at distance d over the smaller's area."""
-    r1, r2, d = np.broadcast_arrays(np.asarray(r1, float), np.asarray(r2, float),
-                                    np.asarray(d, float))
+    r1, r2, d = np.broadcast_arrays(
+        np.asarray(r1, float), np.asarray(r2, float), np.asarray(d, float)
+    )
     small = np.minimum(r1, r2)
     out = np.zeros(d.shape)
     inside = d <= np.abs(r1 - r2)
@@ -147,17 +147,21 @@ def _circle_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray
     part = ~inside & (d < r1 + r2)
     if part.any():
         a, b, dd = r1[part], r2[part], d[part]
-        c1 = np.clip((dd ** 2 + a ** 2 - b ** 2) / (2 * dd * a), -1, 1)
-        c2 = np.clip((dd ** 2 + b ** 2 - a ** 2) / (2 * dd * b), -1, 1)
-        area = (a ** 2 * np.arccos(c1) + b ** 2 * np.arccos(c2)
-                - 0.5 * np.sqrt(np.clip((-dd + a + b) * (dd + a - b) * (dd - a + b)
-                                        * (dd + a + b), 0, None)))
+        c1 = np.clip((dd**2 + a**2 - b**2) / (2 * dd * a), -1, 1)
+        c2 = np.clip((dd**2 + b**2 - a**2) / (2 * dd * b), -1, 1)
+        area = (
+            a**2 * np.arccos(c1)
+            + b**2 * np.arccos(c2)
+            - 0.5
+            * np.sqrt(np.clip((-dd + a + b) * (dd + a - b) * (dd - a + b) * (dd + a + b), 0, None))
+        )
         out[part] = area / (np.pi * small[part] ** 2)
     return out
 
 
-def blobs_from_cube(cube: np.ndarray, sigmas: np.ndarray, *, threshold: float,
-                    overlap: float = 0.5) -> np.ndarray:
+def blobs_from_cube(
+    cube: np.ndarray, sigmas: np.ndarray, *, threshold: float, overlap: float = 0.5
+) -> np.ndarray:
     """(K, 4) rows ``row, col, sigma_px, response``, strongest first: the local maxima of the
     scale space (3 x 3 x 3 neighbourhood, as `skimage.feature.blob_log`) above ``threshold``,
     with a blob dropped when more than ``overlap`` of the smaller one's area (radius sqrt(2)
@@ -186,7 +190,7 @@ def blobs_from_cube(cube: np.ndarray, sigmas: np.ndarray, *, threshold: float,
             starts = np.searchsorted(pairs[:, 0], np.arange(len(idx) + 1))
             for a in np.unique(pairs[:, 0]):
                 if keep[a]:
-                    keep[pairs[starts[a]:starts[a + 1], 1]] = False
+                    keep[pairs[starts[a] : starts[a + 1], 1]] = False
     out = np.stack([rows, cols, radii / np.sqrt(2.0), resp], axis=1)
     return out[keep]
 
@@ -202,24 +206,38 @@ def _valid2d(valid: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
     return v
 
 
-def _to_defects(blobs: np.ndarray, kind: str, pixel_size_nm: tuple[float, float],
-                valid: np.ndarray) -> list[Defect]:
+def _to_defects(
+    blobs: np.ndarray, kind: str, pixel_size_nm: tuple[float, float], valid: np.ndarray
+) -> list[Defect]:
     px, py = pixel_size_nm
     out = []
     for row, col, sigma, response in blobs:
         r, c = int(row), int(col)
         if not valid[r, c]:
             continue
-        radius_nm2 = 2.0 * sigma ** 2 * px * py
-        out.append(Defect(float(row), float(col), float((col + 0.5) * px),
-                          float((row + 0.5) * py), kind, float(response / (response + 1.0)),
-                          float("nan"), float(math.pi * radius_nm2)))
+        radius_nm2 = 2.0 * sigma**2 * px * py
+        out.append(
+            Defect(
+                float(row),
+                float(col),
+                float((col + 0.5) * px),
+                float((row + 0.5) * py),
+                kind,
+                float(response / (response + 1.0)),
+                float("nan"),
+                float(math.pi * radius_nm2),
+            )
+        )
     return out
 
 
-def detect_baseline(image: np.ndarray, *, pixel_size_nm: tuple[float, float],
-                    params: BaselineParams = BaselineParams(),
-                    valid: np.ndarray | None = None) -> list[Defect]:
+def detect_baseline(
+    image: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    params: BaselineParams = BaselineParams(),
+    valid: np.ndarray | None = None,
+) -> list[Defect]:
     """Troughs and peaks found as LoG blobs, sorted by confidence (highest first).
 
     ``image``: (ny, nx) raw heights (any unit; NaN where not acquired); ``pixel_size_nm``:
@@ -231,18 +249,22 @@ def detect_baseline(image: np.ndarray, *, pixel_size_nm: tuple[float, float],
     cube = scale_space(z, sigmas)
     found: list[Defect] = []
     for kind, sign in (("peak", 1.0), ("trough", -1.0)):
-        blobs = blobs_from_cube(sign * cube, sigmas, threshold=params.threshold(kind),
-                                overlap=params.overlap)
+        blobs = blobs_from_cube(
+            sign * cube, sigmas, threshold=params.threshold(kind), overlap=params.overlap
+        )
         found += _to_defects(blobs, kind, pixel_size_nm, valid2d)
     found.sort(key=lambda d: -d.confidence)
     return found
 
 
-def detect_baseline_scan(scan: Scan, *, params: BaselineParams = BaselineParams()
-                         ) -> list[Defect]:
+def detect_baseline_scan(scan: Scan, *, params: BaselineParams = BaselineParams()) -> list[Defect]:
     """`detect_baseline` on a scan's data, pixel size and acquired rows."""
-    return detect_baseline(scan.data, pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm),
-                           params=params, valid=scan.acquired_rows)
+    return detect_baseline(
+        scan.data,
+        pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm),
+        params=params,
+        valid=scan.acquired_rows,
+    )
 
 
 @dataclass(frozen=True)
@@ -272,12 +294,16 @@ DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.geomspace(0.1, 10.0, 16
 DEFAULT_SIGMA_RANGES_NM = ((0.3, 1.0), (0.4, 1.6), (0.6, 2.5), (1.0, 4.0), (1.5, 6.0))
 
 
-def tune_baseline(cases: Sequence[BaselineCase], *,
-                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                  sigma_ranges_nm: Sequence[tuple[float, float]] = DEFAULT_SIGMA_RANGES_NM,
-                  radius_nm: float = 1.0, base: BaselineParams = BaselineParams(),
-                  kinds: Sequence[str] = KINDS,
-                  on_progress: Callable[[int, int], None] | None = None) -> TuneResult:
+def tune_baseline(
+    cases: Sequence[BaselineCase],
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    sigma_ranges_nm: Sequence[tuple[float, float]] = DEFAULT_SIGMA_RANGES_NM,
+    radius_nm: float = 1.0,
+    base: BaselineParams = BaselineParams(),
+    kinds: Sequence[str] = KINDS,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TuneResult:
     """Grid search of the LoG scale range and a threshold per kind, maximising the mean over
     ``kinds`` of the object F1 pooled over ``cases`` (matching within ``radius_nm``).
 
@@ -297,21 +323,24 @@ def tune_baseline(cases: Sequence[BaselineCase], *,
         params = replace(base, min_sigma_nm=float(lo), max_sigma_nm=float(hi))
         counts = {k: np.zeros((len(ths), 3), dtype=np.int64) for k in kinds}
         for case, z in zip(cases, normalised):
-            valid2d = (_valid2d(case.valid, z.shape)
-                       & np.isfinite(np.asarray(case.image, dtype=np.float32)))
+            valid2d = _valid2d(case.valid, z.shape) & np.isfinite(
+                np.asarray(case.image, dtype=np.float32)
+            )
             sigmas = _sigmas_px(params, case.pixel_size_nm)
             cube = scale_space(z, sigmas)
             for kind in kinds:
                 sign = 1.0 if kind == "peak" else -1.0
-                blobs = blobs_from_cube(sign * cube, sigmas, threshold=float(ths[0]),
-                                        overlap=params.overlap)
+                blobs = blobs_from_cube(
+                    sign * cube, sigmas, threshold=float(ths[0]), overlap=params.overlap
+                )
                 # strongest first, so each threshold keeps a prefix of the detections
                 preds = _to_defects(blobs, kind, case.pixel_size_nm, valid2d)
                 responses = blobs[valid2d[blobs[:, 0].astype(int), blobs[:, 1].astype(int)], 3]
                 for i, th in enumerate(ths):
                     n_keep = int(np.count_nonzero(responses >= th))
-                    s = object_scores(preds[:n_keep], case.labels, radius_nm=radius_nm,
-                                      kinds=(kind,))[kind]
+                    s = object_scores(
+                        preds[:n_keep], case.labels, radius_nm=radius_nm, kinds=(kind,)
+                    )[kind]
                     counts[kind][i] += (s.tp, s.fp, s.fn)
             done += 1
             if on_progress is not None:
@@ -323,9 +352,18 @@ def tune_baseline(cases: Sequence[BaselineCase], *,
             for th, (tp, fp, fn) in zip(ths, counts[kind]):
                 f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
                 f1s.append(f1)
-                table.append({"min_sigma_nm": float(lo), "max_sigma_nm": float(hi),
-                              "kind": kind, "threshold": float(th), "tp": int(tp),
-                              "fp": int(fp), "fn": int(fn), "f1": float(f1)})
+                table.append(
+                    {
+                        "min_sigma_nm": float(lo),
+                        "max_sigma_nm": float(hi),
+                        "kind": kind,
+                        "threshold": float(th),
+                        "tp": int(tp),
+                        "fp": int(fp),
+                        "fn": int(fn),
+                        "f1": float(f1),
+                    }
+                )
             j = int(np.argmax(f1s))  # the lowest threshold among ties
             best_f1[kind], best_th[kind] = f1s[j], float(ths[j])
         score = float(np.mean([best_f1[k] for k in kinds]))

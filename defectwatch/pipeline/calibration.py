@@ -18,17 +18,17 @@ divided by the share of true defects that are detected).
 
 **95% interval** (`corrected_interval`, Monte Carlo, seeded, so the same inputs give the same
 interval): ``precision ~ Beta(TP + 1/2, FP + 1/2)`` and ``recall ~ Beta(TP + 1/2, FN + 1/2)``
-(Jeffreys posteriors of the pooled calibration counts), each shifted by a normal scan-to-scan
-term whose sd is drawn around ``*_scan_sd`` as a scaled inverse chi-square with (scans - 1)
-degrees of freedom (the sd is itself estimated; taken fully correlated across the scans of one
-sample, which is conservative) and clipped to [0.02, 1]; the expected detected count ``mu ~ Gamma(N_det, 1)``
-for the lower end and ``Gamma(N_det + 1, 1)`` for the upper end (the two Gamma posteriors whose
-quantiles are exactly Garwood's Poisson interval). Each draw gives ``mu * precision / recall``;
-the interval runs from the 2.5th percentile of the lower-end draws to the 97.5th of the
-upper-end draws. With a perfect, exactly known calibration it is the exact Poisson interval
+(Jeffreys posteriors of the pooled calibration counts), each shifted by a normal scan-to-scan term
+whose sd is drawn around ``*_scan_sd`` as a scaled inverse chi-square with (scans - 1) degrees of
+freedom (the sd is itself estimated; taken fully correlated across the scans of one sample, which
+is conservative) and clipped to [0.02, 1]; the expected detected count ``mu ~ Gamma(N_det, 1)`` for
+the lower end and ``Gamma(N_det + 1, 1)`` for the upper end (the two Gamma posteriors whose
+quantiles are exactly Garwood's Poisson interval). Each draw gives ``mu * precision / recall``; the
+interval runs from the 2.5th percentile of the lower-end draws to the 97.5th of the upper-end
+draws. With a perfect, exactly known calibration it is the exact Poisson interval
 (`density.poisson_ci95`); without any calibration the raw count and its Poisson interval are
-reported unchanged. Several groups of scans (e.g. processed by different versions) are
-corrected each by its own calibration and their draws summed.
+reported unchanged. Several groups of scans (e.g. processed by different versions) are corrected
+each by its own calibration and their draws summed.
 
 What the corrected density estimates: the density of defects a careful labeller marks (the
 simulator's "visible" defects; a person's exhaustive labels), per area of the sample, i.e. the
@@ -51,11 +51,13 @@ DRAWS = 20_000
 SEED = 15
 MIN_RATE = 0.02  # recall / precision draws are clipped here (a detector that finds < 2% is
 # not calibrated, it is broken)
-METHOD = ("N_true = N_det * precision / recall; 95% interval by Monte Carlo: precision ~ "
-          "Beta(TP+1/2, FP+1/2), recall ~ Beta(TP+1/2, FN+1/2), each plus a normal scan-to-scan "
-          "term (sd measured between calibration scans, itself drawn as a scaled inverse "
-          "chi-square), expected detections ~ Gamma(N_det, 1) "
-          "(lower end) / Gamma(N_det+1, 1) (upper end); 20000 seeded draws")
+METHOD = (
+    "N_true = N_det * precision / recall; 95% interval by Monte Carlo: precision ~ "
+    "Beta(TP+1/2, FP+1/2), recall ~ Beta(TP+1/2, FN+1/2), each plus a normal scan-to-scan "
+    "term (sd measured between calibration scans, itself drawn as a scaled inverse "
+    "chi-square), expected detections ~ Gamma(N_det, 1) "
+    "(lower end) / Gamma(N_det+1, 1) (upper end); 20000 seeded draws"
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,10 @@ class KindCalibration:
 
     def __post_init__(self) -> None:
         if not (0 <= self.matched <= min(self.detected, self.true)):
-            raise ValueError(f"{self.kind}: matched {self.matched} must lie in 0..min(detected "
-                             f"{self.detected}, true {self.true})")
+            raise ValueError(
+                f"{self.kind}: matched {self.matched} must lie in 0..min(detected "
+                f"{self.detected}, true {self.true})"
+            )
 
     @property
     def recall(self) -> float:
@@ -107,19 +111,30 @@ class KindCalibration:
         return _beta_ci95(self.matched, self.false_positives)
 
     def to_json(self) -> dict[str, Any]:
-        return {"matched": self.matched, "detected": self.detected, "true": self.true,
-                "scans": self.scans, "recall": round(self.recall, 4),
-                "precision": round(self.precision, 4),
-                "recall_ci95": [round(v, 4) for v in self.recall_ci95()],
-                "precision_ci95": [round(v, 4) for v in self.precision_ci95()],
-                "recall_scan_sd": round(self.recall_scan_sd, 4),
-                "precision_scan_sd": round(self.precision_scan_sd, 4)}
+        return {
+            "matched": self.matched,
+            "detected": self.detected,
+            "true": self.true,
+            "scans": self.scans,
+            "recall": round(self.recall, 4),
+            "precision": round(self.precision, 4),
+            "recall_ci95": [round(v, 4) for v in self.recall_ci95()],
+            "precision_ci95": [round(v, 4) for v in self.precision_ci95()],
+            "recall_scan_sd": round(self.recall_scan_sd, 4),
+            "precision_scan_sd": round(self.precision_scan_sd, 4),
+        }
 
     @classmethod
     def from_json(cls, kind: str, d: Mapping[str, Any]) -> KindCalibration:
-        return cls(kind, int(d["matched"]), int(d["detected"]), int(d["true"]),
-                   int(d.get("scans", 0)), float(d.get("recall_scan_sd", 0.0)),
-                   float(d.get("precision_scan_sd", 0.0)))
+        return cls(
+            kind,
+            int(d["matched"]),
+            int(d["detected"]),
+            int(d["true"]),
+            int(d.get("scans", 0)),
+            float(d.get("recall_scan_sd", 0.0)),
+            float(d.get("precision_scan_sd", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +153,9 @@ class Calibration:
     truth: str = "every defect a labeller marks"
     method: str = METHOD
     # the per-scan counts it was pooled from (kept in memory, not written to config.json)
-    scan_counts: dict[str, list[ScanCounts]] = field(default_factory=dict, compare=False,
-                                                     repr=False)
+    scan_counts: dict[str, list[ScanCounts]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     scan_names: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -148,19 +164,28 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         """The ``calibration`` object of a version's config.json."""
-        return {"source": self.source, "description": self.description, "truth": self.truth,
-                "method": self.method, "data": dict(self.data),
-                "kinds": {k: c.to_json() for k, c in self.kinds.items()}}
+        return {
+            "source": self.source,
+            "description": self.description,
+            "truth": self.truth,
+            "method": self.method,
+            "data": dict(self.data),
+            "kinds": {k: c.to_json() for k, c in self.kinds.items()},
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> Calibration | None:
         """None for an empty or missing object (a version measured before calibrations)."""
         if not d or not d.get("kinds"):
             return None
-        return cls({k: KindCalibration.from_json(k, v) for k, v in d["kinds"].items()},
-                   str(d.get("source", "simulated")), str(d.get("description", "")),
-                   dict(d.get("data", {})), str(d.get("truth", "")),
-                   str(d.get("method", METHOD)))
+        return cls(
+            {k: KindCalibration.from_json(k, v) for k, v in d["kinds"].items()},
+            str(d.get("source", "simulated")),
+            str(d.get("description", "")),
+            dict(d.get("data", {})),
+            str(d.get("truth", "")),
+            str(d.get("method", METHOD)),
+        )
 
 
 def _beta_ci95(a: int, b: int) -> tuple[float, float]:
@@ -171,6 +196,7 @@ def _beta_ci95(a: int, b: int) -> tuple[float, float]:
 
 
 # -- measuring -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScanCounts:
@@ -198,8 +224,9 @@ class CalibrationCounter:
         self.per_scan: dict[str, list[ScanCounts]] = {k: [] for k in self.kinds}
         self.names: list[str] = []
 
-    def add(self, detections: Sequence[Any], truth: Sequence[Any], *, name: str = ""
-            ) -> dict[str, ScanCounts]:
+    def add(
+        self, detections: Sequence[Any], truth: Sequence[Any], *, name: str = ""
+    ) -> dict[str, ScanCounts]:
         """Match one scan's ``detections`` (`Defect`-like: ``x_nm, y_nm, kind, confidence``) to
         its ``truth`` (``x_nm, y_nm, kind, visible``; invisible ones are "don't care") and keep
         the counts; returns them per kind."""
@@ -220,13 +247,24 @@ class CalibrationCounter:
             self.per_scan[k].append(counts.get(k, ScanCounts(0, 0, 0)))
         self.names.append(name or f"scan {len(self.names)}")
 
-    def result(self, *, source: str, description: str, data: Mapping[str, Any] | None = None,
-               truth: str = "every defect a labeller marks") -> Calibration:
+    def result(
+        self,
+        *,
+        source: str,
+        description: str,
+        data: Mapping[str, Any] | None = None,
+        truth: str = "every defect a labeller marks",
+    ) -> Calibration:
         """The pooled `Calibration` of every scan added."""
-        return Calibration({k: pooled(self.per_scan[k], kind=k) for k in self.kinds}, source,
-                           description, dict(data or {}), truth,
-                           scan_counts={k: list(v) for k, v in self.per_scan.items()},
-                           scan_names=list(self.names))
+        return Calibration(
+            {k: pooled(self.per_scan[k], kind=k) for k in self.kinds},
+            source,
+            description,
+            dict(data or {}),
+            truth,
+            scan_counts={k: list(v) for k, v in self.per_scan.items()},
+            scan_names=list(self.names),
+        )
 
 
 def pooled(scans: Sequence[ScanCounts], *, kind: str) -> KindCalibration:
@@ -236,9 +274,15 @@ def pooled(scans: Sequence[ScanCounts], *, kind: str) -> KindCalibration:
     tp = sum(s.matched for s in scans)
     det = sum(s.detected for s in scans)
     true = sum(s.true for s in scans)
-    return KindCalibration(kind, tp, det, true, len(scans),
-                           _excess_sd([(s.matched, s.true) for s in scans]),
-                           _excess_sd([(s.matched, s.detected) for s in scans]))
+    return KindCalibration(
+        kind,
+        tp,
+        det,
+        true,
+        len(scans),
+        _excess_sd([(s.matched, s.true) for s in scans]),
+        _excess_sd([(s.matched, s.detected) for s in scans]),
+    )
 
 
 def _excess_sd(pairs: Iterable[tuple[int, int]]) -> float:
@@ -258,6 +302,7 @@ def _excess_sd(pairs: Iterable[tuple[int, int]]) -> float:
 
 # -- correcting ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CountEstimate:
     """A corrected count and its 95% interval (in defects, over the area counted)."""
@@ -267,8 +312,9 @@ class CountEstimate:
     high: float
 
 
-def _rate_draws(rng: np.random.Generator, tp: int, other: int, sd: float, scans: int,
-                n: int) -> np.ndarray:
+def _rate_draws(
+    rng: np.random.Generator, tp: int, other: int, sd: float, scans: int, n: int
+) -> np.ndarray:
     draws = rng.beta(tp + 0.5, other + 0.5, size=n)
     if sd > 0:
         # the sd itself is estimated from ``scans`` scans: scaled inverse chi-square draws
@@ -278,22 +324,25 @@ def _rate_draws(rng: np.random.Generator, tp: int, other: int, sd: float, scans:
     return np.clip(draws, MIN_RATE, 1.0)
 
 
-def factor_draws(calibration: KindCalibration | None, *, draws: int = DRAWS,
-                 rng: np.random.Generator) -> np.ndarray:
+def factor_draws(
+    calibration: KindCalibration | None, *, draws: int = DRAWS, rng: np.random.Generator
+) -> np.ndarray:
     """(draws,) samples of precision / recall (ones when ``calibration`` is None)."""
     if calibration is None:
         return np.ones(draws)
     c = calibration
-    precision = _rate_draws(rng, c.matched, c.false_positives, c.precision_scan_sd, c.scans,
-                            draws)
+    precision = _rate_draws(rng, c.matched, c.false_positives, c.precision_scan_sd, c.scans, draws)
     recall = _rate_draws(rng, c.matched, c.missed, c.recall_scan_sd, c.scans, draws)
     return precision / recall
 
 
-def corrected_interval(groups: Sequence[tuple[Mapping[str, int],
-                                              Mapping[str, KindCalibration | None]]], *,
-                       kinds: Sequence[str] = KINDS, draws: int = DRAWS, seed: int = SEED
-                       ) -> dict[str, CountEstimate]:
+def corrected_interval(
+    groups: Sequence[tuple[Mapping[str, int], Mapping[str, KindCalibration | None]]],
+    *,
+    kinds: Sequence[str] = KINDS,
+    draws: int = DRAWS,
+    seed: int = SEED,
+) -> dict[str, CountEstimate]:
     """Corrected counts per kind and ``"total"`` over groups of scans.
 
     ``groups``: (detected count per kind, calibration per kind (None: uncalibrated)), one per
@@ -326,8 +375,9 @@ def corrected_interval(groups: Sequence[tuple[Mapping[str, int],
             lo, hi = poisson_ci95(raw)
             out[kind] = CountEstimate(float(raw), lo, hi)
         else:
-            out[kind] = CountEstimate(estimate, float(np.quantile(low, 0.025)),
-                                      float(np.quantile(high, 0.975)))
+            out[kind] = CountEstimate(
+                estimate, float(np.quantile(low, 0.025)), float(np.quantile(high, 0.975))
+            )
         all_uncalibrated = all_uncalibrated and uncalibrated
         total_low += low
         total_high += high
@@ -339,6 +389,7 @@ def corrected_interval(groups: Sequence[tuple[Mapping[str, int],
     else:
         # the upper ends of two kinds each carry one extra Gamma unit: at most one too many
         # for the total, which errs wide
-        out["total"] = CountEstimate(total_count, float(np.quantile(total_low, 0.025)),
-                                     float(np.quantile(total_high, 0.975)))
+        out["total"] = CountEstimate(
+            total_count, float(np.quantile(total_low, 0.025)), float(np.quantile(total_high, 0.975))
+        )
     return out

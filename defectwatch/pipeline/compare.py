@@ -29,9 +29,11 @@ class F1Difference:
     scans: int
 
     def describe(self) -> str:
-        return (f"{self.delta:+.3f} ({self.level:.0%} interval {self.low:+.3f} to "
-                f"{self.high:+.3f} over {self.resamples} bootstrap resamples of the "
-                f"{self.scans} test scans)")
+        return (
+            f"{self.delta:+.3f} ({self.level:.0%} interval {self.low:+.3f} to "
+            f"{self.high:+.3f} over {self.resamples} bootstrap resamples of the "
+            f"{self.scans} test scans)"
+        )
 
 
 def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -39,16 +41,18 @@ def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
 
 
-def bootstrap_f1_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000,
-                            level: float = 0.9, seed: int = 0) -> F1Difference:
+def bootstrap_f1_difference(
+    a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, level: float = 0.9, seed: int = 0
+) -> F1Difference:
     """``a``, ``b``: (n_scans, 3) TP, FP, FN of detectors A and B per scan (one kind, or
     (n_scans, K, 3) for K kinds, whose F1s are averaged, kinds without truth in a resample
     left out). Returns B - A (`F1Difference`)."""
     a = np.asarray(a, float)
     b = np.asarray(b, float)
     if a.shape != b.shape or a.shape[-1] != 3 or a.ndim not in (2, 3):
-        raise ValueError(f"expected two (n, 3) or (n, K, 3) count arrays, got {a.shape} and "
-                         f"{b.shape}")
+        raise ValueError(
+            f"expected two (n, 3) or (n, K, 3) count arrays, got {a.shape} and {b.shape}"
+        )
     if a.ndim == 2:
         a, b = a[:, None, :], b[:, None, :]
     n = a.shape[0]
@@ -60,8 +64,7 @@ def bootstrap_f1_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 20
         truth = pooled[..., 0] + pooled[..., 2] > 0
         f1 = np.where(truth, _f1(pooled[..., 0], pooled[..., 1], pooled[..., 2]), np.nan)
         with np.errstate(invalid="ignore"):
-            return np.nanmean(np.where(truth, f1, np.nan), axis=1) if f1.shape[1] > 1 \
-                else f1[:, 0]
+            return np.nanmean(np.where(truth, f1, np.nan), axis=1) if f1.shape[1] > 1 else f1[:, 0]
 
     with np.errstate(invalid="ignore", divide="ignore"):
         import warnings
@@ -74,8 +77,9 @@ def bootstrap_f1_difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 20
     if not boot.size:
         return F1Difference(delta, float("nan"), float("nan"), float("nan"), level, 0, n)
     lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
-    return F1Difference(delta, float(lo), float(hi), float(np.mean(boot < 0)), level,
-                        int(boot.size), n)
+    return F1Difference(
+        delta, float(lo), float(hi), float(np.mean(boot < 0)), level, int(boot.size), n
+    )
 
 
 def scan_counts(scans: Sequence[dict], kinds: Sequence[str]) -> np.ndarray:

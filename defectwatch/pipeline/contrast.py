@@ -61,9 +61,14 @@ def marked(kind: str, contrast: float, limits: Mapping[str, float] | None = None
     return contrast <= limit if kind == "trough" else contrast >= limit
 
 
-def defect_contrast(flat: np.ndarray, *, pixel_size_nm: float,
-                    rows: Sequence[float] | np.ndarray, cols: Sequence[float] | np.ndarray,
-                    radius_nm: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+def defect_contrast(
+    flat: np.ndarray,
+    *,
+    pixel_size_nm: float,
+    rows: Sequence[float] | np.ndarray,
+    cols: Sequence[float] | np.ndarray,
+    radius_nm: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
     """How far each point stands out of ``flat``, in noise sigmas of a ring around it.
 
     Parameters

@@ -27,8 +27,9 @@ def density(count: int, area_nm2: float, *, kind: str = "total") -> Density:
     return Density(kind, count, area_nm2, count * per, low * per, high * per)
 
 
-def densities(defects: Iterable[Defect], area_nm2: float, *,
-              kinds: Sequence[str] = ("trough", "peak")) -> dict[str, Density]:
+def densities(
+    defects: Iterable[Defect], area_nm2: float, *, kinds: Sequence[str] = ("trough", "peak")
+) -> dict[str, Density]:
     """Densities per kind and in total (``"total"``) over ``area_nm2`` (the acquired area)."""
     counts = {k: 0 for k in kinds}
     for d in defects:

@@ -12,10 +12,16 @@ from defectwatch.domain import CLASSES, Defect
 DEFAULT_CLASSES = CLASSES
 
 
-def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
-                 pixel_size_nm: tuple[float, float], threshold: float = 0.5,
-                 min_area_px: int = 2, classes: Sequence[str] = DEFAULT_CLASSES,
-                 valid: np.ndarray | None = None) -> list[Defect]:
+def find_defects(
+    mean_probs: np.ndarray,
+    spread: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    threshold: float = 0.5,
+    min_area_px: int = 2,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    valid: np.ndarray | None = None,
+) -> list[Defect]:
     """Defects of every non-background class, sorted by confidence (highest first).
 
     A defect is a connected region where the class's mean probability is at least
@@ -55,8 +61,9 @@ def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
     mean_probs = np.asarray(mean_probs, dtype=np.float32)
     spread = np.asarray(spread, dtype=np.float32)
     if mean_probs.ndim != 3 or spread.shape != mean_probs.shape:
-        raise ValueError(f"expected (C, H, W) maps of one shape, got {mean_probs.shape} and "
-                         f"{spread.shape}")
+        raise ValueError(
+            f"expected (C, H, W) maps of one shape, got {mean_probs.shape} and {spread.shape}"
+        )
     if len(classes) != mean_probs.shape[0]:
         raise ValueError(f"{len(classes)} class names for {mean_probs.shape[0]} channels")
     _, h, w = mean_probs.shape
@@ -86,21 +93,34 @@ def find_defects(mean_probs: np.ndarray, spread: np.ndarray, *,
             r, k = int(round(row)), int(round(col))
             if not valid2d[min(max(r, 0), h - 1), min(max(k, 0), w - 1)]:
                 continue
-            found.append(Defect(float(row), float(col), float((col + 0.5) * px),
-                                float((row + 0.5) * py), kind, float(p), float(u),
-                                float(a * px * py)))
+            found.append(
+                Defect(
+                    float(row),
+                    float(col),
+                    float((col + 0.5) * px),
+                    float((row + 0.5) * py),
+                    kind,
+                    float(p),
+                    float(u),
+                    float(a * px * py),
+                )
+            )
     found.sort(key=lambda d: -d.confidence)
     return found
-
 
 
 NEAR_THRESHOLD_BAND = 0.15  # mean probability within this of the threshold: "on the fence"
 
 
-def near_threshold_area_nm2(mean_probs: np.ndarray, *, pixel_size_nm: tuple[float, float],
-                            threshold: float = 0.5, band: float = NEAR_THRESHOLD_BAND,
-                            classes: Sequence[str] = DEFAULT_CLASSES,
-                            valid: np.ndarray | None = None) -> float:
+def near_threshold_area_nm2(
+    mean_probs: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    threshold: float = 0.5,
+    band: float = NEAR_THRESHOLD_BAND,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    valid: np.ndarray | None = None,
+) -> float:
     """Area (nm^2) where the ensemble is on the fence: acquired pixels where some defect
     class's mean probability lies within ``band`` of ``threshold``.
 

@@ -65,8 +65,15 @@ def _draw_confusion(ax: Any, cm: ConfusionMatrix) -> None:
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             v = data[i, j]
-            ax.text(j, i, _fmt(v), ha="center", va="center", fontsize=11,
-                    color="white" if math.isfinite(v) and v > 0.55 else "black")
+            ax.text(
+                j,
+                i,
+                _fmt(v),
+                ha="center",
+                va="center",
+                fontsize=11,
+                color="white" if math.isfinite(v) and v > 0.55 else "black",
+            )
     ax.set_title("confusion (row-normalised)")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
@@ -79,8 +86,14 @@ def _draw_pr(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
     for i, c in enumerate(_classes(metrics, include_background)):
         if not c.pr.x:
             continue
-        ax.step(c.pr.x, c.pr.y, where="post", color=_colour(c.name, i), lw=1.8,
-                label=f"{c.name} (AP {_fmt(c.ap)})")
+        ax.step(
+            c.pr.x,
+            c.pr.y,
+            where="post",
+            color=_colour(c.name, i),
+            lw=1.8,
+            label=f"{c.name} (AP {_fmt(c.ap)})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -96,8 +109,13 @@ def _draw_roc(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
     for i, c in enumerate(_classes(metrics, include_background)):
         if not c.roc.x:
             continue
-        ax.plot(c.roc.x, c.roc.y, color=_colour(c.name, i), lw=1.8,
-                label=f"{c.name} (AUROC {_fmt(c.auroc, 3)})")
+        ax.plot(
+            c.roc.x,
+            c.roc.y,
+            color=_colour(c.name, i),
+            lw=1.8,
+            label=f"{c.name} (AUROC {_fmt(c.auroc, 3)})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("false positive rate")
@@ -108,8 +126,7 @@ def _draw_roc(ax: Any, metrics: PixelMetrics, include_background: bool) -> None:
         ax.legend(loc="lower right", fontsize=9)
 
 
-def plot_confusion(confusion: ConfusionMatrix, path: PathLike, *,
-                   title: str | None = None) -> Path:
+def plot_confusion(confusion: ConfusionMatrix, path: PathLike, *, title: str | None = None) -> Path:
     """Heat map of the row-normalised confusion matrix (truth rows without background)."""
     fig = _figure(4.6, 3.2)
     _draw_confusion(fig.add_subplot(), confusion)
@@ -118,8 +135,13 @@ def plot_confusion(confusion: ConfusionMatrix, path: PathLike, *,
     return _save(fig, path)
 
 
-def plot_pr_curves(metrics: PixelMetrics, path: PathLike, *, include_background: bool = False,
-                   title: str | None = None) -> Path:
+def plot_pr_curves(
+    metrics: PixelMetrics,
+    path: PathLike,
+    *,
+    include_background: bool = False,
+    title: str | None = None,
+) -> Path:
     """Precision-recall curve per class with its AP in the legend."""
     fig = _figure(4.4, 4.0)
     _draw_pr(fig.add_subplot(), metrics, include_background)
@@ -128,8 +150,13 @@ def plot_pr_curves(metrics: PixelMetrics, path: PathLike, *, include_background:
     return _save(fig, path)
 
 
-def plot_roc_curves(metrics: PixelMetrics, path: PathLike, *, include_background: bool = False,
-                    title: str | None = None) -> Path:
+def plot_roc_curves(
+    metrics: PixelMetrics,
+    path: PathLike,
+    *,
+    include_background: bool = False,
+    title: str | None = None,
+) -> Path:
     """ROC curve per class (one-vs-rest) with its AUROC in the legend."""
     fig = _figure(4.4, 4.0)
     _draw_roc(fig.add_subplot(), metrics, include_background)
@@ -138,8 +165,13 @@ def plot_roc_curves(metrics: PixelMetrics, path: PathLike, *, include_background
     return _save(fig, path)
 
 
-def plot_pixel_summary(metrics: PixelMetrics, path: PathLike, *,
-                       include_background: bool = False, title: str | None = None) -> Path:
+def plot_pixel_summary(
+    metrics: PixelMetrics,
+    path: PathLike,
+    *,
+    include_background: bool = False,
+    title: str | None = None,
+) -> Path:
     """The paper's Fig. 3 in one PNG: confusion matrix, PR curves, ROC curves side by side,
     with the argmax F1 per class in the title."""
     fig = _figure(13.5, 4.0)
@@ -158,12 +190,19 @@ def best_f1_index(curve: ThresholdCurve) -> int | None:
     since below the threshold the detections were made at the curve is flat."""
     if not curve.f1:
         return None
-    return max(range(len(curve.f1)), key=lambda k: (
-        curve.f1[k] if math.isfinite(curve.f1[k]) else -1.0, curve.thresholds[k]))
+    return max(
+        range(len(curve.f1)),
+        key=lambda k: (curve.f1[k] if math.isfinite(curve.f1[k]) else -1.0, curve.thresholds[k]),
+    )
 
 
-def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, *,
-                          mark_threshold: float | None = None, title: str | None = None) -> Path:
+def plot_threshold_curves(
+    curves: Mapping[str, ThresholdCurve],
+    path: PathLike,
+    *,
+    mark_threshold: float | None = None,
+    title: str | None = None,
+) -> Path:
     """Object-level precision (dashed), recall (dotted) and F1 (solid) per kind against the
     confidence threshold; ``mark_threshold`` draws a vertical line (e.g. the model's default)."""
     fig = _figure(7.0, 3.8)
@@ -171,8 +210,11 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     for i, (kind, c) in enumerate(curves.items()):
         colour = _colour(kind, i)
         best = best_f1_index(c)
-        label = kind if best is None else (f"{kind} F1\n(best {_fmt(c.f1[best])} at "
-                                           f"{c.thresholds[best]:.2f})")
+        label = (
+            kind
+            if best is None
+            else (f"{kind} F1\n(best {_fmt(c.f1[best])} at {c.thresholds[best]:.2f})")
+        )
         ax.plot(c.thresholds, c.f1, color=colour, lw=2.0, label=label)
         ax.plot(c.thresholds, c.precision, color=colour, lw=1.2, ls="--")
         ax.plot(c.thresholds, c.recall, color=colour, lw=1.2, ls=":")
@@ -181,8 +223,14 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     if mark_threshold is not None:
         ax.axvline(mark_threshold, color="#999999", lw=1)
         # the detections were made at the mark: a lower confidence cut cannot add any
-        ax.axvspan(0, mark_threshold, color="#999999", alpha=0.12, lw=0,
-                   label="below the detection\nthreshold (no change)")
+        ax.axvspan(
+            0,
+            mark_threshold,
+            color="#999999",
+            alpha=0.12,
+            lw=0,
+            label="below the detection\nthreshold (no change)",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence threshold")
@@ -193,8 +241,16 @@ def plot_threshold_curves(curves: Mapping[str, ThresholdCurve], path: PathLike, 
     return _save(fig, path)
 
 
-def draw_overlay(image: Any, defects: Sequence[Defect], *, width_nm: float, height_nm: float,
-                 ax: Any = None, marker_size: float = 60.0, title: str | None = None) -> Any:
+def draw_overlay(
+    image: Any,
+    defects: Sequence[Defect],
+    *,
+    width_nm: float,
+    height_nm: float,
+    ax: Any = None,
+    marker_size: float = 60.0,
+    title: str | None = None,
+) -> Any:
     """A scan with its defects circled, on a matplotlib axis (for notebooks).
 
     Parameters
@@ -221,19 +277,32 @@ def draw_overlay(image: Any, defects: Sequence[Defect], *, width_nm: float, heig
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(6.0, 6.0 * height_nm / max(width_nm, 1e-9)),
-                             layout="constrained")
+        _, ax = plt.subplots(
+            figsize=(6.0, 6.0 * height_nm / max(width_nm, 1e-9)), layout="constrained"
+        )
     data = np.asarray(image, dtype=float)
     finite = data[np.isfinite(data)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    ax.imshow(data, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
-              extent=(0.0, width_nm, height_nm, 0.0), interpolation="nearest")
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    ax.imshow(
+        data,
+        cmap="gray",
+        vmin=lo,
+        vmax=hi if hi > lo else lo + 1,
+        extent=(0.0, width_nm, height_nm, 0.0),
+        interpolation="nearest",
+    )
     counts = []
     for i, kind in enumerate(sorted({d.kind for d in defects}, key=_kind_order)):
         mine = [d for d in defects if d.kind == kind]
-        ax.scatter([d.x_nm for d in mine], [d.y_nm for d in mine], s=marker_size,
-                   facecolors="none", edgecolors=_colour(kind, i), linewidths=1.2,
-                   label=f"{kind} ({len(mine)})")
+        ax.scatter(
+            [d.x_nm for d in mine],
+            [d.y_nm for d in mine],
+            s=marker_size,
+            facecolors="none",
+            edgecolors=_colour(kind, i),
+            linewidths=1.2,
+            label=f"{kind} ({len(mine)})",
+        )
         counts.append(f"{len(mine)} {kind}")
     if counts:
         ax.legend(loc="upper right", fontsize="small", framealpha=0.7)
@@ -241,8 +310,9 @@ def draw_overlay(image: Any, defects: Sequence[Defect], *, width_nm: float, heig
     ax.set_ylim(height_nm, 0.0)
     ax.set_xlabel("x (nm)")
     ax.set_ylabel("y (nm)")
-    ax.set_title(f"{title + ': ' if title else ''}{', '.join(counts) or 'no defects'}",
-                 fontsize="medium")
+    ax.set_title(
+        f"{title + ': ' if title else ''}{', '.join(counts) or 'no defects'}", fontsize="medium"
+    )
     return ax
 
 

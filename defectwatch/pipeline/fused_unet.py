@@ -54,8 +54,9 @@ class _Layer:
         import torch
 
         parts = (self.weight[:, :channels], self.weight[:, channels:])
-        return dataclasses.replace(self, split=tuple(
-            w.contiguous(memory_format=torch.channels_last) for w in parts))
+        return dataclasses.replace(
+            self, split=tuple(w.contiguous(memory_format=torch.channels_last) for w in parts)
+        )
 
     def cast(self, dtype: Any) -> _Layer:
         """This layer's convolution in ``dtype``; its BatchNorm keeps float32 parameters (torch
@@ -63,8 +64,9 @@ class _Layer:
         import dataclasses
 
         split = None if self.split is None else tuple(_cast(w, dtype) for w in self.split)
-        return dataclasses.replace(self, weight=_cast(self.weight, dtype),
-                                   bias=_cast(self.bias, dtype), split=split)
+        return dataclasses.replace(
+            self, weight=_cast(self.weight, dtype), bias=_cast(self.bias, dtype), split=split
+        )
 
 
 class FusedUnet:
@@ -128,8 +130,9 @@ def fuse_member(member: Any) -> FusedUnet | None:
     mode (its BatchNorms' running statistics are used)."""
     import torch
 
-    if getattr(member, "training", True) or not (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+    if getattr(member, "training", True) or not (
+        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    ):
         return None
     try:
         fused = FusedUnet(member)
@@ -148,6 +151,7 @@ def fuse_member(member: Any) -> FusedUnet | None:
 
 # -- internals --------------------------------------------------------------------------------
 
+
 def _block(block: Any) -> list[_Layer]:
     """The layers of an AtomAI ``ConvBlock`` (conv, [Dropout], LeakyReLU, [BatchNorm2d])*;
     Dropout is the identity in eval mode. Anything else raises TypeError."""
@@ -155,17 +159,23 @@ def _block(block: Any) -> list[_Layer]:
     from torch import nn
 
     layers: list[_Layer] = []
-    mods = [m for m in getattr(block, "block") if not isinstance(m, nn.Dropout)]
+    mods = [m for m in block.block if not isinstance(m, nn.Dropout)]
     i = 0
     while i < len(mods):
         conv, act = mods[i], mods[i + 1] if i + 1 < len(mods) else None
         if not (isinstance(conv, nn.Conv2d) and isinstance(act, nn.LeakyReLU)):
             raise TypeError(f"unexpected layers in {type(block).__name__}")
-        if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 \
-                or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple):
+        if (
+            conv.stride != (1, 1)
+            or conv.dilation != (1, 1)
+            or conv.groups != 1
+            or conv.padding_mode != "zeros"
+            or not isinstance(conv.padding, tuple)
+        ):
             raise TypeError("only plain stride-1 convolutions are fused")
-        norm = mods[i + 2] if i + 2 < len(mods) and isinstance(mods[i + 2],
-                                                                nn.BatchNorm2d) else None
+        norm = (
+            mods[i + 2] if i + 2 < len(mods) and isinstance(mods[i + 2], nn.BatchNorm2d) else None
+        )
         weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
         bias = None if conv.bias is None else conv.bias.detach()
         layers.append(_Layer(weight, bias, list(conv.padding), float(act.negative_slope), norm))
@@ -201,16 +211,21 @@ def _pointwise(conv: Any, norm: Any = None) -> tuple[Any, Any]:
     if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0):
         raise TypeError("expected a 1x1 convolution")
     weight = conv.weight.detach()[:, :, 0, 0].double()
-    bias = (torch.zeros(weight.shape[0], dtype=torch.float64) if conv.bias is None
-            else conv.bias.detach().double())
+    bias = (
+        torch.zeros(weight.shape[0], dtype=torch.float64)
+        if conv.bias is None
+        else conv.bias.detach().double()
+    )
     if norm is not None:
         scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
         shift = norm.bias.detach().double() - norm.running_mean.double() * scale
         bias = bias + weight @ shift
         weight = weight * scale
     dtype = conv.weight.dtype
-    return (weight.to(dtype)[:, :, None, None].contiguous(memory_format=torch.channels_last),
-            bias.to(dtype))
+    return (
+        weight.to(dtype)[:, :, None, None].contiguous(memory_format=torch.channels_last),
+        bias.to(dtype),
+    )
 
 
 def _conv1x1(x, weight, bias):
@@ -218,8 +233,9 @@ def _conv1x1(x, weight, bias):
     import torch
 
     one = [1, 1]
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], one, one, 1, "none",
-                                                   [], "")
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, [0, 0], one, one, 1, "none", [], ""
+    )
 
 
 def _max_pool(x):
@@ -247,11 +263,22 @@ def _run(layers: list[_Layer], x, skip=None):
             w_skip, w_x = layer.split
             acc = conv(skip, w_skip, layer.bias, layer.padding, one, one, 1, "none", [], "")
             x = torch.ops.mkldnn._convolution_pointwise_.binary(
-                acc, x, w_x, None, layer.padding, one, one, 1, "add", 1.0, None, [], None)
+                acc, x, w_x, None, layer.padding, one, one, 1, "add", 1.0, None, [], None
+            )
             x = F.leaky_relu_(x, layer.slope)
         else:
-            x = conv(x, layer.weight, layer.bias, layer.padding, one, one, 1, "leaky_relu",
-                     [layer.slope], "")
+            x = conv(
+                x,
+                layer.weight,
+                layer.bias,
+                layer.padding,
+                one,
+                one,
+                1,
+                "leaky_relu",
+                [layer.slope],
+                "",
+            )
         if layer.norm is not None:
             x = layer.norm(x)
     return x

@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 # "<w>x<h>" between separators (or the ends), optionally followed by "nm"; not "...px"
-_SIZE = re.compile(r"(?:^|[_\-\s.,(\[])(\d+(?:\.\d+)?)\s*[x\u00d7]\s*(\d+(?:\.\d+)?)\s*(nm)?"
-                   r"(?=$|[_\-\s.,)\]])", re.IGNORECASE)
+_SIZE = re.compile(
+    r"(?:^|[_\-\s.,(\[])(\d+(?:\.\d+)?)\s*[x\u00d7]\s*(\d+(?:\.\d+)?)\s*(nm)?"
+    r"(?=$|[_\-\s.,)\]])",
+    re.IGNORECASE,
+)
 
 
 def size_from_name(name: str | os.PathLike[str]) -> tuple[float, float] | None:
@@ -48,8 +51,9 @@ def size_from_name(name: str | os.PathLike[str]) -> tuple[float, float] | None:
         ``(width_nm, height_nm)``, both positive; None when the name holds no size.
     """
     base = Path(name).name
-    found = [(m.group(3) is not None, float(m.group(1)), float(m.group(2)))
-             for m in _SIZE.finditer(base)]
+    found = [
+        (m.group(3) is not None, float(m.group(1)), float(m.group(2))) for m in _SIZE.finditer(base)
+    ]
     found = [f for f in found if f[1] > 0 and f[2] > 0]
     if not found:
         return None
@@ -84,8 +88,9 @@ def _decode(path: Path) -> tuple[np.ndarray, str, int]:
         raise ScanReadError(f"{path}: cannot read ({e.strerror})") from None
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
-        raise ScanReadError(f"{path}: not an image OpenCV can decode (PNG, JPEG, TIFF and BMP "
-                            "are supported)")
+        raise ScanReadError(
+            f"{path}: not an image OpenCV can decode (PNG, JPEG, TIFF and BMP are supported)"
+        )
     dtype = str(img.dtype)
     channels = img.shape[2] if img.ndim == 3 else 1
     if img.ndim == 3:
@@ -101,8 +106,13 @@ def _decode(path: Path) -> tuple[np.ndarray, str, int]:
     return np.ascontiguousarray(img, dtype=np.float32), dtype, channels
 
 
-def read_image_as_scan(path: str | os.PathLike[str], *, width_nm: float | None,
-                       height_nm: float | None = None, channel: str = "Z") -> Scan:
+def read_image_as_scan(
+    path: str | os.PathLike[str],
+    *,
+    width_nm: float | None,
+    height_nm: float | None = None,
+    channel: str = "Z",
+) -> Scan:
     """Wrap a rendered image as a `defectwatch.domain.Scan` of the given physical size.
 
     Parameters
@@ -126,32 +136,56 @@ def read_image_as_scan(path: str | os.PathLike[str], *, width_nm: float | None,
     if width_nm is None:
         size = size_from_name(path)
         if size is None:
-            raise ConfigError(f"{path.name}: the file name holds no frame size like "
-                              "'_100x100_'; give the size in nm (e.g. --size-nm 100x100)")
+            raise ConfigError(
+                f"{path.name}: the file name holds no frame size like "
+                "'_100x100_'; give the size in nm (e.g. --size-nm 100x100)"
+            )
         width_nm, height_nm = size
     if not (width_nm > 0 and np.isfinite(width_nm)):
-        raise ConfigError(f"{path.name}: width_nm must be a positive number of nm, got "
-                          f"{width_nm!r}")
+        raise ConfigError(
+            f"{path.name}: width_nm must be a positive number of nm, got {width_nm!r}"
+        )
     if height_nm is not None and not (height_nm > 0 and np.isfinite(height_nm)):
-        raise ConfigError(f"{path.name}: height_nm must be a positive number of nm, got "
-                          f"{height_nm!r}")
+        raise ConfigError(
+            f"{path.name}: height_nm must be a positive number of nm, got {height_nm!r}"
+        )
     data, dtype, channels = _decode(path)
     ny, nx = data.shape
     if height_nm is None:
         height_nm = float(width_nm) * ny / nx
     px, py = width_nm / nx, height_nm / ny
     if abs(px / py - 1) > 0.05:
-        log.warning("%s: pixels are not square (%.4g x %.4g nm); is the size right?",
-                    path.name, px, py)
-    header = {"source": "image", "image_file": path.name,
-              "image_shape": f"{ny}x{nx}", "image_dtype": dtype,
-              "image_channels": str(channels),
-              "note": "rendered image wrapped as a scan: grey levels in arbitrary units, not "
-                      "heights; size given by the user or the file name"}
-    return Scan(path=str(path), channel=channel, direction="forward", unit="a.u.", data=data,
-                acquired_rows=np.ones(ny, dtype=bool), width_nm=float(width_nm),
-                height_nm=float(height_nm), scan_dir="down", angle_deg=0.0, offset_x_nm=0.0,
-                offset_y_nm=0.0, recorded_at=None, bias_v=None, setpoint_a=None,
-                constant_height=False, temperature_k=None,
-                comment=f"rendered image {path.name}",
-                channels=(ChannelInfo(channel, "a.u.", "forward"),), header=header)
+        log.warning(
+            "%s: pixels are not square (%.4g x %.4g nm); is the size right?", path.name, px, py
+        )
+    header = {
+        "source": "image",
+        "image_file": path.name,
+        "image_shape": f"{ny}x{nx}",
+        "image_dtype": dtype,
+        "image_channels": str(channels),
+        "note": "rendered image wrapped as a scan: grey levels in arbitrary units, not "
+        "heights; size given by the user or the file name",
+    }
+    return Scan(
+        path=str(path),
+        channel=channel,
+        direction="forward",
+        unit="a.u.",
+        data=data,
+        acquired_rows=np.ones(ny, dtype=bool),
+        width_nm=float(width_nm),
+        height_nm=float(height_nm),
+        scan_dir="down",
+        angle_deg=0.0,
+        offset_x_nm=0.0,
+        offset_y_nm=0.0,
+        recorded_at=None,
+        bias_v=None,
+        setpoint_a=None,
+        constant_height=False,
+        temperature_k=None,
+        comment=f"rendered image {path.name}",
+        channels=(ChannelInfo(channel, "a.u.", "forward"),),
+        header=header,
+    )

@@ -22,8 +22,7 @@ from defectwatch.domain import Defect, Scan
 from defectwatch.pipeline.contrast import defect_contrast, marked
 from defectwatch.pipeline.detect import find_defects
 from defectwatch.pipeline.model import ModelConfig, build_member, load_version, resolve_device
-from defectwatch.pipeline.preprocess import (PreprocessParams, Resampling, flatten_with,
-                                             prepare_flat)
+from defectwatch.pipeline.preprocess import PreprocessParams, Resampling, flatten_with, prepare_flat
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,9 @@ class Prediction:
         (ny, nx), (my, mx) = self.mapping.shape_in, self.mapping.shape_out
         return self.scan_pixel_nm[0] * nx / mx, self.scan_pixel_nm[1] * ny / my
 
-    def defects(self, *, threshold: float = 0.5, min_area_nm2: float = 0.05,
-                marked_only: bool = True) -> list[Defect]:
+    def defects(
+        self, *, threshold: float = 0.5, min_area_nm2: float = 0.05, marked_only: bool = True
+    ) -> list[Defect]:
         """Defects with ``row, col`` in the SCAN's pixels (row 0 = top) and nm from its corner.
 
         Where ``flat`` is known each defect's contrast is measured, and with ``marked_only``
@@ -67,24 +67,45 @@ class Prediction:
         """
         px, py = self.pixel_nm
         min_px = max(1, int(math.ceil(min_area_nm2 / (px * py))))
-        found = find_defects(self.mean, self.spread, pixel_size_nm=(px, py),
-                             threshold=threshold, min_area_px=min_px, classes=self.classes,
-                             valid=self.valid)
+        found = find_defects(
+            self.mean,
+            self.spread,
+            pixel_size_nm=(px, py),
+            threshold=threshold,
+            min_area_px=min_px,
+            classes=self.classes,
+            valid=self.valid,
+        )
         if not found:
             return []
-        rows, cols = self.mapping.to_original(np.array([d.row for d in found]),
-                                              np.array([d.col for d in found]))
+        rows, cols = self.mapping.to_original(
+            np.array([d.row for d in found]), np.array([d.col for d in found])
+        )
         sx, sy = self.scan_pixel_nm
         contrast = np.full(len(found), np.nan)
         if self.flat is not None:
-            contrast = defect_contrast(self.flat, pixel_size_nm=float(np.sqrt(sx * sy)),
-                                       rows=rows, cols=cols,
-                                       radius_nm=[math.sqrt(d.area_nm2 / math.pi)
-                                                  for d in found])
-        return [Defect(float(r), float(c), float((c + 0.5) * sx), float((r + 0.5) * sy),
-                       d.kind, d.confidence, d.uncertainty, d.area_nm2, float(k))
-                for d, r, c, k in zip(found, rows, cols, contrast)
-                if not marked_only or marked(d.kind, float(k), self.report_contrast)]
+            contrast = defect_contrast(
+                self.flat,
+                pixel_size_nm=float(np.sqrt(sx * sy)),
+                rows=rows,
+                cols=cols,
+                radius_nm=[math.sqrt(d.area_nm2 / math.pi) for d in found],
+            )
+        return [
+            Defect(
+                float(r),
+                float(c),
+                float((c + 0.5) * sx),
+                float((r + 0.5) * sy),
+                d.kind,
+                d.confidence,
+                d.uncertainty,
+                d.area_nm2,
+                float(k),
+            )
+            for d, r, c, k in zip(found, rows, cols, contrast)
+            if not marked_only or marked(d.kind, float(k), self.report_contrast)
+        ]
 
 
 class Ensemble:
@@ -106,11 +127,21 @@ class Ensemble:
     multiple of 8); ``margin_px``: context added on each side of a tile.
     """
 
-    def __init__(self, config: ModelConfig, states: Sequence[dict[str, Any]], *,
-                 device: str = "auto", fast: bool = False, tile_px: int = 1024,
-                 margin_px: int = 64, side_by_side: int = 1,
-                 onnx_cache_dir: str | os.PathLike[str] | None = None,
-                 cpu_bf16: bool | None = None, cpu_onnx: bool = False, cpu_fused: bool = True):
+    def __init__(
+        self,
+        config: ModelConfig,
+        states: Sequence[dict[str, Any]],
+        *,
+        device: str = "auto",
+        fast: bool = False,
+        tile_px: int = 1024,
+        margin_px: int = 64,
+        side_by_side: int = 1,
+        onnx_cache_dir: str | os.PathLike[str] | None = None,
+        cpu_bf16: bool | None = None,
+        cpu_onnx: bool = False,
+        cpu_fused: bool = True,
+    ):
         import torch
 
         if tile_px % 8 or margin_px % 8:
@@ -140,8 +171,11 @@ class Ensemble:
         self.fast_dtype = None
         if fast and self.device.type == "cuda":
             self.fast_dtype = torch.float16
-        elif fast and self.device.type == "cpu" and (
-                cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
+        elif (
+            fast
+            and self.device.type == "cpu"
+            and (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16)
+        ):
             self.fast_dtype = torch.bfloat16
         # torch on the CPU: each member's forward rewritten for oneDNN (`fused_unet`: the same
         # float32 maps to ~1e-6, 1.5x faster; bf16 fast mode in it too); a member it cannot
@@ -154,23 +188,28 @@ class Ensemble:
             for k, member in enumerate(self.members):
                 fused = fuse_member(member)
                 if fused is not None:
-                    self._forwards[k] = fused if self.fast_dtype is None \
-                        else fused.to(self.fast_dtype)
+                    self._forwards[k] = (
+                        fused if self.fast_dtype is None else fused.to(self.fast_dtype)
+                    )
         # float32 members in ONNX Runtime: with ``cpu_onnx``, or in fast mode on a CPU without
         # bf16 where the fused forward does not apply (it is faster than ONNX Runtime)
         if float32_cpu and (cpu_onnx or (fast and self._fused < len(self.members))):
             from defectwatch.pipeline.onnx_members import member_session
 
-            hashes: list[str | None] = (list(config.members.values())
-                                        or [None] * len(self.members))
+            hashes: list[str | None] = list(config.members.values()) or [None] * len(self.members)
             threads = 1 if self.side_by_side > 1 else torch.get_num_threads()
             try:
-                self._sessions = [member_session(m, sha256=h, cache_dir=onnx_cache_dir,
-                                                 threads=threads)
-                                  for m, h in zip(self.members, hashes)]
+                self._sessions = [
+                    member_session(m, sha256=h, cache_dir=onnx_cache_dir, threads=threads)
+                    for m, h in zip(self.members, hashes)
+                ]
             except Exception as exc:  # an architecture the exporter cannot take: stay in torch
-                log.warning("ONNX Runtime unavailable for %s (%s: %s); members run in torch "
-                            "float32", config.version, type(exc).__name__, exc)
+                log.warning(
+                    "ONNX Runtime unavailable for %s (%s: %s); members run in torch float32",
+                    config.version,
+                    type(exc).__name__,
+                    exc,
+                )
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> Ensemble:
@@ -223,13 +262,22 @@ class Ensemble:
         """Prepare a scan at the model's pixel size and run the ensemble on it."""
         px = (scan.pixel_size_x_nm, scan.pixel_size_y_nm)
         flat = flatten_with(scan.data, self.params)
-        image01, valid, mapping = prepare_flat(flat, pixel_size_nm=px,
-                                               target_nm=self.pixel_size_nm, params=self.params)
+        image01, valid, mapping = prepare_flat(
+            flat, pixel_size_nm=px, target_nm=self.pixel_size_nm, params=self.params
+        )
         mean, spread = self.predict_image(image01)
         topography = scan.unit != "A"  # contrast is judged in heights, not C-AFM currents
-        return Prediction(image01, valid, mean, spread, mapping, px, self.classes,
-                          flat if topography else None,  # flatten gives float32 already
-                          self.config.report_contrast)
+        return Prediction(
+            image01,
+            valid,
+            mean,
+            spread,
+            mapping,
+            px,
+            self.classes,
+            flat if topography else None,  # flatten gives float32 already
+            self.config.report_contrast,
+        )
 
     def predict_batch(self, images: Any) -> tuple[Any, Any]:
         """A batch of prepared images, a torch tensor (B, H, W) (e.g. from
@@ -254,8 +302,12 @@ class Ensemble:
         x = x.contiguous(memory_format=torch.channels_last)
         mean: torch.Tensor | None = None
         m2: torch.Tensor | None = None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.fast_dtype,
-                                                    enabled=self.fast_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=self.fast_dtype, enabled=self.fast_dtype is not None
+            ),
+        ):
             for k, member in enumerate(self.members, start=1):
                 p = torch.softmax(member(x).float(), dim=1)[..., :h, :w]
                 if mean is None:
@@ -308,15 +360,16 @@ class Ensemble:
         def member_probs(forward) -> np.ndarray:
             # a fused forward casts by itself: autocast is for the members' own forwards
             enabled = autocast and isinstance(forward, torch.nn.Module)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.fast_dtype,
-                                                        enabled=enabled):
+            with (
+                torch.inference_mode(),
+                torch.autocast(self.device.type, dtype=self.fast_dtype, enabled=enabled),
+            ):
                 p = torch.softmax(forward(x).float(), dim=1)[0]
                 return p.contiguous().cpu().numpy()
 
         def session_probs(session) -> np.ndarray:
             with torch.inference_mode():
-                return torch.softmax(torch.from_numpy(run_session(session, window)),
-                                     dim=0).numpy()
+                return torch.softmax(torch.from_numpy(run_session(session, window)), dim=0).numpy()
 
         probs_of: Callable[[Any], np.ndarray]
         if self._sessions is not None:
@@ -332,10 +385,12 @@ class Ensemble:
                 # one intra-op thread per member thread (a per-thread OpenMP setting; the
                 # caller's threads are untouched): two members on two cores each asking for
                 # two threads cost 15-25% at 512 px
-                self._pool = ThreadPoolExecutor(self.side_by_side,
-                                                thread_name_prefix="ensemble-member",
-                                                initializer=torch.set_num_threads,
-                                                initargs=(1,))
+                self._pool = ThreadPoolExecutor(
+                    self.side_by_side,
+                    thread_name_prefix="ensemble-member",
+                    initializer=torch.set_num_threads,
+                    initargs=(1,),
+                )
             probs = self._pool.map(probs_of, runners)
         else:
             probs = map(probs_of, runners)
@@ -374,8 +429,12 @@ def cpu_has_native_bf16() -> bool:
 
 def _reflect_pad(a: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
     """Reflect padding that also works when a pad exceeds the image (repeats the reflection)."""
-    while rows[0] >= a.shape[0] or rows[1] >= a.shape[0] or cols[0] >= a.shape[1] \
-            or cols[1] >= a.shape[1]:
+    while (
+        rows[0] >= a.shape[0]
+        or rows[1] >= a.shape[0]
+        or cols[0] >= a.shape[1]
+        or cols[1] >= a.shape[1]
+    ):
         step_r = [min(p, a.shape[0] - 1) for p in rows]
         step_c = [min(p, a.shape[1] - 1) for p in cols]
         a = np.pad(a, (tuple(step_r), tuple(step_c)), mode="reflect")

@@ -133,6 +133,7 @@ class ParsedLabels:
 
 # --- class names ---------------------------------------------------------------------------
 
+
 def _norm(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
@@ -173,7 +174,8 @@ class _Classifier:
                 raise LabelFormatError(
                     f"{source}: unknown class {name!r}; known are 'Large|Small Bright|Dim "
                     "Peak|Trough', 'peak', 'trough' and non-defects such as 'WSe2 Atoms' "
-                    "(map your own names with a class map)")
+                    "(map your own names with a class map)"
+                )
             self.skipped.append(Skipped(source, name, "unknown class"))
             return None
         if kind == "":
@@ -200,13 +202,25 @@ def _float(value: str, what: str, source: str) -> float:
 def _size(value: Any, what: str, source: str) -> int:
     v = _float(str(value), what, source)
     if v <= 0 or v != int(v):
-        raise LabelFormatError(f"{source}: {what} must be a positive whole number of pixels, "
-                               f"got {value!r}")
+        raise LabelFormatError(
+            f"{source}: {what} must be a positive whole number of pixels, got {value!r}"
+        )
     return int(v)
 
 
-def _box(image: str, kind: str, x: float, y: float, w: float, h: float, res_x: int | None,
-         res_y: int | None, source: str, label: str, skipped: list[Skipped]) -> Box | None:
+def _box(
+    image: str,
+    kind: str,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    res_x: int | None,
+    res_y: int | None,
+    source: str,
+    label: str,
+    skipped: list[Skipped],
+) -> Box | None:
     if w <= 0 or h <= 0:
         skipped.append(Skipped(source, label, "empty box"))
         log.info("%s: skipped an empty %s box (width %g, height %g)", source, label, w, h)
@@ -216,9 +230,14 @@ def _box(image: str, kind: str, x: float, y: float, w: float, h: float, res_x: i
 
 # --- reading -------------------------------------------------------------------------------
 
-def read_labels(path: PathLike, *, format: str | None = None,
-                class_map: Mapping[str, str | None] | None = None,
-                unknown: str = "report") -> ParsedLabels:
+
+def read_labels(
+    path: PathLike,
+    *,
+    format: str | None = None,
+    class_map: Mapping[str, str | None] | None = None,
+    unknown: str = "report",
+) -> ParsedLabels:
     """Read a label file of any supported format (guessed from its name and first line when
     ``format`` is None: ``.xml`` VOC, ``.json`` COCO, ``.csv`` ours when its header names
     ``row`` and ``col``, else VIA)."""
@@ -253,8 +272,10 @@ def guess_format(path: PathLike) -> str:
         if {"row", "col"} <= header:
             return "csv"
         return "via"
-    raise LabelFormatError(f"{path}: cannot tell the label format from the suffix "
-                           f"{suffix!r}; name it (one of {FORMATS})")
+    raise LabelFormatError(
+        f"{path}: cannot tell the label format from the suffix "
+        f"{suffix!r}; name it (one of {FORMATS})"
+    )
 
 
 def _open_text(path: Path):
@@ -264,8 +285,9 @@ def _open_text(path: Path):
         raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def read_via_csv(path: PathLike, *, class_map: Mapping[str, str | None] | None = None,
-                 unknown: str = "report") -> ParsedLabels:
+def read_via_csv(
+    path: PathLike, *, class_map: Mapping[str, str | None] | None = None, unknown: str = "report"
+) -> ParsedLabels:
     """VIA boxes: the paper's export ``label,x,y,width,height,filename,resX,resY`` (header row
     optional; x, y = top-left corner in the pixels of a resX x resY render), or VIA's own CSV
     export (``filename,file_size,file_attributes,region_count,region_id,
@@ -302,8 +324,10 @@ def read_via_csv(path: PathLike, *, class_map: Mapping[str, str | None] | None =
 
 def _via_row(row: list[str], source: str, classify: _Classifier) -> Box | None:
     if len(row) != len(VIA_COLUMNS):
-        raise LabelFormatError(f"{source}: expected {len(VIA_COLUMNS)} columns "
-                               f"{','.join(VIA_COLUMNS)}, got {len(row)}: {row!r}")
+        raise LabelFormatError(
+            f"{source}: expected {len(VIA_COLUMNS)} columns "
+            f"{','.join(VIA_COLUMNS)}, got {len(row)}: {row!r}"
+        )
     label = row[0].strip()
     kind = classify(label, source)
     if kind is None:
@@ -318,8 +342,10 @@ def _via_row(row: list[str], source: str, classify: _Classifier) -> Box | None:
 
 def _via_native_row(row: list[str], source: str, classify: _Classifier) -> Box | None:
     if len(row) != 7:
-        raise LabelFormatError(f"{source}: expected 7 columns of VIA's CSV export "
-                               f"(filename,...,region_attributes), got {len(row)}")
+        raise LabelFormatError(
+            f"{source}: expected 7 columns of VIA's CSV export "
+            f"(filename,...,region_attributes), got {len(row)}"
+        )
     try:
         shape = json.loads(row[5] or "{}")
         attrs = json.loads(row[6] or "{}")
@@ -328,8 +354,9 @@ def _via_native_row(row: list[str], source: str, classify: _Classifier) -> Box |
     if not shape:
         return None  # an image without regions
     if shape.get("name") != "rect":
-        raise LabelFormatError(f"{source}: only rect regions are supported, got "
-                               f"{shape.get('name')!r}")
+        raise LabelFormatError(
+            f"{source}: only rect regions are supported, got {shape.get('name')!r}"
+        )
     label = ""
     for value in attrs.values():
         if isinstance(value, str) and value.strip():
@@ -354,8 +381,9 @@ def _text(elem: ET.Element, tag: str, source: str) -> str:
     return found.text.strip()
 
 
-def read_voc(path: PathLike, *, class_map: Mapping[str, str | None] | None = None,
-             unknown: str = "report") -> ParsedLabels:
+def read_voc(
+    path: PathLike, *, class_map: Mapping[str, str | None] | None = None, unknown: str = "report"
+) -> ParsedLabels:
     """One Pascal VOC annotation file (one image): ``<filename>``, ``<size>`` and an
     ``<object>`` per box with ``<name>`` and a 1-based inclusive ``<bndbox>``."""
     path = Path(path)
@@ -368,8 +396,10 @@ def read_voc(path: PathLike, *, class_map: Mapping[str, str | None] | None = Non
     except OSError as e:
         raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
     if root.tag != "annotation":
-        raise LabelFormatError(f"{path}: the root element is <{root.tag}>, not <annotation> "
-                               "(is this a Pascal VOC file?)")
+        raise LabelFormatError(
+            f"{path}: the root element is <{root.tag}>, not <annotation> "
+            "(is this a Pascal VOC file?)"
+        )
     image = _text(root, "filename", str(path))
     size = root.find("size")
     res_x = res_y = None
@@ -386,18 +416,31 @@ def read_voc(path: PathLike, *, class_map: Mapping[str, str | None] | None = Non
         bnd = obj.find("bndbox")
         if bnd is None:
             raise LabelFormatError(f"{source}: missing <bndbox>")
-        xmin, ymin, xmax, ymax = (_float(_text(bnd, t, source), t, source)
-                                  for t in ("xmin", "ymin", "xmax", "ymax"))
-        box = _box(image, kind, xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1, res_x,
-                   res_y, source, label, classify.skipped)
+        xmin, ymin, xmax, ymax = (
+            _float(_text(bnd, t, source), t, source) for t in ("xmin", "ymin", "xmax", "ymax")
+        )
+        box = _box(
+            image,
+            kind,
+            xmin - 1,
+            ymin - 1,
+            xmax - xmin + 1,
+            ymax - ymin + 1,
+            res_x,
+            res_y,
+            source,
+            label,
+            classify.skipped,
+        )
         if box is not None:
             boxes.append(box)
     classify.report(path)
     return ParsedLabels(str(path), "voc", tuple(boxes), (), tuple(classify.skipped))
 
 
-def read_coco(path: PathLike, *, class_map: Mapping[str, str | None] | None = None,
-              unknown: str = "report") -> ParsedLabels:
+def read_coco(
+    path: PathLike, *, class_map: Mapping[str, str | None] | None = None, unknown: str = "report"
+) -> ParsedLabels:
     """COCO object detection JSON: ``images`` (id, file_name, width, height), ``categories``
     (id, name) and ``annotations`` (image_id, category_id, bbox = [x, y, width, height])."""
     path = Path(path)
@@ -409,19 +452,23 @@ def read_coco(path: PathLike, *, class_map: Mapping[str, str | None] | None = No
         raise LabelFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     except OSError as e:
         raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list)
-                                            for k in ("images", "annotations", "categories")):
-        raise LabelFormatError(f"{path}: a COCO file needs lists 'images', 'annotations' and "
-                               "'categories'")
+    if not isinstance(doc, dict) or not all(
+        isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise LabelFormatError(
+            f"{path}: a COCO file needs lists 'images', 'annotations' and 'categories'"
+        )
     images: dict[Any, tuple[str, int | None, int | None]] = {}
     for i, im in enumerate(doc["images"]):
         source = f"{path}:images[{i}]"
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise LabelFormatError(f"{source}: an image needs 'id' and 'file_name'")
         w, h = im.get("width"), im.get("height")
-        images[im["id"]] = (str(im["file_name"]),
-                            _size(w, "width", source) if w is not None else None,
-                            _size(h, "height", source) if h is not None else None)
+        images[im["id"]] = (
+            str(im["file_name"]),
+            _size(w, "width", source) if w is not None else None,
+            _size(h, "height", source) if h is not None else None,
+        )
     cats: dict[Any, str] = {}
     for i, c in enumerate(doc["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
@@ -433,11 +480,11 @@ def read_coco(path: PathLike, *, class_map: Mapping[str, str | None] | None = No
         if not isinstance(a, dict):
             raise LabelFormatError(f"{source}: not an object")
         if a.get("image_id") not in images:
-            raise LabelFormatError(f"{source}: image_id {a.get('image_id')!r} is not in "
-                                   "'images'")
+            raise LabelFormatError(f"{source}: image_id {a.get('image_id')!r} is not in 'images'")
         if a.get("category_id") not in cats:
-            raise LabelFormatError(f"{source}: category_id {a.get('category_id')!r} is not in "
-                                   "'categories'")
+            raise LabelFormatError(
+                f"{source}: category_id {a.get('category_id')!r} is not in 'categories'"
+            )
         bbox = a.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise LabelFormatError(f"{source}: bbox must be [x, y, width, height], got {bbox!r}")
@@ -454,8 +501,9 @@ def read_coco(path: PathLike, *, class_map: Mapping[str, str | None] | None = No
     return ParsedLabels(str(path), "coco", tuple(boxes), (), tuple(classify.skipped))
 
 
-def read_points_csv(path: PathLike, *, class_map: Mapping[str, str | None] | None = None,
-                    unknown: str = "report") -> ParsedLabels:
+def read_points_csv(
+    path: PathLike, *, class_map: Mapping[str, str | None] | None = None, unknown: str = "report"
+) -> ParsedLabels:
     """Our point CSV: a header naming ``scan, row, col, kind`` and optionally ``radius_nm``
     (other columns are ignored); ``row, col`` in the scan's pixels, radius empty = unknown."""
     path = Path(path)
@@ -466,8 +514,9 @@ def read_points_csv(path: PathLike, *, class_map: Mapping[str, str | None] | Non
         fields = [c.strip().lower() for c in (reader.fieldnames or [])]
         missing = [c for c in POINT_COLUMNS[:4] if c not in fields]
         if missing:
-            raise LabelFormatError(f"{path}:1: the header must name scan,row,col,kind"
-                                   f"[,radius_nm]; missing {missing}")
+            raise LabelFormatError(
+                f"{path}:1: the header must name scan,row,col,kind[,radius_nm]; missing {missing}"
+            )
         reader.fieldnames = fields
         for rec in reader:
             source = f"{path}:{reader.line_num}"
@@ -495,6 +544,7 @@ def read_points_csv(path: PathLike, *, class_map: Mapping[str, str | None] | Non
 
 # --- writing -------------------------------------------------------------------------------
 
+
 def _num(v: float) -> str:
     v = float(v)
     return str(int(v)) if v.is_integer() else format(v, ".10g")
@@ -509,8 +559,10 @@ def _label(box: Box) -> str:
 
 def _need_res(box: Box) -> tuple[int, int]:
     if box.res_x is None or box.res_y is None:
-        raise ValueError(f"box {box.source or box.image!r} has no image size (res_x, res_y); "
-                         "set it before writing this format")
+        raise ValueError(
+            f"box {box.source or box.image!r} has no image size (res_x, res_y); "
+            "set it before writing this format"
+        )
     return box.res_x, box.res_y
 
 
@@ -524,8 +576,9 @@ def write_via_csv(boxes: Iterable[Box], path: PathLike, *, header: bool = False)
             w.writerow(VIA_COLUMNS)
         for b in boxes:
             rx, ry = _need_res(b)
-            w.writerow([_label(b), _num(b.x0), _num(b.y0), _num(b.width), _num(b.height),
-                        b.image, rx, ry])
+            w.writerow(
+                [_label(b), _num(b.x0), _num(b.y0), _num(b.width), _num(b.height), b.image, rx, ry]
+            )
     return path
 
 
@@ -547,14 +600,14 @@ def write_voc(boxes: Iterable[Box], folder: PathLike) -> list[Path]:
         ET.SubElement(size, "depth").text = "1"
         for b in group:
             if (b.res_x, b.res_y) != (rx, ry):
-                raise ValueError(f"boxes of {image!r} disagree on its size: {rx}x{ry} and "
-                                 f"{b.res_x}x{b.res_y}")
+                raise ValueError(
+                    f"boxes of {image!r} disagree on its size: {rx}x{ry} and {b.res_x}x{b.res_y}"
+                )
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = _label(b)
             ET.SubElement(obj, "difficult").text = "0"
             bnd = ET.SubElement(obj, "bndbox")
-            for tag, v in (("xmin", b.x0 + 1), ("ymin", b.y0 + 1), ("xmax", b.x1),
-                           ("ymax", b.y1)):
+            for tag, v in (("xmin", b.x0 + 1), ("ymin", b.y0 + 1), ("xmax", b.x1), ("ymax", b.y1)):
                 ET.SubElement(bnd, tag).text = _num(v)
         ET.indent(root)
         out = folder / f"{Path(image).stem}.xml"
@@ -576,13 +629,25 @@ def write_coco(boxes: Iterable[Box], path: PathLike) -> Path:
         if b.image not in image_ids:
             rx, ry = _need_res(b)
             image_ids[b.image] = len(image_ids) + 1
-            images.append({"id": image_ids[b.image], "file_name": b.image, "width": rx,
-                           "height": ry})
-    annotations = [{"id": i + 1, "image_id": image_ids[b.image], "category_id": cat_id[_label(b)],
-                    "bbox": [b.x0, b.y0, b.width, b.height], "area": b.width * b.height,
-                    "iscrowd": 0} for i, b in enumerate(boxes)]
-    doc = {"images": images, "annotations": annotations,
-           "categories": [{"id": cat_id[n], "name": n} for n in names]}
+            images.append(
+                {"id": image_ids[b.image], "file_name": b.image, "width": rx, "height": ry}
+            )
+    annotations = [
+        {
+            "id": i + 1,
+            "image_id": image_ids[b.image],
+            "category_id": cat_id[_label(b)],
+            "bbox": [b.x0, b.y0, b.width, b.height],
+            "area": b.width * b.height,
+            "iscrowd": 0,
+        }
+        for i, b in enumerate(boxes)
+    ]
+    doc = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cat_id[n], "name": n} for n in names],
+    }
     path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     return path
 
@@ -595,15 +660,30 @@ def write_points_csv(points: Iterable[PointLabel], path: PathLike) -> Path:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(POINT_COLUMNS)
         for p in points:
-            w.writerow([p.scan, _num(p.row), _num(p.col), p.kind,
-                        "" if p.radius_nm is None else _num(p.radius_nm)])
+            w.writerow(
+                [
+                    p.scan,
+                    _num(p.row),
+                    _num(p.col),
+                    p.kind,
+                    "" if p.radius_nm is None else _num(p.radius_nm),
+                ]
+            )
     return path
 
 
 # --- boxes <-> scan pixels -----------------------------------------------------------------
 
-def boxes_to_points(boxes: Iterable[Box], *, nx: int, ny: int, width_nm: float,
-                    height_nm: float, scan: str | None = None) -> list[PointLabel]:
+
+def boxes_to_points(
+    boxes: Iterable[Box],
+    *,
+    nx: int,
+    ny: int,
+    width_nm: float,
+    height_nm: float,
+    scan: str | None = None,
+) -> list[PointLabel]:
     """Boxes drawn on a render -> points in a scan's ``ny`` x ``nx`` pixel grid.
 
     The box centre is scaled from the render's pixels (``res_x`` x ``res_y``; the scan's own
@@ -620,26 +700,52 @@ def boxes_to_points(boxes: Iterable[Box], *, nx: int, ny: int, width_nm: float,
         rx = b.res_x or nx
         ry = b.res_y or ny
         if abs((rx / ry) / (nx / ny) - 1) > 0.01:
-            raise LabelFormatError(f"{b.source or b.image}: a box drawn on a {rx}x{ry} image "
-                                   f"cannot be placed on a {nx}x{ny} scan (different aspect "
-                                   "ratio: was it labelled on another image?)")
+            raise LabelFormatError(
+                f"{b.source or b.image}: a box drawn on a {rx}x{ry} image "
+                f"cannot be placed on a {nx}x{ny} scan (different aspect "
+                "ratio: was it labelled on another image?)"
+            )
         sx, sy = nx / rx, ny / ry
         col = (b.x0 + b.x1) / 2 * sx - 0.5
         row = (b.y0 + b.y1) / 2 * sy - 0.5
         if not (-0.5 <= col <= nx - 0.5 and -0.5 <= row <= ny - 0.5):
-            log.warning("%s: box centre (%.1f, %.1f) lies outside the %dx%d scan; dropped",
-                        b.source or b.image, row, col, ny, nx)
+            log.warning(
+                "%s: box centre (%.1f, %.1f) lies outside the %dx%d scan; dropped",
+                b.source or b.image,
+                row,
+                col,
+                ny,
+                nx,
+            )
             continue
         w_nm = b.width / rx * width_nm
         h_nm = b.height / ry * height_nm
-        out.append(PointLabel(b.image if scan is None else scan, row, col, b.kind,
-                              0.25 * (w_nm + h_nm), b.source, b.label))
+        out.append(
+            PointLabel(
+                b.image if scan is None else scan,
+                row,
+                col,
+                b.kind,
+                0.25 * (w_nm + h_nm),
+                b.source,
+                b.label,
+            )
+        )
     return out
 
 
-def points_to_boxes(points: Iterable[PointLabel], *, nx: int, ny: int, width_nm: float,
-                    height_nm: float, image: str | None = None, res_x: int | None = None,
-                    res_y: int | None = None, default_radius_nm: float = 1.0) -> list[Box]:
+def points_to_boxes(
+    points: Iterable[PointLabel],
+    *,
+    nx: int,
+    ny: int,
+    width_nm: float,
+    height_nm: float,
+    image: str | None = None,
+    res_x: int | None = None,
+    res_y: int | None = None,
+    default_radius_nm: float = 1.0,
+) -> list[Box]:
     """Points in a scan's pixel grid -> square-ish boxes of side 2 x radius on an image of
     ``res_x`` x ``res_y`` pixels (the scan's own size by default), for export.
 
@@ -653,8 +759,20 @@ def points_to_boxes(points: Iterable[PointLabel], *, nx: int, ny: int, width_nm:
         cx, cy = (p.col + 0.5) * sx, (p.row + 0.5) * sy
         hw = r_nm / width_nm * rx
         hh = r_nm / height_nm * ry
-        out.append(Box(image or p.scan, p.kind, cx - hw, cy - hh, cx + hw, cy + hh, rx, ry,
-                       p.source, p.label))
+        out.append(
+            Box(
+                image or p.scan,
+                p.kind,
+                cx - hw,
+                cy - hh,
+                cx + hw,
+                cy + hh,
+                rx,
+                ry,
+                p.source,
+                p.label,
+            )
+        )
     return out
 
 

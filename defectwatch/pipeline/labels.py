@@ -16,11 +16,17 @@ CLASS_INDEX = {"trough": 1, "peak": 2}
 DEFAULT_RADIUS_NM = {"trough": 0.6, "peak": 0.7}
 
 
-def circle_mask(shape: tuple[int, int], rows: Sequence[float] | np.ndarray,
-                cols: Sequence[float] | np.ndarray, kinds: Sequence[str], *,
-                radius_px: Sequence[float] | np.ndarray | float,
-                ignore: Sequence[bool] | None = None, ignore_scale: float = 1.5,
-                base: np.ndarray | None = None) -> np.ndarray:
+def circle_mask(
+    shape: tuple[int, int],
+    rows: Sequence[float] | np.ndarray,
+    cols: Sequence[float] | np.ndarray,
+    kinds: Sequence[str],
+    *,
+    radius_px: Sequence[float] | np.ndarray | float,
+    ignore: Sequence[bool] | None = None,
+    ignore_scale: float = 1.5,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
     """A training mask with a filled circle per point.
 
     Parameters
@@ -62,6 +68,13 @@ def circle_mask(shape: tuple[int, int], rows: Sequence[float] | np.ndarray,
         value = IGNORE if ign else CLASS_INDEX[kind]
         rr = rad * (ignore_scale if ign else 1.0)
         centre = (int(round(c * (1 << shift))), int(round(r * (1 << shift))))
-        cv2.circle(mask, centre, max(1, int(round(rr * (1 << shift)))), int(value),
-                   thickness=-1, lineType=cv2.LINE_8, shift=shift)
+        cv2.circle(
+            mask,
+            centre,
+            max(1, int(round(rr * (1 << shift)))),
+            int(value),
+            thickness=-1,
+            lineType=cv2.LINE_8,
+            shift=shift,
+        )
     return mask

@@ -55,8 +55,9 @@ class ObjectScores:
     localisation_nm: float  # mean distance of matched pairs (NaN without matches)
 
 
-def match(pred_xy: np.ndarray, truth_xy: np.ndarray, *,
-          radius_nm: float = 1.0) -> list[tuple[int, int, float]]:
+def match(
+    pred_xy: np.ndarray, truth_xy: np.ndarray, *, radius_nm: float = 1.0
+) -> list[tuple[int, int, float]]:
     """Optimal one-to-one pairs of detections and true defects within a radius (Hungarian).
 
     Parameters
@@ -78,12 +79,14 @@ def match(pred_xy: np.ndarray, truth_xy: np.ndarray, *,
     truth_xy = np.asarray(truth_xy, dtype=float).reshape(-1, 2)
     if len(pred_xy) == 0 or len(truth_xy) == 0:
         return []
-    dist = np.hypot(pred_xy[:, None, 0] - truth_xy[None, :, 0],
-                    pred_xy[:, None, 1] - truth_xy[None, :, 1])
+    dist = np.hypot(
+        pred_xy[:, None, 0] - truth_xy[None, :, 0], pred_xy[:, None, 1] - truth_xy[None, :, 1]
+    )
     cost = np.where(dist <= radius_nm, dist, 1e6)
     rows, cols = linear_sum_assignment(cost)
-    return [(int(i), int(j), float(dist[i, j])) for i, j in zip(rows, cols)
-            if dist[i, j] <= radius_nm]
+    return [
+        (int(i), int(j), float(dist[i, j])) for i, j in zip(rows, cols) if dist[i, j] <= radius_nm
+    ]
 
 
 def _ap(confidences: np.ndarray, is_tp: np.ndarray, n_truth: int) -> float:
@@ -128,19 +131,32 @@ def _match_kind(p: Sequence[Defect], t: Sequence[Label], radius_nm: float) -> _K
     n_truth = int(visible.sum())
     keep = [i for i in range(len(p)) if i not in on_hidden]
     matched = {i for i, _, _ in on_visible}
-    return _KindMatch(tp, fp, n_truth - tp, len(on_hidden), n_truth, len(t) - n_truth,
-                      np.array([p[i].confidence for i in keep], dtype=float),
-                      np.array([i in matched for i in keep], dtype=bool),
-                      [dd for _, _, dd in on_visible])
+    return _KindMatch(
+        tp,
+        fp,
+        n_truth - tp,
+        len(on_hidden),
+        n_truth,
+        len(t) - n_truth,
+        np.array([p[i].confidence for i in keep], dtype=float),
+        np.array([i in matched for i in keep], dtype=bool),
+        [dd for _, _, dd in on_visible],
+    )
 
 
-def _split(preds: Sequence[Defect], labels: Sequence[Label], kind: str
-           ) -> tuple[list[Defect], list[Label]]:
+def _split(
+    preds: Sequence[Defect], labels: Sequence[Label], kind: str
+) -> tuple[list[Defect], list[Label]]:
     return [d for d in preds if d.kind == kind], [lab for lab in labels if lab.kind == kind]
 
 
-def object_scores(preds: Sequence[Defect], labels: Sequence[Label], *, radius_nm: float = 1.0,
-                  kinds: Sequence[str] = KINDS) -> dict[str, ObjectScores]:
+def object_scores(
+    preds: Sequence[Defect],
+    labels: Sequence[Label],
+    *,
+    radius_nm: float = 1.0,
+    kinds: Sequence[str] = KINDS,
+) -> dict[str, ObjectScores]:
     """Precision, recall, F1, AP and localisation error per kind for one scan's objects.
 
     For several scans use `ObjectEvaluation`, which pools the counts and ranks all
@@ -166,8 +182,9 @@ def object_scores(preds: Sequence[Defect], labels: Sequence[Label], *, radius_nm
     out: dict[str, ObjectScores] = {}
     for kind in kinds:
         m = _match_kind(*_split(preds, labels, kind), radius_nm)
-        out[kind] = _scores(kind, m.tp, m.fp, m.fn, _ap(m.confidences, m.is_tp, m.n_truth),
-                            m.distances)
+        out[kind] = _scores(
+            kind, m.tp, m.fp, m.fn, _ap(m.confidences, m.is_tp, m.n_truth), m.distances
+        )
     return out
 
 
@@ -196,13 +213,19 @@ def _density_error(kind: str, n_pred: int, n_true: int, area_nm2: float) -> Dens
         rel = (n_pred - n_true) / n_true
     else:
         rel = 0.0 if n_pred == 0 else float("nan")
-    return DensityError(kind, n_pred, n_true, float(area_nm2), n_pred * per, n_true * per,
-                        float(rel))
+    return DensityError(
+        kind, n_pred, n_true, float(area_nm2), n_pred * per, n_true * per, float(rel)
+    )
 
 
-def density_errors(preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
-                   radius_nm: float = 1.0, kinds: Sequence[str] = KINDS
-                   ) -> dict[str, DensityError]:
+def density_errors(
+    preds: Sequence[Defect],
+    labels: Sequence[Label],
+    *,
+    area_nm2: float,
+    radius_nm: float = 1.0,
+    kinds: Sequence[str] = KINDS,
+) -> dict[str, DensityError]:
     """Predicted against true density of one scan, per kind and in total.
 
     Parameters
@@ -271,8 +294,9 @@ class ObjectEvaluation:
         Confidence thresholds of the precision / recall / F1 curve (`threshold_curves`).
     """
 
-    def __init__(self, *, kinds: Sequence[str] = KINDS,
-                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> None:
+    def __init__(
+        self, *, kinds: Sequence[str] = KINDS, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+    ) -> None:
         self.kinds = tuple(kinds)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scans: list[ScanEvaluation] = []
@@ -282,12 +306,18 @@ class ObjectEvaluation:
         self._n_truth = dict.fromkeys(self.kinds, 0)
         self._dists: dict[str, list[float]] = {k: [] for k in self.kinds}
         # per threshold: tp, fp, fn
-        self._curve = {k: np.zeros((len(self.thresholds), 3), dtype=np.int64)
-                       for k in self.kinds}
+        self._curve = {k: np.zeros((len(self.thresholds), 3), dtype=np.int64) for k in self.kinds}
         self._radii: set[float] = set()
 
-    def add(self, preds: Sequence[Defect], labels: Sequence[Label], *, area_nm2: float,
-            radius_nm: float = 1.0, name: str = "") -> ScanEvaluation:
+    def add(
+        self,
+        preds: Sequence[Defect],
+        labels: Sequence[Label],
+        *,
+        area_nm2: float,
+        radius_nm: float = 1.0,
+        name: str = "",
+    ) -> ScanEvaluation:
         """Score one scan's detections against its labels and pool the counts.
 
         ``area_nm2``: the scan's acquired area (for densities); ``name``: how the scan is
@@ -298,8 +328,9 @@ class ObjectEvaluation:
         for kind in self.kinds:
             p, t = _split(preds, labels, kind)
             m = _match_kind(p, t, radius_nm)
-            scores[kind] = _scores(kind, m.tp, m.fp, m.fn,
-                                   _ap(m.confidences, m.is_tp, m.n_truth), m.distances)
+            scores[kind] = _scores(
+                kind, m.tp, m.fp, m.fn, _ap(m.confidences, m.is_tp, m.n_truth), m.distances
+            )
             self._counts[kind] += (m.tp, m.fp, m.fn)
             self._conf[kind].append(m.confidences)
             self._is_tp[kind].append(m.is_tp)
@@ -310,10 +341,10 @@ class ObjectEvaluation:
                 keep = np.flatnonzero(conf >= th)
                 mt = _match_kind([p[j] for j in keep], t, radius_nm)
                 self._curve[kind][i] += (mt.tp, mt.fp, mt.fn)
-        dens = density_errors(preds, labels, area_nm2=area_nm2, radius_nm=radius_nm,
-                              kinds=self.kinds)
-        result = ScanEvaluation(name or f"scan {len(self.scans)}", float(area_nm2), scores,
-                                dens)
+        dens = density_errors(
+            preds, labels, area_nm2=area_nm2, radius_nm=radius_nm, kinds=self.kinds
+        )
+        result = ScanEvaluation(name or f"scan {len(self.scans)}", float(area_nm2), scores, dens)
         self.scans.append(result)
         return result
 
@@ -323,21 +354,29 @@ class ObjectEvaluation:
         for kind in self.kinds:
             tp, fp, fn = (int(v) for v in self._counts[kind])
             conf = np.concatenate(self._conf[kind]) if self._conf[kind] else np.zeros(0)
-            is_tp = (np.concatenate(self._is_tp[kind]) if self._is_tp[kind]
-                     else np.zeros(0, dtype=bool))
-            out[kind] = _scores(kind, tp, fp, fn, _ap(conf, is_tp, self._n_truth[kind]),
-                                self._dists[kind])
+            is_tp = (
+                np.concatenate(self._is_tp[kind]) if self._is_tp[kind] else np.zeros(0, dtype=bool)
+            )
+            out[kind] = _scores(
+                kind, tp, fp, fn, _ap(conf, is_tp, self._n_truth[kind]), self._dists[kind]
+            )
         return out
 
     def threshold_curves(self) -> dict[str, ThresholdCurve]:
         """Pooled precision / recall / F1 against the confidence threshold, per kind."""
         out = {}
         for kind in self.kinds:
-            rows = [_scores(kind, int(tp), int(fp), int(fn), float("nan"), [])
-                    for tp, fp, fn in self._curve[kind]]
-            out[kind] = ThresholdCurve(kind, self.thresholds,
-                                       tuple(r.precision for r in rows),
-                                       tuple(r.recall for r in rows), tuple(r.f1 for r in rows))
+            rows = [
+                _scores(kind, int(tp), int(fp), int(fn), float("nan"), [])
+                for tp, fp, fn in self._curve[kind]
+            ]
+            out[kind] = ThresholdCurve(
+                kind,
+                self.thresholds,
+                tuple(r.precision for r in rows),
+                tuple(r.recall for r in rows),
+                tuple(r.f1 for r in rows),
+            )
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -356,8 +395,9 @@ class ObjectEvaluation:
             area = sum(s.area_nm2 for s in self.scans)
             entry["density"] = {
                 "mean_relative_error": float(finite.mean()) if finite.size else float("nan"),
-                "mean_abs_relative_error": (float(np.abs(finite).mean()) if finite.size
-                                            else float("nan")),
+                "mean_abs_relative_error": (
+                    float(np.abs(finite).mean()) if finite.size else float("nan")
+                ),
                 "scans_defined": int(finite.size),
                 "pooled": asdict(_density_error(kind, n_pred, n_true, area)),
             }
@@ -367,18 +407,27 @@ class ObjectEvaluation:
             finite = [v for v in values if math.isfinite(v)]
             return float(np.mean(finite)) if finite else float("nan")
 
-        return jsonable({
-            "n_scans": len(self.scans),
-            "radius_nm": sorted(self._radii),
-            "kinds": per_kind,
-            "mean": {key: mean([getattr(pooled[k], key) for k in self.kinds])
-                     for key in ("precision", "recall", "f1", "ap", "localisation_nm")},
-            "threshold_curves": {k: asdict(c) for k, c in self.threshold_curves().items()},
-            "scans": [{"name": s.name, "area_nm2": s.area_nm2,
-                       "scores": {k: asdict(v) for k, v in s.scores.items()},
-                       "densities": {k: asdict(v) for k, v in s.densities.items()}}
-                      for s in self.scans],
-        })
+        return jsonable(
+            {
+                "n_scans": len(self.scans),
+                "radius_nm": sorted(self._radii),
+                "kinds": per_kind,
+                "mean": {
+                    key: mean([getattr(pooled[k], key) for k in self.kinds])
+                    for key in ("precision", "recall", "f1", "ap", "localisation_nm")
+                },
+                "threshold_curves": {k: asdict(c) for k, c in self.threshold_curves().items()},
+                "scans": [
+                    {
+                        "name": s.name,
+                        "area_nm2": s.area_nm2,
+                        "scores": {k: asdict(v) for k, v in s.scores.items()},
+                        "densities": {k: asdict(v) for k, v in s.densities.items()},
+                    }
+                    for s in self.scans
+                ],
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -394,8 +443,7 @@ class TruthPoint:
     contrast: float = float("nan")
 
 
-def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]
-                 ) -> list[TruthPoint]:
+def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]) -> list[TruthPoint]:
     """Labels in pixels as true defects in nm, with the pixel-centre convention of
     `defectwatch.pipeline.detect` (``x_nm = (col + 0.5) * px``).
 
@@ -412,12 +460,18 @@ def truth_points(points: Sequence[Any], *, pixel_size_nm: tuple[float, float]
     list of TruthPoint
     """
     px, py = pixel_size_nm
-    return [TruthPoint(float((p.col + 0.5) * px), float((p.row + 0.5) * py), str(p.kind),
-                       bool(getattr(p, "visible", True))) for p in points]
+    return [
+        TruthPoint(
+            float((p.col + 0.5) * px),
+            float((p.row + 0.5) * py),
+            str(p.kind),
+            bool(getattr(p, "visible", True)),
+        )
+        for p in points
+    ]
 
 
-def _scores(kind: str, tp: int, fp: int, fn: int, ap: float, dists: list[float]
-            ) -> ObjectScores:
+def _scores(kind: str, tp: int, fp: int, fn: int, ap: float, dists: list[float]) -> ObjectScores:
     precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

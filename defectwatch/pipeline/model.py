@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,12 +68,13 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     parent: str | None = None
     members: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     # how defects are reported: ``report_contrast`` {kind: weakest contrast} (`contrast.marked`)
     detection: dict[str, Any] = field(
-        default_factory=lambda: {"report_contrast": dict(REPORT_CONTRAST)})
+        default_factory=lambda: {"report_contrast": dict(REPORT_CONTRAST)}
+    )
     # the detector's calibration per kind (`calibration.Calibration.to_json`); empty: not
     # measured (versions made before it: their densities are reported uncalibrated)
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -139,8 +140,9 @@ def unet_class():
         package.__path__ = [str(root)]
         sys.modules[_LIGHT_PACKAGE] = package
         for name in ("blocks", "fcnn"):
-            spec = importlib.util.spec_from_file_location(f"{_LIGHT_PACKAGE}.{name}",
-                                                          root / f"{name}.py")
+            spec = importlib.util.spec_from_file_location(
+                f"{_LIGHT_PACKAGE}.{name}", root / f"{name}.py"
+            )
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
@@ -188,14 +190,24 @@ def build_member(spec: UnetSpec):
         Input (B, 1, H, W) with H, W multiples of 8; output (B, C, H, W) logits.
     """
     Unet = unet_class()
-    return Unet(nb_classes=spec.nb_classes, nb_filters=spec.nb_filters,
-                batch_norm=spec.batch_norm, dropout=spec.dropout,
-                upsampling_mode=spec.upsampling_mode, with_dilation=spec.with_dilation,
-                layers=list(spec.layers))
+    return Unet(
+        nb_classes=spec.nb_classes,
+        nb_filters=spec.nb_filters,
+        batch_norm=spec.batch_norm,
+        dropout=spec.dropout,
+        upsampling_mode=spec.upsampling_mode,
+        with_dilation=spec.with_dilation,
+        layers=list(spec.layers),
+    )
 
 
-def save_version(directory: str | os.PathLike[str], config: ModelConfig,
-                 members: Sequence[Mapping[str, Any]], *, half: bool = True) -> Path:
+def save_version(
+    directory: str | os.PathLike[str],
+    config: ModelConfig,
+    members: Sequence[Mapping[str, Any]],
+    *,
+    half: bool = True,
+) -> Path:
     """Write a version directory: one safetensors file per member and ``config.json``.
 
     Parameters
@@ -236,8 +248,7 @@ def save_version(directory: str | os.PathLike[str], config: ModelConfig,
     return out
 
 
-def write_calibration(directory: str | os.PathLike[str],
-                      calibration: Mapping[str, Any]) -> None:
+def write_calibration(directory: str | os.PathLike[str], calibration: Mapping[str, Any]) -> None:
     """Replace the ``calibration`` of a saved version's config.json (weights untouched).
 
     Parameters
@@ -308,8 +319,9 @@ def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[d
         if not path.is_file():
             raise ModelLoadError(f"{d}: member file {name} is missing")
         if sha256_file(path) != digest:
-            raise ModelLoadError(f"{path}: sha256 does not match config.json (corrupted or "
-                                 "replaced weights)")
+            raise ModelLoadError(
+                f"{path}: sha256 does not match config.json (corrupted or replaced weights)"
+            )
         try:
             state = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
@@ -321,15 +333,22 @@ def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[d
         try:
             probe.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ModelLoadError(f"{d / name}: weights do not fit the architecture in "
-                                 f"config.json ({str(exc).splitlines()[0]})") from None
+            raise ModelLoadError(
+                f"{d / name}: weights do not fit the architecture in "
+                f"config.json ({str(exc).splitlines()[0]})"
+            ) from None
     return config, states
 
 
-def import_atomai_ensemble(tar_path: str | os.PathLike[str], directory: str | os.PathLike[str],
-                           *, version: str, pixel_size_nm: float,
-                           preprocess: Mapping[str, Any] | None = None,
-                           layers: Sequence[int] = (1, 2, 2, 3)) -> Path:
+def import_atomai_ensemble(
+    tar_path: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    version: str,
+    pixel_size_nm: float,
+    preprocess: Mapping[str, Any] | None = None,
+    layers: Sequence[int] = (1, 2, 2, 3),
+) -> Path:
     """An ensemble trained with AtomAI (``*_ensemble_metadict.tar``) -> a version directory.
 
     The file is read with ``torch.load(weights_only=True)``: tensors and plain containers only,
@@ -371,35 +390,57 @@ def import_atomai_ensemble(tar_path: str | os.PathLike[str], directory: str | os
         raise ModelLoadError(f"{src}: no such file") from None
     except Exception as exc:  # pickle / zip errors of every kind
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{src}: not a weights-only AtomAI ensemble file ({first}); "
-                             "re-save it with only the metadata and member state dicts") from None
-    if not isinstance(meta, Mapping) or not isinstance(meta.get("weights"), Mapping) \
-            or not meta["weights"]:
-        raise ModelLoadError(f"{src}: expected AtomAI's ensemble metadict with a 'weights' dict "
-                             "of member state dicts")
+        raise ModelLoadError(
+            f"{src}: not a weights-only AtomAI ensemble file ({first}); "
+            "re-save it with only the metadata and member state dicts"
+        ) from None
+    if (
+        not isinstance(meta, Mapping)
+        or not isinstance(meta.get("weights"), Mapping)
+        or not meta["weights"]
+    ):
+        raise ModelLoadError(
+            f"{src}: expected AtomAI's ensemble metadict with a 'weights' dict "
+            "of member state dicts"
+        )
     if str(meta.get("model", "Unet")) != "Unet" or str(meta.get("model_type", "seg")) != "seg":
-        raise ModelLoadError(f"{src}: model {meta.get('model')!r} ({meta.get('model_type')!r}); "
-                             "only AtomAI's segmentation Unet is supported")
-    spec = UnetSpec(nb_classes=int(meta.get("nb_classes", 3)),
-                    nb_filters=_nb_filters(meta["weights"]),
-                    batch_norm=bool(meta.get("batch_norm", True)),
-                    dropout=bool(meta.get("dropout", False)),
-                    upsampling_mode=str(meta.get("upsampling", "bilinear")),
-                    layers=tuple(layers), with_dilation=bool(meta.get("with_dilation", False)))
+        raise ModelLoadError(
+            f"{src}: model {meta.get('model')!r} ({meta.get('model_type')!r}); "
+            "only AtomAI's segmentation Unet is supported"
+        )
+    spec = UnetSpec(
+        nb_classes=int(meta.get("nb_classes", 3)),
+        nb_filters=_nb_filters(meta["weights"]),
+        batch_norm=bool(meta.get("batch_norm", True)),
+        dropout=bool(meta.get("dropout", False)),
+        upsampling_mode=str(meta.get("upsampling", "bilinear")),
+        layers=tuple(layers),
+        with_dilation=bool(meta.get("with_dilation", False)),
+    )
     members = [meta["weights"][k] for k in sorted(meta["weights"], key=lambda k: int(k))]
     probe = build_member(spec)
     for i, state in enumerate(members):
         try:
             probe.load_state_dict(state, strict=True)
         except (RuntimeError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"{src}: member {i} does not fit an AtomAI Unet with "
-                                 f"{spec.nb_filters} filters and layers {list(spec.layers)} "
-                                 f"({str(exc).splitlines()[0]})") from None
-    classes = CLASSES if spec.nb_classes == 3 else tuple(
-        ["background"] + [f"class{i}" for i in range(1, spec.nb_classes)])
-    config = ModelConfig(version=version, pixel_size_nm=float(pixel_size_nm), architecture=spec,
-                         classes=classes, preprocess=dict(preprocess or {}),
-                         training={"imported_from": src.name, "trainer": "atomai"})
+            raise ModelLoadError(
+                f"{src}: member {i} does not fit an AtomAI Unet with "
+                f"{spec.nb_filters} filters and layers {list(spec.layers)} "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
+    classes = (
+        CLASSES
+        if spec.nb_classes == 3
+        else tuple(["background"] + [f"class{i}" for i in range(1, spec.nb_classes)])
+    )
+    config = ModelConfig(
+        version=version,
+        pixel_size_nm=float(pixel_size_nm),
+        architecture=spec,
+        classes=classes,
+        preprocess=dict(preprocess or {}),
+        training={"imported_from": src.name, "trainer": "atomai"},
+    )
     return save_version(directory, config, members, half=False)
 
 

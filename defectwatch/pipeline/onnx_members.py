@@ -34,15 +34,26 @@ def export_member(member: Any) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(member, (dummy,), buf,  # type: ignore[arg-type]
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {2: "h", 3: "w"}, OUTPUT: {2: "h", 3: "w"}},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            member,
+            (dummy,),
+            buf,  # type: ignore[arg-type]
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {2: "h", 3: "w"}, OUTPUT: {2: "h", 3: "w"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
-def member_session(member: Any, *, sha256: str | None = None,
-                   cache_dir: str | os.PathLike[str] | None = None, threads: int = 1) -> Any:
+def member_session(
+    member: Any,
+    *,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    threads: int = 1,
+) -> Any:
     """An ONNX Runtime CPU session running ``member`` with ``threads`` intra-op threads."""
     import onnxruntime as ort
 

@@ -168,8 +168,9 @@ class PixelAccumulator:
         """Pixels accumulated so far."""
         return int(self._confusion.sum())
 
-    def update(self, truth: np.ndarray, probs: np.ndarray, *,
-               ignore: np.ndarray | None = None) -> None:
+    def update(
+        self, truth: np.ndarray, probs: np.ndarray, *, ignore: np.ndarray | None = None
+    ) -> None:
         """Add one image.
 
         Parameters
@@ -198,8 +199,9 @@ class PixelAccumulator:
         t = truth[keep].astype(np.int64, copy=False)
         if t.size and (t.min() < 0 or t.max() >= n):
             bad = sorted(set(np.unique(t[(t < 0) | (t >= n)]).tolist()))
-            raise ValueError(f"truth holds class values {bad} outside 0..{n - 1}; mark such "
-                             "pixels in `ignore`")
+            raise ValueError(
+                f"truth holds class values {bad} outside 0..{n - 1}; mark such pixels in `ignore`"
+            )
         p = probs[:, keep]  # (C, K)
         self.n_images += 1
         if t.size == 0:
@@ -244,8 +246,11 @@ class PixelAccumulator:
             precision = np.where(tps + fps > 0, tps / np.maximum(tps + fps, 1), 1.0)
             prev = np.concatenate([[0.0], recall[:-1]])
             ap = float(np.sum((recall - prev) * precision))
-            pr = Curve(tuple([0.0] + recall.tolist()), tuple([1.0] + precision.tolist()),
-                       tuple([float("inf")] + ths.tolist()))
+            pr = Curve(
+                tuple([0.0] + recall.tolist()),
+                tuple([1.0] + precision.tolist()),
+                tuple([float("inf")] + ths.tolist()),
+            )
         else:
             ap = float("nan")
             pr = Curve((), (), ())
@@ -253,8 +258,9 @@ class PixelAccumulator:
             tpr = np.concatenate([[0.0], tps / n_pos])
             fpr = np.concatenate([[0.0], fps / n_neg])
             auroc = float(np.trapezoid(tpr, fpr))
-            roc = Curve(tuple(fpr.tolist()), tuple(tpr.tolist()),
-                        tuple([float("inf")] + ths.tolist()))
+            roc = Curve(
+                tuple(fpr.tolist()), tuple(tpr.tolist()), tuple([float("inf")] + ths.tolist())
+            )
         else:
             auroc = float("nan")
             roc = Curve((), (), ())
@@ -264,8 +270,19 @@ class PixelAccumulator:
         cm = self._confusion
         prec_a = _div(cm[c, c], cm[:, c].sum(), 1.0 if n_pos == 0 else 0.0)
         rec_a = _div(cm[c, c], cm[c].sum())
-        return PixelClassScores(self.classes[c], c, n_pos, ap, auroc, prec, rec, _f1(prec, rec),
-                                _f1(prec_a, rec_a), pr, roc)
+        return PixelClassScores(
+            self.classes[c],
+            c,
+            n_pos,
+            ap,
+            auroc,
+            prec,
+            rec,
+            _f1(prec, rec),
+            _f1(prec_a, rec_a),
+            pr,
+            roc,
+        )
 
     def confusion(self) -> ConfusionMatrix:
         """The argmax confusion matrix, normalised per truth row, without the background row."""
@@ -273,10 +290,18 @@ class PixelAccumulator:
         rows = []
         for c in range(1, len(self.classes)):
             total = cm[c].sum()
-            rows.append(tuple((cm[c] / total).tolist()) if total
-                        else tuple([float("nan")] * len(self.classes)))
-        return ConfusionMatrix(self.classes[1:], self.classes, tuple(rows), self.classes,
-                               tuple(tuple(int(v) for v in r) for r in cm))
+            rows.append(
+                tuple((cm[c] / total).tolist())
+                if total
+                else tuple([float("nan")] * len(self.classes))
+            )
+        return ConfusionMatrix(
+            self.classes[1:],
+            self.classes,
+            tuple(rows),
+            self.classes,
+            tuple(tuple(int(v) for v in r) for r in cm),
+        )
 
     def result(self, *, threshold: float = 0.5) -> PixelMetrics:
         """All metrics over what was accumulated; F1 etc. at probability ``threshold``."""
@@ -291,7 +316,15 @@ class PixelAccumulator:
             finite = [v for v in values if math.isfinite(v)]
             return float(np.mean(finite)) if finite else float("nan")
 
-        return PixelMetrics(scores, self.confusion(), mean([s.ap for s in defects]),
-                            mean([s.auroc for s in defects]), mean([s.f1 for s in defects]),
-                            mean([s.f1_argmax for s in defects]), float(threshold),
-                            self.n_images, self.n_pixels, self.bins)
+        return PixelMetrics(
+            scores,
+            self.confusion(),
+            mean([s.ap for s in defects]),
+            mean([s.auroc for s in defects]),
+            mean([s.f1 for s in defects]),
+            mean([s.f1_argmax for s in defects]),
+            float(threshold),
+            self.n_images,
+            self.n_pixels,
+            self.bins,
+        )

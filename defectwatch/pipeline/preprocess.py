@@ -145,11 +145,11 @@ def _line_sums(z: np.ndarray, *, order: int, exclude: np.ndarray | None) -> _Lin
     """
     ny, nx = z.shape
     x = _axis(nx)
-    powers = np.stack([x ** k for k in range(max(2 * order + 2, 3))], axis=1)  # (nx, ...)
+    powers = np.stack([x**k for k in range(max(2 * order + 2, 3))], axis=1)  # (nx, ...)
     s = np.empty((ny, powers.shape[1]))
     t = np.empty((ny, order + 2))
     finite = np.empty(ny)
-    moments = np.asfortranarray(powers[:, :order + 2])
+    moments = np.asfortranarray(powers[:, : order + 2])
     with _one_blas_thread():
         for r0 in range(0, ny, _BLOCK_ROWS):
             r1 = min(r0 + _BLOCK_ROWS, ny)
@@ -175,17 +175,22 @@ def _plane_from_sums(sums: _LineSums) -> np.ndarray | None:
     tz, txz = sums.t[:, 0], sums.t[:, 1]
     if n.sum() < 3:
         return None
-    ata = np.array([[n.sum(), sx.sum(), (y * n).sum()],
-                    [sx.sum(), sxx.sum(), (y * sx).sum()],
-                    [(y * n).sum(), (y * sx).sum(), (y * y * n).sum()]])
+    ata = np.array(
+        [
+            [n.sum(), sx.sum(), (y * n).sum()],
+            [sx.sum(), sxx.sum(), (y * sx).sum()],
+            [(y * n).sum(), (y * sx).sum(), (y * y * n).sum()],
+        ]
+    )
     atz = np.array([tz.sum(), txz.sum(), (y * tz).sum()])
     # minimum-norm solution, as lstsq on the pixels gives when the plane is underdetermined
     # (all valid pixels on one line or one column)
     return np.linalg.lstsq(ata, atz, rcond=None)[0]
 
 
-def _line_polynomials(z: np.ndarray, *, order: int, exclude: np.ndarray | None,
-                      plane: bool) -> np.ndarray:
+def _line_polynomials(
+    z: np.ndarray, *, order: int, exclude: np.ndarray | None, plane: bool
+) -> np.ndarray:
     """Per line, the polynomial (ny, max(order, 1) + 1) in x subtracted by
     ``flatten_lines(plane_correct(z, exclude=exclude), order=order, exclude=exclude)``:
     the plane (when ``plane``) plus the line's own fit of what the plane leaves."""
@@ -204,7 +209,7 @@ def _line_polynomials(z: np.ndarray, *, order: int, exclude: np.ndarray | None,
         offset = a + c * _axis(ny)  # the plane on each line: offset + b x
         out[:, 0], out[:, 1] = offset, b
         # the line sums of (z - plane)
-        t -= offset[:, None] * sums.s[:, :k] + b * sums.s[:, 1:k + 1]
+        t -= offset[:, None] * sums.s[:, :k] + b * sums.s[:, 1 : k + 1]
     counts = sums.s[:, 0]
     enough = counts >= order + 2
     if enough.any():
@@ -224,14 +229,13 @@ def _line_polynomials(z: np.ndarray, *, order: int, exclude: np.ndarray | None,
     return out
 
 
-def _subtract_lines(z: np.ndarray, poly: np.ndarray, out: np.ndarray | None = None
-                    ) -> np.ndarray:
+def _subtract_lines(z: np.ndarray, poly: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``z - poly(x)`` line by line, evaluated in float64 blocks, stored float32 (``out``)."""
     ny, nx = z.shape
     if out is None:
         out = np.empty((ny, nx), dtype=np.float32)
     x = _axis(nx)
-    basis = np.stack([x ** k for k in range(poly.shape[1])])  # (k, nx)
+    basis = np.stack([x**k for k in range(poly.shape[1])])  # (k, nx)
     with _one_blas_thread():
         for r0 in range(0, ny, _BLOCK_ROWS):
             r1 = min(r0 + _BLOCK_ROWS, ny)
@@ -258,8 +262,9 @@ def plane_correct(z: np.ndarray, *, exclude: np.ndarray | None = None) -> np.nda
     return _subtract_lines(z, poly)
 
 
-def flatten_lines(z: np.ndarray, *, order: int = 2,
-                  exclude: np.ndarray | None = None) -> np.ndarray:
+def flatten_lines(
+    z: np.ndarray, *, order: int = 2, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Subtract from every line its own polynomial of ``order`` fitted to its valid pixels.
 
     Lines with too few valid pixels for the fit fall back to subtracting their median; lines
@@ -352,8 +357,14 @@ def strong_feature_mask(z: np.ndarray, *, sigma: float = 3.0, dilate_px: int = 3
     return mask
 
 
-def flatten(z: np.ndarray, *, order: int = 2, mask_sigma: float = 3.0, mask_dilate_px: int = 3,
-            passes: int = 3) -> np.ndarray:
+def flatten(
+    z: np.ndarray,
+    *,
+    order: int = 2,
+    mask_sigma: float = 3.0,
+    mask_dilate_px: int = 3,
+    passes: int = 3,
+) -> np.ndarray:
     """Plane correction + line flattening, re-done with strong features masked out.
 
     Masking keeps deep troughs and tall peaks from dragging their lines' fits, which would leave
@@ -395,10 +406,12 @@ def nan_gaussian(z: np.ndarray, *, sigma_px: float) -> np.ndarray:
         if den != 1.0:
             np.divide(out, np.float32(den), out=out)
         return out
-    num = cv2.GaussianBlur(np.where(valid, z, np.float32(0)), (0, 0), sigma_px,
-                           borderType=cv2.BORDER_REFLECT)
-    den = cv2.GaussianBlur(valid.view(np.uint8).astype(np.float32), (0, 0), sigma_px,
-                           borderType=cv2.BORDER_REFLECT)
+    num = cv2.GaussianBlur(
+        np.where(valid, z, np.float32(0)), (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT
+    )
+    den = cv2.GaussianBlur(
+        valid.view(np.uint8).astype(np.float32), (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         np.divide(num, den, out=num)
     num[~valid] = np.nan
@@ -412,8 +425,9 @@ def _blurred_one(sigma_px: float) -> float:
     return float(cv2.GaussianBlur(ones, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)[4, 4])
 
 
-def resample(z: np.ndarray, *, pixel_size_nm: tuple[float, float],
-             target_nm: float) -> tuple[np.ndarray, Resampling]:
+def resample(
+    z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float
+) -> tuple[np.ndarray, Resampling]:
     """Resample ``z`` (ny, nx) with pixel size ``(x, y)`` nm to square pixels of ``target_nm``.
 
     Area averaging when shrinking, bicubic when enlarging; NaN lines stay NaN (a resampled pixel
@@ -433,16 +447,26 @@ def resample(z: np.ndarray, *, pixel_size_nm: tuple[float, float],
     if valid.all():
         return cv2.resize(z, (out_nx, out_ny), interpolation=interp), mapping
     fill = float(_median(z[valid])) if valid.any() else 0.0
-    num = cv2.resize(np.where(valid, z, fill).astype(np.float32), (out_nx, out_ny),
-                     interpolation=interp)
-    cover = cv2.resize(valid.astype(np.float32), (out_nx, out_ny), interpolation=cv2.INTER_AREA
-                       if shrinking else cv2.INTER_LINEAR)
+    num = cv2.resize(
+        np.where(valid, z, fill).astype(np.float32), (out_nx, out_ny), interpolation=interp
+    )
+    cover = cv2.resize(
+        valid.astype(np.float32),
+        (out_nx, out_ny),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
     num[cover < 0.5] = np.nan
     return num, mapping
 
 
-def clahe(image01: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8,
-          bits: int = 16, max_tile_px: int = 0) -> np.ndarray:
+def clahe(
+    image01: np.ndarray,
+    *,
+    clip_limit: float = 2.0,
+    tiles: int = 8,
+    bits: int = 16,
+    max_tile_px: int = 0,
+) -> np.ndarray:
     """OpenCV CLAHE on an image already in [0, 1] (no NaN); returns float32 in [0, 1].
 
     ``tiles`` per side, or more along an axis where a tile would be wider than
@@ -459,10 +483,10 @@ def clahe(image01: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8,
     return out.astype(np.float32) / top
 
 
-def clahe_grid(shape: tuple[int, int], *, tiles: int = 8, max_tile_px: int = 0
-               ) -> tuple[int, int]:
+def clahe_grid(shape: tuple[int, int], *, tiles: int = 8, max_tile_px: int = 0) -> tuple[int, int]:
     """CLAHE tiles ``(along x, along y)`` for an image of ``shape`` (ny, nx): ``tiles`` per
     side, or more where a tile would be wider than ``max_tile_px`` (when > 0)."""
+
     def count(n: int) -> int:
         wanted = max(tiles, -(-n // max_tile_px)) if max_tile_px > 0 else tiles
         return max(1, min(wanted, n))
@@ -470,8 +494,9 @@ def clahe_grid(shape: tuple[int, int], *, tiles: int = 8, max_tile_px: int = 0
     return count(shape[1]), count(shape[0])
 
 
-def to_unit_range(z: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0),
-                  fill: float = 0.5) -> np.ndarray:
+def to_unit_range(
+    z: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0), fill: float = 0.5
+) -> np.ndarray:
     """Map the valid pixels' ``percentiles`` range to [0, 1] (clipped); NaN -> ``fill``."""
     z = np.asarray(z, dtype=np.float32)
     valid = np.isfinite(z)
@@ -496,8 +521,13 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
     scaled = to_unit_range(smooth, percentiles=params.clip_percentiles)
     if valid.any() and not valid.all():
         scaled[~valid] = float(_median(scaled[valid]))
-    out = clahe(scaled, clip_limit=params.clahe_clip_limit, tiles=params.clahe_tiles,
-                bits=params.clahe_bits, max_tile_px=params.clahe_max_tile_px)
+    out = clahe(
+        scaled,
+        clip_limit=params.clahe_clip_limit,
+        tiles=params.clahe_tiles,
+        bits=params.clahe_bits,
+        max_tile_px=params.clahe_max_tile_px,
+    )
     if valid.any():
         lo, hi = float(out[valid].min()), float(out[valid].max())
         if hi > lo:
@@ -507,9 +537,14 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
     return out.astype(np.float32)
 
 
-def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float | None,
-            params: PreprocessParams = PreprocessParams(), device: str | None = None
-            ) -> tuple[np.ndarray, np.ndarray, Resampling]:
+def prepare(
+    z: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+    device: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """A raw image (ny, nx, SI units) -> ``(image01, valid, resampling)`` for a model.
 
     ``image01``: float32 in [0, 1] at ``target_nm`` per pixel (the scan's own pixels when
@@ -520,21 +555,32 @@ def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: flo
     if device is not None:
         from defectwatch.pipeline import preprocess_torch
 
-        return preprocess_torch.prepare(z, pixel_size_nm=pixel_size_nm, target_nm=target_nm,
-                                        params=params, device=device)
-    return prepare_flat(flatten_with(z, params), pixel_size_nm=pixel_size_nm,
-                        target_nm=target_nm, params=params)
+        return preprocess_torch.prepare(
+            z, pixel_size_nm=pixel_size_nm, target_nm=target_nm, params=params, device=device
+        )
+    return prepare_flat(
+        flatten_with(z, params), pixel_size_nm=pixel_size_nm, target_nm=target_nm, params=params
+    )
 
 
 def flatten_with(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.ndarray:
     """`flatten` with the line order and feature masking of ``params``; (ny, nx) as ``z``."""
-    return flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
-                   mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+    return flatten(
+        z,
+        order=params.line_order,
+        mask_sigma=params.mask_sigma,
+        mask_dilate_px=params.mask_dilate_px,
+        passes=params.mask_passes,
+    )
 
 
-def prepare_flat(flat: np.ndarray, *, pixel_size_nm: tuple[float, float],
-                 target_nm: float | None, params: PreprocessParams = PreprocessParams()
-                 ) -> tuple[np.ndarray, np.ndarray, Resampling]:
+def prepare_flat(
+    flat: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """`prepare` after the flattening: resample, gaussian, CLAHE (same returns)."""
     if target_nm is None:
         resampled, mapping = flat, Resampling(flat.shape, flat.shape)

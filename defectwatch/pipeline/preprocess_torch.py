@@ -39,6 +39,7 @@ __all__ = ["enhance", "flatten", "nan_gaussian", "prepare", "prepare_batch", "re
 
 # -- medians and percentiles (numpy's definitions, NaN ignored) --------------------------------
 
+
 def _nanmedian(a: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``np.nanmedian`` along ``dim`` (the mean of the two middle values; NaN where none)."""
     a = a.movedim(dim, -1)
@@ -68,7 +69,7 @@ def _frame_percentiles(a: torch.Tensor, q: Sequence[float]) -> torch.Tensor:
         pos = (n - 1).clamp(min=0).double() * (p / 100.0)
         i0 = pos.floor().long()
         i1 = (i0 + 1).clamp(max=(n - 1).clamp(min=0))
-        frac = (pos - i0.double())
+        frac = pos - i0.double()
         v0 = torch.gather(s, 1, i0[:, None])[:, 0].double()
         v1 = torch.gather(s, 1, i1[:, None])[:, 0].double()
         v = v0 + (v1 - v0) * frac
@@ -78,19 +79,23 @@ def _frame_percentiles(a: torch.Tensor, q: Sequence[float]) -> torch.Tensor:
 
 # -- flattening --------------------------------------------------------------------------------
 
+
 def _axis(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, dtype=torch.float64, device=device) / max(n - 1, 1) * 2 - 1
 
 
-def _line_sums(z: torch.Tensor, ok: torch.Tensor, n_powers: int, n_moments: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _line_sums(
+    z: torch.Tensor, ok: torch.Tensor, n_powers: int, n_moments: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per line: ``s[..., k] = sum x**k``, ``t[..., k] = sum z x**k`` over ``ok`` (float64)."""
     x = _axis(z.shape[-1], z.device)
-    powers = torch.stack([x ** k for k in range(n_powers)], dim=1)  # (nx, P)
+    powers = torch.stack([x**k for k in range(n_powers)], dim=1)  # (nx, P)
     w = ok.to(torch.float64)
     s = w @ powers
-    t = torch.where(ok, z, torch.zeros((), dtype=z.dtype, device=z.device)
-                    ).to(torch.float64) @ powers[:, :n_moments]
+    t = (
+        torch.where(ok, z, torch.zeros((), dtype=z.dtype, device=z.device)).to(torch.float64)
+        @ powers[:, :n_moments]
+    )
     return s, t
 
 
@@ -99,10 +104,14 @@ def _plane(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     y = _axis(s.shape[1], s.device)
     n, sx, sxx = s[..., 0], s[..., 1], s[..., 2]
     tz, txz = t[..., 0], t[..., 1]
-    ata = torch.stack([
-        torch.stack([n.sum(1), sx.sum(1), (y * n).sum(1)], -1),
-        torch.stack([sx.sum(1), sxx.sum(1), (y * sx).sum(1)], -1),
-        torch.stack([(y * n).sum(1), (y * sx).sum(1), (y * y * n).sum(1)], -1)], dim=1)
+    ata = torch.stack(
+        [
+            torch.stack([n.sum(1), sx.sum(1), (y * n).sum(1)], -1),
+            torch.stack([sx.sum(1), sxx.sum(1), (y * sx).sum(1)], -1),
+            torch.stack([(y * n).sum(1), (y * sx).sum(1), (y * y * n).sum(1)], -1),
+        ],
+        dim=1,
+    )
     atz = torch.stack([tz.sum(1), txz.sum(1), (y * tz).sum(1)], -1)
     enough = n.sum(1) >= 3
     # minimum-norm solution (as lstsq on the pixels) where the plane is underdetermined
@@ -110,8 +119,7 @@ def _plane(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return torch.where(enough[:, None], abc, torch.zeros_like(abc)), enough
 
 
-def _line_polynomials(z: torch.Tensor, *, order: int, exclude: torch.Tensor | None
-                      ) -> torch.Tensor:
+def _line_polynomials(z: torch.Tensor, *, order: int, exclude: torch.Tensor | None) -> torch.Tensor:
     """Per line the polynomial (B, ny, max(order, 1) + 1) that `preprocess.flatten`'s plane
     correction and line fit subtract together (see `preprocess._line_polynomials`)."""
     b, ny, nx = z.shape
@@ -130,12 +138,13 @@ def _line_polynomials(z: torch.Tensor, *, order: int, exclude: torch.Tensor | No
     slope = abc[:, 1:2].expand(b, ny)
     poly = torch.zeros((b, ny, max(order, 1) + 1), dtype=torch.float64, device=z.device)
     poly[..., 0], poly[..., 1] = offset, slope
-    tt = t[..., :k] - (offset[..., None] * s[..., :k] + slope[..., None] * s[..., 1:k + 1])
+    tt = t[..., :k] - (offset[..., None] * s[..., :k] + slope[..., None] * s[..., 1 : k + 1])
     counts = s[..., 0]
     enough = counts >= order + 2
     idx = torch.arange(k, device=z.device)
-    ata = s[..., idx[:, None] + idx[None, :]] + 1e-12 * torch.eye(k, dtype=torch.float64,
-                                                                    device=z.device)
+    ata = s[..., idx[:, None] + idx[None, :]] + 1e-12 * torch.eye(
+        k, dtype=torch.float64, device=z.device
+    )
     eye = torch.eye(k, dtype=torch.float64, device=z.device).expand_as(ata)
     ata = torch.where(enough[..., None, None], ata, eye)
     coef = torch.linalg.solve(ata, torch.where(enough[..., None], tt, 0.0)[..., None])[..., 0]
@@ -157,7 +166,7 @@ def _line_polynomials(z: torch.Tensor, *, order: int, exclude: torch.Tensor | No
 
 def _subtract_lines(z: torch.Tensor, poly: torch.Tensor) -> torch.Tensor:
     x = _axis(z.shape[-1], z.device)
-    basis = torch.stack([x ** k for k in range(poly.shape[-1])])  # (K, nx)
+    basis = torch.stack([x**k for k in range(poly.shape[-1])])  # (K, nx)
     return (z.to(torch.float64) - poly @ basis).to(torch.float32)
 
 
@@ -165,13 +174,14 @@ def _cross_dilate(mask: torch.Tensor, iterations: int) -> torch.Tensor:
     """Binary dilation by the 3 x 3 cross, ``iterations`` times (outside the frame: False)."""
     m = mask[:, None].to(torch.float32)
     for _ in range(iterations):
-        m = torch.maximum(F.max_pool2d(m, (3, 1), stride=1, padding=(1, 0)),
-                          F.max_pool2d(m, (1, 3), stride=1, padding=(0, 1)))
+        m = torch.maximum(
+            F.max_pool2d(m, (3, 1), stride=1, padding=(1, 0)),
+            F.max_pool2d(m, (1, 3), stride=1, padding=(0, 1)),
+        )
     return m[:, 0] > 0
 
 
-def strong_feature_mask(z: torch.Tensor, *, sigma: float = 3.0, dilate_px: int = 3
-                        ) -> torch.Tensor:
+def strong_feature_mask(z: torch.Tensor, *, sigma: float = 3.0, dilate_px: int = 3) -> torch.Tensor:
     """`preprocess.strong_feature_mask` for a batch (B, ny, nx) -> bool (B, ny, nx)."""
     dev = nan_gaussian(z, sigma_px=1.0)
     finite = torch.isfinite(dev)
@@ -191,8 +201,14 @@ def strong_feature_mask(z: torch.Tensor, *, sigma: float = 3.0, dilate_px: int =
     return mask
 
 
-def flatten(z: torch.Tensor, *, order: int = 2, mask_sigma: float = 3.0,
-            mask_dilate_px: int = 3, passes: int = 3) -> torch.Tensor:
+def flatten(
+    z: torch.Tensor,
+    *,
+    order: int = 2,
+    mask_sigma: float = 3.0,
+    mask_dilate_px: int = 3,
+    passes: int = 3,
+) -> torch.Tensor:
     """`preprocess.flatten` for a batch (B, ny, nx) of float32 frames on any device."""
     z = _batch(z)
     out = _subtract_lines(z, _line_polynomials(z, order=order, exclude=None))
@@ -207,6 +223,7 @@ def flatten(z: torch.Tensor, *, order: int = 2, mask_sigma: float = 3.0,
 
 
 # -- filters -----------------------------------------------------------------------------------
+
 
 def _reflect_index(n: int, pad: int, device: torch.device) -> torch.Tensor:
     """Indices of a line of ``n`` padded by ``pad`` on each side, OpenCV's BORDER_REFLECT
@@ -236,11 +253,11 @@ def _blur(a: torch.Tensor, sigma_px: float) -> torch.Tensor:
     x = a[:, :, _reflect_index(w, r, a.device)]  # (B, H, W + 2r)
     out = kernel[0] * x[:, :, 0:w]
     for i in range(1, len(kernel)):
-        out += kernel[i] * x[:, :, i:i + w]
+        out += kernel[i] * x[:, :, i : i + w]
     x = out[:, _reflect_index(h, r, a.device), :]  # (B, H + 2r, W)
     out = kernel[0] * x[:, 0:h]
     for i in range(1, len(kernel)):
-        out += kernel[i] * x[:, i:i + h]
+        out += kernel[i] * x[:, i : i + h]
     return out
 
 
@@ -267,11 +284,11 @@ def _resize_weights(n_in: int, n_out: int, interpolation: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _resize_weights_on(n_in: int, n_out: int, interpolation: int, device: torch.device
-                       ) -> torch.Tensor:
+def _resize_weights_on(
+    n_in: int, n_out: int, interpolation: int, device: torch.device
+) -> torch.Tensor:
     """`_resize_weights` kept on ``device`` (uploaded once per shape, not per batch)."""
-    return torch.from_numpy(_resize_weights(n_in, n_out, interpolation)).to(device,
-                                                                             torch.float64)
+    return torch.from_numpy(_resize_weights(n_in, n_out, interpolation)).to(device, torch.float64)
 
 
 def _resize(a: torch.Tensor, shape_out: tuple[int, int], interpolation: int) -> torch.Tensor:
@@ -282,8 +299,9 @@ def _resize(a: torch.Tensor, shape_out: tuple[int, int], interpolation: int) -> 
     return (wy @ a.to(torch.float64) @ wx.T).to(torch.float32)
 
 
-def resample(z: torch.Tensor, *, pixel_size_nm: tuple[float, float], target_nm: float
-             ) -> tuple[torch.Tensor, Resampling]:
+def resample(
+    z: torch.Tensor, *, pixel_size_nm: tuple[float, float], target_nm: float
+) -> tuple[torch.Tensor, Resampling]:
     """`preprocess.resample` for a batch of frames with one pixel size (B, ny, nx)."""
     z = _batch(z)
     _, ny, nx = z.shape
@@ -298,8 +316,10 @@ def resample(z: torch.Tensor, *, pixel_size_nm: tuple[float, float], target_nm: 
         # OpenCV's INTER_AREA then is not area averaging on both axes: resample on the host
         from defectwatch.pipeline import preprocess as host
 
-        frames = [host.resample(f, pixel_size_nm=pixel_size_nm, target_nm=target_nm)[0]
-                  for f in z.cpu().numpy()]
+        frames = [
+            host.resample(f, pixel_size_nm=pixel_size_nm, target_nm=target_nm)[0]
+            for f in z.cpu().numpy()
+        ]
         return torch.from_numpy(np.stack(frames)).to(z.device), mapping
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     valid = torch.isfinite(z)
@@ -307,13 +327,20 @@ def resample(z: torch.Tensor, *, pixel_size_nm: tuple[float, float], target_nm: 
         return _resize(z, (out_ny, out_nx), interp), mapping
     fill = torch.nan_to_num(_frame_nanmedian(z), nan=0.0)[:, None, None]
     num = _resize(torch.where(valid, z, fill), (out_ny, out_nx), interp)
-    cover = _resize(valid.to(torch.float32), (out_ny, out_nx),
-                    cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    cover = _resize(
+        valid.to(torch.float32), (out_ny, out_nx), cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
     return torch.where(cover < 0.5, torch.full_like(num, float("nan")), num), mapping
 
 
-def clahe(image01: torch.Tensor, *, clip_limit: float = 2.0, tiles: int = 8, bits: int = 16,
-          max_tile_px: int = 0) -> torch.Tensor:
+def clahe(
+    image01: torch.Tensor,
+    *,
+    clip_limit: float = 2.0,
+    tiles: int = 8,
+    bits: int = 16,
+    max_tile_px: int = 0,
+) -> torch.Tensor:
     """`preprocess.clahe` (OpenCV's CLAHE) for a batch (B, H, W) in [0, 1] without NaN."""
     image01 = _batch(image01)
     if clip_limit <= 0:
@@ -340,10 +367,13 @@ def clahe(image01: torch.Tensor, *, clip_limit: float = 2.0, tiles: int = 8, bit
     lut_scale = np.float32(hist_size - 1) / np.float32(tile_area)
     bins = torch.arange(hist_size, device=q.device)
     for c0 in range(0, b, per_chunk):
-        e = ext[c0:c0 + per_chunk]
+        e = ext[c0 : c0 + per_chunk]
         nb = e.shape[0]
-        tile_of = (e.view(nb, tiles_y, th, tiles_x, tw).permute(0, 1, 3, 2, 4)
-                   .reshape(nb, n_tiles, tile_area))
+        tile_of = (
+            e.view(nb, tiles_y, th, tiles_x, tw)
+            .permute(0, 1, 3, 2, 4)
+            .reshape(nb, n_tiles, tile_area)
+        )
         hist = torch.zeros((nb, n_tiles, hist_size), dtype=torch.int32, device=q.device)
         hist.scatter_add_(2, tile_of, torch.ones_like(tile_of, dtype=torch.int32))
         clipped = (hist - limit).clamp(min=0).sum(-1, keepdim=True)
@@ -356,13 +386,22 @@ def clahe(image01: torch.Tensor, *, clip_limit: float = 2.0, tiles: int = 8, bit
         hist += bump.to(torch.int32)
         cum = torch.cumsum(hist, dim=-1, dtype=torch.int32).to(torch.float32)
         lut = torch.clamp(torch.round(cum * float(lut_scale)), 0, top)  # (nb, T, bins)
-        out[c0:c0 + nb] = _interpolate_luts(lut, q[c0:c0 + nb], tiles_x, tiles_y, th, tw,
-                                            hist_size, top)
+        out[c0 : c0 + nb] = _interpolate_luts(
+            lut, q[c0 : c0 + nb], tiles_x, tiles_y, th, tw, hist_size, top
+        )
     return out / top
 
 
-def _interpolate_luts(lut: torch.Tensor, q: torch.Tensor, tiles_x: int, tiles_y: int, th: int,
-                      tw: int, hist_size: int, top: int) -> torch.Tensor:
+def _interpolate_luts(
+    lut: torch.Tensor,
+    q: torch.Tensor,
+    tiles_x: int,
+    tiles_y: int,
+    th: int,
+    tw: int,
+    hist_size: int,
+    top: int,
+) -> torch.Tensor:
     """Bilinear blend of the four nearest tiles' LUTs at every pixel, in OpenCV's float32
     arithmetic (tile centres at half a tile), rounded to the nearest level."""
     nb, h, w = q.shape
@@ -385,19 +424,21 @@ def _interpolate_luts(lut: torch.Tensor, q: torch.Tensor, tiles_x: int, tiles_y:
         return torch.gather(flat, 1, index.reshape(nb, -1)).reshape(nb, h, w)
 
     xa, ya = xa[None, None, :], ya[None, :, None]
-    res = ((pick(y1, x1) * (1 - xa) + pick(y1, x2) * xa) * (1 - ya)
-           + (pick(y2, x1) * (1 - xa) + pick(y2, x2) * xa) * ya)
+    res = (pick(y1, x1) * (1 - xa) + pick(y1, x2) * xa) * (1 - ya) + (
+        pick(y2, x1) * (1 - xa) + pick(y2, x2) * xa
+    ) * ya
     return torch.clamp(torch.round(res), 0, top)
 
 
-def to_unit_range(z: torch.Tensor, *, percentiles: tuple[float, float] = (0.0, 100.0),
-                  fill: float = 0.5) -> torch.Tensor:
+def to_unit_range(
+    z: torch.Tensor, *, percentiles: tuple[float, float] = (0.0, 100.0), fill: float = 0.5
+) -> torch.Tensor:
     """`preprocess.to_unit_range` for a batch: each frame's own percentile range -> [0, 1]."""
     z = _batch(z)
     valid = torch.isfinite(z)
     p = _frame_percentiles(z, percentiles).to(torch.float32)
     lo, hi = p[:, 0, None, None], p[:, 1, None, None]
-    ok = (hi > lo)  # False also for NaN (no valid pixel)
+    ok = hi > lo  # False also for NaN (no valid pixel)
     out = torch.clamp((z - lo) / torch.where(ok, hi - lo, torch.ones_like(hi)), 0.0, 1.0)
     return torch.where(ok & valid, out, torch.full_like(out, fill))
 
@@ -412,19 +453,26 @@ def enhance(z: torch.Tensor, params: PreprocessParams = PreprocessParams()) -> t
     scaled = to_unit_range(smooth, percentiles=params.clip_percentiles)
     med = _frame_nanmedian(torch.where(valid, scaled, torch.full_like(scaled, float("nan"))))
     scaled = torch.where(partial & ~valid, med[:, None, None], scaled)
-    out = clahe(scaled, clip_limit=params.clahe_clip_limit, tiles=params.clahe_tiles,
-                bits=params.clahe_bits, max_tile_px=params.clahe_max_tile_px)
+    out = clahe(
+        scaled,
+        clip_limit=params.clahe_clip_limit,
+        tiles=params.clahe_tiles,
+        bits=params.clahe_bits,
+        max_tile_px=params.clahe_max_tile_px,
+    )
     inf = torch.full_like(out, float("inf"))
     lo = torch.where(valid, out, inf).flatten(1).min(-1).values[:, None, None]
     hi = torch.where(valid, out, -inf).flatten(1).max(-1).values[:, None, None]
     stretch = some & (hi > lo)
-    out = torch.where(stretch, torch.clamp((out - lo) / torch.where(stretch, hi - lo, 1.0),
-                                           0.0, 1.0), out)
+    out = torch.where(
+        stretch, torch.clamp((out - lo) / torch.where(stretch, hi - lo, 1.0), 0.0, 1.0), out
+    )
     med = _frame_nanmedian(torch.where(valid, out, torch.full_like(out, float("nan"))))
     return torch.where(partial & ~valid, med[:, None, None], out).to(torch.float32)
 
 
 # -- the whole preparation ---------------------------------------------------------------------
+
 
 def _batch(z: torch.Tensor) -> torch.Tensor:
     if z.ndim != 3:
@@ -432,11 +480,15 @@ def _batch(z: torch.Tensor) -> torch.Tensor:
     return z if z.dtype == torch.float32 else z.to(torch.float32)
 
 
-def prepare_batch(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], *,
-                  pixel_size_nm: tuple[float, float], target_nm: float | None,
-                  params: PreprocessParams = PreprocessParams(),
-                  device: str | torch.device = "cpu", keep_flat: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor, Resampling, torch.Tensor | None]:
+def prepare_batch(
+    frames: torch.Tensor | np.ndarray | Sequence[np.ndarray],
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+    device: str | torch.device = "cpu",
+    keep_flat: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, Resampling, torch.Tensor | None]:
     """Same-shaped raw frames (B, ny, nx, SI units, one pixel size ``(x, y)`` nm) ->
     ``(image01, valid, resampling, flat)`` on ``device``, as `preprocess.prepare` for each.
 
@@ -451,14 +503,21 @@ def prepare_batch(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], *,
         if not isinstance(frames, np.ndarray):
             shapes = {np.shape(f) for f in frames}
             if len(shapes) != 1:
-                raise ValueError(f"a batch needs frames of one shape, got {sorted(shapes)}: "
-                                 "group scans by shape (and pixel size) first")
+                raise ValueError(
+                    f"a batch needs frames of one shape, got {sorted(shapes)}: "
+                    "group scans by shape (and pixel size) first"
+                )
             frames = np.stack(list(frames))
         z = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(device)
     if z.ndim == 2:
         z = z[None]
-    flat = flatten(_batch(z), order=params.line_order, mask_sigma=params.mask_sigma,
-                   mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+    flat = flatten(
+        _batch(z),
+        order=params.line_order,
+        mask_sigma=params.mask_sigma,
+        mask_dilate_px=params.mask_dilate_px,
+        passes=params.mask_passes,
+    )
     if target_nm is None:
         shape = (int(flat.shape[1]), int(flat.shape[2]))
         resampled, mapping = flat, Resampling(shape, shape)
@@ -469,11 +528,20 @@ def prepare_batch(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], *,
     return image01, valid, mapping, (flat if keep_flat else None)
 
 
-def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float | None,
-            params: PreprocessParams = PreprocessParams(), device: str | torch.device = "cpu"
-            ) -> tuple[np.ndarray, np.ndarray, Resampling]:
+def prepare(
+    z: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """`preprocess.prepare` of one frame (ny, nx) computed in torch on ``device``; numpy out."""
-    image01, valid, mapping, _ = prepare_batch(np.asarray(z)[None], pixel_size_nm=pixel_size_nm,
-                                               target_nm=target_nm, params=params,
-                                               device=device)
+    image01, valid, mapping, _ = prepare_batch(
+        np.asarray(z)[None],
+        pixel_size_nm=pixel_size_nm,
+        target_nm=target_nm,
+        params=params,
+        device=device,
+    )
     return image01[0].cpu().numpy(), valid[0].cpu().numpy(), mapping

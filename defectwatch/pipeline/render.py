@@ -52,9 +52,15 @@ def _nice_length(target_nm: float) -> float:
     return float(10 * exp)
 
 
-def draw_marks(image01: np.ndarray, marks: Iterable[Mark], *, pixel_size_nm: float,
-               radius_nm: float = 1.0, title: str | None = None,
-               min_side_px: int = 768) -> np.ndarray:
+def draw_marks(
+    image01: np.ndarray,
+    marks: Iterable[Mark],
+    *,
+    pixel_size_nm: float,
+    radius_nm: float = 1.0,
+    title: str | None = None,
+    min_side_px: int = 768,
+) -> np.ndarray:
     """A picture of an image with its points circled, a scale bar and a title.
 
     Parameters
@@ -80,8 +86,10 @@ def draw_marks(image01: np.ndarray, marks: Iterable[Mark], *, pixel_size_nm: flo
     grey = to_grey8(image01)
     ny, nx = grey.shape
     zoom = max(1, int(np.ceil(min_side_px / max(ny, nx))))
-    bgr = cv2.cvtColor(cv2.resize(grey, (nx * zoom, ny * zoom), interpolation=cv2.INTER_NEAREST),
-                       cv2.COLOR_GRAY2BGR)
+    bgr = cv2.cvtColor(
+        cv2.resize(grey, (nx * zoom, ny * zoom), interpolation=cv2.INTER_NEAREST),
+        cv2.COLOR_GRAY2BGR,
+    )
     radius = max(3, int(round(radius_nm / pixel_size_nm * zoom)))
     for m in marks:
         centre = (int(round((m.col + 0.5) * zoom)), int(round((m.row + 0.5) * zoom)))
@@ -118,10 +126,17 @@ def put_label(bgr: np.ndarray, text: str, origin: tuple[int, int]) -> None:
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
             if dx or dy:
-                cv2.putText(bgr, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                            (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
-                cv2.LINE_AA)
+                cv2.putText(
+                    bgr,
+                    text,
+                    (x + dx, y + dy),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.6,
+                    (0, 0, 0),
+                    1,
+                    cv2.LINE_AA,
+                )
+    cv2.putText(bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def side_by_side(panels: Sequence[np.ndarray], *, gap_px: int = 8) -> np.ndarray:
@@ -145,8 +160,9 @@ def side_by_side(panels: Sequence[np.ndarray], *, gap_px: int = 8) -> np.ndarray
         if p.ndim == 2:
             p = cv2.cvtColor(p, cv2.COLOR_GRAY2BGR)
         if p.shape[0] < h:
-            p = cv2.copyMakeBorder(p, 0, h - p.shape[0], 0, 0, cv2.BORDER_CONSTANT,
-                                   value=(255, 255, 255))
+            p = cv2.copyMakeBorder(
+                p, 0, h - p.shape[0], 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255)
+            )
         padded.append(p)
         if i < len(panels) - 1:
             padded.append(np.full((h, gap_px, 3), 255, np.uint8))

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("forward", "backward")
 
 
-def read_scan(path: str | os.PathLike[str], *, channel: str = "Z",
-              direction: str = "forward") -> Scan:
+def read_scan(
+    path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward"
+) -> Scan:
     """Read one channel and direction of any supported scan file (.sxm, .sm4, MATRIX
     ``*_mtrx``, Createc .dat, .gwy): see `defectwatch.pipeline.readers.read_scan`."""
     from defectwatch.pipeline.readers import read_scan as read_any
@@ -42,8 +43,9 @@ def read_scan(path: str | os.PathLike[str], *, channel: str = "Z",
     return read_any(path, channel=channel, direction=direction)
 
 
-def read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
-             direction: str = "forward") -> Scan:
+def read_sxm(
+    path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward"
+) -> Scan:
     """Read one channel and direction of a `.sxm` file (any case of suffix).
 
     Returns native float32 in SI units, row 0 = top of the frame as Gwyddion shows it.
@@ -57,15 +59,19 @@ def read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
     try:
         header = _nanonispy_header(layout.header_text)
     except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
-        raise ScanReadError(f"{name}: header cannot be parsed ({type(exc).__name__}: {exc}); "
-                            "is it a Nanonis .sxm file?") from None
+        raise ScanReadError(
+            f"{name}: header cannot be parsed ({type(exc).__name__}: {exc}); "
+            "is it a Nanonis .sxm file?"
+        ) from None
     tags = header_tags(layout.header_text)
 
     chan = _pick_channel(layout, channel)
     blocks = read_blocks(layout, chan.name)
     if direction not in blocks:
-        raise ScanReadError(f"{name}: channel {chan.name!r} was recorded {chan.direction} "
-                            f"only; use --direction {next(iter(blocks))}")
+        raise ScanReadError(
+            f"{name}: channel {chan.name!r} was recorded {chan.direction} "
+            f"only; use --direction {next(iter(blocks))}"
+        )
     data = blocks[direction]
     scan_dir = str(header.get("scan_dir", "down")).strip().lower()
     if scan_dir == "up":
@@ -99,8 +105,9 @@ def read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
         offset_y_nm=finite_or_none(off_y * 1e9) or 0.0,
         recorded_at=_recorded_at(header),
         bias_v=finite_or_none(_float(header.get("bias"))),
-        setpoint_a=(finite_or_none(parse_number(setpoint_value))
-                    if setpoint_unit.strip() == "A" else None),
+        setpoint_a=(
+            finite_or_none(parse_number(setpoint_value)) if setpoint_unit.strip() == "A" else None
+        ),
         constant_height=(on is not None and on.strip() == "0"),
         temperature_k=finite_or_none(parse_number(header.get("temperature 1>temperature 1 (k)"))),
         comment=comment,

@@ -166,9 +166,17 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str = "stm",
-                size_nm: float = 50.0, pixels: int = 512, density_per_cm2: float | None = None,
-                seed: int = 0, artifacts: bool = True) -> Recipe:
+def draw_recipe(
+    rng: np.random.Generator,
+    *,
+    material: str = "wse2",
+    mode: str = "stm",
+    size_nm: float = 50.0,
+    pixels: int = 512,
+    density_per_cm2: float | None = None,
+    seed: int = 0,
+    artifacts: bool = True,
+) -> Recipe:
     """Draw one scan's parameters: wide ranges, so a model does not learn one setting."""
     if material not in MATERIALS:
         raise ValueError(f"material {material!r} is not one of {sorted(MATERIALS)}")
@@ -182,8 +190,16 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
         base = base / base.sum()
     mix = rng.dirichlet(base * 60.0)
     bias = mat.bias_v * (-1.0 if rng.random() < 0.12 else 1.0) * rng.uniform(0.85, 1.15)
-    r = Recipe(material=material, mode=mode, width_nm=size_nm, height_nm=size_nm, nx=pixels,
-               ny=pixels, density_per_cm2=density, seed=seed)
+    r = Recipe(
+        material=material,
+        mode=mode,
+        width_nm=size_nm,
+        height_nm=size_nm,
+        nx=pixels,
+        ny=pixels,
+        density_per_cm2=density,
+        seed=seed,
+    )
     r.scan_dir = "up" if rng.random() < 0.5 else "down"
     r.bias_v = round(bias, 3)
     r.setpoint_a = float(rng.choice([20e-12, 60e-12, 100e-12, 200e-12]))
@@ -213,27 +229,40 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
         r.white_nm = _log_uniform(rng, 0.001, 0.005)
         r.streak_nm = _log_uniform(rng, 0.001, 0.012)
         r.streak_length_px = _log_uniform(rng, 5.0, 80.0)
-        r.drift_nm = (float(rng.uniform(-0.05, 0.05) * size_nm),
-                      float(rng.uniform(-0.05, 0.05) * size_nm))
+        r.drift_nm = (
+            float(rng.uniform(-0.05, 0.05) * size_nm),
+            float(rng.uniform(-0.05, 0.05) * size_nm),
+        )
         r.creep_nm = float(rng.uniform(0, 0.04) * size_nm) if rng.random() < 0.6 else 0.0
         r.creep_tau = float(rng.uniform(0.03, 0.10))
         n_tip = int(rng.choice([0, 0, 1, 1, 2], p=[0.35, 0.2, 0.2, 0.15, 0.1]))
         r.tip_changes = sorted(
-            ({"t": float(rng.uniform(0.05, 0.95)),
-              "step_nm": float(rng.choice([-1, 1]) * _log_uniform(rng, 0.010, 0.200)),
-              "contrast": _log_uniform(rng, 0.5, 2.0)} for _ in range(n_tip)),
-            key=lambda d: d["t"])
+            (
+                {
+                    "t": float(rng.uniform(0.05, 0.95)),
+                    "step_nm": float(rng.choice([-1, 1]) * _log_uniform(rng, 0.010, 0.200)),
+                    "contrast": _log_uniform(rng, 0.5, 2.0),
+                }
+                for _ in range(n_tip)
+            ),
+            key=lambda d: d["t"],
+        )
         if rng.random() < 0.08:
             ang = rng.uniform(0, 2 * math.pi)
             dist = rng.uniform(0.5, 5.0)
-            r.double_tip = {"dx_nm": dist * math.cos(ang), "dy_nm": dist * math.sin(ang),
-                            "weight": float(rng.uniform(0.2, 0.8))}
+            r.double_tip = {
+                "dx_nm": dist * math.cos(ang),
+                "dy_nm": dist * math.sin(ang),
+                "weight": float(rng.uniform(0.2, 0.8)),
+            }
         r.scar_rate = float(rng.uniform(0.001, 0.01)) if rng.random() < 0.7 else 0.0
         if rng.random() < 0.15 and mode == "stm":
-            r.step_edge = {"angle_rad": float(rng.uniform(0, math.pi)),
-                           "offset": float(rng.uniform(-0.35, 0.35)),
-                           "curvature": float(rng.uniform(-0.3, 0.3)),
-                           "sign": float(rng.choice([-1, 1]))}
+            r.step_edge = {
+                "angle_rad": float(rng.uniform(0, math.pi)),
+                "offset": float(rng.uniform(-0.35, 0.35)),
+                "curvature": float(rng.uniform(-0.3, 0.3)),
+                "sign": float(rng.choice([-1, 1])),
+            }
         r.abort_fraction = float(rng.uniform(0.3, 0.95)) if rng.random() < 0.04 else 1.0
     else:
         r.line_offset_nm = 0.0
@@ -246,6 +275,7 @@ def draw_recipe(rng: np.random.Generator, *, material: str = "wse2", mode: str =
 
 
 # -- geometry ---------------------------------------------------------------------------------
+
 
 class _Geometry:
     """Pixel (row, col) <-> surface position (nm), with drift, creep and hysteresis."""
@@ -261,8 +291,7 @@ class _Geometry:
         return 1.0 - t if self.r.scan_dir == "up" else t
 
     def _dx(self, t: np.ndarray) -> np.ndarray:
-        dx = (self.r.drift_nm[0] * t + self.r.creep_nm * np.exp(-t / self.r.creep_tau)
-              + self.shift)
+        dx = self.r.drift_nm[0] * t + self.r.creep_nm * np.exp(-t / self.r.creep_tau) + self.shift
         wobble = self.r.broad.get("drift") if self.r.broad else None
         if wobble:  # a slow oscillation of the fast axis (broadened drift family)
             dx = dx + wobble["wobble_nm"] * np.sin(2 * math.pi * wobble["wobble_cycles"] * t)
@@ -286,6 +315,7 @@ class _Geometry:
 
 
 # -- the surface ------------------------------------------------------------------------------
+
 
 @dataclass
 class _Defect:
@@ -325,8 +355,9 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
     flip = r.bias_v > 0  # charge x bias: halos flip sign at positive bias
     for k in picks:
         cls = CLASS_BY_NAME[names[k]]
-        p = np.array([rng.uniform(-margin, r.width_nm + margin),
-                      rng.uniform(-margin, r.height_nm + margin)])
+        p = np.array(
+            [rng.uniform(-margin, r.width_nm + margin), rng.uniform(-margin, r.height_nm + margin)]
+        )
         # snap to a Se site (or the metal sublattice) of the lattice
         n12 = np.rint(np.linalg.solve(basis, p))
         sub = rng.choice([0.0, 1.0 / 3.0])
@@ -353,18 +384,26 @@ def _draw_defects(rng: np.random.Generator, r: Recipe) -> list[_Defect]:
                 amp, halo_amp = -amp, -halo_amp
                 kind = PEAK if kind == TROUGH else TROUGH
         gain = float(rng.uniform(0.5, 1.5)) if kind == PEAK and not cls.charged else 0.0
-        out.append(_Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo,
-                           halo_amp, gain))
+        out.append(
+            _Defect(float(x), float(y), cls, kind, amp, size / 2.0, lobes, halo, halo_amp, gain)
+        )
     return out + _cluster_blobs(r)
 
 
 def _draw_clusters(rng: np.random.Generator, r: Recipe) -> list[dict[str, float]]:
     """Adsorbate clusters of one scan: 0.5-4 per 2500 nm^2, each 2-12 blobs."""
     n = rng.poisson(r.width_nm * r.height_nm * _log_uniform(rng, 2e-4, 1.6e-3))
-    return [{"x": float(rng.uniform(0, r.width_nm)), "y": float(rng.uniform(0, r.height_nm)),
-             "blobs": int(rng.integers(2, 13)), "diameter_nm": float(rng.uniform(1.6, 2.8)),
-             "height_nm": float(_log_uniform(rng, 0.08, 0.35)), "seed": int(rng.integers(2**31))}
-            for _ in range(n)]
+    return [
+        {
+            "x": float(rng.uniform(0, r.width_nm)),
+            "y": float(rng.uniform(0, r.height_nm)),
+            "blobs": int(rng.integers(2, 13)),
+            "diameter_nm": float(rng.uniform(1.6, 2.8)),
+            "height_nm": float(_log_uniform(rng, 0.08, 0.35)),
+            "seed": int(rng.integers(2**31)),
+        }
+        for _ in range(n)
+    ]
 
 
 def _cluster_blobs(r: Recipe) -> list[_Defect]:
@@ -381,19 +420,33 @@ def _cluster_blobs(r: Recipe) -> list[_Defect]:
                 break
             ang = rng.uniform(0, 2 * math.pi)
             p = xy[rng.integers(len(xy))] + d0 * rng.uniform(0.95, 1.35) * np.array(
-                [math.cos(ang), math.sin(ang)])
+                [math.cos(ang), math.sin(ang)]
+            )
             if min(math.dist(p, q) for q in xy) >= 0.9 * d0:
                 xy.append(p)
         for x, y in xy:
             size = d0 * float(rng.lognormal(0.0, 0.12))
             amp = c["height_nm"] * float(rng.lognormal(0.0, 0.2))
-            out.append(_Defect(float(x), float(y), ADSORBATE, PEAK, amp, size / 2.0,
-                               float(rng.uniform(0.0, 0.1)), 0.0, 0.0, 0.0))
+            out.append(
+                _Defect(
+                    float(x),
+                    float(y),
+                    ADSORBATE,
+                    PEAK,
+                    amp,
+                    size / 2.0,
+                    float(rng.uniform(0.0, 0.1)),
+                    0.0,
+                    0.0,
+                    0.0,
+                )
+            )
     return out
 
 
-def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
-                  tip_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def _defect_field(
+    dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float, tip_sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(height nm, lattice gain) of one defect at offsets (dx, dy) nm from its centre."""
     if d.aspect != 1.0:  # elongated along the lattice direction theta0
         c, s_ = math.cos(theta0), math.sin(theta0)
@@ -404,18 +457,18 @@ def _defect_field(dx: np.ndarray, dy: np.ndarray, d: _Defect, theta0: float,
     ang = np.arctan2(dy, dx)
     # three-fold: the radius swells along three directions aligned with the lattice
     radius = d.radius_nm * (1.0 + d.lobes * np.cos(3.0 * (ang - theta0)))
-    s2 = (radius * 0.6) ** 2 + tip_sigma ** 2
+    s2 = (radius * 0.6) ** 2 + tip_sigma**2
     core = np.exp(-rho2 / (2.0 * s2))
     height = d.amp_nm * core
     if d.halo_nm > 0:
         rho = np.sqrt(rho2) + 0.3
-        height = height + d.halo_amp_nm * np.exp(-rho / d.halo_nm) * 0.3 / np.sqrt(rho / d.halo_nm
-                                                                                     + 0.09)
+        height = height + d.halo_amp_nm * np.exp(-rho / d.halo_nm) * 0.3 / np.sqrt(
+            rho / d.halo_nm + 0.09
+        )
     if d.ring_amp_nm:
         rim = 1.3 * d.radius_nm + tip_sigma
         width = 0.35 * d.radius_nm + tip_sigma
-        height = height + d.ring_amp_nm * np.exp(-(np.sqrt(rho2) - rim) ** 2
-                                                 / (2.0 * width ** 2))
+        height = height + d.ring_amp_nm * np.exp(-((np.sqrt(rho2) - rim) ** 2) / (2.0 * width**2))
     gain = d.lattice_gain * np.exp(-rho2 / (2.0 * (d.radius_nm * 0.9) ** 2))
     return height, gain
 
@@ -427,8 +480,9 @@ def _reach_nm(d: _Defect) -> float:
     return reach
 
 
-def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
-                    shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def _render_surface(
+    r: Recipe, geo: _Geometry, defects: list[_Defect], shift: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """Topography (nm), as seen through one tip apex at ``shift`` (nm)."""
     ny, nx = r.ny, r.nx
     rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float64)
@@ -439,8 +493,9 @@ def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
     gain = np.zeros((ny, nx))
     theta0 = r.lattice_angle_rad
     px = geo.px
-    centre_rows, centre_cols = geo.pixel(np.array([d.x - shift[0] for d in defects]),
-                                         np.array([d.y - shift[1] for d in defects]))
+    centre_rows, centre_cols = geo.pixel(
+        np.array([d.x - shift[0] for d in defects]), np.array([d.y - shift[1] for d in defects])
+    )
     for d, cr, cc in zip(defects, centre_rows, centre_cols):
         reach = _reach_nm(d)
         rr = int(round(reach / geo.py)) + 2
@@ -449,8 +504,9 @@ def _render_surface(r: Recipe, geo: _Geometry, defects: list[_Defect],
         c0, c1 = max(int(cc) - rc, 0), min(int(cc) + rc + 1, nx)
         if r0 >= r1 or c0 >= c1:
             continue
-        h, g = _defect_field(xs[r0:r1, c0:c1] - d.x, ys[r0:r1, c0:c1] - d.y, d, theta0,
-                             r.tip_sigma_nm)
+        h, g = _defect_field(
+            xs[r0:r1, c0:c1] - d.x, ys[r0:r1, c0:c1] - d.y, d, theta0, r.tip_sigma_nm
+        )
         defects_h[r0:r1, c0:c1] += h
         gain[r0:r1, c0:c1] += g
     if r.mode == "cafm":
@@ -483,7 +539,7 @@ def _step(r: Recipe, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     th = se["angle_rad"]
     u = (xs - r.width_nm / 2) * math.cos(th) + (ys - r.height_nm / 2) * math.sin(th)
     v = -(xs - r.width_nm / 2) * math.sin(th) + (ys - r.height_nm / 2) * math.cos(th)
-    edge = se["offset"] * r.width_nm + se["curvature"] * v ** 2 / r.width_nm
+    edge = se["offset"] * r.width_nm + se["curvature"] * v**2 / r.width_nm
     dist = u - edge
     return se["sign"] * mat.step_nm * 0.5 * (1 + np.tanh(dist / max(r.tip_sigma_nm * 3, 0.2)))
 
@@ -495,10 +551,11 @@ def _step_distance(r: Recipe, x: float, y: float) -> float:
     th = se["angle_rad"]
     u = (x - r.width_nm / 2) * math.cos(th) + (y - r.height_nm / 2) * math.sin(th)
     v = -(x - r.width_nm / 2) * math.sin(th) + (y - r.height_nm / 2) * math.cos(th)
-    return abs(u - (se["offset"] * r.width_nm + se["curvature"] * v ** 2 / r.width_nm))
+    return abs(u - (se["offset"] * r.width_nm + se["curvature"] * v**2 / r.width_nm))
 
 
 # -- artifacts --------------------------------------------------------------------------------
+
 
 def _pink_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     """Unit-variance noise with a 1/f^exponent power spectrum."""
@@ -540,8 +597,7 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
     slope = math.tan(math.radians(r.tilt_deg))
     background = slope * (xn * math.cos(r.tilt_dir_rad) + yn * math.sin(r.tilt_dir_rad))
     half = max(r.width_nm, r.height_nm) / 2
-    background += r.bow_nm * (((xn - r.width_nm / 2) ** 2 + (yn - r.height_nm / 2) ** 2)
-                              / half ** 2)
+    background += r.bow_nm * (((xn - r.width_nm / 2) ** 2 + (yn - r.height_nm / 2) ** 2) / half**2)
     background += rng.uniform(-50, 50)  # absolute piezo position
 
     geo_f = _Geometry(r)
@@ -588,8 +644,9 @@ def simulate_scan(rng: np.random.Generator, recipe: Recipe) -> SimulatedScan:
         images = _cafm_channels(rng, r, images, topo_for_current)
     else:
         for direction in ("forward", "backward"):
-            images[("Current", direction)] = _error_current(rng, r, images[("Z", direction)],
-                                                            direction)
+            images[("Current", direction)] = _error_current(
+                rng, r, images[("Z", direction)], direction
+            )
 
     acquired_lines = _acquired_rows(r, t)
     for key, img in images.items():
@@ -609,7 +666,7 @@ def _streaks(rng: np.random.Generator, r: Recipe, direction: str) -> np.ndarray:
     """Noise correlated along each line (AR(1), correlation length in px): the streaky look
     of real frames, from tip and feedback instability."""
     rho = math.exp(-1.0 / r.streak_length_px)
-    drive = rng.normal(0, r.streak_nm * math.sqrt(1 - rho ** 2), (r.ny, r.nx))
+    drive = rng.normal(0, r.streak_nm * math.sqrt(1 - rho**2), (r.ny, r.nx))
     drive[:, 0] = rng.normal(0, r.streak_nm, r.ny)
     out = lfilter([1.0], [1.0, -rho], drive, axis=1)
     # bursts: some lines are much noisier than others
@@ -623,11 +680,12 @@ def _add_scars(rng: np.random.Generator, r: Recipe, z: np.ndarray) -> None:
         row = rng.integers(r.ny)
         length = int(rng.integers(5, 51))
         c0 = int(rng.integers(0, max(r.nx - length, 1)))
-        z[row, c0:c0 + length] += rng.choice([-1, 1]) * _log_uniform(rng, 0.05, 0.3)
+        z[row, c0 : c0 + length] += rng.choice([-1, 1]) * _log_uniform(rng, 0.05, 0.3)
 
 
-def _error_current(rng: np.random.Generator, r: Recipe, z_nm: np.ndarray,
-                   direction: str) -> np.ndarray:
+def _error_current(
+    rng: np.random.Generator, r: Recipe, z_nm: np.ndarray, direction: str
+) -> np.ndarray:
     """Constant-current STM: the Current channel is the feedback error, ~ d(height)/d(fast)."""
     sign = 1.0 if direction == "forward" else -1.0
     grad = np.gradient(np.nan_to_num(z_nm), axis=1) / r.pixel_size_nm[0]
@@ -650,11 +708,12 @@ def _cafm_channels(rng: np.random.Generator, r: Recipe, images: dict, signal: di
         log_i = base_log + decades * signal[direction]
         log_i += rng.normal(0, 0.04, log_i.shape)
         # streaks: noise correlated along lines and short bright/dark line segments
-        streaky = replace(r, streak_nm=float(rng.uniform(0.02, 0.08)),
-                          streak_length_px=float(rng.uniform(5, 40)))
+        streaky = replace(
+            r, streak_nm=float(rng.uniform(0.02, 0.08)), streak_length_px=float(rng.uniform(5, 40))
+        )
         log_i += _streaks(rng, streaky, direction)
         _add_scars(rng, replace(r, scar_rate=float(rng.uniform(0.01, 0.04))), log_i)
-        current = 10.0 ** log_i * gain[:, None]
+        current = 10.0**log_i * gain[:, None]
         out[("Z", direction)] = z - signal[direction] * 0.9  # contact mode: little topography
         out[("Current", direction)] = current
     return out
@@ -664,8 +723,13 @@ def _acquired_rows(r: Recipe, t: np.ndarray) -> np.ndarray:
     return t <= r.abort_fraction
 
 
-def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarray,
-           flat: np.ndarray | None = None) -> list[TruthDefect]:
+def _truth(
+    r: Recipe,
+    defects: list[_Defect],
+    geo: _Geometry,
+    acquired: np.ndarray,
+    flat: np.ndarray | None = None,
+) -> list[TruthDefect]:
     """Every defect inside the frame; ``visible`` when a labeller would mark it: it stands out
     of the noise, is not merged with or swamped by a neighbour, lies in an acquired line off a
     step edge, and (given the flattened image ``flat``) shows the contrast labellers mark
@@ -680,11 +744,15 @@ def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarr
     contrast = np.full(len(defects), np.nan)
     if flat is not None:  # judged only for the defects inside the frame
         contrast[inside] = defect_contrast(
-            flat, pixel_size_nm=float(np.sqrt(px * py)), rows=rows[inside], cols=cols[inside],
-            radius_nm=[d.radius_nm for d, keep in zip(defects, inside) if keep])
+            flat,
+            pixel_size_nm=float(np.sqrt(px * py)),
+            rows=rows[inside],
+            cols=cols[inside],
+            radius_nm=[d.radius_nm for d, keep in zip(defects, inside) if keep],
+        )
     # a defect is visible when its amplitude beats the noise averaged over its area:
     # white noise and lattice average out over the pixels it covers, streaks and 1/f much less
-    pixel_noise2 = r.white_nm ** 2 + (0.5 * r.corrugation_nm) ** 2
+    pixel_noise2 = r.white_nm**2 + (0.5 * r.corrugation_nm) ** 2
     slow_noise2 = (0.5 * r.streak_nm) ** 2 + (0.3 * r.pink_nm) ** 2 + (0.3 * r.line_offset_nm) ** 2
     hidden = _hidden_by_neighbours(r, defects, inside)
     out = []
@@ -695,17 +763,31 @@ def _truth(r: Recipe, defects: list[_Defect], geo: _Geometry, acquired: np.ndarr
         n_px = max(1.0, math.pi * (d.radius_nm * 0.6) ** 2 / (px * py))
         noise = math.sqrt(pixel_noise2 / n_px + slow_noise2)
         strong = abs(d.amp_nm) + abs(d.halo_amp_nm) * 0.3 >= 2.0 * noise
-        visible = bool(acquired[int(round(row))] and strong and diameter_px >= 2.5
-                       and not hidden[i] and marked(d.kind, float(contrast[i]))
-                       and _step_distance(r, d.x, d.y) > 0.5 + d.radius_nm)
-        out.append(TruthDefect(float(row), float(col), float((col + 0.5) * px),
-                               float((row + 0.5) * py), d.kind, d.cls.name, visible,
-                               float(contrast[i])))
+        visible = bool(
+            acquired[int(round(row))]
+            and strong
+            and diameter_px >= 2.5
+            and not hidden[i]
+            and marked(d.kind, float(contrast[i]))
+            and _step_distance(r, d.x, d.y) > 0.5 + d.radius_nm
+        )
+        out.append(
+            TruthDefect(
+                float(row),
+                float(col),
+                float((col + 0.5) * px),
+                float((row + 0.5) * py),
+                d.kind,
+                d.cls.name,
+                visible,
+                float(contrast[i]),
+            )
+        )
     return out
 
 
 def _core_sigma_nm(d: _Defect, tip_sigma_nm: float) -> float:
-    return math.sqrt((0.6 * d.radius_nm) ** 2 + tip_sigma_nm ** 2)
+    return math.sqrt((0.6 * d.radius_nm) ** 2 + tip_sigma_nm**2)
 
 
 def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray) -> np.ndarray:
@@ -732,12 +814,18 @@ def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray)
     for i in np.flatnonzero(inside):
         d = defects[i]
         s_i = float(sigma[i])
-        near = [j for j in tree.query_ball_point(xy[i], float(reach.max()) + 1.5 * s_i)
-                if j != i and math.dist(xy[i], xy[j]) < reach[j] + 1.5 * s_i]
+        near = [
+            j
+            for j in tree.query_ball_point(xy[i], float(reach.max()) + 1.5 * s_i)
+            if j != i and math.dist(xy[i], xy[j]) < reach[j] + 1.5 * s_i
+        ]
         for j in near:
             e = defects[j]
-            if (e.kind == d.kind and abs(e.amp_nm) >= abs(d.amp_nm)
-                    and math.dist(xy[i], xy[j]) < s_i + sigma[j]):
+            if (
+                e.kind == d.kind
+                and abs(e.amp_nm) >= abs(d.amp_nm)
+                and math.dist(xy[i], xy[j]) < s_i + sigma[j]
+            ):
                 hidden[i] = True
                 break
         if hidden[i]:
@@ -746,17 +834,26 @@ def _hidden_by_neighbours(r: Recipe, defects: list[_Defect], inside: np.ndarray)
         py_ = xy[i, 1] + np.concatenate([[0.0], 1.5 * s_i * np.sin(ang)])
         field = np.zeros(px_.shape)
         for j in near:
-            h, _ = _defect_field(px_ - defects[j].x, py_ - defects[j].y, defects[j], theta0,
-                                 r.tip_sigma_nm)
+            h, _ = _defect_field(
+                px_ - defects[j].x, py_ - defects[j].y, defects[j], theta0, r.tip_sigma_nm
+            )
             field += h
         hidden[i] = float(field.max() - field.min()) > 1.5 * abs(d.amp_nm)
     return hidden
 
 
-def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: float = 50.0,
-             pixels: int = 512, density_per_cm2: float | None = None,
-             artifacts: bool = True, clusters: bool = False,
-             broad: bool | Sequence[str] = False) -> SimulatedScan:
+def simulate(
+    seed: int,
+    *,
+    material: str = "wse2",
+    mode: str = "stm",
+    size_nm: float = 50.0,
+    pixels: int = 512,
+    density_per_cm2: float | None = None,
+    artifacts: bool = True,
+    clusters: bool = False,
+    broad: bool | Sequence[str] = False,
+) -> SimulatedScan:
     """Draw a recipe from ``seed`` and render it: the one call most users need. ``clusters``:
     add adsorbate clusters (drawn from their own random stream, so everything else about the
     scan stays as without them). ``broad``: widen the scan by the appearance and artifact
@@ -764,8 +861,16 @@ def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: f
     own random stream too: with ``broad=False`` a seed gives the same scan as before they
     existed, so held-out sets stay reproducible."""
     rng = np.random.default_rng(seed)
-    recipe = draw_recipe(rng, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
-                         density_per_cm2=density_per_cm2, seed=seed, artifacts=artifacts)
+    recipe = draw_recipe(
+        rng,
+        material=material,
+        mode=mode,
+        size_nm=size_nm,
+        pixels=pixels,
+        density_per_cm2=density_per_cm2,
+        seed=seed,
+        artifacts=artifacts,
+    )
     if clusters and mode == "stm":
         recipe.clusters = _draw_clusters(np.random.default_rng([seed, 4242]), recipe)
     families = BROAD_FAMILIES if broad is True else tuple(broad or ())
@@ -776,12 +881,20 @@ def simulate(seed: int, *, material: str = "wse2", mode: str = "stm", size_nm: f
 
 # -- broadened families (issue 15): wider than the draws above, behind `simulate(broad=...)` ----
 
-BROAD_FAMILIES = ("shapes", "halos", "rings", "lattice", "noise", "line_noise", "tips",
-                  "drift", "quantised")
+BROAD_FAMILIES = (
+    "shapes",
+    "halos",
+    "rings",
+    "lattice",
+    "noise",
+    "line_noise",
+    "tips",
+    "drift",
+    "quantised",
+)
 
 
-def draw_broad(rng: np.random.Generator, r: Recipe, families: Sequence[str]
-               ) -> dict[str, Any]:
+def draw_broad(rng: np.random.Generator, r: Recipe, families: Sequence[str]) -> dict[str, Any]:
     """Draw the broadened families' parameters for one scan (and widen ``r``'s own where a
     family changes them: lattice corrugation, tip, drift). Returns ``Recipe.broad``.
 
@@ -803,29 +916,41 @@ def draw_broad(rng: np.random.Generator, r: Recipe, families: Sequence[str]
         raise ValueError(f"unknown broad families {unknown}; choose from {BROAD_FAMILIES}")
     out: dict[str, Any] = {"seed": int(rng.integers(2**31)), "families": list(families)}
     if "shapes" in families:
-        out["shapes"] = {"size_sigma": float(rng.uniform(0.15, 0.35)),
-                         "amp_sigma": float(rng.uniform(0.2, 0.45)),
-                         "lobes_max": float(rng.uniform(0.3, 0.6)),
-                         "aspect_max": float(rng.uniform(1.0, 1.8))}
+        out["shapes"] = {
+            "size_sigma": float(rng.uniform(0.15, 0.35)),
+            "amp_sigma": float(rng.uniform(0.2, 0.45)),
+            "lobes_max": float(rng.uniform(0.3, 0.6)),
+            "aspect_max": float(rng.uniform(1.0, 1.8)),
+        }
     if "halos" in families:
-        out["halos"] = {"share": float(rng.uniform(0.2, 0.6)),
-                        "length_nm": [0.5, float(rng.uniform(1.0, 3.0))]}
+        out["halos"] = {
+            "share": float(rng.uniform(0.2, 0.6)),
+            "length_nm": [0.5, float(rng.uniform(1.0, 3.0))],
+        }
     if "rings" in families:
-        out["rings"] = {"share": float(rng.uniform(0.15, 0.5)),
-                        "strength": float(rng.uniform(0.2, 0.7))}
+        out["rings"] = {
+            "share": float(rng.uniform(0.15, 0.5)),
+            "strength": float(rng.uniform(0.2, 0.7)),
+        }
     if "lattice" in families and r.mode == "stm":
         r.corrugation_nm = _log_uniform(rng, 0.002, 0.060)
-        out["lattice"] = {"moire_period_nm": float(rng.uniform(1.5, 8.0)),
-                          "moire_amp_nm": float(rng.uniform(0.2, 0.8)) * r.corrugation_nm,
-                          "moire_angle_rad": float(rng.uniform(0, math.pi))}
+        out["lattice"] = {
+            "moire_period_nm": float(rng.uniform(1.5, 8.0)),
+            "moire_amp_nm": float(rng.uniform(0.2, 0.8)) * r.corrugation_nm,
+            "moire_angle_rad": float(rng.uniform(0, math.pi)),
+        }
     if "noise" in families:
-        out["noise"] = {"beta": float(rng.uniform(0.5, 2.5)),
-                        "amp_nm": _log_uniform(rng, 0.001, 0.008)}
+        out["noise"] = {
+            "beta": float(rng.uniform(0.5, 2.5)),
+            "amp_nm": _log_uniform(rng, 0.001, 0.008),
+        }
     if "line_noise" in families:
-        out["line_noise"] = {"amp_nm": _log_uniform(rng, 0.001, 0.006),
-                             "cycles_per_line": float(rng.uniform(0.5, 40.0)),
-                             "burst_rate": float(rng.uniform(0.0, 0.05)),
-                             "burst_nm": _log_uniform(rng, 0.003, 0.02)}
+        out["line_noise"] = {
+            "amp_nm": _log_uniform(rng, 0.001, 0.006),
+            "cycles_per_line": float(rng.uniform(0.5, 40.0)),
+            "burst_rate": float(rng.uniform(0.0, 0.05)),
+            "burst_nm": _log_uniform(rng, 0.003, 0.02),
+        }
     if "tips" in families:
         out["tips"] = {"blur_nm": [float(rng.uniform(0.0, 0.25)), float(rng.uniform(0.0, 0.25))]}
         if rng.random() < 0.5:
@@ -833,44 +958,59 @@ def draw_broad(rng: np.random.Generator, r: Recipe, families: Sequence[str]
             for _ in range(int(rng.integers(1, 4))):
                 ang = rng.uniform(0, 2 * math.pi)
                 dist = rng.uniform(0.4, 4.0)
-                ghosts.append({"dx_nm": dist * math.cos(ang), "dy_nm": dist * math.sin(ang),
-                               "weight": float(rng.uniform(0.1, 0.5))})
+                ghosts.append(
+                    {
+                        "dx_nm": dist * math.cos(ang),
+                        "dy_nm": dist * math.sin(ang),
+                        "weight": float(rng.uniform(0.1, 0.5)),
+                    }
+                )
             out["tips"]["ghosts"] = ghosts
     if "drift" in families:
-        r.drift_nm = (float(rng.uniform(-0.1, 0.1) * r.width_nm),
-                      float(rng.uniform(-0.1, 0.1) * r.height_nm))
-        out["drift"] = {"wobble_nm": float(rng.uniform(0.0, 0.6)),
-                        "wobble_cycles": float(rng.uniform(0.5, 4.0))}
+        r.drift_nm = (
+            float(rng.uniform(-0.1, 0.1) * r.width_nm),
+            float(rng.uniform(-0.1, 0.1) * r.height_nm),
+        )
+        out["drift"] = {
+            "wobble_nm": float(rng.uniform(0.0, 0.6)),
+            "wobble_cycles": float(rng.uniform(0.5, 4.0)),
+        }
     if "quantised" in families:
         out["quantised"] = {"bits": int(rng.integers(8, 13))}
     return out
 
 
-def _broaden_defects(rng: np.random.Generator, r: Recipe, defects: list[_Defect]
-                     ) -> list[_Defect]:
+def _broaden_defects(rng: np.random.Generator, r: Recipe, defects: list[_Defect]) -> list[_Defect]:
     b = r.broad
     out = []
     for d in defects:
         if "shapes" in b and d.cls is not ADSORBATE:
             sh = b["shapes"]
-            d = replace(d, radius_nm=d.radius_nm * float(rng.lognormal(0.0, sh["size_sigma"])),
-                        amp_nm=d.amp_nm * float(rng.lognormal(0.0, sh["amp_sigma"])),
-                        lobes=float(rng.uniform(0.0, sh["lobes_max"])),
-                        aspect=float(rng.uniform(1.0, sh["aspect_max"])))
+            d = replace(
+                d,
+                radius_nm=d.radius_nm * float(rng.lognormal(0.0, sh["size_sigma"])),
+                amp_nm=d.amp_nm * float(rng.lognormal(0.0, sh["amp_sigma"])),
+                lobes=float(rng.uniform(0.0, sh["lobes_max"])),
+                aspect=float(rng.uniform(1.0, sh["aspect_max"])),
+            )
         if "halos" in b and d.halo_nm == 0 and rng.random() < b["halos"]["share"]:
             lo, hi = b["halos"]["length_nm"]
-            d = replace(d, halo_nm=float(rng.uniform(lo, hi)),
-                        halo_amp_nm=float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5))
-                        * d.amp_nm)
+            d = replace(
+                d,
+                halo_nm=float(rng.uniform(lo, hi)),
+                halo_amp_nm=float(rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.5)) * d.amp_nm,
+            )
         if "rings" in b and rng.random() < b["rings"]["share"]:
-            d = replace(d, ring_amp_nm=-b["rings"]["strength"] * d.amp_nm
-                        * float(rng.uniform(0.6, 1.4)))
+            d = replace(
+                d, ring_amp_nm=-b["rings"]["strength"] * d.amp_nm * float(rng.uniform(0.6, 1.4))
+            )
         out.append(d)
     return out
 
 
-def _broaden_surface(r: Recipe, geo: _Geometry, defects: list[_Defect], topo: np.ndarray
-                     ) -> np.ndarray:
+def _broaden_surface(
+    r: Recipe, geo: _Geometry, defects: list[_Defect], topo: np.ndarray
+) -> np.ndarray:
     """Moire, extra tip ghosts and an anisotropic tip on the rendered surface (nm)."""
     from scipy.ndimage import gaussian_filter
 
@@ -878,12 +1018,14 @@ def _broaden_surface(r: Recipe, geo: _Geometry, defects: list[_Defect], topo: np
     px, py = r.pixel_size_nm
     if "lattice" in b and r.mode == "stm":
         m = b["lattice"]
-        rows, cols = np.mgrid[0:r.ny, 0:r.nx].astype(np.float64)
+        rows, cols = np.mgrid[0 : r.ny, 0 : r.nx].astype(np.float64)
         xs, ys = geo.surface(rows, cols)
         k = 2 * math.pi / m["moire_period_nm"]
         th = m["moire_angle_rad"]
-        moire = sum(np.cos(k * (xs * math.cos(th + a) + ys * math.sin(th + a)))
-                    for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3))
+        moire = sum(
+            np.cos(k * (xs * math.cos(th + a) + ys * math.sin(th + a)))
+            for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3)
+        )
         topo = topo + m["moire_amp_nm"] * moire / 3.0
     if "tips" in b:
         for g in b["tips"].get("ghosts", ()):
@@ -895,8 +1037,9 @@ def _broaden_surface(r: Recipe, geo: _Geometry, defects: list[_Defect], topo: np
     return topo
 
 
-def _broaden_noise(rng: np.random.Generator, r: Recipe, z: np.ndarray, t: np.ndarray,
-                   direction: str) -> np.ndarray:
+def _broaden_noise(
+    rng: np.random.Generator, r: Recipe, z: np.ndarray, t: np.ndarray, direction: str
+) -> np.ndarray:
     """2-D 1/f noise, line interference and noisy line bursts (nm)."""
     b = r.broad
     ny, nx = z.shape

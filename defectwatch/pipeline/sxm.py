@@ -33,10 +33,22 @@ DATA_MARKER = b"\x1a\x04"
 MAX_PIXELS_PER_SIDE = 1 << 15
 HEADER_ENCODING = "cp1252"  # LabVIEW on Windows; undefined bytes are replaced, never fatal
 
-_SI_PREFIX = {"f": 1e-15, "p": 1e-12, "n": 1e-9, "u": 1e-6, "µ": 1e-6, "m": 1e-3, "k": 1e3,
-              "M": 1e6, "G": 1e9}
-_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf(?:inity)?|nan)"
-                     r"\s*([fpnuµmkMG])?\s*$", re.IGNORECASE)
+_SI_PREFIX = {
+    "f": 1e-15,
+    "p": 1e-12,
+    "n": 1e-9,
+    "u": 1e-6,
+    "µ": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+}
+_NUMBER = re.compile(
+    r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf(?:inity)?|nan)"
+    r"\s*([fpnuµmkMG])?\s*$",
+    re.IGNORECASE,
+)
 
 
 def parse_number(text: str | None) -> float | None:
@@ -102,8 +114,9 @@ def parse_table(text: str) -> list[dict[str, str]]:
     return [dict(zip(keys, (v.strip() for v in r))) for r in rows[1:]]
 
 
-def read_layout(path: str | os.PathLike[str], *, head: bytes | None = None,
-                file_size: int | None = None) -> SxmLayout:
+def read_layout(
+    path: str | os.PathLike[str], *, head: bytes | None = None, file_size: int | None = None
+) -> SxmLayout:
     """Validate a file's header and size without reading its data.
 
     Raises `ScanIncompleteError` when the file is shorter than its header promises (or the
@@ -122,32 +135,41 @@ def read_layout(path: str | os.PathLike[str], *, head: bytes | None = None,
 
     if len(head) < len(MAGIC):
         if MAGIC.startswith(head):
-            raise ScanIncompleteError(f"{name}: file is {len(head)} bytes, the header has not "
-                                      "been written yet (still being written?)")
-        raise ScanReadError(f"{name}: not a Nanonis .sxm file (does not start with "
-                            f"{MAGIC.decode()})")
+            raise ScanIncompleteError(
+                f"{name}: file is {len(head)} bytes, the header has not "
+                "been written yet (still being written?)"
+            )
+        raise ScanReadError(
+            f"{name}: not a Nanonis .sxm file (does not start with {MAGIC.decode()})"
+        )
     if not head.startswith(MAGIC):
-        raise ScanReadError(f"{name}: not a Nanonis .sxm file (does not start with "
-                            f"{MAGIC.decode()})")
+        raise ScanReadError(
+            f"{name}: not a Nanonis .sxm file (does not start with {MAGIC.decode()})"
+        )
 
     end = head.find(END_TAG)
     if end < 0:
         if len(head) >= (1 << 20):
-            raise ScanReadError(f"{name}: no {END_TAG.decode()} in the first MiB; "
-                                "the header is corrupt")
-        raise ScanIncompleteError(f"{name}: header has no {END_TAG.decode()} yet "
-                                  f"({file_size} bytes; still being written?)")
+            raise ScanReadError(
+                f"{name}: no {END_TAG.decode()} in the first MiB; the header is corrupt"
+            )
+        raise ScanIncompleteError(
+            f"{name}: header has no {END_TAG.decode()} yet "
+            f"({file_size} bytes; still being written?)"
+        )
     marker = head.find(DATA_MARKER, end)
-    gap = head[end + len(END_TAG):marker if marker >= 0 else len(head)]
+    gap = head[end + len(END_TAG) : marker if marker >= 0 else len(head)]
     if marker < 0 or gap.strip(b"\r\n") != b"":
         if marker < 0 and len(gap) < 8 and gap.strip(b"\r\n") == b"":
-            raise ScanIncompleteError(f"{name}: file ends right after {END_TAG.decode()} "
-                                      "(still being written?)")
-        raise ScanReadError(f"{name}: the \\x1a\\x04 data marker after {END_TAG.decode()} "
-                            "is missing or corrupt")
+            raise ScanIncompleteError(
+                f"{name}: file ends right after {END_TAG.decode()} (still being written?)"
+            )
+        raise ScanReadError(
+            f"{name}: the \\x1a\\x04 data marker after {END_TAG.decode()} is missing or corrupt"
+        )
     data_offset = marker + len(DATA_MARKER)
 
-    header_text = head[:end + len(END_TAG)].decode(HEADER_ENCODING, errors="replace")
+    header_text = head[: end + len(END_TAG)].decode(HEADER_ENCODING, errors="replace")
     header_text = header_text.replace("\r\n", "\n")
     tags = header_tags(header_text)
 
@@ -157,19 +179,23 @@ def read_layout(path: str | os.PathLike[str], *, head: bytes | None = None,
         if len(pixels) != 2:
             raise ValueError
     except ValueError:
-        raise ScanReadError(f"{name}: SCAN_PIXELS is {tags.get('SCAN_PIXELS')!r}, "
-                            "expected two integers 'nx ny'") from None
+        raise ScanReadError(
+            f"{name}: SCAN_PIXELS is {tags.get('SCAN_PIXELS')!r}, expected two integers 'nx ny'"
+        ) from None
     if not (0 < nx <= MAX_PIXELS_PER_SIDE and 0 < ny <= MAX_PIXELS_PER_SIDE):
-        raise ScanReadError(f"{name}: SCAN_PIXELS {nx} x {ny} is out of range "
-                            f"(1..{MAX_PIXELS_PER_SIDE} per side)")
+        raise ScanReadError(
+            f"{name}: SCAN_PIXELS {nx} x {ny} is out of range (1..{MAX_PIXELS_PER_SIDE} per side)"
+        )
 
     rows = parse_table(tags.get("DATA_INFO", ""))
     channels: list[ChannelInfo] = []
     for row in rows:
         direction = row.get("Direction", "").lower()
         if not row.get("Name") or direction not in ("both", "forward", "backward"):
-            raise ScanReadError(f"{name}: DATA_INFO row {row} has no name or an unknown "
-                                "direction (expected both|forward|backward)")
+            raise ScanReadError(
+                f"{name}: DATA_INFO row {row} has no name or an unknown "
+                "direction (expected both|forward|backward)"
+            )
         channels.append(ChannelInfo(row["Name"], row.get("Unit", ""), direction))
     if not channels:
         raise ScanReadError(f"{name}: DATA_INFO lists no channels")
@@ -179,10 +205,12 @@ def read_layout(path: str | os.PathLike[str], *, head: bytes | None = None,
         raise ScanIncompleteError(
             f"{name}: data is {file_size - data_offset} bytes, header promises "
             f"{layout.expected_size - data_offset} ({nx}x{ny} px, {layout.blocks} blocks; "
-            "still being written?)")
+            "still being written?)"
+        )
     if file_size > layout.expected_size:
-        log.warning("%s: %d trailing bytes after the data ignored", name,
-                    file_size - layout.expected_size)
+        log.warning(
+            "%s: %d trailing bytes after the data ignored", name, file_size - layout.expected_size
+        )
     return layout
 
 
@@ -202,14 +230,16 @@ def read_blocks(layout: SxmLayout, channel: str) -> dict[str, np.ndarray]:
                     fh.seek(layout.data_offset + index * block * 4)
                     raw = fh.read(len(directions) * block * 4)
             except OSError as exc:
-                raise ScanReadError(f"{Path(layout.path).name}: cannot read data "
-                                    f"({exc.strerror or exc})") from exc
+                raise ScanReadError(
+                    f"{Path(layout.path).name}: cannot read data ({exc.strerror or exc})"
+                ) from exc
             if len(raw) < len(directions) * block * 4:
-                raise ScanIncompleteError(f"{Path(layout.path).name}: file shrank while being "
-                                          "read (still being written?)")
+                raise ScanIncompleteError(
+                    f"{Path(layout.path).name}: file shrank while being read (still being written?)"
+                )
             values = np.frombuffer(raw, dtype=">f4").astype(np.float32)
             for k, d in enumerate(directions):
-                out[d] = values[k * block:(k + 1) * block].reshape(layout.ny, layout.nx)
+                out[d] = values[k * block : (k + 1) * block].reshape(layout.ny, layout.nx)
             return out
         index += len(directions)
     raise ScanReadError(f"{Path(layout.path).name}: no channel {channel!r}")
@@ -219,14 +249,25 @@ def _fmt(value: float) -> str:
     return f"{value:.6E}"
 
 
-def write_sxm(path: str | os.PathLike[str], *, images: Mapping[tuple[str, str], np.ndarray],
-              units: Mapping[str, str], width_m: float, height_m: float,
-              scan_dir: str = "down", angle_deg: float = 0.0,
-              offset_m: tuple[float, float] = (0.0, 0.0), bias_v: float = -1.4,
-              setpoint_a: float = 60e-12, constant_height: bool = False,
-              rec_date: str = "18.11.2021", rec_time: str = "12:00:00",
-              line_time_s: float = 0.5, comment: Sequence[str] = (),
-              extra_tags: Mapping[str, str] | None = None) -> int:
+def write_sxm(
+    path: str | os.PathLike[str],
+    *,
+    images: Mapping[tuple[str, str], np.ndarray],
+    units: Mapping[str, str],
+    width_m: float,
+    height_m: float,
+    scan_dir: str = "down",
+    angle_deg: float = 0.0,
+    offset_m: tuple[float, float] = (0.0, 0.0),
+    bias_v: float = -1.4,
+    setpoint_a: float = 60e-12,
+    constant_height: bool = False,
+    rec_date: str = "18.11.2021",
+    rec_time: str = "12:00:00",
+    line_time_s: float = 0.5,
+    comment: Sequence[str] = (),
+    extra_tags: Mapping[str, str] | None = None,
+) -> int:
     """Write a Nanonis-style `.sxm` file; returns its size in bytes.
 
     ``images`` maps ``(channel name, "forward"|"backward")`` to ``(ny, nx)`` arrays oriented
@@ -236,7 +277,7 @@ def write_sxm(path: str | os.PathLike[str], *, images: Mapping[tuple[str, str], 
     written as ``both``.
     """
     names: list[str] = []
-    for (chan, _d) in images:
+    for chan, _d in images:
         if chan not in names:
             names.append(chan)
     shapes = {a.shape for a in images.values()}
@@ -275,9 +316,12 @@ def write_sxm(path: str | os.PathLike[str], *, images: Mapping[tuple[str, str], 
         ("SCAN_ANGLE", f"{angle_deg:20.3E}"),
         ("SCAN_DIR", scan_dir),
         ("BIAS", f"{bias_v:20.3E}"),
-        ("Z-CONTROLLER", "\tName\ton\tSetpoint\tP-gain\tI-gain\tT-const\n"
-                         f"\tlog Current\t{0 if constant_height else 1}\t{setpoint_a:.3E} A"
-                         "\t7.000E-11 m\t7.000E-8 m/s\t1.000E-3 s"),
+        (
+            "Z-CONTROLLER",
+            "\tName\ton\tSetpoint\tP-gain\tI-gain\tT-const\n"
+            f"\tlog Current\t{0 if constant_height else 1}\t{setpoint_a:.3E} A"
+            "\t7.000E-11 m\t7.000E-8 m/s\t1.000E-3 s",
+        ),
         ("COMMENT", "\n".join(comment)),
         ("NanonisMain>SW Version", "Generic 4"),
         ("Bias>Bias (V)", _fmt(bias_v)),

@@ -59,8 +59,14 @@ class CropSampler:
     """Random ``crop_px`` squares from examples chosen in proportion to their area; examples
     smaller than a crop are reflect-padded (their mask padded with IGNORE)."""
 
-    def __init__(self, examples: Sequence[Example], *, crop_px: int, rng: np.random.Generator,
-                 flips: bool = False):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        *,
+        crop_px: int,
+        rng: np.random.Generator,
+        flips: bool = False,
+    ):
         if not examples:
             raise ValueError("no training examples")
         self.examples = [self._pad(e, crop_px) for e in examples]
@@ -77,8 +83,11 @@ class CropSampler:
         if ph == 0 and pw == 0:
             return e
         pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-        return Example(np.pad(e.image01, pad, mode="reflect"),
-                       np.pad(e.mask, pad, constant_values=IGNORE), e.source)
+        return Example(
+            np.pad(e.image01, pad, mode="reflect"),
+            np.pad(e.mask, pad, constant_values=IGNORE),
+            e.source,
+        )
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, 1, crop, crop) float32 images and (n, crop, crop) int64 targets."""
@@ -89,8 +98,8 @@ class CropSampler:
             h, w = e.image01.shape
             r = int(self.rng.integers(0, h - self.crop + 1))
             c = int(self.rng.integers(0, w - self.crop + 1))
-            img = e.image01[r:r + self.crop, c:c + self.crop]
-            msk = e.mask[r:r + self.crop, c:c + self.crop]
+            img = e.image01[r : r + self.crop, c : c + self.crop]
+            msk = e.mask[r : r + self.crop, c : c + self.crop]
             if self.flips:
                 k = int(self.rng.integers(0, 4))
                 img, msk = np.rot90(img, k), np.rot90(msk, k)
@@ -105,13 +114,24 @@ class MixedSampler:
     scans the parent version was trained on: it keeps what it knew) and the rest from the
     lab's ``examples``; plain `CropSampler` batches when ``rehearsal`` is empty."""
 
-    def __init__(self, examples: Sequence[Example], rehearsal: Sequence[Example], *,
-                 share: float, crop_px: int, rng: np.random.Generator, flips: bool = False):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        rehearsal: Sequence[Example],
+        *,
+        share: float,
+        crop_px: int,
+        rng: np.random.Generator,
+        flips: bool = False,
+    ):
         if not 0.0 <= share < 1.0:
             raise ValueError(f"rehearsal share must lie in [0, 1), got {share!r}")
         self.lab = CropSampler(examples, crop_px=crop_px, rng=rng, flips=flips)
-        self.sim = (CropSampler(rehearsal, crop_px=crop_px, rng=rng, flips=flips)
-                    if rehearsal and share > 0 else None)
+        self.sim = (
+            CropSampler(rehearsal, crop_px=crop_px, rng=rng, flips=flips)
+            if rehearsal and share > 0
+            else None
+        )
         self.share = share
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +148,19 @@ class MixedSampler:
 Checkpoint = Callable[[int, dict[str, Any]], None]
 
 
-def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: TrainingRecipe,
-                 member: int = 0, device: str = "auto", init_state: dict | None = None,
-                 on_progress: TrainingProgress | None = None,
-                 rehearsal: Sequence[Example] = (), checkpoints: Sequence[int] = (),
-                 on_checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+def train_member(
+    examples: Sequence[Example],
+    *,
+    spec: UnetSpec,
+    recipe: TrainingRecipe,
+    member: int = 0,
+    device: str = "auto",
+    init_state: dict | None = None,
+    on_progress: TrainingProgress | None = None,
+    rehearsal: Sequence[Example] = (),
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Checkpoint | None = None,
+) -> dict[str, Any]:
     """Train one member (seed ``recipe.seed + member``) -> its averaged state dict (CPU).
 
     ``rehearsal``: examples mixed into every mini-batch (``recipe.rehearsal_share`` of it);
@@ -156,8 +184,14 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
-    sampler = MixedSampler(examples, rehearsal, share=recipe.rehearsal_share,
-                           crop_px=recipe.crop_px, rng=rng, flips=recipe.flips)
+    sampler = MixedSampler(
+        examples,
+        rehearsal,
+        share=recipe.rehearsal_share,
+        crop_px=recipe.crop_px,
+        rng=rng,
+        flips=recipe.flips,
+    )
     marks = {int(c) for c in checkpoints}
     start_avg = int(round(recipe.iterations * (1.0 - recipe.average_last)))
     averaged = AveragedModel(model)
@@ -182,17 +216,25 @@ def train_member(examples: Sequence[Example], *, spec: UnetSpec, recipe: Trainin
         if on_checkpoint is not None and it + 1 in marks:
             snap = copy.deepcopy(model)
             _recompute_batchnorm(snap, sampler, recipe, dev)
-            on_checkpoint(it + 1, {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-                                   for k, v in snap.state_dict().items()})
+            on_checkpoint(
+                it + 1,
+                {
+                    k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                    for k, v in snap.state_dict().items()
+                },
+            )
             model.train()
     final = averaged.module if n_avg else model
     _recompute_batchnorm(final, sampler, recipe, dev)
-    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, v in final.state_dict().items()}
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in final.state_dict().items()
+    }
 
 
-def _recompute_batchnorm(model, sampler: CropSampler | MixedSampler, recipe: TrainingRecipe,
-                         dev) -> None:
+def _recompute_batchnorm(
+    model, sampler: CropSampler | MixedSampler, recipe: TrainingRecipe, dev
+) -> None:
     """Running BatchNorm statistics for the (averaged) weights: a cumulative average over
     ``recipe.bn_batches`` fresh training batches."""
     import torch
@@ -213,12 +255,17 @@ def _recompute_batchnorm(model, sampler: CropSampler | MixedSampler, recipe: Tra
     model.eval()
 
 
-def train_ensemble(examples: Sequence[Example], *, spec: UnetSpec = UnetSpec(),
-                   recipe: TrainingRecipe = TrainingRecipe(), device: str = "auto",
-                   init_states: Sequence[dict] | None = None,
-                   on_progress: TrainingProgress | None = None,
-                   on_member: Callable[[int, dict[str, Any]], None] | None = None,
-                   rehearsal: Sequence[Example] = ()) -> list[dict[str, Any]]:
+def train_ensemble(
+    examples: Sequence[Example],
+    *,
+    spec: UnetSpec = UnetSpec(),
+    recipe: TrainingRecipe = TrainingRecipe(),
+    device: str = "auto",
+    init_states: Sequence[dict] | None = None,
+    on_progress: TrainingProgress | None = None,
+    on_member: Callable[[int, dict[str, Any]], None] | None = None,
+    rehearsal: Sequence[Example] = (),
+) -> list[dict[str, Any]]:
     """``recipe.members`` members, each from its own seed -> their state dicts (CPU).
 
     ``init_states``: member k starts from ``init_states[k % len]`` (fine-tuning);
@@ -228,9 +275,18 @@ def train_ensemble(examples: Sequence[Example], *, spec: UnetSpec = UnetSpec(),
     states = []
     for k in range(recipe.members):
         init = init_states[k % len(init_states)] if init_states else None
-        states.append(train_member(examples, spec=spec, recipe=recipe, member=k, device=device,
-                                   init_state=init, on_progress=on_progress,
-                                   rehearsal=rehearsal))
+        states.append(
+            train_member(
+                examples,
+                spec=spec,
+                recipe=recipe,
+                member=k,
+                device=device,
+                init_state=init,
+                on_progress=on_progress,
+                rehearsal=rehearsal,
+            )
+        )
         if on_member:
             on_member(k, states[-1])
         log.info("member %d/%d trained", k + 1, recipe.members)

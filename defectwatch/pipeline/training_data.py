@@ -27,25 +27,41 @@ class Example:
     source: str
 
 
-def example_from_points(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float,
-                        rows: Sequence[float], cols: Sequence[float], kinds: Sequence[str],
-                        ignore: Sequence[bool] | None = None,
-                        radius_nm: Sequence[float] | None = None,
-                        source: str = "",
-                        params: PreprocessParams = PreprocessParams()) -> Example:
+def example_from_points(
+    z: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float,
+    rows: Sequence[float],
+    cols: Sequence[float],
+    kinds: Sequence[str],
+    ignore: Sequence[bool] | None = None,
+    radius_nm: Sequence[float] | None = None,
+    source: str = "",
+    params: PreprocessParams = PreprocessParams(),
+) -> Example:
     """A raw image (ny, nx) plus point labels in its pixels -> an Example at ``target_nm``."""
-    image01, valid, mapping = prepare(z, pixel_size_nm=pixel_size_nm, target_nm=target_nm,
-                                      params=params)
+    image01, valid, mapping = prepare(
+        z, pixel_size_nm=pixel_size_nm, target_nm=target_nm, params=params
+    )
     base = np.where(valid, 0, IGNORE).astype(np.uint8)
     r, c = mapping.to_resampled(np.asarray(rows, float), np.asarray(cols, float))
-    radii = (np.asarray(radius_nm, float) if radius_nm is not None
-             else np.array([DEFAULT_RADIUS_NM[k] for k in kinds], float)) / target_nm
+    radii = (
+        np.asarray(radius_nm, float)
+        if radius_nm is not None
+        else np.array([DEFAULT_RADIUS_NM[k] for k in kinds], float)
+    ) / target_nm
     mask = circle_mask(image01.shape, r, c, kinds, radius_px=radii, ignore=ignore, base=base)
     return Example(image01, mask, source)
 
 
-def spare_detections(mask: np.ndarray, rows: Sequence[float], cols: Sequence[float], *,
-                     radius_px: Sequence[float] | float) -> np.ndarray:
+def spare_detections(
+    mask: np.ndarray,
+    rows: Sequence[float] | np.ndarray,
+    cols: Sequence[float] | np.ndarray,
+    *,
+    radius_px: Sequence[float] | np.ndarray | float,
+) -> np.ndarray:
     """Positive-unlabelled masks: background pixels (0) within ``radius_px`` of each point
     (``rows, cols``: e.g. confident detections of the parent version that no label marks, in
     the mask's pixels) become IGNORE, so a defect the labeller left out is not taught as
@@ -57,14 +73,20 @@ def spare_detections(mask: np.ndarray, rows: Sequence[float], cols: Sequence[flo
     return np.where(near & (mask == 0), IGNORE, mask).astype(np.uint8)
 
 
-def exported_render(z: np.ndarray, rng: np.random.Generator,
-                    params: PreprocessParams = PreprocessParams()) -> np.ndarray:
+def exported_render(
+    z: np.ndarray, rng: np.random.Generator, params: PreprocessParams = PreprocessParams()
+) -> np.ndarray:
     """What a lab's exported picture of a raw image (ny, nx) holds: flattened, sometimes
     smoothed, contrast-stretched with clipped tails, 8-bit, JPEG-compressed; float32 grey
     levels 0-255 (NaN where nothing was acquired). Real frames often reach us only like this
     (the paper's own data are such renders)."""
-    flat = flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
-                   mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+    flat = flatten(
+        z,
+        order=params.line_order,
+        mask_sigma=params.mask_sigma,
+        mask_dilate_px=params.mask_dilate_px,
+        passes=params.mask_passes,
+    )
     valid = np.isfinite(flat)
     if not valid.any():
         return flat.astype(np.float32)
@@ -82,10 +104,15 @@ def exported_render(z: np.ndarray, rng: np.random.Generator,
     return out
 
 
-def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str = "",
-                            params: PreprocessParams = PreprocessParams(),
-                            radius_nm: dict[str, float] | None = None,
-                            render_rng: np.random.Generator | None = None) -> Example:
+def example_from_simulation(
+    sim: SimulatedScan,
+    *,
+    target_nm: float,
+    source: str = "",
+    params: PreprocessParams = PreprocessParams(),
+    radius_nm: dict[str, float] | None = None,
+    render_rng: np.random.Generator | None = None,
+) -> Example:
     """A simulated scan's analysis channel (forward) and truth -> an Example; defects too
     faint to see are IGNORE, not background. With ``render_rng`` the image first goes through
     `exported_render`, as if the lab had sent a picture instead of the .sxm file."""
@@ -94,10 +121,17 @@ def example_from_simulation(sim: SimulatedScan, *, target_nm: float, source: str
         z = exported_render(z, render_rng, params)
     t = sim.truth
     return example_from_points(
-        z, pixel_size_nm=sim.recipe.pixel_size_nm, target_nm=target_nm,
-        rows=[d.row for d in t], cols=[d.col for d in t], kinds=[d.kind for d in t],
-        ignore=[not d.visible for d in t], source=source or f"sim-{sim.recipe.seed}",
-        params=params, radius_nm=[(radius_nm or DEFAULT_RADIUS_NM)[d.kind] for d in t])
+        z,
+        pixel_size_nm=sim.recipe.pixel_size_nm,
+        target_nm=target_nm,
+        rows=[d.row for d in t],
+        cols=[d.col for d in t],
+        kinds=[d.kind for d in t],
+        ignore=[not d.visible for d in t],
+        source=source or f"sim-{sim.recipe.seed}",
+        params=params,
+        radius_nm=[(radius_nm or DEFAULT_RADIUS_NM)[d.kind] for d in t],
+    )
 
 
 @dataclass(frozen=True)
@@ -124,28 +158,41 @@ class SimulationMix:
         px = float(np.exp(rng.uniform(plo, phi)))
         pixels = int(np.clip(round(size / px / 8) * 8, 64, 1024))
         dlo, dhi = np.log(self.density_per_cm2)
-        draw = {"material": material, "mode": mode, "size_nm": round(size, 2),
-                "pixels": pixels, "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))),
-                "artifacts": bool(rng.random() < self.artifacts_share)}
+        draw = {
+            "material": material,
+            "mode": mode,
+            "size_nm": round(size, 2),
+            "pixels": pixels,
+            "density_per_cm2": float(np.exp(rng.uniform(dlo, dhi))),
+            "artifacts": bool(rng.random() < self.artifacts_share),
+        }
         if self.cluster_share > 0:  # drawn only then: mixes without clusters stay as they were
             draw["clusters"] = bool(rng.random() < self.cluster_share)
         return draw
 
 
-def simulated_examples(seeds: Sequence[int], *, target_nm: float,
-                       mix: SimulationMix = SimulationMix(),
-                       params: PreprocessParams = PreprocessParams(),
-                       radius_nm: dict[str, float] | None = None,
-                       on_progress: Callable[[int, int], None] | None = None
-                       ) -> Iterator[Example]:
+def simulated_examples(
+    seeds: Sequence[int],
+    *,
+    target_nm: float,
+    mix: SimulationMix = SimulationMix(),
+    params: PreprocessParams = PreprocessParams(),
+    radius_nm: dict[str, float] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Iterator[Example]:
     """One Example per seed (scan ``seed`` is reproducible on its own)."""
     for i, seed in enumerate(seeds):
         rng = np.random.default_rng([seed, 7919])
         draw = mix.draw(rng, target_nm=target_nm)
         sim = simulate(int(seed), **draw)
         render = rng.random() < mix.render_share
-        yield example_from_simulation(sim, target_nm=target_nm, params=params,
-                                      source=f"sim-{seed}", radius_nm=radius_nm,
-                                      render_rng=rng if render else None)
+        yield example_from_simulation(
+            sim,
+            target_nm=target_nm,
+            params=params,
+            source=f"sim-{seed}",
+            radius_nm=radius_nm,
+            render_rng=rng if render else None,
+        )
         if on_progress:
             on_progress(i + 1, len(seeds))

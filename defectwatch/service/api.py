@@ -38,15 +38,39 @@ if TYPE_CHECKING:
 
     from defectwatch.pipeline.inference import Ensemble, Prediction
 
-__all__ = ["DEFECT_COLUMNS", "Detection", "Record", "detect", "open_record", "read_scan",
-           "simulate_scans"]
+__all__ = [
+    "DEFECT_COLUMNS",
+    "Detection",
+    "Record",
+    "detect",
+    "open_record",
+    "read_scan",
+    "simulate_scans",
+]
 
 #: Columns of `Detection.defects_frame` and `Record.defects`, in order.
-DEFECT_COLUMNS = ("row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty",
-                  "area_nm2", "contrast")
-_DEFECT_DTYPES = {"row": "float64", "col": "float64", "x_nm": "float64", "y_nm": "float64",
-                  "kind": "object", "confidence": "float64", "uncertainty": "float64",
-                  "area_nm2": "float64", "contrast": "float64"}
+DEFECT_COLUMNS = (
+    "row",
+    "col",
+    "x_nm",
+    "y_nm",
+    "kind",
+    "confidence",
+    "uncertainty",
+    "area_nm2",
+    "contrast",
+)
+_DEFECT_DTYPES = {
+    "row": "float64",
+    "col": "float64",
+    "x_nm": "float64",
+    "y_nm": "float64",
+    "kind": "object",
+    "confidence": "float64",
+    "uncertainty": "float64",
+    "area_nm2": "float64",
+    "contrast": "float64",
+}
 
 PathLike = str | os.PathLike[str]
 
@@ -132,8 +156,9 @@ class Detection:
             measured). Shape ``(n_defects, 9)``; empty with the same columns when nothing
             was found.
         """
-        return _defects_frame([{c: getattr(d, c) for c in DEFECT_COLUMNS}
-                               for d in self.record.defects])
+        return _defects_frame(
+            [{c: getattr(d, c) for c in DEFECT_COLUMNS} for d in self.record.defects]
+        )
 
     def plot(self, ax: Axes | None = None, *, marker_size: float = 60.0) -> Axes:
         """Draw the flattened scan with its defects circled (troughs cyan, peaks magenta).
@@ -154,14 +179,26 @@ class Detection:
 
         image = self.prediction.flat if self.prediction.flat is not None else self.scan.data
         name = Path(self.scan.path).name
-        return draw_overlay(image, self.record.defects, width_nm=self.scan.width_nm,
-                            height_nm=self.scan.height_nm, ax=ax, marker_size=marker_size,
-                            title=f"{name} ({self.model_version})")
+        return draw_overlay(
+            image,
+            self.record.defects,
+            width_nm=self.scan.width_nm,
+            height_nm=self.scan.height_nm,
+            ax=ax,
+            marker_size=marker_size,
+            title=f"{name} ({self.model_version})",
+        )
 
 
-def detect(scan: PathLike | Scan, *, model: PathLike | None = None, fast: bool = False,
-           channel: str = "Z", threshold: float | None = None, device: str = "auto"
-           ) -> Detection:
+def detect(
+    scan: PathLike | Scan,
+    *,
+    model: PathLike | None = None,
+    fast: bool = False,
+    channel: str = "Z",
+    threshold: float | None = None,
+    device: str = "auto",
+) -> Detection:
     """Find the defects in one scan.
 
     Parameters
@@ -199,8 +236,9 @@ def detect(scan: PathLike | Scan, *, model: PathLike | None = None, fast: bool =
     return _detect(scan, ensemble=ensemble, channel=channel, threshold=threshold)
 
 
-def _detect(scan: PathLike | Scan, *, ensemble: Ensemble, channel: str,
-            threshold: float | None) -> Detection:
+def _detect(
+    scan: PathLike | Scan, *, ensemble: Ensemble, channel: str, threshold: float | None
+) -> Detection:
     from defectwatch.service.detection import detect_scan
 
     if not isinstance(scan, Scan):
@@ -209,9 +247,17 @@ def _detect(scan: PathLike | Scan, *, ensemble: Ensemble, channel: str,
     return Detection(detected.scan, detected.detection, detected.prediction)
 
 
-def simulate_scans(folder: PathLike, *, n: int = 2, material: str = "wse2", mode: str = "stm",
-                   size_nm: float = 50.0, pixels: int = 512,
-                   density_per_cm2: float | None = None, seed: int = 0) -> list[Path]:
+def simulate_scans(
+    folder: PathLike,
+    *,
+    n: int = 2,
+    material: str = "wse2",
+    mode: str = "stm",
+    size_nm: float = 50.0,
+    pixels: int = 512,
+    density_per_cm2: float | None = None,
+    seed: int = 0,
+) -> list[Path]:
     """Write simulated STM (or C-AFM) scans with their ground truth, as ``defectwatch
     simulate`` does.
 
@@ -238,9 +284,19 @@ def simulate_scans(folder: PathLike, *, n: int = 2, material: str = "wse2", mode
     """
     from defectwatch.service.simulation import write_simulated_scans
 
-    return [w.sxm for w in write_simulated_scans(
-        Path(folder), n=n, material=material, mode=mode, size_nm=size_nm, pixels=pixels,
-        density_per_cm2=density_per_cm2, seed=seed)]
+    return [
+        w.sxm
+        for w in write_simulated_scans(
+            Path(folder),
+            n=n,
+            material=material,
+            mode=mode,
+            size_nm=size_nm,
+            pixels=pixels,
+            density_per_cm2=density_per_cm2,
+            seed=seed,
+        )
+    ]
 
 
 class Record:
@@ -257,8 +313,12 @@ class Record:
     def __enter__(self) -> Record:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -281,13 +341,28 @@ class Record:
 
         from defectwatch.service.queries import samples_overview
 
-        rows = [{**{k: v for k, v in r.items()
-                    if k not in ("counts", "density_per_cm2", "ci95_per_cm2")},
-                 **{f"{k}_per_cm2": v for k, v in r["density_per_cm2"].items()}}
-                for r in samples_overview(self.engine)]
-        columns = ["sample", "scans", "done", "failed", "pending", "area_nm2",
-                   "latest_seen_at", "latest_path",
-                   *(f"{k}_per_cm2" for k in (*KINDS, "total"))]
+        rows = [
+            {
+                **{
+                    k: v
+                    for k, v in r.items()
+                    if k not in ("counts", "density_per_cm2", "ci95_per_cm2")
+                },
+                **{f"{k}_per_cm2": v for k, v in r["density_per_cm2"].items()},
+            }
+            for r in samples_overview(self.engine)
+        ]
+        columns = [
+            "sample",
+            "scans",
+            "done",
+            "failed",
+            "pending",
+            "area_nm2",
+            "latest_seen_at",
+            "latest_path",
+            *(f"{k}_per_cm2" for k in (*KINDS, "total")),
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     def density(self, samples: Sequence[str] | None = None) -> pd.DataFrame:
@@ -316,21 +391,41 @@ class Record:
         from defectwatch.service.queries import KINDS as REPORT_KINDS
         from defectwatch.service.queries import density_report
 
-        rows = [{"sample": r.sample, "kind": k, "scans": r.scans, "defects": r.counts[k],
-                 "area_nm2": r.area_nm2, "density_per_cm2": r.density_per_cm2[k],
-                 "ci95_low_per_cm2": r.ci95_per_cm2[k][0],
-                 "ci95_high_per_cm2": r.ci95_per_cm2[k][1],
-                 "raw_density_per_cm2": r.raw_density_per_cm2[k],
-                 "calibration": r.calibration}
-                for r in density_report(self.engine, list(samples) if samples else None)
-                for k in REPORT_KINDS]
-        return pd.DataFrame(rows, columns=["sample", "kind", "scans", "defects", "area_nm2",
-                                           "density_per_cm2", "ci95_low_per_cm2",
-                                           "ci95_high_per_cm2", "raw_density_per_cm2",
-                                           "calibration"])
+        rows = [
+            {
+                "sample": r.sample,
+                "kind": k,
+                "scans": r.scans,
+                "defects": r.counts[k],
+                "area_nm2": r.area_nm2,
+                "density_per_cm2": r.density_per_cm2[k],
+                "ci95_low_per_cm2": r.ci95_per_cm2[k][0],
+                "ci95_high_per_cm2": r.ci95_per_cm2[k][1],
+                "raw_density_per_cm2": r.raw_density_per_cm2[k],
+                "calibration": r.calibration,
+            }
+            for r in density_report(self.engine, list(samples) if samples else None)
+            for k in REPORT_KINDS
+        ]
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "sample",
+                "kind",
+                "scans",
+                "defects",
+                "area_nm2",
+                "density_per_cm2",
+                "ci95_low_per_cm2",
+                "ci95_high_per_cm2",
+                "raw_density_per_cm2",
+                "calibration",
+            ],
+        )
 
-    def scans(self, *, sample: str | None = None, status: str | None = None,
-              limit: int | None = None) -> pd.DataFrame:
+    def scans(
+        self, *, sample: str | None = None, status: str | None = None, limit: int | None = None
+    ) -> pd.DataFrame:
         """Recorded scans, newest first, as ``defectwatch scans`` lists them.
 
         Parameters
@@ -377,8 +472,7 @@ class Record:
         _, rows = defects_report(self.engine, str(scan))
         return _defects_frame(rows)
 
-    def add(self, detection: Detection, *, sample: str | None = None,
-            rule: str = "folder") -> int:
+    def add(self, detection: Detection, *, sample: str | None = None, rule: str = "folder") -> int:
         """Record a detection of a scan file, as ``defectwatch process`` does.
 
         Parameters
@@ -403,15 +497,33 @@ class Record:
 
         path = Path(detection.scan.path).resolve()  # absolute, as `process` records it
         if sample is None:
-            return record_file(path, detection.scan, detection.record, engine=self.engine,
-                               rule=check_sample_rule(rule),
-                               watch_root=path.resolve().parent.parent)
+            return record_file(
+                path,
+                detection.scan,
+                detection.record,
+                engine=self.engine,
+                rule=check_sample_rule(rule),
+                watch_root=path.resolve().parent.parent,
+            )
         with write_transaction(self.engine) as session:
-            return record_detection(detection.scan, detection.record, session=session,
-                                    sha256=file_sha256(path), sample=sample, path=str(path))
+            return record_detection(
+                detection.scan,
+                detection.record,
+                session=session,
+                sha256=file_sha256(path),
+                sample=sample,
+                path=str(path),
+            )
 
-    def detect(self, scan: PathLike | Scan, *, fast: bool = False, channel: str = "Z",
-               threshold: float | None = None, device: str = "auto") -> Detection:
+    def detect(
+        self,
+        scan: PathLike | Scan,
+        *,
+        fast: bool = False,
+        channel: str = "Z",
+        threshold: float | None = None,
+        device: str = "auto",
+    ) -> Detection:
         """`detect` with this record's active model version.
 
         The active version is the one the daemon uses; on a new record the shipped default is

@@ -97,8 +97,9 @@ def parse_path_map(items: Sequence[str]) -> list[tuple[str, str]]:
     for item in items:
         old, sep, new = item.partition("=")
         if not sep or not old or not new:
-            raise ConfigError(f"--path-map {item!r}: write OLD=NEW, e.g. "
-                              f"/mnt/stm-share=/scratch/stm")
+            raise ConfigError(
+                f"--path-map {item!r}: write OLD=NEW, e.g. /mnt/stm-share=/scratch/stm"
+            )
         pairs.append((old, new))
     return pairs
 
@@ -106,9 +107,12 @@ def parse_path_map(items: Sequence[str]) -> list[tuple[str, str]]:
 def map_path(path: str, path_map: Sequence[tuple[str, str]]) -> str:
     """``path`` with the first matching recorded prefix replaced (longest prefix first)."""
     for old, new in sorted(path_map, key=lambda p: -len(p[0])):
-        if path == old or path.startswith(old.rstrip("/\\") + "/") or \
-                path.startswith(old.rstrip("/\\") + "\\"):
-            return new.rstrip("/\\") + path[len(old.rstrip("/\\")):].replace("\\", "/")
+        if (
+            path == old
+            or path.startswith(old.rstrip("/\\") + "/")
+            or path.startswith(old.rstrip("/\\") + "\\")
+        ):
+            return new.rstrip("/\\") + path[len(old.rstrip("/\\")) :].replace("\\", "/")
     return path
 
 
@@ -116,9 +120,15 @@ def task_key(sha256: str, version: str) -> str:
     return f"rescore-{sha256}-{version}"
 
 
-def archive_tasks(engine: Engine, *, version: str, everything: bool = False,
-                  sample: str | None = None, channel: str | None = None,
-                  path_map: Sequence[tuple[str, str]] = ()) -> list[ArchiveTask]:
+def archive_tasks(
+    engine: Engine,
+    *,
+    version: str,
+    everything: bool = False,
+    sample: str | None = None,
+    channel: str | None = None,
+    path_map: Sequence[tuple[str, str]] = (),
+) -> list[ArchiveTask]:
     """The scans to re-score with ``version``, oldest first (see the module docstring)."""
     with read_transaction(engine) as session:
         if sample is not None and sample not in q.sample_names(session=session):
@@ -131,11 +141,19 @@ def archive_tasks(engine: Engine, *, version: str, everything: bool = False,
         if run is not None and run.model_version == version:
             continue  # already scored by this version
         wanted = (scan.status == "done" and run is not None) or (
-            everything and scan.status in ("done", "failed"))
+            everything and scan.status in ("done", "failed")
+        )
         if wanted:
-            tasks.append(ArchiveTask(task_key(scan.sha256, version), scan.id, scan.sha256,
-                                     map_path(scan.path, path_map), scan.path,
-                                     channel or scan.channel or "Z"))
+            tasks.append(
+                ArchiveTask(
+                    task_key(scan.sha256, version),
+                    scan.id,
+                    scan.sha256,
+                    map_path(scan.path, path_map),
+                    scan.path,
+                    channel or scan.channel or "Z",
+                )
+            )
     return tasks
 
 
@@ -163,8 +181,12 @@ def _worker_ensemble(directory: str, threads: int | None) -> Any:
             torch.set_num_threads(cores)
             _ENSEMBLES.clear()
             _ENSEMBLES[key] = Ensemble.load(
-                directory, device="auto", side_by_side=max(1, min(cores, 4)),
-                onnx_cache_dir=cache_dir() / "onnx", cpu_onnx=get_settings().cpu_onnx)
+                directory,
+                device="auto",
+                side_by_side=max(1, min(cores, 4)),
+                onnx_cache_dir=cache_dir() / "onnx",
+                cpu_onnx=get_settings().cpu_onnx,
+            )
             _LOADS += 1
             log.info("worker %d loaded model %s (%d core(s))", os.getpid(), directory, cores)
         return _ENSEMBLES[key]
@@ -177,8 +199,14 @@ def _worker_engine(url: str) -> Engine:
         return _ENGINES[url]
 
 
-def rescore_on_worker(task: ArchiveTask, *, version: str, model_dir: str,
-                      threads: int | None = None, db_url: str | None = None) -> TaskOutcome:
+def rescore_on_worker(
+    task: ArchiveTask,
+    *,
+    version: str,
+    model_dir: str,
+    threads: int | None = None,
+    db_url: str | None = None,
+) -> TaskOutcome:
     """Run on a Dask worker: check the file, detect, and (with ``db_url``) record the run;
     without it the detection goes back to the client. A file's fault is an outcome with a
     reason, not an exception."""
@@ -188,33 +216,41 @@ def rescore_on_worker(task: ArchiveTask, *, version: str, model_dir: str,
         return TaskOutcome(task.key, False, reason=reason, worker_pid=os.getpid(), loads=_LOADS)
 
     if not os.path.isfile(task.path):
-        hint = "" if task.path != task.recorded_path else " (a share mounted elsewhere on the " \
-            "workers? see --path-map)"
+        hint = (
+            ""
+            if task.path != task.recorded_path
+            else " (a share mounted elsewhere on the workers? see --path-map)"
+        )
         return failed(f"{task.path}: no such file on worker {os.getpid()}{hint}")
     try:
         if file_sha256(task.path) != task.sha256:
-            return failed(f"{task.path}: its content changed since it was recorded (a new "
-                          f"scan: record it with `defectwatch process`)")
+            return failed(
+                f"{task.path}: its content changed since it was recorded (a new "
+                f"scan: record it with `defectwatch process`)"
+            )
     except OSError as exc:
         return failed(f"{task.path}: cannot read it ({exc.strerror or exc})")
     ensemble = _worker_ensemble(model_dir, threads)
     if ensemble.version != version:
-        return failed(f"{model_dir} holds model version {ensemble.version!r}, the registry "
-                      f"calls it {version!r}")
+        return failed(
+            f"{model_dir} holds model version {ensemble.version!r}, the registry "
+            f"calls it {version!r}"
+        )
     try:
         _, detection = detect_file(task.path, ensemble=ensemble, channel=task.channel)
     except DefectwatchError as exc:
         return failed(str(exc))
     if db_url is None:
-        return TaskOutcome(task.key, True, detection=detection, worker_pid=os.getpid(),
-                           loads=_LOADS)
+        return TaskOutcome(
+            task.key, True, detection=detection, worker_pid=os.getpid(), loads=_LOADS
+        )
     with write_transaction(_worker_engine(db_url)) as session:
-        recorded = add_run_unless_scored(task.sha256, detection, version=version,
-                                         session=session)
+        recorded = add_run_unless_scored(task.sha256, detection, version=version, session=session)
     return TaskOutcome(task.key, True, recorded=recorded, worker_pid=os.getpid(), loads=_LOADS)
 
 
 # -- the client ----------------------------------------------------------------------------
+
 
 def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any, int | None]:
     """(client, cluster or None, CPU threads per worker or None)."""
@@ -224,8 +260,10 @@ def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any, int 
         try:
             return Client(scheduler, timeout="30s"), None, None
         except OSError as exc:
-            raise ConfigError(f"--scheduler {scheduler}: cannot reach it ({exc}); is the "
-                              f"Dask scheduler running there?") from None
+            raise ConfigError(
+                f"--scheduler {scheduler}: cannot reach it ({exc}); is the "
+                f"Dask scheduler running there?"
+            ) from None
     n = workers or 1
     if n < 1:
         raise ConfigError(f"--workers {n}: give 1 or more")
@@ -234,30 +272,52 @@ def _connect(workers: int | None, scheduler: str | None) -> tuple[Any, Any, int 
 
     # Dask starts workers with OMP/MKL/OpenBLAS at 1 thread; each of ours gets its share
     # of the cores (one task at a time per worker: the ensemble runs its members side by side)
-    environ = {f"distributed.nanny.pre-spawn-environ.{k}": str(threads)
-               for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    environ = {
+        f"distributed.nanny.pre-spawn-environ.{k}": str(threads)
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
     with dask.config.set(environ):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster), cluster, threads
 
 
-def rescore_archive(engine: Engine, *, everything: bool = False, sample: str | None = None,
-                    workers: int | None = None, scheduler: str | None = None,
-                    path_map: Sequence[tuple[str, str]] = (), channel: str | None = None,
-                    on_progress: Progress | None = None,
-                    stop: threading.Event | None = None) -> ArchiveResult:
+def rescore_archive(
+    engine: Engine,
+    *,
+    everything: bool = False,
+    sample: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    path_map: Sequence[tuple[str, str]] = (),
+    channel: str | None = None,
+    on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> ArchiveResult:
     """Re-score the archive with the active version on Dask (``workers`` local processes, or
     the cluster at ``scheduler``). Failures are collected with their reasons and do not stop
     the run; ``stop`` set (or Ctrl-C) cancels what is left and returns ``interrupted``: a
     later run picks up exactly the scans not recorded yet."""
     if workers is not None and scheduler is not None:
-        raise ConfigError("--workers and --scheduler: choose one (--workers starts a local "
-                          "cluster; --scheduler uses a running one)")
+        raise ConfigError(
+            "--workers and --scheduler: choose one (--workers starts a local "
+            "cluster; --scheduler uses a running one)"
+        )
     started = time.monotonic()
     version, directory = active_model(engine)
-    tasks = archive_tasks(engine, version=version, everything=everything, sample=sample,
-                          channel=channel, path_map=path_map)
+    tasks = archive_tasks(
+        engine,
+        version=version,
+        everything=everything,
+        sample=sample,
+        channel=channel,
+        path_map=path_map,
+    )
     by_key = {t.key: t for t in tasks}
     total = len(by_key)
     recorded = already = 0
@@ -279,9 +339,19 @@ def rescore_archive(engine: Engine, *, everything: bool = False, sample: str | N
 
     futures = []
     try:
-        futures = [client.submit(rescore_on_worker, t, version=version,
-                                 model_dir=str(directory), threads=threads, db_url=db_url,
-                                 key=t.key, pure=False) for t in by_key.values()]
+        futures = [
+            client.submit(
+                rescore_on_worker,
+                t,
+                version=version,
+                model_dir=str(directory),
+                threads=threads,
+                db_url=db_url,
+                key=t.key,
+                pure=False,
+            )
+            for t in by_key.values()
+        ]
         for future in as_completed(futures):
             if stop is not None and stop.is_set():
                 interrupted = True
@@ -291,11 +361,11 @@ def rescore_archive(engine: Engine, *, everything: bool = False, sample: str | N
                 outcome: TaskOutcome = future.result()
             except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: listed, run goes on
                 failed.append((task.recorded_path, f"{type(exc).__name__}: {exc}"))
-                log.warning("%s: not re-scored: %s: %s", task.recorded_path,
-                            type(exc).__name__, exc)
+                log.warning(
+                    "%s: not re-scored: %s: %s", task.recorded_path, type(exc).__name__, exc
+                )
             else:
-                loads[outcome.worker_pid] = max(loads.get(outcome.worker_pid, 0),
-                                                outcome.loads)
+                loads[outcome.worker_pid] = max(loads.get(outcome.worker_pid, 0), outcome.loads)
                 if not outcome.ok:
                     failed.append((task.recorded_path, outcome.reason or "?"))
                     log.warning("%s: not re-scored: %s", task.recorded_path, outcome.reason)
@@ -303,8 +373,9 @@ def rescore_archive(engine: Engine, *, everything: bool = False, sample: str | N
                     if writes_here:
                         assert outcome.detection is not None
                         with write_transaction(engine) as session:
-                            new = add_run_unless_scored(task.sha256, outcome.detection,
-                                                        version=version, session=session)
+                            new = add_run_unless_scored(
+                                task.sha256, outcome.detection, version=version, session=session
+                            )
                     else:
                         new = bool(outcome.recorded)
                     recorded += new
@@ -316,10 +387,21 @@ def rescore_archive(engine: Engine, *, everything: bool = False, sample: str | N
     finally:
         if interrupted:
             client.cancel(futures)
-            log.warning("interrupted: %d of %d scan(s) left; run the same command again to "
-                        "re-score them", total - recorded - already - len(failed), total)
+            log.warning(
+                "interrupted: %d of %d scan(s) left; run the same command again to re-score them",
+                total - recorded - already - len(failed),
+                total,
+            )
         client.close()
         if cluster is not None:
             cluster.close()
-    return ArchiveResult(version, total, recorded, already, tuple(failed), interrupted,
-                         time.monotonic() - started, loads)
+    return ArchiveResult(
+        version,
+        total,
+        recorded,
+        already,
+        tuple(failed),
+        interrupted,
+        time.monotonic() - started,
+        loads,
+    )

@@ -45,16 +45,29 @@ def _status(status: str | None) -> str | None:
 def scan_summary(found: browse.ScanWithRun) -> dict[str, Any]:
     """One scan as the /api/scans list shows it."""
     s, run = found.scan, found.run
-    counts = ({"trough": run.trough_count, "peak": run.peak_count, "total": run.defect_count}
-              if run is not None else None)
-    per = (run.defect_count * NM2_PER_CM2 / run.area_nm2
-           if run is not None and run.area_nm2 > 0 else None)
-    return {"id": s.id, "file": file_name(s.path), "sample": found.sample, "status": s.status,
-            "counts": counts, "density_per_cm2": per,
-            "model_version": run.model_version if run is not None else None,
-            "run_id": run.id if run is not None else None,
-            "seen_at": _iso(s.created_at), "recorded_at": _iso(s.recorded_at),
-            "last_error": s.last_error}
+    counts = (
+        {"trough": run.trough_count, "peak": run.peak_count, "total": run.defect_count}
+        if run is not None
+        else None
+    )
+    per = (
+        run.defect_count * NM2_PER_CM2 / run.area_nm2
+        if run is not None and run.area_nm2 > 0
+        else None
+    )
+    return {
+        "id": s.id,
+        "file": file_name(s.path),
+        "sample": found.sample,
+        "status": s.status,
+        "counts": counts,
+        "density_per_cm2": per,
+        "model_version": run.model_version if run is not None else None,
+        "run_id": run.id if run is not None else None,
+        "seen_at": _iso(s.created_at),
+        "recorded_at": _iso(s.recorded_at),
+        "last_error": s.last_error,
+    }
 
 
 def status(engine: Engine) -> dict[str, Any]:
@@ -65,10 +78,17 @@ def status(engine: Engine) -> dict[str, Any]:
     with read_transaction(engine) as session:
         waiting = browse.waiting_scans(session=session)
         newest_scan, newest_run = browse.newest_ids(session=session)
-    report["waiting"] = [{"id": w.id, "file": file_name(w.path), "status": w.status,
-                          "attempts": w.attempts, "note": w.last_error,
-                          "waiting_s": max(0.0, (now - w.created_at).total_seconds())}
-                         for w in waiting]
+    report["waiting"] = [
+        {
+            "id": w.id,
+            "file": file_name(w.path),
+            "status": w.status,
+            "attempts": w.attempts,
+            "note": w.last_error,
+            "waiting_s": max(0.0, (now - w.created_at).total_seconds()),
+        }
+        for w in waiting
+    ]
     report["newest_scan_id"] = newest_scan
     report["newest_run_id"] = newest_run
     return report
@@ -84,15 +104,27 @@ def samples(engine: Engine) -> list[dict[str, Any]]:
     return rows
 
 
-def scans(engine: Engine, *, sample: str | None = None, status: str | None = None,
-          limit: int = 100, offset: int = 0, after_id: int | None = None
-          ) -> list[dict[str, Any]]:
+def scans(
+    engine: Engine,
+    *,
+    sample: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    after_id: int | None = None,
+) -> list[dict[str, Any]]:
     """A page of scans, newest first (``after_id``: only newer ones)."""
     limit, offset = _page(limit, offset)
     with read_transaction(engine) as session:
         sid = _sample_id(sample, session=session)
-        rows = browse.scans_page(session=session, sample_id=sid, status=_status(status),
-                                 limit=limit, offset=offset, after_id=after_id)
+        rows = browse.scans_page(
+            session=session,
+            sample_id=sid,
+            status=_status(status),
+            limit=limit,
+            offset=offset,
+            after_id=after_id,
+        )
         return [scan_summary(r) for r in rows]
 
 
@@ -115,27 +147,55 @@ def scan_detail(engine: Engine, scan_id: int) -> dict[str, Any]:
         defects = browse.run_defects(run.id, session=session) if run is not None else []
         review = browse.review_of(scan_id, session=session)
         out = scan_summary(found)
-        out.update({
-            "path": s.path, "channel": s.channel, "nx": s.nx, "ny": s.ny,
-            "width_nm": s.width_nm, "height_nm": s.height_nm,
-            "pixel_size_nm": [s.pixel_size_x_nm, s.pixel_size_y_nm],
-            "angle_deg": s.angle_deg, "bias_v": s.bias_v, "setpoint_a": s.setpoint_a,
-            "constant_height": s.constant_height, "temperature_k": s.temperature_k,
-            "acquired_fraction": s.acquired_fraction, "acquired_area_nm2": s.acquired_area_nm2,
-            "scan_dir": s.scan_dir, "comment": s.comment, "attempts": s.attempts,
-            "seconds": run.seconds if run is not None else None,
-            "finished_at": _iso(run.finished_at) if run is not None else None,
-            "uncertainty_sum": run.uncertainty_sum if run is not None else None,
-            "near_threshold_nm2": run.near_threshold_nm2 if run is not None else None,
-            "defects": [{"id": d.id, "row": d.row, "col": d.col, "x_nm": d.x_nm,
-                         "y_nm": d.y_nm, "kind": d.kind, "confidence": d.confidence,
-                         "uncertainty": d.uncertainty, "contrast": d.contrast,
-                         "area_nm2": d.area_nm2} for d in defects],
-            "review": None if review is None else {
-                "exhaustive": bool(review[0].exhaustive), "saved_at": _iso(review[0].updated_at),
-                "labels": [{"row": lab.row, "col": lab.col, "kind": lab.kind}
-                           for lab in review[1]]},
-        })
+        out.update(
+            {
+                "path": s.path,
+                "channel": s.channel,
+                "nx": s.nx,
+                "ny": s.ny,
+                "width_nm": s.width_nm,
+                "height_nm": s.height_nm,
+                "pixel_size_nm": [s.pixel_size_x_nm, s.pixel_size_y_nm],
+                "angle_deg": s.angle_deg,
+                "bias_v": s.bias_v,
+                "setpoint_a": s.setpoint_a,
+                "constant_height": s.constant_height,
+                "temperature_k": s.temperature_k,
+                "acquired_fraction": s.acquired_fraction,
+                "acquired_area_nm2": s.acquired_area_nm2,
+                "scan_dir": s.scan_dir,
+                "comment": s.comment,
+                "attempts": s.attempts,
+                "seconds": run.seconds if run is not None else None,
+                "finished_at": _iso(run.finished_at) if run is not None else None,
+                "uncertainty_sum": run.uncertainty_sum if run is not None else None,
+                "near_threshold_nm2": run.near_threshold_nm2 if run is not None else None,
+                "defects": [
+                    {
+                        "id": d.id,
+                        "row": d.row,
+                        "col": d.col,
+                        "x_nm": d.x_nm,
+                        "y_nm": d.y_nm,
+                        "kind": d.kind,
+                        "confidence": d.confidence,
+                        "uncertainty": d.uncertainty,
+                        "contrast": d.contrast,
+                        "area_nm2": d.area_nm2,
+                    }
+                    for d in defects
+                ],
+                "review": None
+                if review is None
+                else {
+                    "exhaustive": bool(review[0].exhaustive),
+                    "saved_at": _iso(review[0].updated_at),
+                    "labels": [
+                        {"row": lab.row, "col": lab.col, "kind": lab.kind} for lab in review[1]
+                    ],
+                },
+            }
+        )
         return out
 
 
@@ -147,8 +207,7 @@ def _ci95(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def sample_detail(engine: Engine, name: str, *, limit: int = 60, offset: int = 0
-                  ) -> dict[str, Any]:
+def sample_detail(engine: Engine, name: str, *, limit: int = 60, offset: int = 0) -> dict[str, Any]:
     """A sample: its densities (as ``samples``), its series of per-scan densities with the
     running estimate and its 95% interval (binned to at most ``PLOT_POINTS`` points), and a
     page of its scans (newest first)."""
@@ -158,11 +217,20 @@ def sample_detail(engine: Engine, name: str, *, limit: int = 60, offset: int = 0
         assert sid is not None
         series = browse.sample_series(sid, session=session)
         total = browse.count_scans(session=session, sample_id=sid)
-        page = [scan_summary(r) for r in browse.scans_page(
-            session=session, sample_id=sid, limit=limit, offset=offset)]
+        page = [
+            scan_summary(r)
+            for r in browse.scans_page(session=session, sample_id=sid, limit=limit, offset=offset)
+        ]
     overview = next(iter(samples_overview(engine, [name])), None)
-    return {"sample": name, "overview": overview, "scans_total": total, "scans": page,
-            "limit": limit, "offset": offset, "series": _series(series)}
+    return {
+        "sample": name,
+        "overview": overview,
+        "scans_total": total,
+        "scans": page,
+        "limit": limit,
+        "offset": offset,
+        "series": _series(series),
+    }
 
 
 def _series(points: list[browse.SeriesPoint]) -> dict[str, Any]:
@@ -170,9 +238,11 @@ def _series(points: list[browse.SeriesPoint]) -> dict[str, Any]:
     if not points:
         return {"n": 0, "binned": False, "x": [], "scan_ids": [], "kinds": {}}
     area = np.array([p.area_nm2 for p in points])
-    counts = {"trough": np.array([p.trough for p in points], float),
-              "peak": np.array([p.peak for p in points], float),
-              "total": np.array([p.total for p in points], float)}
+    counts = {
+        "trough": np.array([p.trough for p in points], float),
+        "peak": np.array([p.peak for p in points], float),
+        "total": np.array([p.total for p in points], float),
+    }
     n = len(points)
     edges = np.linspace(0, n, min(n, PLOT_POINTS) + 1).round().astype(int)
     ends = edges[1:] - 1  # the last scan of each bin
@@ -186,11 +256,18 @@ def _series(points: list[browse.SeriesPoint]) -> dict[str, Any]:
         with np.errstate(divide="ignore", invalid="ignore"):
             scale_bin = np.where(bin_area > 0, NM2_PER_CM2 / bin_area, np.nan)
             scale_cum = np.where(cum_area > 0, NM2_PER_CM2 / cum_area, np.nan)
-        kinds[k] = {"density_per_cm2": _floats(per_bin * scale_bin),
-                    "running_per_cm2": _floats(cum * scale_cum),
-                    "running_ci95_per_cm2": [_floats(low * scale_cum), _floats(high * scale_cum)]}
-    return {"n": n, "binned": n > PLOT_POINTS, "x": [int(e) + 1 for e in ends],
-            "scan_ids": [points[e].scan_id for e in ends], "kinds": kinds}
+        kinds[k] = {
+            "density_per_cm2": _floats(per_bin * scale_bin),
+            "running_per_cm2": _floats(cum * scale_cum),
+            "running_ci95_per_cm2": [_floats(low * scale_cum), _floats(high * scale_cum)],
+        }
+    return {
+        "n": n,
+        "binned": n > PLOT_POINTS,
+        "x": [int(e) + 1 for e in ends],
+        "scan_ids": [points[e].scan_id for e in ends],
+        "kinds": kinds,
+    }
 
 
 def _floats(a: np.ndarray) -> list[float | None]:

@@ -64,10 +64,18 @@ def _describe_sets(sets: Sequence[tuple[Mapping[str, Any], range]]) -> list[str]
     return out
 
 
-def calibrate(ensemble: Any, cases: Iterable[Any], *, source: str, description: str,
-              data: Mapping[str, Any] | None = None, threshold: float | None = None,
-              radius_nm: float = 1.0, on_progress: Progress | None = None,
-              n_cases: int | None = None) -> Calibration:
+def calibrate(
+    ensemble: Any,
+    cases: Iterable[Any],
+    *,
+    source: str,
+    description: str,
+    data: Mapping[str, Any] | None = None,
+    threshold: float | None = None,
+    radius_nm: float = 1.0,
+    on_progress: Progress | None = None,
+    n_cases: int | None = None,
+) -> Calibration:
     """Measure ``ensemble``'s calibration on labelled ``cases`` (`evaluation.Case`: a scan and
     its labels in nm; labels marked not visible are "don't care").
 
@@ -77,16 +85,18 @@ def calibrate(ensemble: Any, cases: Iterable[Any], *, source: str, description: 
     counter = CalibrationCounter(kinds=KINDS, radius_nm=radius_nm)
     for i, case in enumerate(cases):
         prediction = ensemble.predict_scan(case.scan)
-        thr = threshold if threshold is not None else ensemble.config.threshold_for(
-            case.scan.channel)
+        thr = (
+            threshold if threshold is not None else ensemble.config.threshold_for(case.scan.channel)
+        )
         counter.add(prediction.defects(threshold=thr), case.labels, name=case.name)
         if on_progress:
             on_progress(i + 1, n_cases or 0)
     return counter.result(source=source, description=description, data=dict(data or {}))
 
 
-def _offset(on_progress: Callable[[int, int], None] | None, base: int, total: int
-            ) -> Callable[[int, int], None] | None:
+def _offset(
+    on_progress: Callable[[int, int], None] | None, base: int, total: int
+) -> Callable[[int, int], None] | None:
     """``on_progress`` of one set inside several: (done in the set, set size) -> (base + done,
     total)."""
     if on_progress is None:
@@ -95,8 +105,9 @@ def _offset(on_progress: Callable[[int, int], None] | None, base: int, total: in
     return lambda done, _n: report(base + done, total)
 
 
-def simulated_calibration(directory: Path, *, sets=CALIBRATION_SETS,
-                          on_progress: Progress | None = None) -> Calibration:
+def simulated_calibration(
+    directory: Path, *, sets=CALIBRATION_SETS, on_progress: Progress | None = None
+) -> Calibration:
     """The version in ``directory`` calibrated on the simulated calibration scans (`sets`);
     ``data.by_set`` keeps each set's own recall and precision per kind."""
     from defectwatch.pipeline.inference import Ensemble
@@ -108,24 +119,41 @@ def simulated_calibration(directory: Path, *, sets=CALIBRATION_SETS,
     by_set: dict[str, Any] = {}
     done = 0
     for (kwargs, seeds), name in zip(sets, _describe_sets(sets)):
-        part = calibrate(ensemble, simulated_cases(seeds, **kwargs), source="simulated",
-                         description=name,
-                         on_progress=_offset(on_progress, done, n))
+        part = calibrate(
+            ensemble,
+            simulated_cases(seeds, **kwargs),
+            source="simulated",
+            description=name,
+            on_progress=_offset(on_progress, done, n),
+        )
         done += len(seeds)
-        by_set[name] = {k: {"recall": round(c.recall, 3), "precision": round(c.precision, 3),
-                            "true": c.true, "detected": c.detected}
-                        for k, c in part.kinds.items()}
+        by_set[name] = {
+            k: {
+                "recall": round(c.recall, 3),
+                "precision": round(c.precision, 3),
+                "true": c.true,
+                "detected": c.detected,
+            }
+            for k, c in part.kinds.items()
+        }
         for k in KINDS:
             pooled_counter.per_scan[k].extend(part.scan_counts[k])
         pooled_counter.names.extend(part.scan_names)
     return pooled_counter.result(
-        source="simulated", description=f"simulated validation, {ensemble.version}, {n} scans",
-        data={"scans": n, "sets": _describe_sets(sets), "by_set": by_set,
-              "note": "simulated STM topography (no C-AFM); seeds disjoint from training, "
-                      "threshold validation and test"})
+        source="simulated",
+        description=f"simulated validation, {ensemble.version}, {n} scans",
+        data={
+            "scans": n,
+            "sets": _describe_sets(sets),
+            "by_set": by_set,
+            "note": "simulated STM topography (no C-AFM); seeds disjoint from training, "
+            "threshold validation and test",
+        },
+    )
 
 
 # -- which calibration corrects a count ----------------------------------------------------------
+
 
 def read_calibration(directory: str | Path) -> Calibration | None:
     """The ``calibration`` in a version directory's config.json (None: none, or unreadable)."""
@@ -168,26 +196,22 @@ class ReviewedScan:
 
 
 def _pixel_nm(scan: Any) -> tuple[float, float] | None:
-    px = scan.pixel_size_x_nm or (scan.width_nm / scan.nx if scan.width_nm and scan.nx
-                                  else None)
-    py = scan.pixel_size_y_nm or (scan.height_nm / scan.ny if scan.height_nm and scan.ny
-                                  else None)
+    px = scan.pixel_size_x_nm or (scan.width_nm / scan.nx if scan.width_nm and scan.nx else None)
+    py = scan.pixel_size_y_nm or (scan.height_nm / scan.ny if scan.height_nm and scan.ny else None)
     return (float(px), float(py or px)) if px else None
 
 
 def _chosen_source(sets: Sequence[Any]) -> str | None:
     """The exhaustive label set that measures a scan: a review before an imported file;
     never the ``accepted`` detections."""
-    usable = [s.source for s in sets
-              if s.exhaustive and s.source not in NOT_INDEPENDENT_SOURCES]
+    usable = [s.source for s in sets if s.exhaustive and s.source not in NOT_INDEPENDENT_SOURCES]
     if not usable:
         return None
     reviewed = [s for s in usable if s == "reviewed"]
     return reviewed[0] if reviewed else usable[-1]
 
 
-def reviewed_scans(*, session: Any, version: str, radius_nm: float = 1.0
-                   ) -> list[ReviewedScan]:
+def reviewed_scans(*, session: Any, version: str, radius_nm: float = 1.0) -> list[ReviewedScan]:
     """Scans labelled exhaustively by a person whose latest run came from ``version``, with
     their detections matched to the labels (per kind)."""
     from defectwatch.db import queries as q
@@ -205,16 +229,20 @@ def reviewed_scans(*, session: Any, version: str, radius_nm: float = 1.0
             continue
         px, py = pixel
 
-        def nm(row: float, col: float, kind: str, px: float = px, py: float = py
-               ) -> TruthPoint:
+        def nm(row: float, col: float, kind: str, px: float = px, py: float = py) -> TruthPoint:
             return TruthPoint(float((col + 0.5) * px), float((row + 0.5) * py), kind)
 
         truth = [nm(lab.row, lab.col, lab.kind) for lab in sl.labels if lab.source == source]
-        found = [_Found(*_xy(nm(d.row, d.col, d.kind)), d.kind, d.confidence)
-                 for d in q.run_defects(run.id, session=session)]
+        found = [
+            _Found(*_xy(nm(d.row, d.col, d.kind)), d.kind, d.confidence)
+            for d in q.run_defects(run.id, session=session)
+        ]
         counter = CalibrationCounter(kinds=KINDS, radius_nm=radius_nm)
-        out.append(ReviewedScan(sl.scan.id, sl.sample, source,
-                                counter.add(found, truth, name=sl.scan.path)))
+        out.append(
+            ReviewedScan(
+                sl.scan.id, sl.sample, source, counter.add(found, truth, name=sl.scan.path)
+            )
+        )
     return out
 
 
@@ -230,26 +258,41 @@ def _xy(p: Any) -> tuple[float, float]:
     return p.x_nm, p.y_nm
 
 
-def reviewed_calibration(scans: Sequence[ReviewedScan], *, version: str,
-                         exclude_sample: str | None = None, exclude_scan_ids: Iterable[int] = (),
-                         min_scans: int = MIN_REVIEWED_SCANS) -> Calibration | None:
+def reviewed_calibration(
+    scans: Sequence[ReviewedScan],
+    *,
+    version: str,
+    exclude_sample: str | None = None,
+    exclude_scan_ids: Iterable[int] = (),
+    min_scans: int = MIN_REVIEWED_SCANS,
+) -> Calibration | None:
     """The calibration measured on reviewed ``scans`` of ``version``, leaving out the scans of
     ``exclude_sample`` and ``exclude_scan_ids`` (the ones whose count it will correct); None
     when fewer than ``min_scans`` remain."""
     skip = set(exclude_scan_ids)
-    kept = [s for s in scans if s.scan_id not in skip
-            and (exclude_sample is None or s.sample != exclude_sample)]
+    kept = [
+        s
+        for s in scans
+        if s.scan_id not in skip and (exclude_sample is None or s.sample != exclude_sample)
+    ]
     if len(kept) < min_scans:
         return None
-    kinds: dict[str, KindCalibration] = {k: pooled([s.counts[k] for s in kept], kind=k)
-                                         for k in KINDS}
+    kinds: dict[str, KindCalibration] = {
+        k: pooled([s.counts[k] for s in kept], kind=k) for k in KINDS
+    }
     sources = sorted({s.source for s in kept})
-    return Calibration(kinds, "reviewed",
-                       f"calibrated on {len(kept)} reviewed scans ({version})",
-                       {"scans": len(kept), "scan_ids": [s.scan_id for s in kept],
-                        "label_sources": sources,
-                        "held_out": "the corrected sample's own scans are left out"},
-                       "every defect in a person's exhaustive labels")
+    return Calibration(
+        kinds,
+        "reviewed",
+        f"calibrated on {len(kept)} reviewed scans ({version})",
+        {
+            "scans": len(kept),
+            "scan_ids": [s.scan_id for s in kept],
+            "label_sources": sources,
+            "held_out": "the corrected sample's own scans are left out",
+        },
+        "every defect in a person's exhaustive labels",
+    )
 
 
 def main() -> None:

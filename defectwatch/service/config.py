@@ -44,7 +44,7 @@ def check_sample_rule(rule: str) -> str:
     if rule in ("folder", "comment"):
         return rule
     if rule.startswith("regex:"):
-        pattern = rule[len("regex:"):]
+        pattern = rule[len("regex:") :]
         try:
             compiled = re.compile(pattern)
         except re.error as exc:
@@ -52,15 +52,15 @@ def check_sample_rule(rule: str) -> str:
         if "sample" not in compiled.groupindex:
             raise ConfigError(f"sample rule {rule!r}: the pattern needs a (?P<sample>...) group")
         return rule
-    raise ConfigError(f"sample rule {rule!r}: use folder, comment or "
-                      f"regex:<pattern with (?P<sample>...)>")
+    raise ConfigError(
+        f"sample rule {rule!r}: use folder, comment or regex:<pattern with (?P<sample>...)>"
+    )
 
 
 class Settings(BaseSettings):
     """What a user can configure through ``DEFECTWATCH_*`` variables (or a ``.env`` file)."""
 
-    model_config = SettingsConfigDict(env_prefix="DEFECTWATCH_", env_file=None,
-                                      extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DEFECTWATCH_", env_file=None, extra="ignore")
 
     db: str = Field(default_factory=default_db_url)
     models_dir: Path = Field(default_factory=lambda: data_dir() / "models")
@@ -88,7 +88,9 @@ def get_settings() -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"DEFECTWATCH_{'_'.join(map(str, e['loc'])).upper()}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise ConfigError(problems) from None
 
 
@@ -102,6 +104,7 @@ def check_instrument(name: str) -> str:
     """``name`` stripped; ConfigError when it is empty or longer than 200 characters."""
     name = name.strip()
     if not name or len(name) > 200:
-        raise ConfigError(f"instrument name {name!r}: give 1 to 200 characters "
-                          f"(e.g. --instrument STM-1)")
+        raise ConfigError(
+            f"instrument name {name!r}: give 1 to 200 characters (e.g. --instrument STM-1)"
+        )
     return name

@@ -12,15 +12,20 @@ import logging
 import os
 import platform
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from defectwatch.models import DEFAULT_VERSION, default_model_dir
-from defectwatch.pipeline.model import ModelConfig, UnetSpec, save_version, write_metrics
+from defectwatch.pipeline.model import (
+    ModelConfig,
+    UnetSpec,
+    resolve_device,
+    save_version,
+    write_metrics,
+)
 from defectwatch.pipeline.preprocess import PreprocessParams
-from defectwatch.pipeline.model import resolve_device
 from defectwatch.pipeline.training import TrainingRecipe
 from defectwatch.pipeline.training_data import Example, SimulationMix, simulated_examples
 
@@ -30,8 +35,9 @@ MODEL_PIXEL_NM = 0.1
 DEFAULT_SPEC = UnetSpec(nb_filters=8)
 # the shipped default's recipe: 2000 mini-batches per member under bf16 autocast (about 2x
 # faster per step where the CPU computes bf16 natively; `--no-bf16` elsewhere)
-DEFAULT_RECIPE = TrainingRecipe(members=10, iterations=2000, batch_size=4, crop_px=256, seed=0,
-                                bf16=True)
+DEFAULT_RECIPE = TrainingRecipe(
+    members=10, iterations=2000, batch_size=4, crop_px=256, seed=0, bf16=True
+)
 TRAINING_SEEDS = range(1_000_000, 1_000_300)  # held-out evaluation uses seeds below 1e6
 # the shipped default's scans: a third of the STM ones also hold adsorbate clusters
 DEFAULT_MIX = SimulationMix(cluster_share=0.3)
@@ -47,21 +53,35 @@ VALIDATION = (
     ({"material": "wse2", "size_nm": 25.0, "pixels": 512}, range(200, 218)),
     ({"material": "mose2", "size_nm": 50.0, "pixels": 512}, range(200, 218)),
 )
-VALIDATION_NOTE = ("simulated seeds 200-235 (validation; not training, not test): WSe2 50 nm "
-                   "(36) and 25 nm (18), MoSe2 50 nm (18), 512 px")
+VALIDATION_NOTE = (
+    "simulated seeds 200-235 (validation; not training, not test): WSe2 50 nm "
+    "(36) and 25 nm (18), MoSe2 50 nm (18), 512 px"
+)
 # C-AFM current maps get their own threshold (the members are less confident on them)
 VALIDATION_BY_CHANNEL = {
     "Current": (({"mode": "cafm", "size_nm": 100.0, "pixels": 512}, range(200, 216)),),
 }
 
 
-def build_examples(seeds, *, target_nm: float = MODEL_PIXEL_NM,
-                   mix: SimulationMix = SimulationMix(),
-                   params: PreprocessParams = PreprocessParams(),
-                   radius_nm: dict[str, float] = MASK_RADIUS_NM, on_progress=None
-                   ) -> list[Example]:
-    return list(simulated_examples(list(seeds), target_nm=target_nm, mix=mix, params=params,
-                                   radius_nm=radius_nm, on_progress=on_progress))
+def build_examples(
+    seeds,
+    *,
+    target_nm: float = MODEL_PIXEL_NM,
+    mix: SimulationMix = SimulationMix(),
+    params: PreprocessParams = PreprocessParams(),
+    radius_nm: dict[str, float] = MASK_RADIUS_NM,
+    on_progress=None,
+) -> list[Example]:
+    return list(
+        simulated_examples(
+            list(seeds),
+            target_nm=target_nm,
+            mix=mix,
+            params=params,
+            radius_nm=radius_nm,
+            on_progress=on_progress,
+        )
+    )
 
 
 def save_examples(path: Path, examples: list[Example]) -> None:
@@ -75,8 +95,9 @@ def save_examples(path: Path, examples: list[Example]) -> None:
 
 def load_examples(path: Path) -> list[Example]:
     with np.load(path) as z:
-        return [Example(z[f"image_{i}"], z[f"mask_{i}"], str(src))
-                for i, src in enumerate(z["sources"])]
+        return [
+            Example(z[f"image_{i}"], z[f"mask_{i}"], str(src)) for i, src in enumerate(z["sources"])
+        ]
 
 
 def _train_one(args: tuple) -> tuple[int, dict]:
@@ -91,22 +112,42 @@ def _train_one(args: tuple) -> tuple[int, dict]:
     def progress(m: int, it: int, total: int, loss: float) -> None:
         if it % 100 == 0 or it == total:
             now = time.perf_counter()
-            log.info("member %d  iteration %d/%d  loss %.4f  (%.2f s/it)", m + 1, it, total,
-                     loss, (now - last[0]) / 100)
+            log.info(
+                "member %d  iteration %d/%d  loss %.4f  (%.2f s/it)",
+                m + 1,
+                it,
+                total,
+                loss,
+                (now - last[0]) / 100,
+            )
             last[0] = now
 
     from defectwatch.pipeline.training import train_member
 
-    state = train_member(load_examples(cache), spec=spec, recipe=recipe, member=member,
-                         device=device, on_progress=progress)
+    state = train_member(
+        load_examples(cache),
+        spec=spec,
+        recipe=recipe,
+        member=member,
+        device=device,
+        on_progress=progress,
+    )
     return member, state
 
 
-def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
-                  spec: UnetSpec = DEFAULT_SPEC, seeds=TRAINING_SEEDS, device: str = "auto",
-                  version: str = DEFAULT_VERSION, jobs: int = 1,
-                  radius_nm: dict[str, float] = MASK_RADIUS_NM, on_data=None,
-                  mix: SimulationMix = DEFAULT_MIX) -> Path:
+def train_default(
+    out: Path,
+    *,
+    recipe: TrainingRecipe = DEFAULT_RECIPE,
+    spec: UnetSpec = DEFAULT_SPEC,
+    seeds=TRAINING_SEEDS,
+    device: str = "auto",
+    version: str = DEFAULT_VERSION,
+    jobs: int = 1,
+    radius_nm: dict[str, float] = MASK_RADIUS_NM,
+    on_data=None,
+    mix: SimulationMix = DEFAULT_MIX,
+) -> Path:
     """Simulate, prepare, train (``jobs`` members at a time, one thread each) and save."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -125,8 +166,9 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
     if cache.is_file():
         examples = load_examples(cache)
     else:
-        examples = build_examples(seeds, mix=mix, params=params, radius_nm=radius_nm,
-                                  on_progress=on_data)
+        examples = build_examples(
+            seeds, mix=mix, params=params, radius_nm=radius_nm, on_progress=on_data
+        )
         save_examples(cache, examples)
     t_data = time.perf_counter() - t0
     states: dict[int, dict] = {}
@@ -145,18 +187,32 @@ def train_default(out: Path, *, recipe: TrainingRecipe = DEFAULT_RECIPE,
     t_train = time.perf_counter() - t0 - t_data
     dev = resolve_device(device)
     config = ModelConfig(
-        version=version, pixel_size_nm=MODEL_PIXEL_NM, architecture=spec,
-        preprocess=params.to_dict(), training={
-            **recipe.to_dict(), "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam",
+        version=version,
+        pixel_size_nm=MODEL_PIXEL_NM,
+        architecture=spec,
+        preprocess=params.to_dict(),
+        training={
+            **recipe.to_dict(),
+            "loss": "cross-entropy (IGNORE excluded)",
+            "optimizer": "Adam",
             "weight_averaging": "mean of the last iterates, BatchNorm recomputed",
             "mask_radius_nm": dict(radius_nm),
-            "device": str(dev), "hardware": _hardware(dev), "parallel_members": jobs,
-            "torch": torch.__version__, "data_seconds": round(t_data, 1),
-            "train_seconds": round(t_train, 1)},
-        data={"source": "defectwatch simulator", "scans": len(examples),
-              "seeds": [seeds[0], seeds[-1]], "mix": dict(mix.__dict__),
-              "model_pixels": int(sum(e.image01.size for e in examples))},
-        metrics={})
+            "device": str(dev),
+            "hardware": _hardware(dev),
+            "parallel_members": jobs,
+            "torch": torch.__version__,
+            "data_seconds": round(t_data, 1),
+            "train_seconds": round(t_train, 1),
+        },
+        data={
+            "source": "defectwatch simulator",
+            "scans": len(examples),
+            "seeds": [seeds[0], seeds[-1]],
+            "mix": dict(mix.__dict__),
+            "model_pixels": int(sum(e.image01.size for e in examples)),
+        },
+        metrics={},
+    )
     save_version(out, config, [states[k] for k in range(recipe.members)])
     write_metrics(out, validation_thresholds(out))  # chosen on the fp16 weights that ship
     return out
@@ -175,16 +231,23 @@ def validation_thresholds(directory: Path) -> dict:
         return choose_threshold(ensemble, cases)
 
     threshold, table = best(VALIDATION)
-    metrics: dict[str, Any] = {"threshold": threshold, "threshold_chosen_on": VALIDATION_NOTE,
-               "validation_mean_f1": {f"{t:.2f}": round(f, 4) for t, f in table.items()},
-               "threshold_by_channel": {}}
+    metrics: dict[str, Any] = {
+        "threshold": threshold,
+        "threshold_chosen_on": VALIDATION_NOTE,
+        "validation_mean_f1": {f"{t:.2f}": round(f, 4) for t, f in table.items()},
+        "threshold_by_channel": {},
+    }
     for channel, validation in VALIDATION_BY_CHANNEL.items():
         t_c, table_c = best(validation)
         metrics["threshold_by_channel"][channel] = t_c
-        metrics[f"validation_mean_f1_{channel}"] = {f"{t:.2f}": round(f, 4)
-                                                    for t, f in table_c.items()}
-    log.info("thresholds chosen on validation: %.2f, by channel %s", threshold,
-             metrics["threshold_by_channel"])
+        metrics[f"validation_mean_f1_{channel}"] = {
+            f"{t:.2f}": round(f, 4) for t, f in table_c.items()
+        }
+    log.info(
+        "thresholds chosen on validation: %.2f, by channel %s",
+        threshold,
+        metrics["threshold_by_channel"],
+    )
     return metrics
 
 
@@ -195,8 +258,10 @@ def _hardware(dev) -> str:
 
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, " \
-           f"{torch.get_num_threads()} torch threads"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
 def main() -> None:
@@ -206,24 +271,47 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=DEFAULT_RECIPE.members)
     parser.add_argument("--scans", type=int, default=len(TRAINING_SEEDS))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--filters", type=int, default=DEFAULT_SPEC.nb_filters,
-                        help="U-Net filters in the first layer")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction,
-                        default=DEFAULT_RECIPE.bf16,
-                        help="train under bf16 autocast (the shipped recipe; about 2x faster "
-                             "on CPUs with AMX / AVX512-BF16, several times slower on others)")
-    parser.add_argument("--version", default=None,
-                        help="version name (default: the --out folder's name)")
-    parser.add_argument("--mask-radius-nm", default="0.6,0.7",
-                        help="training disc radius for troughs,peaks in nm")
-    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
-                        help="members trained side by side, one CPU thread each")
-    parser.add_argument("--cluster-share", type=float, default=DEFAULT_MIX.cluster_share,
-                        help="share of STM training scans with adsorbate clusters")
+    parser.add_argument(
+        "--filters",
+        type=int,
+        default=DEFAULT_SPEC.nb_filters,
+        help="U-Net filters in the first layer",
+    )
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_RECIPE.bf16,
+        help="train under bf16 autocast (the shipped recipe; about 2x faster "
+        "on CPUs with AMX / AVX512-BF16, several times slower on others)",
+    )
+    parser.add_argument(
+        "--version", default=None, help="version name (default: the --out folder's name)"
+    )
+    parser.add_argument(
+        "--mask-radius-nm", default="0.6,0.7", help="training disc radius for troughs,peaks in nm"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=max(1, (os.cpu_count() or 1)),
+        help="members trained side by side, one CPU thread each",
+    )
+    parser.add_argument(
+        "--cluster-share",
+        type=float,
+        default=DEFAULT_MIX.cluster_share,
+        help="share of STM training scans with adsorbate clusters",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    recipe = TrainingRecipe(**{**DEFAULT_RECIPE.to_dict(), "iterations": args.iterations,
-                               "members": args.members, "bf16": args.bf16})
+    recipe = TrainingRecipe(
+        **{
+            **DEFAULT_RECIPE.to_dict(),
+            "iterations": args.iterations,
+            "members": args.members,
+            "bf16": args.bf16,
+        }
+    )
     spec = UnetSpec.from_dict({**DEFAULT_SPEC.to_dict(), "nb_filters": args.filters})
     seeds = range(TRAINING_SEEDS.start, TRAINING_SEEDS.start + args.scans)
 
@@ -233,10 +321,18 @@ def main() -> None:
 
     jobs = 1 if resolve_device(args.device).type == "cuda" else args.jobs
     trough_r, peak_r = (float(v) for v in args.mask_radius_nm.split(","))
-    out = train_default(args.out, recipe=recipe, spec=spec, seeds=seeds, device=args.device,
-                        jobs=jobs, version=args.version or args.out.name,
-                        radius_nm={"trough": trough_r, "peak": peak_r}, on_data=data,
-                        mix=SimulationMix(cluster_share=args.cluster_share))
+    out = train_default(
+        args.out,
+        recipe=recipe,
+        spec=spec,
+        seeds=seeds,
+        device=args.device,
+        jobs=jobs,
+        version=args.version or args.out.name,
+        radius_nm={"trough": trough_r, "peak": peak_r},
+        on_data=data,
+        mix=SimulationMix(cluster_share=args.cluster_share),
+    )
     log.info("wrote %s", out)
 
 

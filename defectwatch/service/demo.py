@@ -150,8 +150,10 @@ def demo_folder(outdir: str | Path | None = None, *, keep: bool = False) -> Iter
     else:
         root = Path(outdir).expanduser()
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise ConfigError(f"{outdir}: not an empty folder; give a new or empty one (the "
-                              f"demo starts a fresh database there)")
+            raise ConfigError(
+                f"{outdir}: not an empty folder; give a new or empty one (the "
+                f"demo starts a fresh database there)"
+            )
         root.mkdir(parents=True, exist_ok=True)
         paths = DemoPaths(root.resolve(), kept=True)
     try:
@@ -167,13 +169,18 @@ def plan(options: DemoOptions) -> list[tuple[DemoSample, int]]:
         raise ConfigError(f"--scans {options.scans}: need at least 1")
     if not options.samples:
         raise ConfigError("the demo needs at least one sample")
-    return [(options.samples[k % len(options.samples)], options.seed + k)
-            for k in range(options.scans)]
+    return [
+        (options.samples[k % len(options.samples)], options.seed + k) for k in range(options.scans)
+    ]
 
 
-def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
-             model_dir: str | Path | None = None, on_event: OnEvent | None = None
-             ) -> DemoResult:
+def run_demo(
+    paths: DemoPaths,
+    *,
+    options: DemoOptions = DemoOptions(),
+    model_dir: str | Path | None = None,
+    on_event: OnEvent | None = None,
+) -> DemoResult:
     """Run the simulated session in ``paths`` (a fresh folder, see `demo_folder`).
 
     ``model_dir``: a model version directory to register and activate in the demo's database
@@ -199,8 +206,9 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
                 emit(DemoEvent("started", time.monotonic() - started, model=model))
                 tracker = _Tracker(engine, total=len(scans), started=started, emit=emit)
                 written = _acquire(paths, scans, options, tracker, daemon, started, emit)
-                missing = tracker.wait(written, timeout_s=options.timeout_s,
-                                       poll_s=options.poll_s, daemon=daemon)
+                missing = tracker.wait(
+                    written, timeout_s=options.timeout_s, poll_s=options.poll_s, daemon=daemon
+                )
             finally:
                 daemon.stop()
             emit(DemoEvent("stopped", time.monotonic() - started))
@@ -209,10 +217,18 @@ def run_demo(paths: DemoPaths, *, options: DemoOptions = DemoOptions(),
     finally:
         engine.dispose()
     marked, every, reported = _truth(rows, _report_rule(model_dir))
-    return DemoResult(paths=paths, model=model, written=written, scans=rows, density=density,
-                      truth_per_cm2=marked, seconds=time.monotonic() - started,
-                      missing=missing, truth_all_per_cm2=every,
-                      truth_reported_per_cm2=reported)
+    return DemoResult(
+        paths=paths,
+        model=model,
+        written=written,
+        scans=rows,
+        density=density,
+        truth_per_cm2=marked,
+        seconds=time.monotonic() - started,
+        missing=missing,
+        truth_all_per_cm2=every,
+        truth_reported_per_cm2=reported,
+    )
 
 
 def _report_rule(model_dir: str | Path | None) -> dict[str, float]:
@@ -228,8 +244,12 @@ def _activate(engine: Engine, directory: Path) -> None:
     if not (directory / "config.json").is_file():
         raise ConfigError(f"{directory}: not a model version directory (no config.json)")
     with write_transaction(engine) as session:
-        register_version(model_version_name(directory), session=session,
-                         directory=str(directory.resolve()), activate=True)
+        register_version(
+            model_version_name(directory),
+            session=session,
+            directory=str(directory.resolve()),
+            activate=True,
+        )
 
 
 def _check_shipped_model() -> None:
@@ -238,8 +258,10 @@ def _check_shipped_model() -> None:
 
     directory = default_model_dir()
     if not (directory / "config.json").is_file():
-        raise ModelLoadError(f"{directory}: the shipped model is not there; build it with "
-                             f"`make default-model` (about 1 h on 2 cores) or pass --model DIR")
+        raise ModelLoadError(
+            f"{directory}: the shipped model is not there; build it with "
+            f"`make default-model` (about 1 h on 2 cores) or pass --model DIR"
+        )
 
 
 class _Daemon:
@@ -248,18 +270,29 @@ class _Daemon:
 
     def __init__(self, paths: DemoPaths, options: DemoOptions) -> None:
         self.paths = paths
-        self.options = WatchOptions(recursive=True, stable_for_s=options.stable_for_s,
-                                    incomplete_after_s=max(30.0, options.stable_for_s),
-                                    retry_delay_s=1.0, max_attempts=3, heartbeat_s=1.0)
+        self.options = WatchOptions(
+            recursive=True,
+            stable_for_s=options.stable_for_s,
+            incomplete_after_s=max(30.0, options.stable_for_s),
+            retry_delay_s=1.0,
+            max_attempts=3,
+            heartbeat_s=1.0,
+        )
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="defectwatch-demo-daemon",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name="defectwatch-demo-daemon", daemon=True
+        )
 
     def _run(self) -> None:
         try:
-            watch([self.paths.watch_dir], db_url=self.paths.db_url, options=self.options,
-                  stop_event=self.stop_event, handle_signals=False)
+            watch(
+                [self.paths.watch_dir],
+                db_url=self.paths.db_url,
+                options=self.options,
+                stop_event=self.stop_event,
+                handle_signals=False,
+            )
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.error = exc
 
@@ -271,8 +304,9 @@ class _Daemon:
         if self.error is not None:
             raise self.error
         if not self.thread.is_alive() and not self.stop_event.is_set():
-            raise DefectwatchError("the demo's daemon stopped unexpectedly; see "
-                                   f"{self.paths.log_file}")
+            raise DefectwatchError(
+                f"the demo's daemon stopped unexpectedly; see {self.paths.log_file}"
+            )
 
     def stop(self, timeout_s: float = 120.0) -> None:
         """Warm stop: the scan under way is finished first."""
@@ -291,8 +325,10 @@ def _wait_until_watching(engine: Engine, daemon: _Daemon, options: DemoOptions) 
         if s["daemon_alive"]:
             return s["active_model"]["name"] if s["active_model"] else "?"
         time.sleep(options.poll_s)
-    raise DefectwatchError(f"the demo's daemon did not start within "
-                           f"{options.startup_timeout_s:.0f} s; see {daemon.paths.log_file}")
+    raise DefectwatchError(
+        f"the demo's daemon did not start within "
+        f"{options.startup_timeout_s:.0f} s; see {daemon.paths.log_file}"
+    )
 
 
 class _Tracker:
@@ -315,12 +351,21 @@ class _Tracker:
         for row in sorted(rows, key=lambda r: r["id"]):
             if row["status"] in ("done", "failed") and row["path"] not in self.finished:
                 self.finished[row["path"]] = row
-                self.emit(DemoEvent("recorded", now - self.started, index=len(self.finished),
-                                    total=self.total, sample=row["sample"],
-                                    path=Path(row["path"]), scan=row))
+                self.emit(
+                    DemoEvent(
+                        "recorded",
+                        now - self.started,
+                        index=len(self.finished),
+                        total=self.total,
+                        sample=row["sample"],
+                        path=Path(row["path"]),
+                        scan=row,
+                    )
+                )
 
-    def wait(self, written: Sequence[Path], *, timeout_s: float, poll_s: float,
-             daemon: _Daemon) -> list[Path]:
+    def wait(
+        self, written: Sequence[Path], *, timeout_s: float, poll_s: float, daemon: _Daemon
+    ) -> list[Path]:
         """Until every written file is recorded (or ``timeout_s``); those that are not."""
         deadline = time.monotonic() + timeout_s
         wanted = {str(p) for p in written}
@@ -333,40 +378,67 @@ class _Tracker:
             time.sleep(poll_s)
 
 
-def _acquire(paths: DemoPaths, scans: Sequence[tuple[DemoSample, int]], options: DemoOptions,
-             tracker: _Tracker, daemon: _Daemon, started: float, emit: OnEvent) -> list[Path]:
+def _acquire(
+    paths: DemoPaths,
+    scans: Sequence[tuple[DemoSample, int]],
+    options: DemoOptions,
+    tracker: _Tracker,
+    daemon: _Daemon,
+    started: float,
+    emit: OnEvent,
+) -> list[Path]:
     """Simulate each scan and write it into its sample's folder as the instrument would."""
     staging = paths.root / STAGING_NAME
     written: list[Path] = []
     for k, (sample, seed) in enumerate(scans):
         daemon.check()
-        sim = write_simulated_scans(staging, n=1, material=sample.material,
-                                    size_nm=sample.size_nm, pixels=sample.pixels,
-                                    density_per_cm2=sample.density_per_cm2, seed=seed,
-                                    prefix=f"STM_{sample.name}")[0]
+        sim = write_simulated_scans(
+            staging,
+            n=1,
+            material=sample.material,
+            size_nm=sample.size_nm,
+            pixels=sample.pixels,
+            density_per_cm2=sample.density_per_cm2,
+            seed=seed,
+            prefix=f"STM_{sample.name}",
+        )[0]
         folder = paths.watch_dir / sample.name
         sim.truth_csv.replace(folder / sim.truth_csv.name)
         target = folder / sim.sxm.name
-        _write_in_chunks(sim.sxm, target, seconds=options.write_s, chunks=options.chunks,
-                         between=lambda: tracker.poll(every_s=options.poll_s))
+        _write_in_chunks(
+            sim.sxm,
+            target,
+            seconds=options.write_s,
+            chunks=options.chunks,
+            between=lambda: tracker.poll(every_s=options.poll_s),
+        )
         sim.sxm.unlink()
         written.append(target.resolve())
-        emit(DemoEvent("written", time.monotonic() - started, index=k + 1, total=len(scans),
-                       sample=sample.name, path=target))
+        emit(
+            DemoEvent(
+                "written",
+                time.monotonic() - started,
+                index=k + 1,
+                total=len(scans),
+                sample=sample.name,
+                path=target,
+            )
+        )
         _sleep_polling(options.gap_s, tracker, options.poll_s)
     shutil.rmtree(staging, ignore_errors=True)
     return written
 
 
-def _write_in_chunks(source: Path, target: Path, *, seconds: float, chunks: int,
-                     between: Callable[[], None]) -> None:
+def _write_in_chunks(
+    source: Path, target: Path, *, seconds: float, chunks: int, between: Callable[[], None]
+) -> None:
     """Copy ``source`` to ``target`` in ``chunks`` pieces spread over ``seconds``."""
     data = source.read_bytes()
     step = max(1, math.ceil(len(data) / max(1, chunks)))
     pause = seconds / max(1, chunks)
     with open(target, "wb") as fh:
         for start in range(0, len(data), step):
-            fh.write(data[start:start + step])
+            fh.write(data[start : start + step])
             fh.flush()
             between()
             time.sleep(pause)
@@ -379,8 +451,9 @@ def _sleep_polling(seconds: float, tracker: _Tracker, poll_s: float) -> None:
         time.sleep(min(poll_s, left))
 
 
-def _truth(rows: Sequence[dict[str, Any]], rule: dict[str, float]
-           ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+def _truth(
+    rows: Sequence[dict[str, Any]], rule: dict[str, float]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Per sample, simulated defects per cm^2 over the recorded scans' acquired area (the truth
     CSV beside each scan, read once): (those a labeller would mark, every one, those a labeller
     would mark that pass the model's report ``rule``)."""
@@ -401,7 +474,8 @@ def _truth(rows: Sequence[dict[str, Any]], rule: dict[str, float]
         marked[sample] = marked.get(sample, 0) + sum(d.visible for d in truth)
         every[sample] = every.get(sample, 0) + len(truth)
         reported[sample] = reported.get(sample, 0) + sum(
-            d.visible and passes(d.kind, d.contrast, rule) for d in truth)
+            d.visible and passes(d.kind, d.contrast, rule) for d in truth
+        )
         areas[sample] = areas.get(sample, 0.0) + area
 
     def per_cm2(counts: dict[str, int]) -> dict[str, float]:
@@ -421,8 +495,9 @@ def _daemon_log(log_file: Path) -> Iterator[None]:
     for handler, level in levels:
         handler.setLevel(max(level, shown))
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 1024 * 1024,
-                                                   backupCount=1, encoding="utf-8")
+    to_file = logging.handlers.RotatingFileHandler(
+        log_file, maxBytes=10 * 1024 * 1024, backupCount=1, encoding="utf-8"
+    )
     to_file.setFormatter(logging.Formatter(LOG_FORMAT))
     to_file.setLevel(min(shown, logging.INFO))
     root.addHandler(to_file)

@@ -23,10 +23,19 @@ from defectwatch.db import heartbeat as hb
 from defectwatch.db.engine import read_transaction, unreachable_as_error, write_transaction
 from defectwatch.db.models import ScanRow, utcnow
 from defectwatch.db.queue import SqlJobQueue, mark_done
-from defectwatch.db.records import (add_detection_run, add_scan, get_or_create_sample,
-                                    scan_by_sha256, set_scan_metadata)
-from defectwatch.db.registry import (activate_version, active_version, list_versions,
-                                     register_version)
+from defectwatch.db.records import (
+    add_detection_run,
+    add_scan,
+    get_or_create_sample,
+    scan_by_sha256,
+    set_scan_metadata,
+)
+from defectwatch.db.registry import (
+    activate_version,
+    active_version,
+    list_versions,
+    register_version,
+)
 from defectwatch.digest import sha256_file as file_sha256  # re-exported (reprocess, tests)
 from defectwatch.domain import Detection, Job, Scan
 from defectwatch.service.samples import make_sample_for, sample_for
@@ -36,10 +45,18 @@ log = logging.getLogger(__name__)
 Detect = Callable[..., "tuple[Scan, Detection]"]  # detect_file(path, *, ensemble, channel)
 
 
-def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: str,
-                     sample: str | None = None, path: str | None = None,
-                     size_bytes: int | None = None, mtime_ns: int | None = None,
-                     instrument: str | None = None) -> int:
+def record_detection(
+    scan: Scan,
+    detection: Detection,
+    *,
+    session: Any,
+    sha256: str,
+    sample: str | None = None,
+    path: str | None = None,
+    size_bytes: int | None = None,
+    mtime_ns: int | None = None,
+    instrument: str | None = None,
+) -> int:
     """Record one detection of a scan file (outside the queue, e.g. ``defectwatch process``).
 
     A file whose content is already recorded gets a new run (its latest counts); a new file
@@ -53,8 +70,16 @@ def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: 
         if size_bytes is None or mtime_ns is None:
             st = os.stat(path)
             size_bytes, mtime_ns = st.st_size, st.st_mtime_ns
-        row = add_scan(path, session=session, sha256=sha256, size_bytes=size_bytes,
-                       mtime_ns=mtime_ns, sample=sample, status="done", instrument=instrument)
+        row = add_scan(
+            path,
+            session=session,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            mtime_ns=mtime_ns,
+            sample=sample,
+            status="done",
+            instrument=instrument,
+        )
     else:
         if sample and row.sample is None:
             row.sample = get_or_create_sample(sample, session=session)
@@ -66,17 +91,30 @@ def record_detection(scan: Scan, detection: Detection, *, session: Any, sha256: 
     return add_detection_run(row.id, detection, session=session).id
 
 
-def record_file(path: str | os.PathLike[str], scan: Scan, detection: Detection, *,
-                engine: Engine, rule: str = "folder",
-                watch_root: str | os.PathLike[str] | None = None,
-                instrument: str | None = None) -> int:
+def record_file(
+    path: str | os.PathLike[str],
+    scan: Scan,
+    detection: Detection,
+    *,
+    engine: Engine,
+    rule: str = "folder",
+    watch_root: str | os.PathLike[str] | None = None,
+    instrument: str | None = None,
+) -> int:
     """Hash ``path``, name its sample by ``rule`` and record the detection in one transaction;
     returns the run id."""
     sha = file_sha256(path)
     sample = sample_for(path, watch_root=watch_root, rule=rule, comment=scan.comment)
     with write_transaction(engine) as session:
-        return record_detection(scan, detection, session=session, sha256=sha, sample=sample,
-                                path=str(path), instrument=instrument)
+        return record_detection(
+            scan,
+            detection,
+            session=session,
+            sha256=sha,
+            sample=sample,
+            path=str(path),
+            instrument=instrument,
+        )
 
 
 def model_version_name(directory: str | os.PathLike[str]) -> str:
@@ -93,8 +131,9 @@ def _shipped_default_dir() -> Path:
     return Path(default_model_dir())
 
 
-def active_model(engine: Engine, *, default_dir: Callable[[], Path] = _shipped_default_dir
-                 ) -> tuple[str, Path]:
+def active_model(
+    engine: Engine, *, default_dir: Callable[[], Path] = _shipped_default_dir
+) -> tuple[str, Path]:
     """(name, directory) of the active model version. On a registry with nothing active the
     shipped default (``default_dir()``) is registered if needed and activated; so is a newer
     shipped default when the active version is an older one that an upgrade removed."""
@@ -107,17 +146,25 @@ def active_model(engine: Engine, *, default_dir: Callable[[], Path] = _shipped_d
     with write_transaction(engine) as session:
         version = active_version(session=session)  # another process may have been quicker
         if version is not None and _replaced_default(Path(version.directory), directory):
-            log.warning("the active model %s was a shipped default this installation no longer "
-                        "has (%s); activating the shipped %s", version.name, version.directory,
-                        name)
+            log.warning(
+                "the active model %s was a shipped default this installation no longer "
+                "has (%s); activating the shipped %s",
+                version.name,
+                version.directory,
+                name,
+            )
             version = None
         if version is None:
             known = {v.name for v in list_versions(session=session)}
             if name not in known:
-                register_version(name, session=session, directory=str(directory),
-                                 metrics=_config_field(directory, "metrics", {}),
-                                 members=len(_config_field(directory, "members", {})),
-                                 parent=_config_field(directory, "parent", None))
+                register_version(
+                    name,
+                    session=session,
+                    directory=str(directory),
+                    metrics=_config_field(directory, "metrics", {}),
+                    members=len(_config_field(directory, "members", {})),
+                    parent=_config_field(directory, "parent", None),
+                )
             version = activate_version(name, session=session)
             log.info("registered the shipped model %s (%s) as active", name, directory)
         return version.name, Path(version.directory)
@@ -126,8 +173,12 @@ def active_model(engine: Engine, *, default_dir: Callable[[], Path] = _shipped_d
 def _replaced_default(active_dir: Path, shipped_dir: Path) -> bool:
     """True when ``active_dir`` was a shipped default (beside ``shipped_dir`` in the package)
     that is gone, while the package now ships ``shipped_dir``."""
-    return (active_dir != shipped_dir and active_dir.parent == shipped_dir.parent
-            and not active_dir.exists() and shipped_dir.is_dir())
+    return (
+        active_dir != shipped_dir
+        and active_dir.parent == shipped_dir.parent
+        and not active_dir.exists()
+        and shipped_dir.is_dir()
+    )
 
 
 def _config_field(directory: str | os.PathLike[str], key: str, default: Any) -> Any:
@@ -149,10 +200,14 @@ def _default_load(directory: Path) -> Any:
     return load_ensemble(directory)
 
 
-def make_process(engine: Engine, *, channel: str = "Z",
-                 load_ensemble: Callable[[Path], Any] = _default_load,
-                 detect: Detect = _default_detect,
-                 default_dir: Callable[[], Path] = _shipped_default_dir) -> Callable[[Job], str]:
+def make_process(
+    engine: Engine,
+    *,
+    channel: str = "Z",
+    load_ensemble: Callable[[Path], Any] = _default_load,
+    detect: Detect = _default_detect,
+    default_dir: Callable[[], Path] = _shipped_default_dir,
+) -> Callable[[Job], str]:
     """The daemon's ``process(job) -> summary``: the active model (reloaded when the registry's
     active version changes), detection, then one transaction recording everything and marking
     the job done. Errors propagate (ScanIncompleteError: retry; other DefectwatchError: fail)."""
@@ -193,24 +248,38 @@ def summary(job: Job, detection: Detection) -> str:
     kinds = [d.kind for d in detection.defects]
     total = detection.densities.get("total")
     density = f"{total.per_cm2:.3g} cm^-2" if total is not None else "-"
-    return (f"{job.sample or '-'} {Path(job.path).name}: {kinds.count('trough')} trough, "
-            f"{kinds.count('peak')} peak, density {density}, "
-            f"{detection.seconds:.1f} s ({detection.model_version})")
+    return (
+        f"{job.sample or '-'} {Path(job.path).name}: {kinds.count('trough')} trough, "
+        f"{kinds.count('peak')} peak, density {density}, "
+        f"{detection.seconds:.1f} s ({detection.model_version})"
+    )
 
 
-def make_queue(engine: Engine, *, roots: Sequence[str | os.PathLike[str]], rule: str,
-               instrument: str | None = None) -> SqlJobQueue:
+def make_queue(
+    engine: Engine,
+    *,
+    roots: Sequence[str | os.PathLike[str]],
+    rule: str,
+    instrument: str | None = None,
+) -> SqlJobQueue:
     """The job queue for ``watch``, naming each new file's sample by ``rule`` under ``roots``
     and recording ``instrument`` on it."""
-    return SqlJobQueue(engine, sample_for=make_sample_for(roots=roots, rule=rule),
-                       instrument=instrument)
+    return SqlJobQueue(
+        engine, sample_for=make_sample_for(roots=roots, rule=rule), instrument=instrument
+    )
 
 
 class Heartbeat:
     """Callable the daemon calls every few seconds; ``stop()`` once at a clean exit."""
 
-    def __init__(self, engine: Engine, *, pid: int | None = None, host: str | None = None,
-                 instrument: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        pid: int | None = None,
+        host: str | None = None,
+        instrument: str | None = None,
+    ) -> None:
         self.engine = engine
         self.pid = os.getpid() if pid is None else pid
         self.host = host or socket.gethostname()
@@ -219,10 +288,14 @@ class Heartbeat:
 
     def __call__(self) -> None:
         with unreachable_as_error(self.engine), write_transaction(self.engine) as session:
-            hb.beat(session=session, pid=self.pid, host=self.host, started_at=self.started_at,
-                    instrument=self.instrument)
+            hb.beat(
+                session=session,
+                pid=self.pid,
+                host=self.host,
+                started_at=self.started_at,
+                instrument=self.instrument,
+            )
 
     def stop(self) -> None:
         with write_transaction(self.engine) as session:
-            hb.stopped(session=session, pid=self.pid, host=self.host,
-                       started_at=self.started_at)
+            hb.stopped(session=session, pid=self.pid, host=self.host, started_at=self.started_at)

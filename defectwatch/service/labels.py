@@ -27,19 +27,34 @@ from sqlalchemy import Engine
 
 from defectwatch.db import queries as q
 from defectwatch.db.engine import read_transaction, write_transaction
-from defectwatch.db.labels import (REVIEWED, file_name, file_stem, label_sets, labelled_scans,
-                                   replace_labels, scans_by_stem)
+from defectwatch.db.labels import (
+    REVIEWED,
+    file_name,
+    file_stem,
+    label_sets,
+    labelled_scans,
+    replace_labels,
+    scans_by_stem,
+)
 from defectwatch.db.models import ScanRow
-from defectwatch.db.records import (add_scan, get_or_create_sample, scan_by_sha256,
-                                    set_scan_metadata)
+from defectwatch.db.records import add_scan, get_or_create_sample, scan_by_sha256, set_scan_metadata
 from defectwatch.digest import sha256_file as file_sha256
 from defectwatch.domain import KINDS
 from defectwatch.errors import ConfigError, DefectwatchError, LabelFormatError, NotFoundError
 from defectwatch.pipeline.images import IMAGE_SUFFIXES, read_image_as_scan
-from defectwatch.pipeline.label_formats import (FORMATS, Box, ParsedLabels, PointLabel,
-                                                boxes_to_points, points_to_boxes, read_labels,
-                                                write_coco, write_points_csv, write_via_csv,
-                                                write_voc)
+from defectwatch.pipeline.label_formats import (
+    FORMATS,
+    Box,
+    ParsedLabels,
+    PointLabel,
+    boxes_to_points,
+    points_to_boxes,
+    read_labels,
+    write_coco,
+    write_points_csv,
+    write_via_csv,
+    write_voc,
+)
 from defectwatch.service.samples import sample_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,7 @@ ACCEPTED = "accepted"  # the source of labels accepted from detections
 
 
 # --- results -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScanImport:
@@ -127,27 +143,33 @@ class ExportResult:
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def resolve_scan(ref: str, *, session: Any) -> ScanRow:
     """The one scan ``ref`` names (an id, a path or a file name)."""
     matches = q.find_scans(ref, session=session)
     if not matches:
         matches = q.find_scans(str(Path(ref).expanduser().resolve()), session=session)
     if not matches:
-        raise NotFoundError(f"no scan {ref!r} in the database (an id, a path or a file name; "
-                            "see `defectwatch scans`; record images with `defectwatch "
-                            "import-image`)")
+        raise NotFoundError(
+            f"no scan {ref!r} in the database (an id, a path or a file name; "
+            "see `defectwatch scans`; record images with `defectwatch "
+            "import-image`)"
+        )
     if len(matches) > 1:
         ids = ", ".join(f"{m.id} ({m.path})" for m in matches[:10])
-        raise ConfigError(f"{ref!r} matches {len(matches)} scans: {ids}; pass an id or the "
-                          "full path")
+        raise ConfigError(
+            f"{ref!r} matches {len(matches)} scans: {ids}; pass an id or the full path"
+        )
     return matches[0]
 
 
 def _readable(row: ScanRow) -> str | None:
     """Why labels cannot be placed on this scan (None when they can)."""
     if not (row.nx and row.ny and row.width_nm and row.height_nm):
-        return (f"scan {row.id} ({row.path}) has not been read yet (status {row.status}): "
-                "its size is unknown")
+        return (
+            f"scan {row.id} ({row.path}) has not been read yet (status {row.status}): "
+            "its size is unknown"
+        )
     return None
 
 
@@ -172,11 +194,16 @@ def check_format(fmt: str | None) -> str | None:
 
 # --- import --------------------------------------------------------------------------------
 
-def import_label_files(engine: Engine, paths: Sequence[str | os.PathLike[str]], *,
-                       format: str | None = None, scan: str | None = None,
-                       exhaustive: bool = True,
-                       class_map: Mapping[str, str | None] | None = None
-                       ) -> list[FileImport]:
+
+def import_label_files(
+    engine: Engine,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    format: str | None = None,
+    scan: str | None = None,
+    exhaustive: bool = True,
+    class_map: Mapping[str, str | None] | None = None,
+) -> list[FileImport]:
     """Import label files (one write transaction each); a file that cannot be read is reported
     with its error and the others still import. ``scan``: put every file's labels on this
     scan (each file must then label one image)."""
@@ -184,14 +211,23 @@ def import_label_files(engine: Engine, paths: Sequence[str | os.PathLike[str]], 
     if scan is not None:
         with read_transaction(engine) as session:
             resolve_scan(scan, session=session)  # fail early, before any file
-    return [import_label_file(engine, p, format=fmt, scan=scan, exhaustive=exhaustive,
-                              class_map=class_map) for p in paths]
+    return [
+        import_label_file(
+            engine, p, format=fmt, scan=scan, exhaustive=exhaustive, class_map=class_map
+        )
+        for p in paths
+    ]
 
 
-def import_label_file(engine: Engine, path: str | os.PathLike[str], *,
-                      format: str | None = None, scan: str | None = None,
-                      exhaustive: bool = True,
-                      class_map: Mapping[str, str | None] | None = None) -> FileImport:
+def import_label_file(
+    engine: Engine,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    scan: str | None = None,
+    exhaustive: bool = True,
+    class_map: Mapping[str, str | None] | None = None,
+) -> FileImport:
     """Import one label file (see ``import_label_files``)."""
     path = Path(path)
     fmt = check_format(format)
@@ -202,9 +238,14 @@ def import_label_file(engine: Engine, path: str | os.PathLike[str], *,
         return FileImport(str(path), fmt or "?", source, exhaustive, error=str(exc))
     source = f"{parsed.format}:{path.name}"
     skipped = dict(Counter(s.reason for s in parsed.skipped))
-    base: dict[str, Any] = dict(path=str(path), format=parsed.format, source=source,
-                                exhaustive=exhaustive, skipped=skipped,
-                                unknown_classes=parsed.unknown())
+    base: dict[str, Any] = dict(
+        path=str(path),
+        format=parsed.format,
+        source=source,
+        exhaustive=exhaustive,
+        skipped=skipped,
+        unknown_classes=parsed.unknown(),
+    )
     by_image = _group(parsed)
     with write_transaction(engine) as session:
         targets, unmatched = _match(by_image, parsed, scan=scan, session=session)
@@ -227,14 +268,31 @@ def import_label_file(engine: Engine, path: str | os.PathLike[str], *,
         for scan_id, placed in per_scan.items():
             row = rows[scan_id]
             inside = _in_frame(placed, row.nx or 0, row.ny or 0)
-            replace_labels(scan_id, inside, session=session, source=source,
-                           exhaustive=exhaustive, file=str(path.resolve()))
-            done.append(ScanImport(scan_id, row.path, ", ".join(images[scan_id]),
-                                   _kind_counts([p.kind for p in inside]),
-                                   given[scan_id] - len(inside)))
+            replace_labels(
+                scan_id,
+                inside,
+                session=session,
+                source=source,
+                exhaustive=exhaustive,
+                file=str(path.resolve()),
+            )
+            done.append(
+                ScanImport(
+                    scan_id,
+                    row.path,
+                    ", ".join(images[scan_id]),
+                    _kind_counts([p.kind for p in inside]),
+                    given[scan_id] - len(inside),
+                )
+            )
     for scan_import in done:
-        log.info("%s: %s labels on scan %d (%s)", path.name, scan_import.counts,
-                 scan_import.scan_id, scan_import.path)
+        log.info(
+            "%s: %s labels on scan %d (%s)",
+            path.name,
+            scan_import.counts,
+            scan_import.scan_id,
+            scan_import.path,
+        )
     return FileImport(**base, scans=tuple(done), unmatched=tuple(unmatched))
 
 
@@ -248,18 +306,27 @@ def _group(parsed: ParsedLabels) -> dict[str, tuple[list[Box], list[PointLabel]]
     return out
 
 
-def _match(by_image: dict[str, tuple[list[Box], list[PointLabel]]], parsed: ParsedLabels, *,
-           scan: str | None, session: Any) -> tuple[list[tuple[str, ScanRow]],
-                                                   list[tuple[str, str]]]:
+def _match(
+    by_image: dict[str, tuple[list[Box], list[PointLabel]]],
+    parsed: ParsedLabels,
+    *,
+    scan: str | None,
+    session: Any,
+) -> tuple[list[tuple[str, ScanRow]], list[tuple[str, str]]]:
     """(image name, scan) pairs to import, and (image name, why not) for the others."""
     unmatched: list[tuple[str, str]] = []
     if scan is not None:
         row = resolve_scan(scan, session=session)
         if len(by_image) > 1:
             names = ", ".join(sorted(by_image)[:5])
-            return [], [(name, f"--scan names one scan, but {Path(parsed.path).name} labels "
-                         f"{len(by_image)} images ({names}); import it without --scan")
-                        for name in sorted(by_image)]
+            return [], [
+                (
+                    name,
+                    f"--scan names one scan, but {Path(parsed.path).name} labels "
+                    f"{len(by_image)} images ({names}); import it without --scan",
+                )
+                for name in sorted(by_image)
+            ]
         why = _readable(row)
         if why:
             return [], [(name, why) for name in sorted(by_image) or [row.path]]
@@ -270,13 +337,23 @@ def _match(by_image: dict[str, tuple[list[Box], list[PointLabel]]], parsed: Pars
     for name in sorted(by_image):
         candidates = found.get(file_stem(name).lower(), [])
         if not candidates:
-            unmatched.append((name, f"no recorded scan is named {file_stem(name)!r} (record the "
-                                    "render with `defectwatch import-image`, or the scan file with "
-                                    "`defectwatch process`; or name the scan with --scan)"))
+            unmatched.append(
+                (
+                    name,
+                    f"no recorded scan is named {file_stem(name)!r} (record the "
+                    "render with `defectwatch import-image`, or the scan file with "
+                    "`defectwatch process`; or name the scan with --scan)",
+                )
+            )
         elif len(candidates) > 1:
             ids = ", ".join(f"{c.id} ({c.path})" for c in candidates[:5])
-            unmatched.append((name, f"{len(candidates)} recorded scans are named "
-                                    f"{file_stem(name)!r}: {ids}; pick one with --scan"))
+            unmatched.append(
+                (
+                    name,
+                    f"{len(candidates)} recorded scans are named "
+                    f"{file_stem(name)!r}: {ids}; pick one with --scan",
+                )
+            )
         elif (why := _readable(candidates[0])) is not None:
             unmatched.append((name, why))
         else:
@@ -284,23 +361,34 @@ def _match(by_image: dict[str, tuple[list[Box], list[PointLabel]]], parsed: Pars
     return targets, unmatched
 
 
-def _to_points(boxes: Sequence[Box], points: Sequence[PointLabel], row: ScanRow
-               ) -> list[PointLabel]:
+def _to_points(
+    boxes: Sequence[Box], points: Sequence[PointLabel], row: ScanRow
+) -> list[PointLabel]:
     """An image's boxes scaled onto the scan's pixels (centres outside the frame dropped),
     plus its points (already in the scan's pixels)."""
-    placed = boxes_to_points(boxes, nx=int(row.nx or 0), ny=int(row.ny or 0),
-                             width_nm=float(row.width_nm or 0),
-                             height_nm=float(row.height_nm or 0), scan=str(row.id))
+    placed = boxes_to_points(
+        boxes,
+        nx=int(row.nx or 0),
+        ny=int(row.ny or 0),
+        width_nm=float(row.width_nm or 0),
+        height_nm=float(row.height_nm or 0),
+        scan=str(row.id),
+    )
     return placed + list(points)
 
 
 def parse_size_nm(text: str) -> tuple[float, float | None]:
     """``"100"`` -> (100, None: square pixels); ``"100x80"`` -> (100, 80); nm."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:nm)?\s*(?:[x\u00d7*]\s*(\d+(?:\.\d*)?|\.\d+)"
-                     r"\s*(?:nm)?)?\s*", text or "", re.IGNORECASE)
+    m = re.fullmatch(
+        r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:nm)?\s*(?:[x\u00d7*]\s*(\d+(?:\.\d*)?|\.\d+)"
+        r"\s*(?:nm)?)?\s*",
+        text or "",
+        re.IGNORECASE,
+    )
     if not m:
-        raise ConfigError(f"--size-nm {text!r}: write the frame size in nm as W or WxH "
-                          "(e.g. 100 or 100x80)")
+        raise ConfigError(
+            f"--size-nm {text!r}: write the frame size in nm as W or WxH (e.g. 100 or 100x80)"
+        )
     w = float(m.group(1))
     h = float(m.group(2)) if m.group(2) else None
     if w <= 0 or (h is not None and h <= 0):
@@ -308,11 +396,15 @@ def parse_size_nm(text: str) -> tuple[float, float | None]:
     return w, h
 
 
-def import_images(engine: Engine, paths: Sequence[str | os.PathLike[str]], *,
-                  size_nm: tuple[float, float | None] | None = None,
-                  sample: str | None = None, rule: str = "folder",
-                  on_progress: Callable[[int, int], None] | None = None
-                  ) -> list[ImageImport]:
+def import_images(
+    engine: Engine,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    size_nm: tuple[float, float | None] | None = None,
+    sample: str | None = None,
+    rule: str = "folder",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[ImageImport]:
     """Record rendered images as ``done`` scans of ``size_nm`` (width, height or None for
     square pixels; None: from each file name, e.g. ``_100x100_``). A file already recorded
     (same content) gets the new size and sample. Sample: ``sample``, else ``rule``."""
@@ -324,12 +416,23 @@ def import_images(engine: Engine, paths: Sequence[str | os.PathLike[str]], *,
     return out
 
 
-def _import_image(engine: Engine, path: Path, *, size_nm: tuple[float, float | None] | None,
-                  sample: str | None, rule: str) -> ImageImport:
+def _import_image(
+    engine: Engine,
+    path: Path,
+    *,
+    size_nm: tuple[float, float | None] | None,
+    sample: str | None,
+    rule: str,
+) -> ImageImport:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return ImageImport(str(path), "failed", error=(
-            f"{path.name}: not a rendered image ({', '.join(IMAGE_SUFFIXES)}); record scan files "
-            "with `defectwatch process` or `defectwatch watch`"))
+        return ImageImport(
+            str(path),
+            "failed",
+            error=(
+                f"{path.name}: not a rendered image ({', '.join(IMAGE_SUFFIXES)}); "
+                "record scan files with `defectwatch process` or `defectwatch watch`"
+            ),
+        )
     try:
         width, height = size_nm if size_nm is not None else (None, None)
         scan = read_image_as_scan(path, width_nm=width, height_nm=height)
@@ -344,25 +447,42 @@ def _import_image(engine: Engine, path: Path, *, size_nm: tuple[float, float | N
         row = scan_by_sha256(sha, session=session)
         status = "updated" if row is not None else "recorded"
         if row is None:
-            row = add_scan(str(path.resolve()), session=session, sha256=sha,
-                           size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sample=name,
-                           status="done")
+            row = add_scan(
+                str(path.resolve()),
+                session=session,
+                sha256=sha,
+                size_bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                sample=name,
+                status="done",
+            )
         elif sample:
             row.sample = get_or_create_sample(sample, session=session)
         set_scan_metadata(row, scan)
         session.flush()
         scan_id = row.id
         sample_name = row.sample.name if row.sample else None
-    log.info("%s: %s as scan %d (%gx%g nm, %dx%d px)", path.name, status, scan_id,
-             scan.width_nm, scan.height_nm, scan.nx, scan.ny)
-    return ImageImport(str(path), status, scan_id, sample_name, scan.nx, scan.ny,
-                       scan.width_nm, scan.height_nm)
+    log.info(
+        "%s: %s as scan %d (%gx%g nm, %dx%d px)",
+        path.name,
+        status,
+        scan_id,
+        scan.width_nm,
+        scan.height_nm,
+        scan.nx,
+        scan.ny,
+    )
+    return ImageImport(
+        str(path), status, scan_id, sample_name, scan.nx, scan.ny, scan.width_nm, scan.height_nm
+    )
 
 
 # --- accept --------------------------------------------------------------------------------
 
-def accept_detections(engine: Engine, scan_ref: str, *, min_confidence: float = 0.0
-                      ) -> AcceptResult:
+
+def accept_detections(
+    engine: Engine, scan_ref: str, *, min_confidence: float = 0.0
+) -> AcceptResult:
     """The scan's latest run's detections with ``confidence >= min_confidence`` become its
     exhaustive ``accepted`` labels (replacing earlier accepted ones); radius from each
     detection's area (``sqrt(area / pi)``, nm)."""
@@ -372,24 +492,45 @@ def accept_detections(engine: Engine, scan_ref: str, *, min_confidence: float = 
         row = resolve_scan(scan_ref, session=session)
         run = q.latest_run(row.id, session=session)
         if run is None:
-            raise NotFoundError(f"scan {row.id} ({row.path}) has no detection run to accept "
-                                f"(status {row.status}); process it first")
+            raise NotFoundError(
+                f"scan {row.id} ({row.path}) has no detection run to accept "
+                f"(status {row.status}); process it first"
+            )
         defects = q.run_defects(run.id, session=session)
         kept = [d for d in defects if d.confidence >= min_confidence and d.kind in KINDS]
-        points = [PointLabel(str(row.id), d.row, d.col, d.kind,
-                             math.sqrt(d.area_nm2 / math.pi) if d.area_nm2 > 0 else None)
-                  for d in kept]
+        points = [
+            PointLabel(
+                str(row.id),
+                d.row,
+                d.col,
+                d.kind,
+                math.sqrt(d.area_nm2 / math.pi) if d.area_nm2 > 0 else None,
+            )
+            for d in kept
+        ]
         before = {x.source for x in label_sets(row.id, session=session)}
         replace_labels(row.id, points, session=session, source=ACCEPTED, exhaustive=True)
-        result = AcceptResult(row.id, row.path, run.id, run.model_version,
-                              _kind_counts([p.kind for p in points]),
-                              len(defects) - len(kept), ACCEPTED in before)
-    log.info("scan %d: accepted %s from run %d (%s)", result.scan_id, result.counts,
-             result.run_id, result.model_version)
+        result = AcceptResult(
+            row.id,
+            row.path,
+            run.id,
+            run.model_version,
+            _kind_counts([p.kind for p in points]),
+            len(defects) - len(kept),
+            ACCEPTED in before,
+        )
+    log.info(
+        "scan %d: accepted %s from run %d (%s)",
+        result.scan_id,
+        result.counts,
+        result.run_id,
+        result.model_version,
+    )
     return result
 
 
 # --- list and export -----------------------------------------------------------------------
+
 
 def label_overview(engine: Engine, *, sample: str | None = None) -> list[dict[str, Any]]:
     """Every labelled scan: counts per kind, exhaustive or partial, and its label sets."""
@@ -397,12 +538,25 @@ def label_overview(engine: Engine, *, sample: str | None = None) -> list[dict[st
         if sample is not None and sample not in q.sample_names(session=session):
             raise NotFoundError(f"no sample called {sample!r} (see `defectwatch samples`)")
         scans = labelled_scans(session=session, sample=sample)
-        return [{"scan_id": s.scan.id, "path": s.scan.path, "sample": s.sample,
-                 "counts": {**s.counts, "total": sum(s.counts.values())},
-                 "exhaustive": s.exhaustive,
-                 "sources": [{"source": x.source, "exhaustive": x.exhaustive,
-                              "labels": x.labels, "file": x.file} for x in s.sets]}
-                for s in scans]
+        return [
+            {
+                "scan_id": s.scan.id,
+                "path": s.scan.path,
+                "sample": s.sample,
+                "counts": {**s.counts, "total": sum(s.counts.values())},
+                "exhaustive": s.exhaustive,
+                "sources": [
+                    {
+                        "source": x.source,
+                        "exhaustive": x.exhaustive,
+                        "labels": x.labels,
+                        "file": x.file,
+                    }
+                    for x in s.sets
+                ],
+            }
+            for s in scans
+        ]
 
 
 def export_format(target: Path, format: str | None) -> str:
@@ -418,12 +572,19 @@ def export_format(target: Path, format: str | None) -> str:
         return "csv"
     if suffix in ("", ".xml") or target.is_dir():
         return "voc"
-    raise ConfigError(f"{target}: cannot tell the export format from {suffix!r}; pass "
-                      f"--format ({', '.join(FORMATS)})")
+    raise ConfigError(
+        f"{target}: cannot tell the export format from {suffix!r}; pass "
+        f"--format ({', '.join(FORMATS)})"
+    )
 
 
-def export_labels(engine: Engine, target: str | os.PathLike[str], *, format: str | None = None,
-                  sample: str | None = None) -> ExportResult:
+def export_labels(
+    engine: Engine,
+    target: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    sample: str | None = None,
+) -> ExportResult:
     """Write every labelled scan's labels (of ``sample`` or all) as ``format``: ``via``,
     ``coco`` and ``csv`` into one file (``target``, or ``labels_<format>.<ext>`` inside a
     folder ``target``), ``voc`` as one XML per scan into folder ``target``. Images are named
@@ -440,8 +601,11 @@ def export_labels(engine: Engine, target: str | os.PathLike[str], *, format: str
         name = file_name(s.scan.path)
         # a reviewed scan's review supersedes its other sets, as in training
         reviewed = any(x.source == REVIEWED for x in s.sets)
-        pts = [PointLabel(name, lab.row, lab.col, lab.kind, lab.radius_nm, lab.source)
-               for lab in s.labels if not reviewed or lab.source == REVIEWED]
+        pts = [
+            PointLabel(name, lab.row, lab.col, lab.kind, lab.radius_nm, lab.source)
+            for lab in s.labels
+            if not reviewed or lab.source == REVIEWED
+        ]
         points_by_scan.append((s.scan, name, pts))
     if fmt == "voc":
         if target.suffix.lower() == ".xml":
@@ -465,8 +629,12 @@ def export_labels(engine: Engine, target: str | os.PathLike[str], *, format: str
 def _boxes(points_by_scan: Sequence[tuple[ScanRow, str, list[PointLabel]]]) -> list[Box]:
     boxes: list[Box] = []
     for row, name, pts in points_by_scan:
-        boxes += points_to_boxes(pts, nx=int(row.nx or 0), ny=int(row.ny or 0),
-                                 width_nm=float(row.width_nm or 1.0),
-                                 height_nm=float(row.height_nm or 1.0), image=name)
+        boxes += points_to_boxes(
+            pts,
+            nx=int(row.nx or 0),
+            ny=int(row.ny or 0),
+            width_nm=float(row.width_nm or 1.0),
+            height_nm=float(row.height_nm or 1.0),
+            image=name,
+        )
     return boxes
-

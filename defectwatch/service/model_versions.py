@@ -17,8 +17,13 @@ from typing import Any
 from sqlalchemy import Engine
 
 from defectwatch.db.engine import read_transaction, write_transaction
-from defectwatch.db.registry import (activate_version, active_version, get_version,
-                                     list_versions, rollback_version)
+from defectwatch.db.registry import (
+    activate_version,
+    active_version,
+    get_version,
+    list_versions,
+    rollback_version,
+)
 from defectwatch.errors import ConfigError, ModelLoadError
 from defectwatch.service.ingest import _shipped_default_dir, active_model, model_version_name
 
@@ -49,13 +54,20 @@ class ResolvedModel:
 
     def describe(self) -> str:
         """One line for the user, e.g. ``model retrain-x (the record's active version)``."""
-        why = {"--model": f"--model {self.directory}", "active": "the record's active version",
-               "shipped": "the shipped default; no record was asked"}[self.source]
+        why = {
+            "--model": f"--model {self.directory}",
+            "active": "the record's active version",
+            "shipped": "the shipped default; no record was asked",
+        }[self.source]
         return f"model {self.name} ({why})"
 
 
-def resolve_model(engine: Engine | None, model_dir: str | Path | None = None, *,
-                  default_dir: Callable[[], Path] = _shipped_default_dir) -> ResolvedModel:
+def resolve_model(
+    engine: Engine | None,
+    model_dir: str | Path | None = None,
+    *,
+    default_dir: Callable[[], Path] = _shipped_default_dir,
+) -> ResolvedModel:
     """Which version ``process``, ``evaluate``, ``reprocess``, the web app and the Python API
     detect with: ``model_dir`` when given (ModelLoadError when it is not a directory), else the
     record's active version (the shipped default is registered and activated on an empty
@@ -64,8 +76,10 @@ def resolve_model(engine: Engine | None, model_dir: str | Path | None = None, *,
     if model_dir is not None:
         path = Path(model_dir)
         if not path.is_dir():
-            raise ModelLoadError(f"{path}: no such model version directory (give a folder "
-                                 "holding config.json and member_*.safetensors)")
+            raise ModelLoadError(
+                f"{path}: no such model version directory (give a folder "
+                "holding config.json and member_*.safetensors)"
+            )
         chosen = ResolvedModel(model_version_name(path), path, "--model")
     elif engine is not None:
         name, directory = active_model(engine, default_dir=default_dir)
@@ -87,8 +101,7 @@ class Switch:
     changed: bool  # False: it was already the active version
 
 
-def versions_report(engine: Engine, *, register_default: bool = True
-                    ) -> list[dict[str, Any]]:
+def versions_report(engine: Engine, *, register_default: bool = True) -> list[dict[str, Any]]:
     """Every registered version, oldest first, as the ``models list --json`` objects:
     ``version, active, created_at (ISO, UTC), parent, members, metrics, retrain`` (for a
     version a retrain made: ``{outcome: promoted | candidate, reason}``, else None);
@@ -99,11 +112,18 @@ def versions_report(engine: Engine, *, register_default: bool = True
         active_model(engine)
     outcomes = outcome_by_version(engine)
     with read_transaction(engine) as session:
-        return [{"version": v.name, "active": bool(v.active),
-                 "created_at": v.created_at.isoformat() if v.created_at else None,
-                 "parent": v.parent, "members": int(v.members or 0),
-                 "metrics": dict(v.metrics or {}), "retrain": outcomes.get(v.name)}
-                for v in list_versions(session=session)]
+        return [
+            {
+                "version": v.name,
+                "active": bool(v.active),
+                "created_at": v.created_at.isoformat() if v.created_at else None,
+                "parent": v.parent,
+                "members": int(v.members or 0),
+                "metrics": dict(v.metrics or {}),
+                "retrain": outcomes.get(v.name),
+            }
+            for v in list_versions(session=session)
+        ]
 
 
 def activate(engine: Engine, name: str, *, check: Check = check_loads) -> Switch:
@@ -121,8 +141,9 @@ def activate(engine: Engine, name: str, *, check: Check = check_loads) -> Switch
     with write_transaction(engine) as session:
         current = active_version(session=session)
         version = activate_version(name, session=session)
-        return Switch(version.name, version.directory, current.name if current else None,
-                      changed=True)
+        return Switch(
+            version.name, version.directory, current.name if current else None, changed=True
+        )
 
 
 class _Undo(Exception):
@@ -138,8 +159,11 @@ def rollback(engine: Engine, *, check: Check = check_loads) -> Switch:
         with write_transaction(engine) as session:
             current = active_version(session=session)
             target = rollback_version(session=session)
-            found = {"name": target.name, "directory": target.directory,
-                     "previous": current.name if current else ""}
+            found = {
+                "name": target.name,
+                "directory": target.directory,
+                "previous": current.name if current else "",
+            }
             raise _Undo
     except _Undo:
         pass
@@ -148,7 +172,10 @@ def rollback(engine: Engine, *, check: Check = check_loads) -> Switch:
         current = active_version(session=session)
         target = rollback_version(session=session)
         if target.name != found["name"]:  # another process changed the registry meanwhile
-            raise ConfigError("the model registry changed while the rollback target was "
-                              "checked; nothing was changed, run the rollback again")
-        return Switch(target.name, target.directory, current.name if current else None,
-                      changed=True)
+            raise ConfigError(
+                "the model registry changed while the rollback target was "
+                "checked; nothing was changed, run the rollback again"
+            )
+        return Switch(
+            target.name, target.directory, current.name if current else None, changed=True
+        )

@@ -41,10 +41,16 @@ def require_existing_file(url: str) -> None:
     """
     parsed = make_url(url)
     database = parsed.database or ""
-    if (parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:") and not Path(database).exists()):
-        raise NotFoundError(f"no database at {database}: nothing recorded yet (start "
-                            f"`defectwatch watch`, or pass --db / set DEFECTWATCH_DB)")
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not Path(database).exists()
+    ):
+        raise NotFoundError(
+            f"no database at {database}: nothing recorded yet (start "
+            f"`defectwatch watch`, or pass --db / set DEFECTWATCH_DB)"
+        )
 
 
 def open_record_engine(url: str, *, create: bool) -> Engine:

@@ -73,16 +73,20 @@ def _detect(path: str, *, ensemble: Any, channel: str) -> tuple[Scan, Detection]
     return detect_file(path, ensemble=ensemble, channel=channel)
 
 
-def candidates(engine: Engine, *, sample: str | None = None, outdated_for: str | None = None
-               ) -> list[Candidate]:
+def candidates(
+    engine: Engine, *, sample: str | None = None, outdated_for: str | None = None
+) -> list[Candidate]:
     """Done scans with a detection run (oldest first), of ``sample`` or all; with
     ``outdated_for``, only those whose latest run used another version."""
     with read_transaction(engine) as session:
         if sample is not None and sample not in q.sample_names(session=session):
             raise NotFoundError(f"no sample called {sample!r} (see `defectwatch samples`)")
         rows = q.list_scans(session=session, sample=sample, status="done")
-    out = [Candidate(s.id, s.path, s.sha256, s.channel or "Z", run.model_version)
-           for s, _, run in reversed(rows) if run is not None]
+    out = [
+        Candidate(s.id, s.path, s.sha256, s.channel or "Z", run.model_version)
+        for s, _, run in reversed(rows)
+        if run is not None
+    ]
     if outdated_for is not None:
         out = [c for c in out if c.model_version != outdated_for]
     return out
@@ -98,16 +102,25 @@ def _why_not(c: Candidate) -> str | None:
         return "the file is no longer there"
     try:
         if file_sha256(c.path) != c.sha256:
-            return ("the file's content changed since it was recorded (a new scan: record it "
-                    "with `defectwatch process`)")
+            return (
+                "the file's content changed since it was recorded (a new scan: record it "
+                "with `defectwatch process`)"
+            )
     except OSError as exc:
         return f"cannot read the file ({exc.strerror})"
     return None
 
 
-def reprocess(engine: Engine, *, sample: str | None = None, outdated: bool = False,
-              channel: str | None = None, load: Load = _load, detect: Detect = _detect,
-              on_progress: Callable[[int, int], None] | None = None) -> ReprocessResult:
+def reprocess(
+    engine: Engine,
+    *,
+    sample: str | None = None,
+    outdated: bool = False,
+    channel: str | None = None,
+    load: Load = _load,
+    detect: Detect = _detect,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ReprocessResult:
     """Re-score the recorded scans (of ``sample``; with ``outdated``, only those last scored
     by another version) with the active version; one write transaction per scan.
     ``channel``: analyse this channel instead of the one each scan was recorded with.
@@ -129,12 +142,19 @@ def reprocess(engine: Engine, *, sample: str | None = None, outdated: bool = Fal
                 why = str(exc)
             else:
                 with write_transaction(engine) as session:
-                    run_id = record_detection(scan, detection, session=session,
-                                              sha256=c.sha256, path=c.path)
-                rescored.append(Rescored(c.scan_id, c.path, c.model_version,
-                                         len(detection.defects), run_id))
-                log.info("%s: re-scored with %s (%d defects; was %s)", Path(c.path).name,
-                         name, len(detection.defects), c.model_version)
+                    run_id = record_detection(
+                        scan, detection, session=session, sha256=c.sha256, path=c.path
+                    )
+                rescored.append(
+                    Rescored(c.scan_id, c.path, c.model_version, len(detection.defects), run_id)
+                )
+                log.info(
+                    "%s: re-scored with %s (%d defects; was %s)",
+                    Path(c.path).name,
+                    name,
+                    len(detection.defects),
+                    c.model_version,
+                )
         if why is not None:
             skipped.append((c.path, why))
             log.warning("%s: not re-scored: %s", c.path, why)

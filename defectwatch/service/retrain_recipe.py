@@ -69,19 +69,23 @@ KINDS = ("trough", "peak")
 Progress = Callable[[str, int, int], None]
 
 
-def validation_split(items: Sequence[Any], *, share: float = VALIDATION_SHARE
-                     ) -> tuple[list[Any], list[Any]]:
+def validation_split(
+    items: Sequence[Any], *, share: float = VALIDATION_SHARE
+) -> tuple[list[Any], list[Any]]:
     """(fit, validation) among the frozen training scans ``items`` (each with ``scan_id`` and
     ``name``): ordered by a hash of id and name, the first ``round(share * n)`` (at least one
     when n >= 2, none when n < 2) validate. Deterministic: the same scans every night."""
     if len(items) < 2:
         return list(items), []
-    order = sorted(items, key=lambda i: hashlib.sha256(
-        f"{i.scan_id}:{i.name}".encode()).hexdigest())
+    order = sorted(
+        items, key=lambda i: hashlib.sha256(f"{i.scan_id}:{i.name}".encode()).hexdigest()
+    )
     n_val = min(len(items) - 1, max(1, math.floor(share * len(items) + 0.5)))
     val_ids = {i.scan_id for i in order[:n_val]}
-    return ([i for i in items if i.scan_id not in val_ids],
-            [i for i in items if i.scan_id in val_ids])
+    return (
+        [i for i in items if i.scan_id not in val_ids],
+        [i for i in items if i.scan_id in val_ids],
+    )
 
 
 def simulation_mix(data: Mapping[str, Any]) -> tuple[SimulationMix, bool]:
@@ -100,9 +104,15 @@ def simulation_mix(data: Mapping[str, Any]) -> tuple[SimulationMix, bool]:
     return SimulationMix(**kwargs), True
 
 
-def rehearsal_examples(parent_data: Mapping[str, Any], *, n: int, target_nm: float,
-                       params: PreprocessParams, radius_nm: Mapping[str, float],
-                       on_progress: Progress | None = None) -> tuple[list[Example], str]:
+def rehearsal_examples(
+    parent_data: Mapping[str, Any],
+    *,
+    n: int,
+    target_nm: float,
+    params: PreprocessParams,
+    radius_nm: Mapping[str, float],
+    on_progress: Progress | None = None,
+) -> tuple[list[Example], str]:
     """``n`` simulated examples from the parent's own training distribution (its mix, its
     first seeds) -> (examples, a sentence saying which)."""
     mix, own = simulation_mix(parent_data)
@@ -114,16 +124,33 @@ def rehearsal_examples(parent_data: Mapping[str, Any], *, n: int, target_nm: flo
         if on_progress:
             on_progress("simulating rehearsal scans", done, total)
 
-    examples = list(simulated_examples(chosen, target_nm=target_nm, mix=mix, params=params,
-                                       radius_nm=dict(radius_nm), on_progress=progress))
-    where = "the parent's recorded simulator mix" if own else (
-        "the default simulator mix (the parent records none)")
+    examples = list(
+        simulated_examples(
+            chosen,
+            target_nm=target_nm,
+            mix=mix,
+            params=params,
+            radius_nm=dict(radius_nm),
+            on_progress=progress,
+        )
+    )
+    where = (
+        "the parent's recorded simulator mix"
+        if own
+        else ("the default simulator mix (the parent records none)")
+    )
     return examples, f"{n} simulated scans (seeds {first}-{first + n - 1}) from {where}"
 
 
-def spare_unlabelled(example: Example, item: Any, prediction: Any, *,
-                     radius_nm: Mapping[str, float], target_nm: float,
-                     threshold: float = SPARE_THRESHOLD) -> tuple[Example, int]:
+def spare_unlabelled(
+    example: Example,
+    item: Any,
+    prediction: Any,
+    *,
+    radius_nm: Mapping[str, float],
+    target_nm: float,
+    threshold: float = SPARE_THRESHOLD,
+) -> tuple[Example, int]:
     """``example`` of an exhaustively labelled scan ``item`` with the parent's confident,
     unlabelled detections (from ``prediction``, the parent's `Prediction` of the scan) made
     IGNORE -> (example, how many were spared). Partial label sets are returned as they are
@@ -144,14 +171,16 @@ def spare_unlabelled(example: Example, item: Any, prediction: Any, *,
     if not keep:
         return example, 0
     mapping = Resampling(tuple(item.scan.data.shape), tuple(example.image01.shape))
-    r, c = mapping.to_resampled(np.array([d.row for d in keep], float),
-                                np.array([d.col for d in keep], float))
+    r, c = mapping.to_resampled(
+        np.array([d.row for d in keep], float), np.array([d.col for d in keep], float)
+    )
     radii = np.array([SPARE_RADIUS_SCALE * radius_nm.get(d.kind, 0.7) for d in keep]) / target_nm
     mask = spare_detections(example.mask, r, c, radius_px=radii)
     return Example(example.image01, mask, example.source), len(keep)
 
 
 # -- choosing on the validation split -----------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DetectionChoice:
@@ -166,25 +195,38 @@ class DetectionChoice:
     table: dict[str, float] = field(default_factory=dict)  # "threshold" -> best mean F1
 
 
-def choose_detection(ensemble: Any, cases: Sequence[Any], *, parent_threshold: float,
-                     parent_rule: Mapping[str, float],
-                     thresholds: Sequence[float] = THRESHOLD_GRID,
-                     contrast_grid: Mapping[str, Sequence[float]] = CONTRAST_GRID,
-                     radius_nm: float = 1.0, predictions: Sequence[Any] | None = None
-                     ) -> DetectionChoice:
+def choose_detection(
+    ensemble: Any,
+    cases: Sequence[Any],
+    *,
+    parent_threshold: float,
+    parent_rule: Mapping[str, float],
+    thresholds: Sequence[float] = THRESHOLD_GRID,
+    contrast_grid: Mapping[str, Sequence[float]] = CONTRAST_GRID,
+    radius_nm: float = 1.0,
+    predictions: Sequence[Any] | None = None,
+) -> DetectionChoice:
     """The threshold and per-kind contrast rule with the best mean object F1 (over kinds with
     labels in ``cases``) on the validation ``cases``; each scan is predicted once (or
     ``predictions`` given). Ties go to the parent's values. Kinds without labels keep the
     parent's rule."""
     grid_t = sorted({float(t) for t in thresholds} | {float(parent_threshold)})
-    preds = list(predictions) if predictions is not None else [
-        ensemble.predict_scan(c.scan) for c in cases]
+    preds = (
+        list(predictions)
+        if predictions is not None
+        else [ensemble.predict_scan(c.scan) for c in cases]
+    )
     have = {k for c in cases for lab in c.labels if lab.visible for k in [lab.kind]}
     kinds = [k for k in KINDS if k in have]
-    limits = {k: sorted(set(contrast_grid.get(k, ())) | {float(parent_rule.get(k, 0.0))})
-              for k in KINDS}
-    evals = {(t, k, lim): ObjectEvaluation(kinds=(k,))
-             for t in grid_t for k in kinds for lim in limits[k]}
+    limits = {
+        k: sorted(set(contrast_grid.get(k, ())) | {float(parent_rule.get(k, 0.0))}) for k in KINDS
+    }
+    evals = {
+        (t, k, lim): ObjectEvaluation(kinds=(k,))
+        for t in grid_t
+        for k in kinds
+        for lim in limits[k]
+    }
     for case, pred in zip(cases, preds):
         area = case.scan.acquired_area_nm2
         for t in grid_t:
@@ -200,10 +242,14 @@ def choose_detection(ensemble: Any, cases: Sequence[Any], *, parent_threshold: f
     for t in grid_t:
         per_kind, rule = {}, {}
         for k in kinds:
-            scored = [(evals[(t, k, lim)].scores()[k].f1, -abs(lim - parent_rule.get(k, lim)),
-                       lim) for lim in limits[k]]
-            f1, _, lim = max((s for s in scored if math.isfinite(s[0])),
-                             default=(0.0, 0.0, parent_rule.get(k, 0.0)))
+            scored = [
+                (evals[(t, k, lim)].scores()[k].f1, -abs(lim - parent_rule.get(k, lim)), lim)
+                for lim in limits[k]
+            ]
+            f1, _, lim = max(
+                (s for s in scored if math.isfinite(s[0])),
+                default=(0.0, 0.0, parent_rule.get(k, 0.0)),
+            )
             per_kind[k], rule[k] = float(f1), float(lim)
         mean = float(np.mean(list(per_kind.values()))) if per_kind else 0.0
         table[f"{t:.2f}"] = round(mean, 4)

@@ -98,6 +98,7 @@ class RetrainLockedError(DefectwatchError):
 
 # -- options and results ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RetrainOptions:
     """What ``defectwatch retrain`` can change.
@@ -142,11 +143,14 @@ class RetrainOptions:
         if self.promote not in PROMOTE_MODES:
             raise ConfigError(f"--promote {self.promote!r}: choose auto, never or force")
         if (self.members is not None and self.members < 1) or (
-                self.iterations is not None and self.iterations < 1):
+            self.iterations is not None and self.iterations < 1
+        ):
             raise ConfigError("--members and --iterations must be at least 1")
         if self.crop_px is not None and (self.crop_px < 16 or self.crop_px % 8):
-            raise ConfigError(f"--crop {self.crop_px}: use a multiple of 8, at least 16 "
-                              "(the U-Net pools three times)")
+            raise ConfigError(
+                f"--crop {self.crop_px}: use a multiple of 8, at least 16 "
+                "(the U-Net pools three times)"
+            )
         if self.filters is not None and self.filters < 1:
             raise ConfigError(f"--filters {self.filters}: must be at least 1")
         if not 0.0 <= self.tolerance < 1.0:
@@ -154,8 +158,9 @@ class RetrainOptions:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
         if self.rehearsal_share is not None and not 0.0 <= self.rehearsal_share < 1.0:
-            raise ConfigError(f"--rehearsal {self.rehearsal_share}: a share of the mini-batch "
-                              "in [0, 1)")
+            raise ConfigError(
+                f"--rehearsal {self.rehearsal_share}: a share of the mini-batch in [0, 1)"
+            )
 
     @property
     def fine_tune(self) -> bool:
@@ -211,13 +216,20 @@ class RetrainResult:
         return "promoted" if self.activated else "candidate"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "version": self.version,
-                "directory": str(self.directory), "seconds": self.seconds,
-                "parent": self.parent, "activated": self.activated,
-                "decision": {**asdict(self.decision), "summary": self.decision.summary()},
-                "candidate": self.candidate,
-                "active": self.active, "data": self.data, "training": self.training,
-                "notes": list(self.notes)}
+        return {
+            "outcome": self.outcome,
+            "version": self.version,
+            "directory": str(self.directory),
+            "seconds": self.seconds,
+            "parent": self.parent,
+            "activated": self.activated,
+            "decision": {**asdict(self.decision), "summary": self.decision.summary()},
+            "candidate": self.candidate,
+            "active": self.active,
+            "data": self.data,
+            "training": self.training,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass
@@ -231,8 +243,14 @@ class SkippedRun:
     activated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "version": None, "parent": self.parent,
-                "activated": False, "reason": self.reason, "notes": list(self.notes)}
+        return {
+            "outcome": self.outcome,
+            "version": None,
+            "parent": self.parent,
+            "activated": False,
+            "reason": self.reason,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -256,14 +274,18 @@ class LabelledScan:
     def truth(self) -> list[TruthPoint]:
         """The labels in nm from the frame's top-left corner (pixel centres)."""
         px, py = self.scan.pixel_size_x_nm, self.scan.pixel_size_y_nm
-        return [TruthPoint((c + 0.5) * px, (r + 0.5) * py, k)
-                for r, c, k in zip(self.rows, self.cols, self.kinds)]
+        return [
+            TruthPoint((c + 0.5) * px, (r + 0.5) * py, k)
+            for r, c, k in zip(self.rows, self.cols, self.kinds)
+        ]
 
 
 # -- training data ------------------------------------------------------------------------------
 
-def label_radius_nm(radius_nm: float | None, kind: str, *,
-                    defaults: Mapping[str, float] = DEFAULT_RADIUS_NM) -> float:
+
+def label_radius_nm(
+    radius_nm: float | None, kind: str, *, defaults: Mapping[str, float] = DEFAULT_RADIUS_NM
+) -> float:
     """The disc radius (nm) a label is drawn with: its own radius clipped to
     ``RADIUS_RANGE`` x the class default (``defaults``), or the default."""
     default = float(defaults.get(kind, DEFAULT_RADIUS_NM[kind]))
@@ -273,43 +295,67 @@ def label_radius_nm(radius_nm: float | None, kind: str, *,
     return float(min(max(radius_nm, lo * default), hi * default))
 
 
-def partial_label_mask(mask: np.ndarray, rows: Sequence[float], cols: Sequence[float], *,
-                       radius_px: Sequence[float], ring_px: float) -> np.ndarray:
+def partial_label_mask(
+    mask: np.ndarray,
+    rows: Sequence[float] | np.ndarray,
+    cols: Sequence[float] | np.ndarray,
+    *,
+    radius_px: Sequence[float] | np.ndarray,
+    ring_px: float,
+) -> np.ndarray:
     """A mask drawn from partial labels -> IGNORE everywhere except within ``ring_px`` beyond
     each marked disc (``rows, cols``: the discs' centres in the mask's pixels)."""
     n = len(rows)
     if n == 0:
         return np.full_like(mask, IGNORE)
-    near = circle_mask(mask.shape, rows, cols, ["trough"] * n,
-                       radius_px=np.asarray(radius_px, float) + ring_px) > 0
+    near = (
+        circle_mask(
+            mask.shape, rows, cols, ["trough"] * n, radius_px=np.asarray(radius_px, float) + ring_px
+        )
+        > 0
+    )
     return np.where(near, mask, IGNORE).astype(np.uint8)
 
 
-def example_from_labels(item: LabelledScan, *, target_nm: float,
-                        params: PreprocessParams = PreprocessParams(),
-                        ring_nm: float = RING_NM,
-                        default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM) -> Example:
+def example_from_labels(
+    item: LabelledScan,
+    *,
+    target_nm: float,
+    params: PreprocessParams = PreprocessParams(),
+    ring_nm: float = RING_NM,
+    default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM,
+) -> Example:
     """A labelled scan -> a training Example at ``target_nm`` per pixel (see the module doc
     for radii and partial labels)."""
     scan = item.scan
-    radii = [label_radius_nm(r, k, defaults=default_radius_nm)
-             for r, k in zip(item.radius_nm, item.kinds)]
-    ex = example_from_points(scan.data, pixel_size_nm=(scan.pixel_size_x_nm,
-                                                       scan.pixel_size_y_nm),
-                             target_nm=target_nm, rows=item.rows, cols=item.cols,
-                             kinds=item.kinds, radius_nm=radii, source=item.name,
-                             params=params)
+    radii = [
+        label_radius_nm(r, k, defaults=default_radius_nm)
+        for r, k in zip(item.radius_nm, item.kinds)
+    ]
+    ex = example_from_points(
+        scan.data,
+        pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm),
+        target_nm=target_nm,
+        rows=item.rows,
+        cols=item.cols,
+        kinds=item.kinds,
+        radius_nm=radii,
+        source=item.name,
+        params=params,
+    )
     if item.exhaustive:
         return ex
     mapping = Resampling(tuple(scan.data.shape), tuple(ex.image01.shape))
     r, c = mapping.to_resampled(np.asarray(item.rows, float), np.asarray(item.cols, float))
-    mask = partial_label_mask(ex.mask, r, c, radius_px=np.asarray(radii) / target_nm,
-                              ring_px=ring_nm / target_nm)
+    mask = partial_label_mask(
+        ex.mask, r, c, radius_px=np.asarray(radii) / target_nm, ring_px=ring_nm / target_nm
+    )
     return Example(ex.image01, mask, ex.source)
 
 
-def read_recorded_scan(path: str, *, channel: str | None, width_nm: float | None,
-                       height_nm: float | None) -> Scan:
+def read_recorded_scan(
+    path: str, *, channel: str | None, width_nm: float | None, height_nm: float | None
+) -> Scan:
     """A recorded scan's file: rendered images (recorded by ``import-image``) at their recorded
     size, .sxm files on their recorded channel."""
     from defectwatch.pipeline.images import IMAGE_SUFFIXES, read_image_as_scan
@@ -320,8 +366,9 @@ def read_recorded_scan(path: str, *, channel: str | None, width_nm: float | None
     return read_scan(path, channel=channel or "Z")
 
 
-def gather_labelled_scans(engine: Engine, *, test_share: float = TEST_SHARE,
-                          on_note: Note | None = None) -> list[LabelledScan]:
+def gather_labelled_scans(
+    engine: Engine, *, test_share: float = TEST_SHARE, on_note: Note | None = None
+) -> list[LabelledScan]:
     """Every labelled scan with its frozen split (new scans are assigned here), read from its
     file. NotEnoughLabelsError below ``MIN_LABELLED_SCANS``; unreadable files are skipped with
     a note."""
@@ -335,47 +382,63 @@ def gather_labelled_scans(engine: Engine, *, test_share: float = TEST_SHARE,
             f"{len(meta)} scan(s) are labelled; retraining needs at least {MIN_LABELLED_SCANS} "
             "labelled scans (one or more are held out as the frozen test split). Import labels "
             "with `defectwatch labels import` or accept reviewed scans with `defectwatch "
-            "labels accept`; no version was created")
+            "labels accept`; no version was created"
+        )
     with write_transaction(engine) as session:
         splits = assign_splits([m[0] for m in meta], session=session, test_share=test_share)
     out = []
     for scan_id, path, channel, width_nm, height_nm in meta:
         try:
-            scan = read_recorded_scan(path, channel=channel, width_nm=width_nm,
-                                      height_nm=height_nm)
+            scan = read_recorded_scan(path, channel=channel, width_nm=width_nm, height_nm=height_nm)
         except (DefectwatchError, OSError) as exc:
             _note(on_note, f"{path}: skipped, cannot read it ({exc})")
             continue
         labs = [lab for lab in labels.get(scan_id, []) if lab.kind in CLASS_INDEX]
-        out.append(LabelledScan(
-            scan_id=scan_id, name=Path(path).name, split=splits[scan_id], scan=scan,
-            rows=tuple(lab.row for lab in labs), cols=tuple(lab.col for lab in labs),
-            kinds=tuple(lab.kind for lab in labs),
-            radius_nm=tuple(lab.radius_nm for lab in labs),
-            exhaustive=scan_id in exhaustive))
+        out.append(
+            LabelledScan(
+                scan_id=scan_id,
+                name=Path(path).name,
+                split=splits[scan_id],
+                scan=scan,
+                rows=tuple(lab.row for lab in labs),
+                cols=tuple(lab.col for lab in labs),
+                kinds=tuple(lab.kind for lab in labs),
+                radius_nm=tuple(lab.radius_nm for lab in labs),
+                exhaustive=scan_id in exhaustive,
+            )
+        )
     return out
 
 
-def data_summary(items: Sequence[LabelledScan], *,
-                 default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM) -> dict[str, Any]:
+def data_summary(
+    items: Sequence[LabelledScan], *, default_radius_nm: Mapping[str, float] = DEFAULT_RADIUS_NM
+) -> dict[str, Any]:
     """Scans and labels per kind in each split, exhaustive vs partial label sets."""
-    out: dict[str, Any] = {"source": "labels in the record", "label_radius": (
-        f"label radius clipped to {RADIUS_RANGE[0]:g}-{RADIUS_RANGE[1]:g} x the class default "
-        f"{dict(default_radius_nm)} nm"),
-        "partial_labels": f"IGNORE beyond {RING_NM:g} nm of a mark"}
+    out: dict[str, Any] = {
+        "source": "labels in the record",
+        "label_radius": (
+            f"label radius clipped to {RADIUS_RANGE[0]:g}-{RADIUS_RANGE[1]:g} x the class default "
+            f"{dict(default_radius_nm)} nm"
+        ),
+        "partial_labels": f"IGNORE beyond {RING_NM:g} nm of a mark",
+    }
     for split in ("train", "test"):
         chosen = [i for i in items if i.split == split]
-        counts = Counter()
+        counts: Counter[str] = Counter()
         for i in chosen:
             counts.update(i.counts())
-        out[split] = {"scans": len(chosen), "labels": {k: counts.get(k, 0) for k in KINDS},
-                      "exhaustive_scans": sum(i.exhaustive for i in chosen),
-                      "partial_scans": sum(not i.exhaustive for i in chosen),
-                      "scan_names": [i.name for i in chosen]}
+        out[split] = {
+            "scans": len(chosen),
+            "labels": {k: counts.get(k, 0) for k in KINDS},
+            "exhaustive_scans": sum(i.exhaustive for i in chosen),
+            "partial_scans": sum(not i.exhaustive for i in chosen),
+            "scan_names": [i.name for i in chosen],
+        }
     return out
 
 
 # -- evaluation and the gate --------------------------------------------------------------------
+
 
 def evaluation_metrics(report: Any) -> dict[str, Any]:
     """The figures kept with a version from an evaluation `Report`: per kind precision,
@@ -387,31 +450,43 @@ def evaluation_metrics(report: Any) -> dict[str, Any]:
     kinds = {}
     for kind in KINDS:
         s = objects["kinds"].get(kind, {})
-        kinds[kind] = {k: s.get(k) for k in ("precision", "recall", "f1", "ap", "tp", "fp",
-                                            "fn", "localisation_nm")}
+        kinds[kind] = {
+            k: s.get(k)
+            for k in ("precision", "recall", "f1", "ap", "tp", "fp", "fn", "localisation_nm")
+        }
     f1s = [v["f1"] for k, v in kinds.items() if _has_truth(v)]
     aps = [v["ap"] for k, v in kinds.items() if _has_truth(v) and v["ap"] is not None]
     pixels = report.pixels
-    return jsonable({
-        "kinds": kinds,
-        "mean_f1": float(np.mean(f1s)) if f1s else None,
-        "map": float(np.mean(aps)) if aps else None,
-        "pixels": {"map": pixels.get("map"), "mean_auroc": pixels.get("mean_auroc"),
-                   "mean_f1": pixels.get("mean_f1")},
-        "threshold": report.settings.get("threshold"),
-        "scans": objects.get("n_scans"),
-    })
+    return jsonable(
+        {
+            "kinds": kinds,
+            "mean_f1": float(np.mean(f1s)) if f1s else None,
+            "map": float(np.mean(aps)) if aps else None,
+            "pixels": {
+                "map": pixels.get("map"),
+                "mean_auroc": pixels.get("mean_auroc"),
+                "mean_f1": pixels.get("mean_f1"),
+            },
+            "threshold": report.settings.get("threshold"),
+            "scans": objects.get("n_scans"),
+        }
+    )
 
 
 def _has_truth(scores: Mapping[str, Any]) -> bool:
     return (scores.get("tp") or 0) + (scores.get("fn") or 0) > 0
 
 
-def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | None], *,
-         tolerance: float = 0.02, mode: str = "auto",
-         test_labels: Mapping[str, int] | None = None,
-         uncertainty: Mapping[str, F1Difference] | None = None,
-         min_labels: int = MIN_TEST_LABELS) -> GateDecision:
+def gate(
+    candidate: Mapping[str, float | None],
+    active: Mapping[str, float | None],
+    *,
+    tolerance: float = 0.02,
+    mode: str = "auto",
+    test_labels: Mapping[str, int] | None = None,
+    uncertainty: Mapping[str, F1Difference] | None = None,
+    min_labels: int = MIN_TEST_LABELS,
+) -> GateDecision:
     """Decide whether a candidate replaces the active version.
 
     ``candidate`` / ``active``: F1 per class on the same test split, None (or NaN) for classes
@@ -434,8 +509,9 @@ def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | Non
 
     unc = dict(uncertainty or {})
     judged = tuple(k for k in candidate if ok(candidate.get(k)) and ok(active.get(k)))
-    small = tuple(k for k in judged if test_labels is not None
-                  and int(test_labels.get(k, 0)) < min_labels)
+    small = tuple(
+        k for k in judged if test_labels is not None and int(test_labels.get(k, 0)) < min_labels
+    )
     reasons: list[str] = []
     if not judged:
         reasons.append("the test split holds no labelled defects to compare the versions on")
@@ -447,32 +523,54 @@ def gate(candidate: Mapping[str, float | None], active: Mapping[str, float | Non
         for k in judged:
             drop = float(active[k]) - float(candidate[k])  # type: ignore[arg-type]
             if drop > tolerance + 1e-12:
-                reasons.append(f"{k} F1 drops from {active[k]:.3f} to {candidate[k]:.3f} "
-                               f"(more than the tolerance {tolerance:g})")
+                reasons.append(
+                    f"{k} F1 drops from {active[k]:.3f} to {candidate[k]:.3f} "
+                    f"(more than the tolerance {tolerance:g})"
+                )
         if c_mean < a_mean - 1e-12:
             reasons.append(f"mean F1 {c_mean:.3f} is below the active version's {a_mean:.3f}")
         verdict = not reasons
         if verdict:
-            reasons.append(f"mean F1 {c_mean:.3f} vs {a_mean:.3f} and no class drops by more "
-                           f"than {tolerance:g}")
+            reasons.append(
+                f"mean F1 {c_mean:.3f} vs {a_mean:.3f} and no class drops by more "
+                f"than {tolerance:g}"
+            )
         for k in small:
             n = int(test_labels.get(k, 0)) if test_labels is not None else 0
             spread = f": candidate - active F1 {unc[k].describe()}" if k in unc else ""
-            reasons.append(f"rough for {k}: only {n} {k} label(s) in the test split (fewer "
-                           f"than {min_labels}){spread}")
+            reasons.append(
+                f"rough for {k}: only {n} {k} label(s) in the test split (fewer "
+                f"than {min_labels}){spread}"
+            )
         if small and "mean" in unc:
             m = unc["mean"]
-            shown = ("the improvement holds in the interval" if m.low >= 0 else
-                     "no improvement is established" if m.delta >= 0 else
-                     "the candidate is worse")
-            reasons.append(f"mean F1 difference {m.describe()}: {shown}; label more scans "
-                           "for a firmer comparison")
+            shown = (
+                "the improvement holds in the interval"
+                if m.low >= 0
+                else "no improvement is established"
+                if m.delta >= 0
+                else "the candidate is worse"
+            )
+            reasons.append(
+                f"mean F1 difference {m.describe()}: {shown}; label more scans "
+                "for a firmer comparison"
+            )
     promote = verdict if mode == "auto" else mode == "force"
-    return GateDecision(mode, promote, verdict, tuple(reasons), c_mean, a_mean, judged,
-                        small, {k: asdict(v) for k, v in unc.items()})
+    return GateDecision(
+        mode,
+        promote,
+        verdict,
+        tuple(reasons),
+        c_mean,
+        a_mean,
+        judged,
+        small,
+        {k: asdict(v) for k, v in unc.items()},
+    )
 
 
 # -- the lock -----------------------------------------------------------------------------------
+
 
 @contextmanager
 def retrain_lock(models_dir: str | os.PathLike[str]) -> Iterator[Path]:
@@ -486,12 +584,16 @@ def retrain_lock(models_dir: str | os.PathLike[str]) -> Iterator[Path]:
         if not _try_lock(fd):
             os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "unknown process"
-            raise RetrainLockedError(f"another retrain is running ({holder}; lock file {path}); "
-                                     "wait for it to finish")
+            raise RetrainLockedError(
+                f"another retrain is running ({holder}; lock file {path}); wait for it to finish"
+            )
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{utcnow().isoformat(timespec='seconds')}".encode())
+        os.write(
+            fd,
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{utcnow().isoformat(timespec='seconds')}".encode(),
+        )
         try:
             yield path
         finally:
@@ -509,7 +611,7 @@ def _try_lock(fd: int) -> bool:
 
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
             return True
         except OSError:
             return False
@@ -527,12 +629,13 @@ def _unlock(fd: int) -> None:
         import msvcrt
 
         os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]  # Windows only
         return
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 # -- the use case -------------------------------------------------------------------------------
+
 
 @dataclass
 class _Parent:
@@ -545,8 +648,10 @@ class _Parent:
 
     @property
     def mask_radius_nm(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.config.training.get(
-            "mask_radius_nm", DEFAULT_RADIUS_NM).items()}
+        return {
+            k: float(v)
+            for k, v in self.config.training.get("mask_radius_nm", DEFAULT_RADIUS_NM).items()
+        }
 
     @property
     def params(self) -> PreprocessParams:
@@ -568,10 +673,15 @@ class _Trained:
     validation: list[Any] = field(default_factory=list)
 
 
-def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
-            options: RetrainOptions = RetrainOptions(),
-            on_progress: Progress | None = None, on_note: Note | None = None,
-            default_dir: Callable[[], Path] | None = None) -> RetrainResult | SkippedRun:
+def retrain(
+    engine: Engine,
+    *,
+    models_dir: str | os.PathLike[str],
+    options: RetrainOptions = RetrainOptions(),
+    on_progress: Progress | None = None,
+    on_note: Note | None = None,
+    default_dir: Callable[[], Path] | None = None,
+) -> RetrainResult | SkippedRun:
     """Train a candidate from the labels in the record, evaluate it beside the active version
     on the frozen test split, save and register it, and activate it if the gate says so; or
     skip (`SkippedRun`) when no label changed since the active version was trained (unless
@@ -606,29 +716,62 @@ def retrain(engine: Engine, *, models_dir: str | os.PathLike[str],
     with retrain_lock(models):
         parent = _load_parent(engine, default_dir)
         fingerprint = current_fingerprint(engine)
-        why = unchanged_since(engine, active=parent.name, active_data=dict(parent.config.data),
-                              fingerprint=fingerprint)
+        why = unchanged_since(
+            engine,
+            active=parent.name,
+            active_data=dict(parent.config.data),
+            fingerprint=fingerprint,
+        )
         if why is not None and not options.force:
             reason = f"{why}; nothing to learn (--force retrains anyway)"
-            record_outcome(engine, "skipped", reason=reason, started_at=started,
-                           parent=parent.name, recipe=options.recipe, fingerprint=fingerprint,
-                           seconds=round(time.perf_counter() - t0, 1))
+            record_outcome(
+                engine,
+                "skipped",
+                reason=reason,
+                started_at=started,
+                parent=parent.name,
+                recipe=options.recipe,
+                fingerprint=fingerprint,
+                seconds=round(time.perf_counter() - t0, 1),
+            )
             return SkippedRun(parent.name, reason, notes)
         try:
-            result = _retrain_locked(engine, models=models, parent=parent, options=options,
-                                     device=device, fingerprint=fingerprint, note=note,
-                                     on_progress=on_progress)
+            result = _retrain_locked(
+                engine,
+                models=models,
+                parent=parent,
+                options=options,
+                device=device,
+                fingerprint=fingerprint,
+                note=note,
+                on_progress=on_progress,
+            )
         except DefectwatchError as exc:
-            record_outcome(engine, "failed", reason=str(exc), started_at=started,
-                           parent=parent.name, recipe=options.recipe, fingerprint=fingerprint,
-                           seconds=round(time.perf_counter() - t0, 1))
+            record_outcome(
+                engine,
+                "failed",
+                reason=str(exc),
+                started_at=started,
+                parent=parent.name,
+                recipe=options.recipe,
+                fingerprint=fingerprint,
+                seconds=round(time.perf_counter() - t0, 1),
+            )
             raise
         result.notes = notes
         result.seconds = round(time.perf_counter() - t0, 1)
         result.training["cpu_threads"] = threads
-        record_outcome(engine, result.outcome, reason=result.decision.summary(),
-                       started_at=started, version=result.version, parent=parent.name,
-                       recipe=options.recipe, fingerprint=fingerprint, seconds=result.seconds)
+        record_outcome(
+            engine,
+            result.outcome,
+            reason=result.decision.summary(),
+            started_at=started,
+            version=result.version,
+            parent=parent.name,
+            recipe=options.recipe,
+            fingerprint=fingerprint,
+            seconds=result.seconds,
+        )
         return result
 
 
@@ -683,9 +826,17 @@ def _load_parent(engine: Engine, default_dir: Callable[[], Path] | None) -> _Par
     return _Parent(name, Path(directory), config, list(states))
 
 
-def _retrain_locked(engine: Engine, *, models: Path, parent: _Parent, options: RetrainOptions,
-                    device: Any, fingerprint: str, note: Note,
-                    on_progress: Progress | None) -> RetrainResult:
+def _retrain_locked(
+    engine: Engine,
+    *,
+    models: Path,
+    parent: _Parent,
+    options: RetrainOptions,
+    device: Any,
+    fingerprint: str,
+    note: Note,
+    on_progress: Progress | None,
+) -> RetrainResult:
     """The data, training, candidate, gate and registration steps (the lock is held)."""
     items = gather_labelled_scans(engine, test_share=options.test_share, on_note=note)
     train_items = [i for i in items if i.split == "train"]
@@ -693,38 +844,71 @@ def _retrain_locked(engine: Engine, *, models: Path, parent: _Parent, options: R
     if not train_items or not test_items:
         raise NotEnoughLabelsError(
             f"{len(train_items)} training and {len(test_items)} test scan(s) could be read;"
-            " both splits need at least one (see the notes above); no version was created")
+            " both splits need at least one (see the notes above); no version was created"
+        )
     if len(test_items) < SMALL_TEST_SPLIT:
-        note(f"the frozen test split holds only {len(test_items)} scan(s) "
-             f"({sum(len(i.kinds) for i in test_items)} labels): the comparison with "
-             f"{parent.name} is rough; label more scans")
+        note(
+            f"the frozen test split holds only {len(test_items)} scan(s) "
+            f"({sum(len(i.kinds) for i in test_items)} labels): the comparison with "
+            f"{parent.name} is rough; label more scans"
+        )
     spec = _architecture(parent, options)
     train = _train_finetune if options.fine_tune else _train_scratch
-    trained = train(train_items, parent=parent, options=options, spec=spec, note=note,
-                    on_progress=on_progress)
+    trained = train(
+        train_items, parent=parent, options=options, spec=spec, note=note, on_progress=on_progress
+    )
     trained.training.update({"device": str(device), "recipe": options.recipe})
     data = data_summary(items, default_radius_nm=parent.mask_radius_nm)
     data["labels_fingerprint"] = fingerprint
     if trained.validation:
-        data["validation"] = {"scans": len(trained.validation),
-                              "scan_names": [i.name for i in trained.validation],
-                              "note": "training-split scans held out to choose the learning "
-                                      "rate, steps and detection rule"}
+        data["validation"] = {
+            "scans": len(trained.validation),
+            "scan_names": [i.name for i in trained.validation],
+            "note": "training-split scans held out to choose the learning "
+            "rate, steps and detection rule",
+        }
     name = _new_version_name(engine, models, options.version)
     final, metrics, decision, cand_m, act_m = _build_and_judge(
-        models, name=name, parent=parent, spec=spec, trained=trained, data=data,
-        train_items=train_items, test_items=test_items, options=options,
-        on_progress=on_progress)
-    activated = _register(engine, name=name, directory=final, parent=parent.name,
-                          metrics=metrics, members=len(trained.states), decision=decision,
-                          note=note)
+        models,
+        name=name,
+        parent=parent,
+        spec=spec,
+        trained=trained,
+        data=data,
+        train_items=train_items,
+        test_items=test_items,
+        options=options,
+        on_progress=on_progress,
+    )
+    activated = _register(
+        engine,
+        name=name,
+        directory=final,
+        parent=parent.name,
+        metrics=metrics,
+        members=len(trained.states),
+        decision=decision,
+        note=note,
+    )
     if decision.promote and not activated:
         decision = replace(decision, promote=False)
-    log.info("retrained %s from %s: %s", name, parent.name,
-             "activated" if activated else "kept as a candidate")
-    return RetrainResult(version=name, directory=final, parent=parent.name, activated=activated,
-                         decision=decision, candidate=cand_m, active=act_m, data=data,
-                         training=trained.training)
+    log.info(
+        "retrained %s from %s: %s",
+        name,
+        parent.name,
+        "activated" if activated else "kept as a candidate",
+    )
+    return RetrainResult(
+        version=name,
+        directory=final,
+        parent=parent.name,
+        activated=activated,
+        decision=decision,
+        candidate=cand_m,
+        active=act_m,
+        data=data,
+        training=trained.training,
+    )
 
 
 def _architecture(parent: _Parent, options: RetrainOptions) -> Any:
@@ -732,53 +916,89 @@ def _architecture(parent: _Parent, options: RetrainOptions) -> Any:
     if options.filters is not None and options.filters != spec.nb_filters:
         if options.from_active or options.fine_tune:
             how = "--from-active" if options.from_active else "--recipe finetune"
-            raise ConfigError(f"--filters {options.filters} with {how}: the active version "
-                              f"{parent.name} has {spec.nb_filters} filters; leave --filters "
-                              "out or train from scratch (--recipe scratch)")
+            raise ConfigError(
+                f"--filters {options.filters} with {how}: the active version "
+                f"{parent.name} has {spec.nb_filters} filters; leave --filters "
+                "out or train from scratch (--recipe scratch)"
+            )
         spec = replace(spec, nb_filters=options.filters)
     return spec
 
 
-def _progress_for(on_progress: Progress | None, members: int, label: str = "training member"
-                  ) -> Callable[[int, int, int, float], None]:
+def _progress_for(
+    on_progress: Progress | None, members: int, label: str = "training member"
+) -> Callable[[int, int, int, float], None]:
     def progress(member: int, it: int, total: int, _loss: float) -> None:
         if on_progress:
             on_progress(f"{label} {member + 1}/{members}", it, total)
+
     return progress
 
 
-def _train_scratch(train_items: Sequence[LabelledScan], *, parent: _Parent,
-                   options: RetrainOptions, spec: Any, note: Note,
-                   on_progress: Progress | None) -> _Trained:
+def _train_scratch(
+    train_items: Sequence[LabelledScan],
+    *,
+    parent: _Parent,
+    options: RetrainOptions,
+    spec: Any,
+    note: Note,
+    on_progress: Progress | None,
+) -> _Trained:
     """The paper's recipe: members from random weights (or the active ones with
     ``from_active``) on every training scan; thresholds chosen later, in-sample."""
     import torch
 
     from defectwatch.pipeline.training import TrainingRecipe, train_ensemble
 
-    examples = [example_from_labels(i, target_nm=float(parent.config.pixel_size_nm),
-                                    params=parent.params,
-                                    default_radius_nm=parent.mask_radius_nm)
-                for i in train_items]
-    recipe = TrainingRecipe(members=options.members or 10, iterations=options.iterations or 500,
-                            batch_size=options.batch_size or 4, crop_px=options.crop_px or 256,
-                            learning_rate=options.learning_rate or 1e-3, seed=options.seed)
+    examples = [
+        example_from_labels(
+            i,
+            target_nm=float(parent.config.pixel_size_nm),
+            params=parent.params,
+            default_radius_nm=parent.mask_radius_nm,
+        )
+        for i in train_items
+    ]
+    recipe = TrainingRecipe(
+        members=options.members or 10,
+        iterations=options.iterations or 500,
+        batch_size=options.batch_size or 4,
+        crop_px=options.crop_px or 256,
+        learning_rate=options.learning_rate or 1e-3,
+        seed=options.seed,
+    )
     t0 = time.perf_counter()
-    states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
-                            init_states=parent.states if options.from_active else None,
-                            on_progress=_progress_for(on_progress, recipe.members))
-    training = {**recipe.to_dict(), "from": f"active version {parent.name}" if
-                options.from_active else "scratch", "torch": torch.__version__,
-                "train_seconds": round(time.perf_counter() - t0, 1),
-                "examples_model_pixels": int(sum(e.image01.size for e in examples)),
-                "mask_radius_nm": parent.mask_radius_nm, "partial_label_ring_nm": RING_NM,
-                "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
+    states = train_ensemble(
+        examples,
+        spec=spec,
+        recipe=recipe,
+        device=options.device,
+        init_states=parent.states if options.from_active else None,
+        on_progress=_progress_for(on_progress, recipe.members),
+    )
+    training = {
+        **recipe.to_dict(),
+        "from": f"active version {parent.name}" if options.from_active else "scratch",
+        "torch": torch.__version__,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "examples_model_pixels": int(sum(e.image01.size for e in examples)),
+        "mask_radius_nm": parent.mask_radius_nm,
+        "partial_label_ring_nm": RING_NM,
+        "loss": "cross-entropy (IGNORE excluded)",
+        "optimizer": "Adam",
+    }
     return _Trained(states, training)
 
 
-def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
-                    options: RetrainOptions, spec: Any, note: Note,
-                    on_progress: Progress | None) -> _Trained:
+def _train_finetune(
+    train_items: Sequence[LabelledScan],
+    *,
+    parent: _Parent,
+    options: RetrainOptions,
+    spec: Any,
+    note: Note,
+    on_progress: Progress | None,
+) -> _Trained:
     """The nightly recipe (`retrain_recipe`): validation split, positive-unlabelled masks,
     rehearsal, learning rate and steps chosen on validation, every member fine-tuned from its
     parent member, the detection rule chosen on validation."""
@@ -797,8 +1017,10 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
     radius = parent.mask_radius_nm
     fit_items, val_items = rr.validation_split(train_items)
     if not val_items:
-        note(f"only {len(train_items)} training scan(s): no validation split, so the learning "
-             "rate, steps and detection rule are not chosen (defaults and the parent's rule)")
+        note(
+            f"only {len(train_items)} training scan(s): no validation split, so the learning "
+            "rate, steps and detection rule are not chosen (defaults and the parent's rule)"
+        )
     members = options.members or min(rr.MEMBERS, len(parent.states))
     init_states = parent.states[:members] if members <= len(parent.states) else parent.states
     parent_ens = Ensemble(parent.config, init_states, device=options.device)
@@ -809,11 +1031,13 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
     # the lab's examples, with the parent's confident unlabelled detections spared
     examples, spared = [], 0
     for k, item in enumerate(fit_items):
-        ex = example_from_labels(item, target_nm=target_nm, params=parent.params,
-                                 default_radius_nm=radius)
+        ex = example_from_labels(
+            item, target_nm=target_nm, params=parent.params, default_radius_nm=radius
+        )
         if options.spare_unlabelled and item.exhaustive:
-            ex, n = rr.spare_unlabelled(ex, item, parent_ens.predict_scan(item.scan),
-                                        radius_nm=radius, target_nm=target_nm)
+            ex, n = rr.spare_unlabelled(
+                ex, item, parent_ens.predict_scan(item.scan), radius_nm=radius, target_nm=target_nm
+            )
             spared += n
         examples.append(ex)
         tick("preparing the lab's scans")(k + 1, len(fit_items))
@@ -822,59 +1046,109 @@ def _train_finetune(train_items: Sequence[LabelledScan], *, parent: _Parent,
     rehearsal_note = "none"
     if share > 0:
         rehearsal, rehearsal_note = rr.rehearsal_examples(
-            parent.config.data, n=rr.REHEARSAL_SCANS, target_nm=target_nm,
-            params=parent.params, radius_nm=radius, on_progress=on_progress)
+            parent.config.data,
+            n=rr.REHEARSAL_SCANS,
+            target_nm=target_nm,
+            params=parent.params,
+            radius_nm=radius,
+            on_progress=on_progress,
+        )
     steps = options.iterations or rr.STEPS
-    base = TrainingRecipe(members=members, iterations=steps,
-                          batch_size=options.batch_size or rr.BATCH,
-                          crop_px=options.crop_px or rr.CROP_PX,
-                          learning_rate=options.learning_rate or rr.RATES[0],
-                          seed=options.seed, rehearsal_share=share)
+    base = TrainingRecipe(
+        members=members,
+        iterations=steps,
+        batch_size=options.batch_size or rr.BATCH,
+        crop_px=options.crop_px or rr.CROP_PX,
+        learning_rate=options.learning_rate or rr.RATES[0],
+        seed=options.seed,
+        rehearsal_share=share,
+    )
     val_cases = [Case(i.name, i.scan, i.truth()) for i in val_items]
     search: dict[str, Any] = {}
     rate = base.learning_rate
     if val_cases and options.learning_rate is None:
-        rate, steps, search = _search(examples, rehearsal, val_cases, parent=parent, spec=spec,
-                                      base=base, device=options.device,
-                                      on_progress=on_progress, train_member=train_member)
+        rate, steps, search = _search(
+            examples,
+            rehearsal,
+            val_cases,
+            parent=parent,
+            spec=spec,
+            base=base,
+            device=options.device,
+            on_progress=on_progress,
+            train_member=train_member,
+        )
     recipe = replace(base, learning_rate=rate, iterations=steps)
     t0 = time.perf_counter()
-    states = train_ensemble(examples, spec=spec, recipe=recipe, device=options.device,
-                            init_states=init_states, rehearsal=rehearsal,
-                            on_progress=_progress_for(on_progress, recipe.members))
+    states = train_ensemble(
+        examples,
+        spec=spec,
+        recipe=recipe,
+        device=options.device,
+        init_states=init_states,
+        rehearsal=rehearsal,
+        on_progress=_progress_for(on_progress, recipe.members),
+    )
     train_s = time.perf_counter() - t0
     detection = None
     if val_cases:
-        candidate = Ensemble(replace(parent.config, version="candidate"), states,
-                             device=options.device)
-        detection = rr.choose_detection(candidate, val_cases,
-                                        parent_threshold=parent.threshold,
-                                        parent_rule=parent.config.report_contrast)
-    training = {**recipe.to_dict(), "from": f"active version {parent.name}",
-                "torch": torch.__version__, "train_seconds": round(train_s, 1),
-                "recipe_seconds": round(time.perf_counter() - t_all, 1),
-                "examples_model_pixels": int(sum(e.image01.size for e in examples)),
-                "mask_radius_nm": radius, "partial_label_ring_nm": RING_NM,
-                "rehearsal": rehearsal_note,
-                "unlabelled": (f"spared: {spared} confident detections of {parent.name} "
-                               f"(mean probability >= {rr.SPARE_THRESHOLD}) with no label "
-                               f"within {rr.SPARE_MATCH_NM:g} nm made IGNORE on exhaustive "
-                               "label sets" if options.spare_unlabelled else
-                               "taught as background (exhaustive label sets)"),
-                "spared_detections": spared,
-                "members_from": f"the first {min(members, len(parent.states))} of "
-                                f"{parent.name}'s {len(parent.states)} members",
-                "search": search or ("not searched: " + (
-                    "--learning-rate given" if options.learning_rate is not None else
-                    "no validation split")),
-                "loss": "cross-entropy (IGNORE excluded)", "optimizer": "Adam"}
+        candidate = Ensemble(
+            replace(parent.config, version="candidate"), states, device=options.device
+        )
+        detection = rr.choose_detection(
+            candidate,
+            val_cases,
+            parent_threshold=parent.threshold,
+            parent_rule=parent.config.report_contrast,
+        )
+    training = {
+        **recipe.to_dict(),
+        "from": f"active version {parent.name}",
+        "torch": torch.__version__,
+        "train_seconds": round(train_s, 1),
+        "recipe_seconds": round(time.perf_counter() - t_all, 1),
+        "examples_model_pixels": int(sum(e.image01.size for e in examples)),
+        "mask_radius_nm": radius,
+        "partial_label_ring_nm": RING_NM,
+        "rehearsal": rehearsal_note,
+        "unlabelled": (
+            f"spared: {spared} confident detections of {parent.name} "
+            f"(mean probability >= {rr.SPARE_THRESHOLD}) with no label "
+            f"within {rr.SPARE_MATCH_NM:g} nm made IGNORE on exhaustive "
+            "label sets"
+            if options.spare_unlabelled
+            else "taught as background (exhaustive label sets)"
+        ),
+        "spared_detections": spared,
+        "members_from": f"the first {min(members, len(parent.states))} of "
+        f"{parent.name}'s {len(parent.states)} members",
+        "search": search
+        or (
+            "not searched: "
+            + (
+                "--learning-rate given"
+                if options.learning_rate is not None
+                else "no validation split"
+            )
+        ),
+        "loss": "cross-entropy (IGNORE excluded)",
+        "optimizer": "Adam",
+    }
     return _Trained(states, training, detection, list(val_items))
 
 
-def _search(examples: Sequence[Example], rehearsal: Sequence[Example], val_cases: Sequence[Case],
-            *, parent: _Parent, spec: Any, base: Any, device: str,
-            on_progress: Progress | None, train_member: Callable[..., Any]
-            ) -> tuple[float, int, dict[str, Any]]:
+def _search(
+    examples: Sequence[Example],
+    rehearsal: Sequence[Example],
+    val_cases: Sequence[Case],
+    *,
+    parent: _Parent,
+    spec: Any,
+    base: Any,
+    device: str,
+    on_progress: Progress | None,
+    train_member: Callable[..., Any],
+) -> tuple[float, int, dict[str, Any]]:
     """One probe member (member 0, from the parent's member 0) per rate in
     `retrain_recipe.RATES`, scored on the validation cases after half and all the steps, each
     at its best detection rule -> (rate, steps, the table)."""
@@ -883,20 +1157,30 @@ def _search(examples: Sequence[Example], rehearsal: Sequence[Example], val_cases
 
     def score(state: dict[str, Any]) -> float:
         ens = Ensemble(replace(parent.config, version="probe"), [state], device=device)
-        return rr.choose_detection(ens, val_cases, parent_threshold=parent.threshold,
-                                   parent_rule=parent.config.report_contrast).mean_f1
+        return rr.choose_detection(
+            ens,
+            val_cases,
+            parent_threshold=parent.threshold,
+            parent_rule=parent.config.report_contrast,
+        ).mean_f1
 
     marks = sorted({max(1, base.iterations // 2), base.iterations})
     table: dict[str, float] = {"parent member 0": round(score(parent.states[0]), 4)}
     best: tuple[float, float, int] | None = None
     for rate in rr.RATES:
         found: dict[int, dict[str, Any]] = {}
-        train_member(examples, spec=spec, recipe=replace(base, learning_rate=rate, members=1),
-                     member=0, device=device, init_state=parent.states[0],
-                     rehearsal=rehearsal, checkpoints=marks,
-                     on_checkpoint=found.__setitem__,
-                     on_progress=_progress_for(on_progress, 1, f"choosing: rate {rate:g},"
-                                               " member"))
+        train_member(
+            examples,
+            spec=spec,
+            recipe=replace(base, learning_rate=rate, members=1),
+            member=0,
+            device=device,
+            init_state=parent.states[0],
+            rehearsal=rehearsal,
+            checkpoints=marks,
+            on_checkpoint=found.__setitem__,
+            on_progress=_progress_for(on_progress, 1, f"choosing: rate {rate:g}, member"),
+        )
         for step in marks:
             f1 = score(found[step])
             table[f"rate {rate:g}, {step} steps"] = round(f1, 4)
@@ -904,16 +1188,30 @@ def _search(examples: Sequence[Example], rehearsal: Sequence[Example], val_cases
                 best = (f1, rate, step)
     assert best is not None
     log.info("fine-tuning search on %d validation scans: %s", len(val_cases), table)
-    return best[1], best[2], {"validation_mean_f1": table, "chosen": {
-        "learning_rate": best[1], "iterations": best[2]},
-        "probe": "member 0 alone, each at its best detection rule on the validation scans"}
+    return (
+        best[1],
+        best[2],
+        {
+            "validation_mean_f1": table,
+            "chosen": {"learning_rate": best[1], "iterations": best[2]},
+            "probe": "member 0 alone, each at its best detection rule on the validation scans",
+        },
+    )
 
 
-def _build_and_judge(models: Path, *, name: str, parent: _Parent, spec: Any, trained: _Trained,
-                     data: dict[str, Any], train_items: Sequence[LabelledScan],
-                     test_items: Sequence[LabelledScan], options: RetrainOptions,
-                     on_progress: Progress | None
-                     ) -> tuple[Path, dict[str, Any], GateDecision, dict, dict]:
+def _build_and_judge(
+    models: Path,
+    *,
+    name: str,
+    parent: _Parent,
+    spec: Any,
+    trained: _Trained,
+    data: dict[str, Any],
+    train_items: Sequence[LabelledScan],
+    test_items: Sequence[LabelledScan],
+    options: RetrainOptions,
+    on_progress: Progress | None,
+) -> tuple[Path, dict[str, Any], GateDecision, dict, dict]:
     """Save the candidate (in a partial directory), give it its detection rule, evaluate it
     and the parent on the test split, judge, write its metrics and move it into place."""
     from defectwatch.pipeline.inference import Ensemble
@@ -930,17 +1228,30 @@ def _build_and_judge(models: Path, *, name: str, parent: _Parent, spec: Any, tra
     detection = dict(pcfg.detection)  # its report rule, unless chosen on validation
     if trained.detection is not None:
         choice = trained.detection
-        thresholds.update({"threshold": choice.threshold, "threshold_chosen_on": (
-            f"{len(trained.validation)} validation scans of the lab's training split (not "
-            "trained on, not the test split), jointly with the report rule"),
-            "threshold_table": choice.table,
-            "validation_f1": choice.f1})
+        thresholds.update(
+            {
+                "threshold": choice.threshold,
+                "threshold_chosen_on": (
+                    f"{len(trained.validation)} validation scans of the lab's training split (not "
+                    "trained on, not the test split), jointly with the report rule"
+                ),
+                "threshold_table": choice.table,
+                "validation_f1": choice.f1,
+            }
+        )
         detection = {**detection, "report_contrast": dict(choice.report_contrast)}
-    config = ModelConfig(version=name, pixel_size_nm=float(pcfg.pixel_size_nm),
-                         architecture=spec, classes=tuple(pcfg.classes),
-                         preprocess=dict(pcfg.preprocess), training=trained.training,
-                         data=data, metrics=dict(thresholds), parent=parent.name,
-                         detection=detection)
+    config = ModelConfig(
+        version=name,
+        pixel_size_nm=float(pcfg.pixel_size_nm),
+        architecture=spec,
+        classes=tuple(pcfg.classes),
+        preprocess=dict(pcfg.preprocess),
+        training=trained.training,
+        data=data,
+        metrics=dict(thresholds),
+        parent=parent.name,
+        detection=detection,
+    )
     try:
         save_version(partial, config, trained.states)
         candidate = Ensemble.load(partial, device=options.device)
@@ -952,15 +1263,27 @@ def _build_and_judge(models: Path, *, name: str, parent: _Parent, spec: Any, tra
             fit = [i for i in train_items if i.exhaustive and i.scan.channel not in by_channel]
             if fit:
                 chosen, table = choose_threshold(
-                    candidate, [Case(i.name, i.scan, i.truth()) for i in fit])
-                thresholds.update({"threshold": chosen, "threshold_chosen_on": (
-                    f"{len(fit)} training scans with exhaustive labels (in-sample)"),
-                    "threshold_table": {f"{t:.2f}": round(f, 4) for t, f in table.items()}})
+                    candidate, [Case(i.name, i.scan, i.truth()) for i in fit]
+                )
+                thresholds.update(
+                    {
+                        "threshold": chosen,
+                        "threshold_chosen_on": (
+                            f"{len(fit)} training scans with exhaustive labels (in-sample)"
+                        ),
+                        "threshold_table": {f"{t:.2f}": round(f, 4) for t, f in table.items()},
+                    }
+                )
                 candidate.config.metrics.update(thresholds)
         active = Ensemble(pcfg, parent.states, device=options.device)
-        decision, metrics, cand_m, act_m = _judge(candidate, active, parent=parent.name,
-                                                  test_items=test_items, options=options,
-                                                  on_progress=on_progress)
+        decision, metrics, cand_m, act_m = _judge(
+            candidate,
+            active,
+            parent=parent.name,
+            test_items=test_items,
+            options=options,
+            on_progress=on_progress,
+        )
         metrics = {**cand_m, **thresholds, **metrics}
         write_metrics(partial, metrics)
         final = models / name
@@ -971,9 +1294,15 @@ def _build_and_judge(models: Path, *, name: str, parent: _Parent, spec: Any, tra
     return final, metrics, decision, cand_m, act_m
 
 
-def _judge(candidate: Any, active: Any, *, parent: str, test_items: Sequence[LabelledScan],
-           options: RetrainOptions, on_progress: Progress | None
-           ) -> tuple[GateDecision, dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _judge(
+    candidate: Any,
+    active: Any,
+    *,
+    parent: str,
+    test_items: Sequence[LabelledScan],
+    options: RetrainOptions,
+    on_progress: Progress | None,
+) -> tuple[GateDecision, dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Both versions on the frozen test split (each at its own rule), the bootstrap of their
     F1 difference, the gate -> (decision, metrics to store, candidate's, active's figures)."""
     from defectwatch.service.evaluation import evaluate
@@ -981,6 +1310,7 @@ def _judge(candidate: Any, active: Any, *, parent: str, test_items: Sequence[Lab
     cases = [Case(i.name, i.scan, i.truth()) for i in test_items]
     reports, counts = {}, {}
     for label, ens in (("candidate", candidate), ("active", active)):
+
         def eval_progress(done: int, total: int, label: str = label) -> None:
             if on_progress:
                 on_progress(f"evaluating {label}", done, total)
@@ -993,42 +1323,68 @@ def _judge(candidate: Any, active: Any, *, parent: str, test_items: Sequence[Lab
     judged = [j for j, k in enumerate(KINDS) if _has_truth(cand_m["kinds"][k])]
     uncertainty: dict[str, F1Difference] = {}
     for j in judged:
-        uncertainty[KINDS[j]] = bootstrap_f1_difference(counts["active"][:, j],
-                                                        counts["candidate"][:, j])
+        uncertainty[KINDS[j]] = bootstrap_f1_difference(
+            counts["active"][:, j], counts["candidate"][:, j]
+        )
     if judged:
-        uncertainty["mean"] = bootstrap_f1_difference(counts["active"][:, judged],
-                                                      counts["candidate"][:, judged])
-    decision = gate({k: cand_m["kinds"][k]["f1"] if _has_truth(cand_m["kinds"][k])
-                     else None for k in KINDS},
-                    {k: act_m["kinds"][k]["f1"] for k in KINDS},
-                    tolerance=options.tolerance, mode=options.promote,
-                    test_labels={k: n_labels.get(k, 0) for k in KINDS},
-                    uncertainty=uncertainty, min_labels=options.min_test_labels)
-    metrics = {"test_split": {"scans": len(test_items), "labels": sum(n_labels.values()),
-                              "labels_by_kind": {k: n_labels.get(k, 0) for k in KINDS},
-                              "scan_names": [i.name for i in test_items]},
-               "compared_with": {"version": parent, **act_m},
-               "gate": {**asdict(decision), "summary": decision.summary()}}
+        uncertainty["mean"] = bootstrap_f1_difference(
+            counts["active"][:, judged], counts["candidate"][:, judged]
+        )
+    decision = gate(
+        {k: cand_m["kinds"][k]["f1"] if _has_truth(cand_m["kinds"][k]) else None for k in KINDS},
+        {k: act_m["kinds"][k]["f1"] for k in KINDS},
+        tolerance=options.tolerance,
+        mode=options.promote,
+        test_labels={k: n_labels.get(k, 0) for k in KINDS},
+        uncertainty=uncertainty,
+        min_labels=options.min_test_labels,
+    )
+    metrics = {
+        "test_split": {
+            "scans": len(test_items),
+            "labels": sum(n_labels.values()),
+            "labels_by_kind": {k: n_labels.get(k, 0) for k in KINDS},
+            "scan_names": [i.name for i in test_items],
+        },
+        "compared_with": {"version": parent, **act_m},
+        "gate": {**asdict(decision), "summary": decision.summary()},
+    }
     return decision, metrics, cand_m, act_m
 
 
-def _register(engine: Engine, *, name: str, directory: Path, parent: str,
-              metrics: dict[str, Any], members: int, decision: GateDecision,
-              note: Note) -> bool:
+def _register(
+    engine: Engine,
+    *,
+    name: str,
+    directory: Path,
+    parent: str,
+    metrics: dict[str, Any],
+    members: int,
+    decision: GateDecision,
+    note: Note,
+) -> bool:
     """Register the candidate; activate it if the gate said so and the version it was compared
     with is still the active one (``force`` activates regardless). Returns whether it is
     active."""
     with write_transaction(engine) as session:
         current = active_version(session=session)
         activate = decision.promote
-        if activate and decision.mode == "auto" and current is not None \
-                and current.name != parent:
-            note(f"the active version changed from {parent} to {current.name} while training; "
-                 f"{name} stays a candidate (activate it with `defectwatch models activate "
-                 f"{name}` after checking)")
+        if activate and decision.mode == "auto" and current is not None and current.name != parent:
+            note(
+                f"the active version changed from {parent} to {current.name} while training; "
+                f"{name} stays a candidate (activate it with `defectwatch models activate "
+                f"{name}` after checking)"
+            )
             activate = False
-        register_version(name, session=session, directory=str(directory), parent=parent,
-                         metrics=metrics, members=members, activate=activate)
+        register_version(
+            name,
+            session=session,
+            directory=str(directory),
+            parent=parent,
+            metrics=metrics,
+            members=members,
+            activate=activate,
+        )
     return activate
 
 

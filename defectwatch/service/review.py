@@ -40,8 +40,7 @@ def parse_review(payload: Any) -> tuple[list[tuple[float, float, str]], bool]:
     """The ``POST /api/scans/{id}/review`` body -> ([(row, col, kind)...], exhaustive);
     ConfigError naming what is wrong."""
     if not isinstance(payload, Mapping):
-        raise ConfigError('the review must be a JSON object {"defects": [...], "exhaustive": '
-                          'true}')
+        raise ConfigError('the review must be a JSON object {"defects": [...], "exhaustive": true}')
     items = payload.get("defects")
     if not isinstance(items, list):
         raise ConfigError('"defects" must be a list of {"row", "col", "kind"} objects')
@@ -65,8 +64,13 @@ def parse_review(payload: Any) -> tuple[list[tuple[float, float, str]], bool]:
     return out, exhaustive
 
 
-def save_review(engine: Engine, scan_id: int, defects: Sequence[tuple[float, float, str]], *,
-                exhaustive: bool = True) -> dict[str, Any]:
+def save_review(
+    engine: Engine,
+    scan_id: int,
+    defects: Sequence[tuple[float, float, str]],
+    *,
+    exhaustive: bool = True,
+) -> dict[str, Any]:
     """Store the reviewed defects ``(row, col, kind)`` (the scan's pixels, row 0 at the top)
     as the scan's ``reviewed`` labels. NotFoundError for an unknown scan; ConfigError for a
     scan of unknown size or a position outside its frame."""
@@ -76,28 +80,41 @@ def save_review(engine: Engine, scan_id: int, defects: Sequence[tuple[float, flo
             raise NotFoundError(f"no scan {scan_id} in the database")
         s = found.scan
         if not (s.nx and s.ny):
-            raise ConfigError(f"scan {scan_id} has not been read yet (status {s.status}): its "
-                              "size is unknown, so it cannot be reviewed")
+            raise ConfigError(
+                f"scan {scan_id} has not been read yet (status {s.status}): its "
+                "size is unknown, so it cannot be reviewed"
+            )
         for row, col, _ in defects:
             if not (-0.5 <= row <= s.ny - 0.5 and -0.5 <= col <= s.nx - 0.5):
-                raise ConfigError(f"({row:g}, {col:g}) lies outside scan {scan_id}'s "
-                                  f"{s.ny} x {s.nx} pixels")
+                raise ConfigError(
+                    f"({row:g}, {col:g}) lies outside scan {scan_id}'s {s.ny} x {s.nx} pixels"
+                )
         points = [PointLabel(str(scan_id), row, col, kind, None) for row, col, kind in defects]
         replaced = browse.review_of(scan_id, session=session) is not None
         replace_labels(scan_id, points, session=session, source=REVIEWED, exhaustive=exhaustive)
     counts = {k: sum(1 for _, _, kind in defects if kind == k) for k in KINDS}
-    log.info("scan %d: review saved, %s (%s)%s", scan_id, counts,
-             "exhaustive" if exhaustive else "partial", ", replacing the earlier one"
-             if replaced else "")
-    return {"scan_id": scan_id, "source": REVIEWED, "exhaustive": exhaustive,
-            "counts": {**counts, "total": len(defects)}, "replaced": replaced}
+    log.info(
+        "scan %d: review saved, %s (%s)%s",
+        scan_id,
+        counts,
+        "exhaustive" if exhaustive else "partial",
+        ", replacing the earlier one" if replaced else "",
+    )
+    return {
+        "scan_id": scan_id,
+        "source": REVIEWED,
+        "exhaustive": exhaustive,
+        "counts": {**counts, "total": len(defects)},
+        "replaced": replaced,
+    }
 
 
 def review_queue(engine: Engine, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
     """Done scans not yet reviewed, highest review score first (see the module's doc)."""
     if not 1 <= limit <= 500 or offset < 0:
-        raise ConfigError(f"limit {limit}, offset {offset}: use a limit of 1 to 500 and an "
-                          "offset of 0 or more")
+        raise ConfigError(
+            f"limit {limit}, offset {offset}: use a limit of 1 to 500 and an offset of 0 or more"
+        )
     with read_transaction(engine) as session:
         rows = browse.review_queue(session=session, limit=limit, offset=offset)
         unreviewed = browse.count_unreviewed(session=session)
@@ -106,7 +123,12 @@ def review_queue(engine: Engine, *, limit: int = 50, offset: int = 0) -> dict[st
             item = scan_summary(found)
             run = found.run
             assert run is not None
-            item.update({"score": score, "uncertainty_sum": run.uncertainty_sum,
-                         "near_threshold_nm2": run.near_threshold_nm2})
+            item.update(
+                {
+                    "score": score,
+                    "uncertainty_sum": run.uncertainty_sum,
+                    "near_threshold_nm2": run.near_threshold_nm2,
+                }
+            )
             scans.append(item)
     return {"unreviewed": unreviewed, "limit": limit, "offset": offset, "scans": scans}

@@ -28,11 +28,17 @@ UNSORTED = "unsorted"
 # A "Material-Id" token not glued to letters or digits on its left: WSe2-SL445, MoSe2-M12.
 NAME_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?P<sample>[A-Za-z][A-Za-z0-9]*-[A-Za-z0-9]+)")
 COMMENT_ENTRY = re.compile(
-    r"\bsample\s*=\s*(?:\"(?P<q2>[^\"]+)\"|'(?P<q1>[^']+)'|(?P<bare>[^\s;,]+))", re.IGNORECASE)
+    r"\bsample\s*=\s*(?:\"(?P<q2>[^\"]+)\"|'(?P<q1>[^']+)'|(?P<bare>[^\s;,]+))", re.IGNORECASE
+)
 
 
-def sample_for(path: str | os.PathLike[str], *, watch_root: str | os.PathLike[str] | None,
-               rule: str, comment: str | None = None) -> str:
+def sample_for(
+    path: str | os.PathLike[str],
+    *,
+    watch_root: str | os.PathLike[str] | None,
+    rule: str,
+    comment: str | None = None,
+) -> str:
     """The sample name of the scan at ``path`` under ``rule`` (never empty)."""
     rule = check_sample_rule(rule)
     p = PurePath(os.path.abspath(path))
@@ -42,7 +48,7 @@ def sample_for(path: str | os.PathLike[str], *, watch_root: str | os.PathLike[st
             return next(v for v in found.group("q2", "q1", "bare") if v).strip()
         return sample_for(path, watch_root=watch_root, rule="folder")
     if rule.startswith("regex:"):
-        pattern = re.compile(rule[len("regex:"):])
+        pattern = re.compile(rule[len("regex:") :])
         found = pattern.search(p.name) or pattern.search(str(p))
         name = (found.group("sample") or "").strip() if found else ""
         return name or UNSORTED
@@ -78,14 +84,18 @@ def header_comment(path: str | os.PathLike[str]) -> str:
         return ""
 
 
-def make_sample_for(*, roots: Sequence[str | os.PathLike[str]], rule: str,
-                    read_comment: Callable[[str], str] = header_comment
-                    ) -> Callable[[str], str]:
+def make_sample_for(
+    *,
+    roots: Sequence[str | os.PathLike[str]],
+    rule: str,
+    read_comment: Callable[[str], str] = header_comment,
+) -> Callable[[str], str]:
     """``sample_for`` bound to the watch roots (the deepest root holding the file wins) and
     the rule, as the job queue wants it: ``path -> sample name``."""
     rule = check_sample_rule(rule)
-    absolute = sorted((Path(os.path.abspath(r)) for r in roots),
-                      key=lambda r: len(r.parts), reverse=True)
+    absolute = sorted(
+        (Path(os.path.abspath(r)) for r in roots), key=lambda r: len(r.parts), reverse=True
+    )
 
     def resolve(path: str) -> str:
         p = Path(os.path.abspath(path))

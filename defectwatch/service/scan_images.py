@@ -44,8 +44,11 @@ def image_cache_dir(db_url: str) -> Path:
     the URL (password hidden)."""
     url = make_url(db_url)
     database = url.database or ""
-    if (url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-            and not database.startswith("file:")):
+    if (
+        url.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+    ):
         p = Path(database).expanduser().resolve()
         return p.parent / f"{p.name}.images"
     key = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
@@ -69,8 +72,14 @@ def _source(engine: Engine, scan_id: int) -> _Source:
             raise NotFoundError(f"no scan {scan_id} in the database")
         s, run = found.scan, found.run
         key = f"run-{run.id}" if run is not None else f"scan-{s.id}"
-        return _Source(key, s.path, s.channel, s.width_nm, s.height_nm,
-                       run.model_version if run is not None else None)
+        return _Source(
+            key,
+            s.path,
+            s.channel,
+            s.width_nm,
+            s.height_nm,
+            run.model_version if run is not None else None,
+        )
 
 
 def scan_image(engine: Engine, scan_id: int, kind: str, *, folder: Path) -> Path:
@@ -108,8 +117,9 @@ def _read(src: _Source):  # type: ignore[no-untyped-def]
     from defectwatch.service.retraining import read_recorded_scan
 
     try:
-        return read_recorded_scan(src.path, channel=src.channel, width_nm=src.width_nm,
-                                  height_nm=src.height_nm)
+        return read_recorded_scan(
+            src.path, channel=src.channel, width_nm=src.width_nm, height_nm=src.height_nm
+        )
     except (DefectwatchError, OSError) as exc:
         raise NotFoundError(f"the scan's file cannot be read any more ({exc})") from None
 
@@ -131,8 +141,9 @@ def _render(engine: Engine, src: _Source, kind: str) -> bytes:
         h, w = grey.shape
         f = THUMB_PX / max(h, w)
         if f < 1:
-            grey = cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))),
-                              interpolation=cv2.INTER_AREA)
+            grey = cv2.resize(
+                grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+            )
     ok, buf = cv2.imencode(".png", grey)
     if not ok:
         raise OSError("PNG encoding failed")
@@ -146,8 +157,10 @@ def _uncertainty_png(engine: Engine, src: _Source, scan) -> bytes:  # type: igno
     from defectwatch.service.detection import load_ensemble
 
     with read_transaction(engine) as session:
-        directory = next((v.directory for v in list_versions(session=session)
-                          if v.name == src.model_version), None)
+        directory = next(
+            (v.directory for v in list_versions(session=session) if v.name == src.model_version),
+            None,
+        )
     if directory is None:  # `process` with the shipped default records runs without registering it
         from defectwatch.service.detection import default_model_dir
         from defectwatch.service.ingest import model_version_name
@@ -156,16 +169,19 @@ def _uncertainty_png(engine: Engine, src: _Source, scan) -> bytes:  # type: igno
         if model_version_name(shipped) == src.model_version:
             directory = str(shipped)
     if directory is None:
-        raise NotFoundError(f"the run's model version {src.model_version!r} is not in the "
-                            "registry (recorded by `process --model DIR`?): its uncertainty "
-                            "map cannot be computed here")
+        raise NotFoundError(
+            f"the run's model version {src.model_version!r} is not in the "
+            "registry (recorded by `process --model DIR`?): its uncertainty "
+            "map cannot be computed here"
+        )
     prediction = load_ensemble(directory).predict_scan(scan)
     rows = [i for i, c in enumerate(prediction.classes) if c != "background"]
     spread = prediction.spread[rows].max(axis=0)
     grey = np.clip(spread / 0.5 * 255, 0, 255).astype(np.uint8)
     grey[~prediction.valid] = 0
-    bgr = cv2.applyColorMap(cv2.resize(grey, (scan.nx, scan.ny),
-                                       interpolation=cv2.INTER_LINEAR), cv2.COLORMAP_INFERNO)
+    bgr = cv2.applyColorMap(
+        cv2.resize(grey, (scan.nx, scan.ny), interpolation=cv2.INTER_LINEAR), cv2.COLORMAP_INFERNO
+    )
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise OSError("PNG encoding failed")

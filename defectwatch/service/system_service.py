@@ -118,8 +118,9 @@ def defectwatch_command(*args: str, executable: str | None = None) -> list[str]:
     return [str(Path(executable or sys.executable).absolute()), "-m", "defectwatch", *args]
 
 
-def _watch_args(watch_dirs: Sequence[str | os.PathLike[str]], *, recursive: bool,
-                poll_s: float | None) -> list[str]:
+def _watch_args(
+    watch_dirs: Sequence[str | os.PathLike[str]], *, recursive: bool, poll_s: float | None
+) -> list[str]:
     args = ["watch", *[str(d) for d in watch_dirs]]
     if recursive:
         args.append("--recursive")
@@ -128,12 +129,19 @@ def _watch_args(watch_dirs: Sequence[str | os.PathLike[str]], *, recursive: bool
     return args
 
 
-def plan_install(*, user: bool, watch_dirs: Sequence[str | os.PathLike[str]] = (),
-                 db_url: str | None = None, retrain_at: str = "02:00",
-                 unit_dir: str | os.PathLike[str] | None = None, recursive: bool = False,
-                 poll_s: float | None = None, executable: str | None = None,
-                 environment: Mapping[str, str] | None = None,
-                 run_as: str | None = None) -> ServicePlan:
+def plan_install(
+    *,
+    user: bool,
+    watch_dirs: Sequence[str | os.PathLike[str]] = (),
+    db_url: str | None = None,
+    retrain_at: str = "02:00",
+    unit_dir: str | os.PathLike[str] | None = None,
+    recursive: bool = False,
+    poll_s: float | None = None,
+    executable: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    run_as: str | None = None,
+) -> ServicePlan:
     """The unit files and commands for ``service install`` (nothing is written).
 
     ``db_url``: the database the services use (default: ``DEFECTWATCH_DB`` from
@@ -154,83 +162,111 @@ def plan_install(*, user: bool, watch_dirs: Sequence[str | os.PathLike[str]] = (
     units: dict[str, str] = {}
     notes: list[str] = []
     if dirs:
-        exec_start = " ".join(systemd_quote(a) for a in defectwatch_command(
-            *_watch_args(dirs, recursive=recursive, poll_s=poll_s), executable=executable))
-        units[WATCH_UNIT] = "\n".join([
+        exec_start = " ".join(
+            systemd_quote(a)
+            for a in defectwatch_command(
+                *_watch_args(dirs, recursive=recursive, poll_s=poll_s), executable=executable
+            )
+        )
+        units[WATCH_UNIT] = "\n".join(
+            [
+                MARKER,
+                "[Unit]",
+                "Description=defectwatch: record the defects of every new STM scan in "
+                + _escape_specifiers(", ".join(str(d) for d in dirs)),
+                "Wants=network-online.target",
+                "After=network-online.target",
+                "",
+                "[Service]",
+                "Type=simple",
+                *user_line,
+                *env_lines,
+                f"ExecStart={exec_start}",
+                "# SIGTERM: the scan under way is finished and recorded, then it exits",
+                "KillMode=mixed",
+                "TimeoutStopSec=300",
+                "Restart=on-failure",
+                "RestartSec=30",
+                "",
+                "[Install]",
+                f"WantedBy={wanted_by}",
+                "",
+            ]
+        )
+        missing = [d for d in dirs if not d.is_dir()]
+        if missing:
+            notes.append(
+                "not a folder yet (a share not mounted?): " + ", ".join(str(d) for d in missing)
+            )
+    else:
+        notes.append("no --watch DIR: only the nightly retrain was planned")
+    retrain = " ".join(
+        systemd_quote(a) for a in defectwatch_command(*NIGHTLY_RETRAIN, executable=executable)
+    )
+    units[RETRAIN_UNIT] = "\n".join(
+        [
             MARKER,
             "[Unit]",
-            "Description=defectwatch: record the defects of every new STM scan in "
-            + _escape_specifiers(", ".join(str(d) for d in dirs)),
+            "Description=defectwatch: retrain the defect ensemble from the accumulated labels "
+            "(promoted only when no worse)",
             "Wants=network-online.target",
             "After=network-online.target",
             "",
             "[Service]",
-            "Type=simple",
+            "Type=oneshot",
             *user_line,
             *env_lines,
-            f"ExecStart={exec_start}",
-            "# SIGTERM: the scan under way is finished and recorded, then it exits",
-            "KillMode=mixed",
-            "TimeoutStopSec=300",
-            "Restart=on-failure",
-            "RestartSec=30",
+            f"ExecStart={retrain}",
+            "Nice=10",
+            "IOSchedulingClass=idle",
+            "TimeoutStartSec=infinity",
+            "",
+        ]
+    )
+    units[TIMER_UNIT] = "\n".join(
+        [
+            MARKER,
+            "[Unit]",
+            f"Description=defectwatch: retrain every night at {hour:02d}:{minute:02d}",
+            "",
+            "[Timer]",
+            f"OnCalendar=*-*-* {hour:02d}:{minute:02d}:00",
+            "Persistent=true",
+            f"Unit={RETRAIN_UNIT}",
             "",
             "[Install]",
-            f"WantedBy={wanted_by}",
-            ""])
-        missing = [d for d in dirs if not d.is_dir()]
-        if missing:
-            notes.append("not a folder yet (a share not mounted?): "
-                         + ", ".join(str(d) for d in missing))
-    else:
-        notes.append("no --watch DIR: only the nightly retrain was planned")
-    retrain = " ".join(systemd_quote(a) for a in defectwatch_command(*NIGHTLY_RETRAIN,
-                                                                      executable=executable))
-    units[RETRAIN_UNIT] = "\n".join([
-        MARKER,
-        "[Unit]",
-        "Description=defectwatch: retrain the defect ensemble from the accumulated labels "
-        "(promoted only when no worse)",
-        "Wants=network-online.target",
-        "After=network-online.target",
-        "",
-        "[Service]",
-        "Type=oneshot",
-        *user_line,
-        *env_lines,
-        f"ExecStart={retrain}",
-        "Nice=10",
-        "IOSchedulingClass=idle",
-        "TimeoutStartSec=infinity",
-        ""])
-    units[TIMER_UNIT] = "\n".join([
-        MARKER,
-        "[Unit]",
-        f"Description=defectwatch: retrain every night at {hour:02d}:{minute:02d}",
-        "",
-        "[Timer]",
-        f"OnCalendar=*-*-* {hour:02d}:{minute:02d}:00",
-        "Persistent=true",
-        f"Unit={RETRAIN_UNIT}",
-        "",
-        "[Install]",
-        "WantedBy=timers.target",
-        ""])
+            "WantedBy=timers.target",
+            "",
+        ]
+    )
     enable = [u for u in (WATCH_UNIT, TIMER_UNIT) if u in units]
     ctl = "systemctl --user" if user else "sudo systemctl"
     commands = [f"{ctl} daemon-reload", f"{ctl} enable --now {' '.join(enable)}"]
     if user:
-        commands.append(f"loginctl enable-linger {getpass.getuser()}   # keep them running "
-                        "without a login session, and start them at boot")
+        commands.append(
+            f"loginctl enable-linger {getpass.getuser()}   # keep them running "
+            "without a login session, and start them at boot"
+        )
     if WATCH_UNIT in units:
         journal = "journalctl --user" if user else "journalctl"
         commands.append(f"{journal} -u {WATCH_UNIT} -f   # follow the watcher's log")
     commands.append(f"{ctl.removeprefix('sudo ')} list-timers {TIMER_UNIT}   # next retrain")
-    return ServicePlan(folder, user, units, tuple(commands),
-                       tuple(windows_install_commands(
-                           watch_dirs=[str(d) for d in watch_dirs], db_url=passed.get(
-                               "DEFECTWATCH_DB"), retrain_at=f"{hour:02d}:{minute:02d}",
-                           recursive=recursive, poll_s=poll_s)), tuple(notes))
+    return ServicePlan(
+        folder,
+        user,
+        units,
+        tuple(commands),
+        tuple(
+            windows_install_commands(
+                watch_dirs=[str(d) for d in watch_dirs],
+                db_url=passed.get("DEFECTWATCH_DB"),
+                retrain_at=f"{hour:02d}:{minute:02d}",
+                recursive=recursive,
+                poll_s=poll_s,
+            )
+        ),
+        tuple(notes),
+    )
 
 
 def _windows_python(executable: str | None, *, windowless: bool) -> str:
@@ -244,10 +280,15 @@ def _windows_python(executable: str | None, *, windowless: bool) -> str:
     return exe
 
 
-def windows_install_commands(*, watch_dirs: Sequence[str], db_url: str | None = None,
-                             retrain_at: str = "02:00", recursive: bool = False,
-                             poll_s: float | None = None, executable: str | None = None
-                             ) -> list[str]:
+def windows_install_commands(
+    *,
+    watch_dirs: Sequence[str],
+    db_url: str | None = None,
+    retrain_at: str = "02:00",
+    recursive: bool = False,
+    poll_s: float | None = None,
+    executable: str | None = None,
+) -> list[str]:
     """``schtasks`` lines for the watcher (at logon, no console window: ``pythonw.exe``) and
     the daily retrain; plus ``setx DEFECTWATCH_DB`` when a database is named."""
     hour, minute = parse_time(retrain_at)
@@ -256,18 +297,30 @@ def windows_install_commands(*, watch_dirs: Sequence[str], db_url: str | None = 
         lines.append(f"setx DEFECTWATCH_DB {windows_quote(db_url)}")
     if watch_dirs:
         exe = _windows_python(executable, windowless=True)
-        run = " ".join(windows_quote(a) for a in [exe, "-m", "defectwatch",
-                                                   *_watch_args(watch_dirs, recursive=recursive,
-                                                                poll_s=poll_s)])
-        lines.append(f'schtasks /Create /F /TN "{WATCH_TASK}" /SC ONLOGON /RL LIMITED '
-                     f'/TR "{run.replace(chr(34), chr(92) + chr(34))}"')
+        run = " ".join(
+            windows_quote(a)
+            for a in [
+                exe,
+                "-m",
+                "defectwatch",
+                *_watch_args(watch_dirs, recursive=recursive, poll_s=poll_s),
+            ]
+        )
+        lines.append(
+            f'schtasks /Create /F /TN "{WATCH_TASK}" /SC ONLOGON /RL LIMITED '
+            f'/TR "{run.replace(chr(34), chr(92) + chr(34))}"'
+        )
     exe = _windows_python(executable, windowless=False)
     run = " ".join(windows_quote(a) for a in [exe, "-m", "defectwatch", *NIGHTLY_RETRAIN])
-    lines.append(f'schtasks /Create /F /TN "{RETRAIN_TASK}" /SC DAILY '
-                 f'/ST {hour:02d}:{minute:02d} /TR "{run.replace(chr(34), chr(92) + chr(34))}"')
+    lines.append(
+        f'schtasks /Create /F /TN "{RETRAIN_TASK}" /SC DAILY '
+        f'/ST {hour:02d}:{minute:02d} /TR "{run.replace(chr(34), chr(92) + chr(34))}"'
+    )
     if any(len(_tr(line)) > SCHTASKS_TR_MAX for line in lines if "/TR" in line):
-        lines.append(f"REM a /TR command above is longer than {SCHTASKS_TR_MAX} characters: "
-                     "put it into a .cmd file and give /TR that file")
+        lines.append(
+            f"REM a /TR command above is longer than {SCHTASKS_TR_MAX} characters: "
+            "put it into a .cmd file and give /TR that file"
+        )
     return lines
 
 
@@ -277,8 +330,11 @@ def _tr(line: str) -> str:
 
 def windows_uninstall_commands() -> list[str]:
     """``schtasks`` lines that stop and delete both tasks."""
-    return [f'schtasks /End /TN "{WATCH_TASK}"', f'schtasks /Delete /F /TN "{WATCH_TASK}"',
-            f'schtasks /Delete /F /TN "{RETRAIN_TASK}"']
+    return [
+        f'schtasks /End /TN "{WATCH_TASK}"',
+        f'schtasks /Delete /F /TN "{WATCH_TASK}"',
+        f'schtasks /Delete /F /TN "{RETRAIN_TASK}"',
+    ]
 
 
 def write_units(plan: ServicePlan) -> list[Path]:
@@ -288,8 +344,9 @@ def write_units(plan: ServicePlan) -> list[Path]:
     for name in plan.units:
         existing = folder / name
         if existing.is_file() and MARKER not in _head(existing):
-            raise ConfigError(f"{existing} exists and was not written by defectwatch; remove "
-                              "or rename it first")
+            raise ConfigError(
+                f"{existing} exists and was not written by defectwatch; remove or rename it first"
+            )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
@@ -304,10 +361,14 @@ def write_units(plan: ServicePlan) -> list[Path]:
             os.replace(tmp, path)
             written.append(path)
     except OSError as exc:
-        hint = ("system units need root: run it with sudo, or install for your user with "
-                "--user" if not plan.user else "check the folder's permissions")
-        raise ConfigError(f"cannot write the units into {folder} "
-                          f"({exc.strerror or exc}); {hint}") from None
+        hint = (
+            "system units need root: run it with sudo, or install for your user with --user"
+            if not plan.user
+            else "check the folder's permissions"
+        )
+        raise ConfigError(
+            f"cannot write the units into {folder} ({exc.strerror or exc}); {hint}"
+        ) from None
     log.info("wrote %s into %s", ", ".join(plan.units), folder)
     return written
 
@@ -325,8 +386,9 @@ def _head(path: Path) -> str:
         return ""
 
 
-def uninstall(*, user: bool, unit_dir: str | os.PathLike[str] | None = None,
-              dry_run: bool = False) -> Removal:
+def uninstall(
+    *, user: bool, unit_dir: str | os.PathLike[str] | None = None, dry_run: bool = False
+) -> Removal:
     """Remove our unit files (and their ``*.wants/`` links) from the unit folder; files of
     the same name that we did not write are left alone. ConfigError when they cannot be
     removed."""
@@ -354,12 +416,21 @@ def uninstall(*, user: bool, unit_dir: str | os.PathLike[str] | None = None,
                             link.unlink()
                         links.append(link)
     except OSError as exc:
-        hint = ("system units need root: run it with sudo" if not user
-                else "check the folder's permissions")
-        raise ConfigError(f"cannot remove the units from {folder} ({exc.strerror or exc}); "
-                          f"{hint}") from None
+        hint = (
+            "system units need root: run it with sudo"
+            if not user
+            else "check the folder's permissions"
+        )
+        raise ConfigError(
+            f"cannot remove the units from {folder} ({exc.strerror or exc}); {hint}"
+        ) from None
     ctl = "systemctl --user" if user else "sudo systemctl"
-    commands = [f"{ctl} stop {WATCH_UNIT} {TIMER_UNIT} {RETRAIN_UNIT}",
-                f"{ctl} daemon-reload"]
-    return Removal(folder, tuple(removed), tuple(refused), tuple(commands),
-                   tuple(windows_uninstall_commands()), tuple(links))
+    commands = [f"{ctl} stop {WATCH_UNIT} {TIMER_UNIT} {RETRAIN_UNIT}", f"{ctl} daemon-reload"]
+    return Removal(
+        folder,
+        tuple(removed),
+        tuple(refused),
+        tuple(commands),
+        tuple(windows_uninstall_commands()),
+        tuple(links),
+    )

@@ -29,8 +29,12 @@ from defectwatch.db import open_database
 from defectwatch.errors import ScanIncompleteError
 from defectwatch.pipeline.scan_names import DEFAULT_PATTERN
 from defectwatch.pipeline.sxm import read_layout
-from defectwatch.service.config import (check_instrument, check_sample_rule, data_dir,
-                                        default_instrument)
+from defectwatch.service.config import (
+    check_instrument,
+    check_sample_rule,
+    data_dir,
+    default_instrument,
+)
 from defectwatch.service.ingest import Heartbeat, active_model, make_process, make_queue
 
 log = logging.getLogger(__name__)
@@ -95,8 +99,7 @@ def configure_watch_logging(log_file: Path | None, *, level: int = logging.INFO)
     root = logging.getLogger("defectwatch")
     root.setLevel(level)
     for handler in list(root.handlers):
-        if getattr(handler, "_defectwatch_watch", False) or \
-                type(handler).__name__ == "RichHandler":
+        if getattr(handler, "_defectwatch_watch", False) or type(handler).__name__ == "RichHandler":
             root.removeHandler(handler)
             handler.close()
     fmt = logging.Formatter(LOG_FORMAT)
@@ -104,8 +107,11 @@ def configure_watch_logging(log_file: Path | None, *, level: int = logging.INFO)
     handlers: list[logging.Handler] = [stderr]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"))
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            )
+        )
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._defectwatch_watch = True  # type: ignore[attr-defined]
@@ -122,10 +128,14 @@ def check_model(engine: Engine) -> str:
     return name
 
 
-def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
-          options: WatchOptions = WatchOptions(),
-          stop_event: threading.Event | None = None,
-          handle_signals: bool = True) -> DaemonReport:
+def watch(
+    dirs: Sequence[str | os.PathLike[str]],
+    *,
+    db_url: str,
+    options: WatchOptions = WatchOptions(),
+    stop_event: threading.Event | None = None,
+    handle_signals: bool = True,
+) -> DaemonReport:
     """Watch ``dirs`` and record every scan in the database at ``db_url`` until stopped
     (SIGINT/SIGTERM: warm, then cold) or, with ``options.once``, until what is there is done.
     Raises ConfigError / ModelLoadError before anything starts when the set-up cannot work.
@@ -136,12 +146,18 @@ def watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str,
         return _watch(dirs, db_url=db_url, options=options, stop=stop)
 
 
-def _watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str, options: WatchOptions,
-           stop: threading.Event) -> DaemonReport:
+def _watch(
+    dirs: Sequence[str | os.PathLike[str]],
+    *,
+    db_url: str,
+    options: WatchOptions,
+    stop: threading.Event,
+) -> DaemonReport:
     roots = check_dirs([os.fspath(d) for d in dirs])
     rule = check_sample_rule(options.sample_rule)
-    instrument = (check_instrument(options.instrument) if options.instrument
-                  else default_instrument())
+    instrument = (
+        check_instrument(options.instrument) if options.instrument else default_instrument()
+    )
     engine = open_database(db_url)
     model = check_model(engine)
     queue = make_queue(engine, roots=roots, rule=rule, instrument=instrument)
@@ -152,19 +168,36 @@ def _watch(dirs: Sequence[str | os.PathLike[str]], *, db_url: str, options: Watc
     def beat(status: DaemonStatus) -> None:
         heartbeat()
 
-    log.info("defectwatch watch: %s into %s for instrument %s, model %s, samples by %s",
-             ", ".join(roots), engine.url.render_as_string(), instrument, model, rule)
+    log.info(
+        "defectwatch watch: %s into %s for instrument %s, model %s, samples by %s",
+        ", ".join(roots),
+        engine.url.render_as_string(),
+        instrument,
+        model,
+        rule,
+    )
     try:
         return run_daemon(
-            roots, queue=queue, process=process, expected_size=scan_expected_size,
-            recursive=options.recursive, poll_s=options.poll_s, pattern=options.pattern,
+            roots,
+            queue=queue,
+            process=process,
+            expected_size=scan_expected_size,
+            recursive=options.recursive,
+            poll_s=options.poll_s,
+            pattern=options.pattern,
             stable_for_s=options.stable_for_s,
             incomplete_after_s=max(options.incomplete_after_s, options.stable_for_s),
-            once=options.once, stop_event=stop, heartbeat=beat,
-            heartbeat_s=options.heartbeat_s, lease_s=options.lease_s,
-            retry=RetryPolicy(max_attempts=options.max_attempts,
-                              base_delay_s=options.retry_delay_s,
-                              max_delay_s=max(600.0, options.retry_delay_s)))
+            once=options.once,
+            stop_event=stop,
+            heartbeat=beat,
+            heartbeat_s=options.heartbeat_s,
+            lease_s=options.lease_s,
+            retry=RetryPolicy(
+                max_attempts=options.max_attempts,
+                base_delay_s=options.retry_delay_s,
+                max_delay_s=max(600.0, options.retry_delay_s),
+            ),
+        )
     finally:
         try:
             heartbeat.stop()

@@ -60,8 +60,10 @@ class InMemoryJobQueue:
     def is_known(self, path: str, *, size_bytes: int, mtime_ns: int) -> bool:
         with self._lock:
             self._count("is_known")
-            return any(r.path == path and r.size_bytes == size_bytes and r.mtime_ns == mtime_ns
-                       for r in self.rows.values())
+            return any(
+                r.path == path and r.size_bytes == size_bytes and r.mtime_ns == mtime_ns
+                for r in self.rows.values()
+            )
 
     def enqueue(self, path: str, *, sha256: str, size_bytes: int, mtime_ns: int) -> bool:
         with self._lock:
@@ -77,8 +79,9 @@ class InMemoryJobQueue:
             self._count("claim")
             now = self.clock()
             for r in sorted(self.rows.values(), key=lambda r: r.id):
-                due = (r.status == "queued" and r.due_at <= now) or \
-                      (r.status == "processing" and r.lease_until < now)
+                due = (r.status == "queued" and r.due_at <= now) or (
+                    r.status == "processing" and r.lease_until < now
+                )
                 if due:
                     r.status, r.worker, r.lease_until = "processing", worker, now + lease_s
                     r.attempts += 1
@@ -171,8 +174,10 @@ class ReadingProcess:
 def sxm_bytes(seed: int = 0, *, pixels: int = 64) -> bytes:
     """A real small `.sxm` file's bytes (Z forward and backward, random heights)."""
     rng = np.random.default_rng(seed)
-    images = {("Z", d): rng.normal(0, 1e-10, (pixels, pixels)).astype(np.float32)
-              for d in ("forward", "backward")}
+    images = {
+        ("Z", d): rng.normal(0, 1e-10, (pixels, pixels)).astype(np.float32)
+        for d in ("forward", "backward")
+    }
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder) / "scan.sxm"
         write_sxm(tmp, images=images, units={"Z": "m"}, width_m=10e-9, height_m=10e-9)

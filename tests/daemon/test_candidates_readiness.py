@@ -14,15 +14,33 @@ from defectwatch.errors import ScanReadError
 from tests.daemon.queue_double import InMemoryJobQueue, sxm_bytes, sxm_expected_size
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("scan.sxm", True), ("SCAN_001.SXM", True), ("Scan.Sxm", True), ("scan.sxm.part", False),
-    ("scan.dat", False), ("scan.sxmx", False)])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("scan.sxm", True),
+        ("SCAN_001.SXM", True),
+        ("Scan.Sxm", True),
+        ("scan.sxm.part", False),
+        ("scan.dat", False),
+        ("scan.sxmx", False),
+    ],
+)
 def test_pattern_is_case_insensitive(name, expected):
     assert matches(name, "*.sxm") is expected and is_temporary("scan.sxm") is False
 
 
-@pytest.mark.parametrize("name", [".scan.sxm", "~scan.sxm", "~$scan.sxm", "scan.sxm~",
-                                  "scan.sxm.part", "scan.sxm.TMP", "scan.sxm.crdownload"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".scan.sxm",
+        "~scan.sxm",
+        "~$scan.sxm",
+        "scan.sxm~",
+        "scan.sxm.part",
+        "scan.sxm.TMP",
+        "scan.sxm.crdownload",
+    ],
+)
 def test_hidden_and_temporary_names(name):
     assert is_temporary(name)
 
@@ -35,20 +53,29 @@ def test_is_candidate_depth_and_hidden_folders(tmp_path):
     assert not is_candidate(deep, root=root, pattern="*.sxm", recursive=False)
     assert is_candidate(deep, root=root, pattern="*.sxm", recursive=True)
     assert not is_candidate(hidden, root=root, pattern="*.sxm", recursive=True)
-    assert not is_candidate(str(tmp_path.parent / "x.sxm"), root=root, pattern="*.sxm",
-                            recursive=True)
+    assert not is_candidate(
+        str(tmp_path.parent / "x.sxm"), root=root, pattern="*.sxm", recursive=True
+    )
 
 
 def test_walk_candidates(tmp_path):
-    for rel in ["a.sxm", "B.SXM", "notes.txt", ".h.sxm", "c.sxm.part", "S1/d.sxm",
-                ".cache/e.sxm", "S1/deeper/f.sxm"]:
+    for rel in [
+        "a.sxm",
+        "B.SXM",
+        "notes.txt",
+        ".h.sxm",
+        "c.sxm.part",
+        "S1/d.sxm",
+        ".cache/e.sxm",
+        "S1/deeper/f.sxm",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
-    flat = {Path(p).name for p in walk_candidates([str(tmp_path)], pattern="*.sxm",
-                                                   recursive=False)}
-    deep = {Path(p).name for p in walk_candidates([str(tmp_path)], pattern="*.sxm",
-                                                   recursive=True)}
+    flat = {
+        Path(p).name for p in walk_candidates([str(tmp_path)], pattern="*.sxm", recursive=False)
+    }
+    deep = {Path(p).name for p in walk_candidates([str(tmp_path)], pattern="*.sxm", recursive=True)}
     assert flat == {"a.sxm", "B.SXM"}
     assert deep == {"a.sxm", "B.SXM", "d.sxm", "f.sxm"}
 
@@ -69,8 +96,14 @@ class Clock:
 
 def _readiness(clock: Clock, **kw) -> Readiness:
     # wall clock far in the past: a file's mtime says nothing, only watching counts
-    return Readiness(sxm_expected_size, stable_for_s=2.0, incomplete_after_s=10.0,
-                     clock=clock, wall_clock=lambda: 0.0, **kw)
+    return Readiness(
+        sxm_expected_size,
+        stable_for_s=2.0,
+        incomplete_after_s=10.0,
+        clock=clock,
+        wall_clock=lambda: 0.0,
+        **kw,
+    )
 
 
 def test_growing_file_waits_then_is_ready_once_stable(tmp_path):
@@ -84,7 +117,7 @@ def test_growing_file_waits_then_is_ready_once_stable(tmp_path):
     r.nominate(str(path))
     with open(path, "wb") as fh:
         for k in range(1, 5):  # header, then data in chunks: never ready while growing
-            fh.write(data[(k - 1) * len(data) // 4:k * len(data) // 4])
+            fh.write(data[(k - 1) * len(data) // 4 : k * len(data) // 4])
             fh.flush()
             if k < 4:
                 clock.t += 5.0  # long pauses between chunks are fine: it is incomplete
@@ -147,8 +180,11 @@ def test_known_files_are_not_read(tmp_path):
         read.append(p)
         return sxm_expected_size(p)
 
-    r = Readiness(expected_size, stable_for_s=0.0,
-                  skip=lambda p, s, m: queue.is_known(p, size_bytes=s, mtime_ns=m))
+    r = Readiness(
+        expected_size,
+        stable_for_s=0.0,
+        skip=lambda p, s, m: queue.is_known(p, size_bytes=s, mtime_ns=m),
+    )
     r.nominate(str(path))
     assert r.poll() == [] and r.pending() == [] and read == []
 
@@ -195,6 +231,7 @@ def test_scan_read_error_from_expected_size_is_the_note(tmp_path):
 
 # -- every supported format: its own completeness rule ----------------------------------------
 
+
 def test_several_patterns_separated_by_commas():
     assert matches("a.SM4", "*.sxm,*.sm4") and matches("b.sxm", "*.sxm, *.sm4")
     assert not matches("c.dat", "*.sxm,*.sm4") and not matches("c.dat", " , ")
@@ -203,8 +240,13 @@ def test_several_patterns_separated_by_commas():
 def _any_format(clock: Clock) -> Readiness:
     from defectwatch.pipeline.readers import expected_size
 
-    return Readiness(expected_size, stable_for_s=2.0, incomplete_after_s=10.0, clock=clock,
-                     wall_clock=lambda: 0.0)
+    return Readiness(
+        expected_size,
+        stable_for_s=2.0,
+        incomplete_after_s=10.0,
+        clock=clock,
+        wall_clock=lambda: 0.0,
+    )
 
 
 def test_matrix_file_waits_for_its_chain_file_and_says_so(shared_formats, tmp_path):
@@ -215,8 +257,7 @@ def test_matrix_file_waits_for_its_chain_file_and_says_so(shared_formats, tmp_pa
     r.nominate(str(data))
     clock.t += 5.0
     assert r.poll() == []  # complete in itself, but its parameters are not there yet
-    (tmp_path / "20201111_0001.mtrx").write_bytes(
-        shared_formats["20201111_0001.mtrx"].read_bytes())
+    (tmp_path / "20201111_0001.mtrx").write_bytes(shared_formats["20201111_0001.mtrx"].read_bytes())
     clock.t += 2.5
     (ready,) = r.poll()  # the data file itself was stable all along
     assert ready.note is None

@@ -62,8 +62,9 @@ def impl(request, tmp_path):
     made.close()
 
 
-def put(queue, path: str, *, content: str | None = None, size: int = 100,
-        mtime_ns: int = 1) -> bool:
+def put(
+    queue, path: str, *, content: str | None = None, size: int = 100, mtime_ns: int = 1
+) -> bool:
     return queue.enqueue(path, sha256=sha(content or path), size_bytes=size, mtime_ns=mtime_ns)
 
 

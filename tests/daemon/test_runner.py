@@ -20,11 +20,21 @@ from defectwatch.daemon.runner import DaemonReport, run_daemon
 from defectwatch.daemon.signals import StopSignals
 from defectwatch.daemon.worker import RetryPolicy
 from defectwatch.errors import ConfigError
-from tests.daemon.queue_double import (InMemoryJobQueue, ReadingProcess, sxm_bytes,
-                                       sxm_expected_size, write_scan)
+from tests.daemon.queue_double import (
+    InMemoryJobQueue,
+    ReadingProcess,
+    sxm_bytes,
+    sxm_expected_size,
+    write_scan,
+)
 
-FAST = dict(stable_for_s=0.2, incomplete_after_s=1.0, tick_s=0.05, idle_s=0.05,
-            retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.2))
+FAST = dict(
+    stable_for_s=0.2,
+    incomplete_after_s=1.0,
+    tick_s=0.05,
+    idle_s=0.05,
+    retry=RetryPolicy(max_attempts=3, base_delay_s=0.05, max_delay_s=0.2),
+)
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -46,9 +56,14 @@ class Daemon:
 
         def main() -> None:
             try:
-                self.report = run_daemon(dirs, queue=queue, process=process,
-                                         expected_size=sxm_expected_size,
-                                         stop_event=self.stop, **opts)
+                self.report = run_daemon(
+                    dirs,
+                    queue=queue,
+                    process=process,
+                    expected_size=sxm_expected_size,
+                    stop_event=self.stop,
+                    **opts,
+                )
             except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
                 self.error = exc
 
@@ -92,7 +107,7 @@ def test_a_scan_written_in_chunks_is_processed_once_when_complete(tmp_path):
     with daemon([tmp_path], q, proc) as d:
         with open(tmp_path / "slow.sxm", "wb") as fh:
             for k in range(8):  # ~1.2 s of writing, with pauses longer than stable_for_s
-                fh.write(data[k * len(data) // 8:(k + 1) * len(data) // 8])
+                fh.write(data[k * len(data) // 8 : (k + 1) * len(data) // 8])
                 fh.flush()
                 time.sleep(0.15 if k != 4 else 0.5)
         wait_until(lambda: statuses(q) == {"slow.sxm": "done"})
@@ -123,21 +138,31 @@ def test_garbage_fails_at_once_and_other_files_are_ignored(tmp_path):
         (tmp_path / "notes.txt").write_bytes(sxm_bytes(3))
         (tmp_path / "scan.dat").write_bytes(sxm_bytes(4))
         write_scan(tmp_path / "UPPER.SXM", 5)
-        wait_until(lambda: len(q.rows) == 3 and all(
-            s in ("failed", "done") for s in statuses(q).values()))
+        wait_until(
+            lambda: len(q.rows) == 3 and all(s in ("failed", "done") for s in statuses(q).values())
+        )
         d.finish()
     rows = q.by_name()
     assert statuses(q) == {"garbage.sxm": "failed", "text.sxm": "failed", "UPPER.SXM": "done"}
-    assert rows["garbage.sxm"].attempts == 1 and "not a Nanonis .sxm file" in \
-        rows["garbage.sxm"].last_error
+    assert (
+        rows["garbage.sxm"].attempts == 1
+        and "not a Nanonis .sxm file" in rows["garbage.sxm"].last_error
+    )
     assert q.calls.get("retry", 0) == 0
 
 
 def test_hidden_and_temporary_files_are_ignored(tmp_path):
     q = InMemoryJobQueue()
     with daemon([tmp_path], q, ReadingProcess(q), recursive=True) as d:
-        for name in [".hidden.sxm", "~lock.sxm", "scan.sxm.part", "scan.sxm.tmp",
-                     "scan.sxm.crdownload", "scan.sxm~", ".trash/inside.sxm"]:
+        for name in [
+            ".hidden.sxm",
+            "~lock.sxm",
+            "scan.sxm.part",
+            "scan.sxm.tmp",
+            "scan.sxm.crdownload",
+            "scan.sxm~",
+            ".trash/inside.sxm",
+        ]:
             write_scan(tmp_path / name, 6)
         write_scan(tmp_path / "real.sxm", 7)
         wait_until(lambda: statuses(q) == {"real.sxm": "done"})
@@ -213,8 +238,14 @@ def test_reconcile_queues_scans_made_while_down_and_requeues_expired_leases(tmp_
     for k in range(3):
         made = write_scan(tmp_path / f"while-down-{k}.sxm", 31 + k)
         os.utime(made, (an_hour_ago, an_hour_ago))
-    report = run_daemon([tmp_path], queue=q, process=ReadingProcess(q),
-                        expected_size=sxm_expected_size, once=True, **FAST)
+    report = run_daemon(
+        [tmp_path],
+        queue=q,
+        process=ReadingProcess(q),
+        expected_size=sxm_expected_size,
+        once=True,
+        **FAST,
+    )
     assert report.startup.requeued == 1 and report.startup.known == 1
     assert report.startup.queued == 3
     assert set(statuses(q).values()) == {"done"} and len(q.rows) == 4
@@ -235,8 +266,14 @@ def test_once_also_takes_files_that_become_ready_while_it_runs(tmp_path):
 
     t = threading.Thread(target=late_writer)
     t.start()
-    report = run_daemon([tmp_path], queue=q, process=ReadingProcess(q),
-                        expected_size=sxm_expected_size, once=True, **FAST)
+    report = run_daemon(
+        [tmp_path],
+        queue=q,
+        process=ReadingProcess(q),
+        expected_size=sxm_expected_size,
+        once=True,
+        **FAST,
+    )
     t.join()
     assert report.done == 2 and statuses(q) == {"first.sxm": "done", "late.sxm": "done"}
 
@@ -261,8 +298,10 @@ def test_a_heartbeat_is_called_and_its_failures_do_not_matter(tmp_path):
 def test_two_daemons_on_one_folder_do_not_process_a_scan_twice(tmp_path):
     q = InMemoryJobQueue()
     p1, p2 = ReadingProcess(q, delay_s=0.05), ReadingProcess(q, delay_s=0.05)
-    with daemon([tmp_path], q, p1, worker_name="one:1") as d1, \
-            daemon([tmp_path], q, p2, worker_name="two:2") as d2:
+    with (
+        daemon([tmp_path], q, p1, worker_name="one:1") as d1,
+        daemon([tmp_path], q, p2, worker_name="two:2") as d2,
+    ):
         for k in range(6):
             write_scan(tmp_path / f"s{k}.sxm", 60 + k)
         wait_until(lambda: len(q.rows) == 6 and set(statuses(q).values()) == {"done"})
@@ -273,8 +312,13 @@ def test_two_daemons_on_one_folder_do_not_process_a_scan_twice(tmp_path):
 
 def test_missing_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a folder"):
-        run_daemon([tmp_path / "nope"], queue=InMemoryJobQueue(), process=lambda j: "",
-                   expected_size=sxm_expected_size, once=True)
+        run_daemon(
+            [tmp_path / "nope"],
+            queue=InMemoryJobQueue(),
+            process=lambda j: "",
+            expected_size=sxm_expected_size,
+            once=True,
+        )
 
 
 def test_signals_first_warm_then_cold():

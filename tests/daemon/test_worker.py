@@ -9,8 +9,12 @@ import pytest
 
 from defectwatch.daemon.worker import RetryPolicy, Worker
 from defectwatch.domain import Job
-from defectwatch.errors import (DatabaseUnavailableError, ModelLoadError, ScanIncompleteError,
-                                ScanReadError)
+from defectwatch.errors import (
+    DatabaseUnavailableError,
+    ModelLoadError,
+    ScanIncompleteError,
+    ScanReadError,
+)
 from tests.daemon.queue_double import InMemoryJobQueue
 
 
@@ -72,8 +76,9 @@ def test_a_bug_is_logged_with_its_traceback_and_the_worker_carries_on(caplog):
     assert rows["good.sxm"].status == "done"
     assert rows["bad.sxm"].status == "failed"
     # as the real queue words it (the double learnt it from test_queue_contract.py)
-    assert rows["bad.sxm"].last_error == ("ZeroDivisionError: division by zero "
-                                          "(gave up after 2 attempts)")
+    assert rows["bad.sxm"].last_error == (
+        "ZeroDivisionError: division by zero (gave up after 2 attempts)"
+    )
     assert any(r.exc_info and r.levelno == logging.ERROR for r in caplog.records)
     assert "good.sxm: 3 defects" in caplog.text
 
@@ -82,8 +87,9 @@ def test_a_job_claimed_too_often_is_failed_without_processing():
     q = _queue("poison.sxm")
     q.rows[1].attempts = 5  # the daemon died on it five times already
     called = []
-    w = Worker(q, lambda job: called.append(job) or "x", name="t:1",
-               retry=RetryPolicy(max_attempts=5))
+    w = Worker(
+        q, lambda job: called.append(job) or "x", name="t:1", retry=RetryPolicy(max_attempts=5)
+    )
     assert w.run_once()
     assert called == [] and q.rows[1].status == "failed"
     assert "claimed 6 times" in q.rows[1].last_error
@@ -103,8 +109,7 @@ def test_queue_errors_do_not_stop_the_worker(caplog):
 
     q = FlakyQueue()
     q.enqueue("/data/a.sxm", sha256="h", size_bytes=1, mtime_ns=1)
-    w = Worker(q, lambda job: "ok" if q.mark_done(job, "ok") else "lost", name="t:1",
-               idle_s=0.01)
+    w = Worker(q, lambda job: "ok" if q.mark_done(job, "ok") else "lost", name="t:1", idle_s=0.01)
     stop = threading.Event()
     t = threading.Thread(target=w.run, args=(stop,))
     t.start()
@@ -140,9 +145,11 @@ class _Outage:
 
         def call(*args, **kwargs):  # type: ignore[no-untyped-def]
             if self.down:
-                raise DatabaseUnavailableError("database postgresql://h/db is unreachable "
-                                               "(connection refused)")
+                raise DatabaseUnavailableError(
+                    "database postgresql://h/db is unreachable (connection refused)"
+                )
             return method(*args, **kwargs)
+
         return call
 
 
@@ -159,8 +166,9 @@ def test_an_unreachable_database_is_waited_out_with_backoff_and_nothing_recorded
         recorded.append(job.path)
         return "ok"
 
-    w = Worker(db, process, name="t:1", db_retry_base_s=1.0, db_retry_max_s=4.0,
-               clock=lambda: now[0])
+    w = Worker(
+        db, process, name="t:1", db_retry_base_s=1.0, db_retry_max_s=4.0, clock=lambda: now[0]
+    )
     assert w.run_once() and recorded == ["/data/a.sxm"]
     db.down = True
     caplog.set_level(logging.WARNING)

@@ -94,8 +94,7 @@ def test_readers_never_see_database_is_locked_while_a_writer_writes(db_url, engi
     n = 60
     start, stop, results = CTX.Event(), CTX.Event(), CTX.Queue()
     writer = CTX.Process(target=_writer, args=(db_url, n, start, results))
-    readers = [CTX.Process(target=_reader, args=(db_url, start, stop, results))
-               for _ in range(2)]
+    readers = [CTX.Process(target=_reader, args=(db_url, start, stop, results)) for _ in range(2)]
     for p in (writer, *readers):
         p.start()
     t0 = time.perf_counter()

@@ -8,8 +8,15 @@ import pytest
 from sqlalchemy import func, select, text
 
 from defectwatch.db import make_engine, open_database, read_transaction, write_transaction
-from defectwatch.db.labels import (delete_labels, file_name, file_stem, label_sets,
-                                   labelled_scans, replace_labels, scans_by_stem)
+from defectwatch.db.labels import (
+    delete_labels,
+    file_name,
+    file_stem,
+    label_sets,
+    labelled_scans,
+    replace_labels,
+    scans_by_stem,
+)
 from defectwatch.db.migrate import upgrade
 from defectwatch.db.models import Label, ScanRow
 from defectwatch.errors import ConfigError
@@ -29,17 +36,26 @@ class P:
 def test_replace_labels_replaces_one_source_and_keeps_the_others(engine):
     scan = record(engine, "/w/A/STM_001.sxm", sample="A", runs=[])
     with write_transaction(engine) as s:
-        replace_labels(scan, [P(1, 2, "trough", 1.5), P(3, 4, "peak")], session=s,
-                       source="via:a.csv", exhaustive=True, file="/l/a.csv")
+        replace_labels(
+            scan,
+            [P(1, 2, "trough", 1.5), P(3, 4, "peak")],
+            session=s,
+            source="via:a.csv",
+            exhaustive=True,
+            file="/l/a.csv",
+        )
         replace_labels(scan, [P(5, 6, "peak")], session=s, source="accepted", exhaustive=False)
     with write_transaction(engine) as s:  # the same file again: replaced, not added
-        replace_labels(scan, [P(1, 2, "trough", 1.5)], session=s, source="via:a.csv",
-                       exhaustive=False)
+        replace_labels(
+            scan, [P(1, 2, "trough", 1.5)], session=s, source="via:a.csv", exhaustive=False
+        )
     with read_transaction(engine) as s:
         rows = list(s.scalars(select(Label).order_by(Label.id)))
         sets = {x.source: (x.exhaustive, x.labels) for x in label_sets(scan, session=s)}
     assert [(r.source, r.kind, r.exhaustive) for r in rows] == [
-        ("accepted", "peak", False), ("via:a.csv", "trough", False)]
+        ("accepted", "peak", False),
+        ("via:a.csv", "trough", False),
+    ]
     assert rows[1].radius_nm == 1.5 and rows[0].radius_nm is None
     assert sets == {"via:a.csv": (False, 1), "accepted": (False, 1)}
 
@@ -52,15 +68,21 @@ def test_an_empty_exhaustive_set_marks_a_clean_scan(engine):
     with read_transaction(engine) as s:
         found = labelled_scans(session=s)
     assert [(x.scan.id, x.exhaustive, x.counts) for x in found] == [
-        (clean, True, {"trough": 0, "peak": 0})]
+        (clean, True, {"trough": 0, "peak": 0})
+    ]
 
 
 def test_labelled_scans_counts_kinds_filters_samples_and_loads_rows(engine):
     a = record(engine, "/w/A/1.sxm", sample="A", runs=[])
     b = record(engine, "/w/B/1.sxm", sample="B", runs=[])
     with write_transaction(engine) as s:
-        replace_labels(a, [P(9, 1, "trough"), P(1, 1, "trough"), P(2, 2, "peak")], session=s,
-                       source="csv:x.csv", exhaustive=False)
+        replace_labels(
+            a,
+            [P(9, 1, "trough"), P(1, 1, "trough"), P(2, 2, "peak")],
+            session=s,
+            source="csv:x.csv",
+            exhaustive=False,
+        )
         replace_labels(a, [P(4, 4, "peak")], session=s, source="accepted", exhaustive=True)
         replace_labels(b, [P(0, 0, "peak")], session=s, source="csv:x.csv", exhaustive=False)
     with read_transaction(engine) as s:
@@ -107,7 +129,9 @@ def test_scans_by_stem_is_case_insensitive_and_reads_windows_paths(engine):
     with read_transaction(engine) as s:
         found = scans_by_stem(["Stm_001", "RENDER_30x30", "nothing"], session=s)
     assert {k: [r.id for r in v] for k, v in found.items()} == {
-        "stm_001": [a, b], "render_30x30": [c]}
+        "stm_001": [a, b],
+        "render_30x30": [c],
+    }
     assert file_stem("C:\\x\\y.z.sxm") == "y.z" and file_name("/a/b.png") == "b.png"
 
 
@@ -116,13 +140,21 @@ def test_label_rows_of_an_older_database_get_their_sets(tmp_path):
     old = make_engine(url)
     upgrade(old, revision="0003")
     with old.begin() as conn:
-        conn.execute(text("INSERT INTO scan (path, sha256, size_bytes, mtime_ns, status, "
-                          "attempts, created_at, updated_at) VALUES ('/a.sxm', 'h', 1, 1, "
-                          "'done', 0, '2025-01-01', '2025-01-01')"))
+        conn.execute(
+            text(
+                "INSERT INTO scan (path, sha256, size_bytes, mtime_ns, status, "
+                "attempts, created_at, updated_at) VALUES ('/a.sxm', 'h', 1, 1, "
+                "'done', 0, '2025-01-01', '2025-01-01')"
+            )
+        )
         for kind, ex in (("trough", 1), ("peak", 0)):
-            conn.execute(text("INSERT INTO label (scan_id, row, col, kind, source, exhaustive, "
-                              "created_at) VALUES (1, 1, 1, :k, 'old', :e, '2025-01-01')"),
-                         {"k": kind, "e": ex})
+            conn.execute(
+                text(
+                    "INSERT INTO label (scan_id, row, col, kind, source, exhaustive, "
+                    "created_at) VALUES (1, 1, 1, :k, 'old', :e, '2025-01-01')"
+                ),
+                {"k": kind, "e": ex},
+            )
     old.dispose()
     engine = open_database(url)
     with read_transaction(engine) as s:

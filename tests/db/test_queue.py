@@ -21,8 +21,9 @@ def queue(engine, clock):
     return SqlJobQueue(engine, sample_for=lambda path: path.split("/")[2], clock=clock)
 
 
-def put(queue: SqlJobQueue, path: str, *, content: str | None = None, size: int = 100,
-        mtime_ns: int = 1) -> bool:
+def put(
+    queue: SqlJobQueue, path: str, *, content: str | None = None, size: int = 100, mtime_ns: int = 1
+) -> bool:
     return queue.enqueue(path, sha256=sha(content or path), size_bytes=size, mtime_ns=mtime_ns)
 
 
@@ -31,8 +32,10 @@ def test_implements_the_daemon_port_by_shape():
         if name.startswith("_"):
             continue
         mine = getattr(SqlJobQueue, name)
-        assert pyinspect.signature(mine).parameters.keys() == \
-            pyinspect.signature(member).parameters.keys(), name
+        assert (
+            pyinspect.signature(mine).parameters.keys()
+            == pyinspect.signature(member).parameters.keys()
+        ), name
 
 
 def test_enqueue_is_idempotent_by_content(queue):

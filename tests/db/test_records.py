@@ -7,11 +7,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from defectwatch.db import read_transaction, write_transaction
 from defectwatch.db import heartbeat as hb
+from defectwatch.db import read_transaction, write_transaction
 from defectwatch.db.models import DefectRow, ScanRow
-from defectwatch.db.queries import (find_scans, last_processed, latest_run, list_scans,
-                                    run_defects, sample_totals, status_counts)
+from defectwatch.db.queries import (
+    find_scans,
+    last_processed,
+    latest_run,
+    list_scans,
+    run_defects,
+    sample_totals,
+    status_counts,
+)
 from defectwatch.db.records import add_detection_run, rename_sample
 from defectwatch.errors import NotFoundError
 from tests.db.factories import detection, record
@@ -20,8 +27,15 @@ ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftes
 
 
 def test_totals_count_each_done_scan_once_through_its_latest_run(engine):
-    a = record(engine, "/w/A/1.sxm", sample="A", runs=[detection(50, 50, 1000.0),  # old model
-                                                      detection(4, 1, 2500.0, version="v2")])
+    a = record(
+        engine,
+        "/w/A/1.sxm",
+        sample="A",
+        runs=[
+            detection(50, 50, 1000.0),  # old model
+            detection(4, 1, 2500.0, version="v2"),
+        ],
+    )
     record(engine, "/w/A/2.sxm", sample="A", runs=[detection(2, 3, 7500.0)])
     record(engine, "/w/A/3.sxm", sample="A", runs=[detection(9, 9, 100.0)], status="failed")
     record(engine, "/w/A/4.sxm", sample="A", runs=[], status="queued")
@@ -91,8 +105,7 @@ def test_listing_status_and_last_processed(engine):
     record(engine, "/w/A/2.sxm", sample="A", runs=[], status="failed")
     last = record(engine, "/w/B/1.sxm", sample="B", runs=[detection(0, 2, 100.0)])
     with read_transaction(engine) as s:
-        assert status_counts(session=s) == {"queued": 0, "processing": 0, "done": 2,
-                                            "failed": 1}
+        assert status_counts(session=s) == {"queued": 0, "processing": 0, "done": 2, "failed": 1}
         assert last_processed(session=s)[0].id == last
         failed = list_scans(session=s, status="failed")
         assert [(r.path, n, run) for r, n, run in failed] == [("/w/A/2.sxm", "A", None)]
@@ -118,8 +131,12 @@ def test_heartbeat_alive_then_stale_or_stopped(engine):
 def test_timestamps_come_back_aware_utc(engine):
     scan_id = record(engine, "/w/A/1.sxm", sample="A", runs=[detection(1, 0, 100.0)])
     with write_transaction(engine) as s:
-        add_detection_run(scan_id, detection(1, 0, 100.0), session=s,
-                          finished_at=datetime(2025, 6, 1, 14, 0, tzinfo=UTC).astimezone())
+        add_detection_run(
+            scan_id,
+            detection(1, 0, 100.0),
+            session=s,
+            finished_at=datetime(2025, 6, 1, 14, 0, tzinfo=UTC).astimezone(),
+        )
     with read_transaction(engine) as s:
         run = latest_run(scan_id, session=s)
     assert run.finished_at == datetime(2025, 6, 1, 14, 0, tzinfo=UTC)

@@ -8,8 +8,14 @@ from sqlalchemy.exc import IntegrityError
 
 from defectwatch.db import read_transaction, write_transaction
 from defectwatch.db.models import ModelVersion
-from defectwatch.db.registry import (activate_version, active_version, get_version,
-                                     list_versions, register_version, rollback_version)
+from defectwatch.db.registry import (
+    activate_version,
+    active_version,
+    get_version,
+    list_versions,
+    register_version,
+    rollback_version,
+)
 from defectwatch.errors import ConfigError, NotFoundError
 
 ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
@@ -23,8 +29,7 @@ def _active(engine) -> str | None:
 
 def test_register_list_and_get(engine):
     with write_transaction(engine) as s:
-        register_version("v1", session=s, directory="/m/v1", members=10,
-                         metrics={"f1_trough": 0.9})
+        register_version("v1", session=s, directory="/m/v1", members=10, metrics={"f1_trough": 0.9})
         register_version("v2", session=s, directory="/m/v2", parent="v1", members=10)
     with read_transaction(engine) as s:
         assert [v.name for v in list_versions(session=s)] == ["v1", "v2"]

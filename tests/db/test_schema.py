@@ -21,9 +21,20 @@ from defectwatch.db.migrate import alembic_config, current_revision, head_revisi
 from defectwatch.db.models import Base, ModelVersion, ScanRow
 from defectwatch.db.queue import due_query
 
-TABLES = {"sample", "scan", "detection_run", "defect", "model_version", "model_activation",
-          "label", "label_set", "daemon_heartbeat", "split_assignment", "retrain_run",
-          "alembic_version"}
+TABLES = {
+    "sample",
+    "scan",
+    "detection_run",
+    "defect",
+    "model_version",
+    "model_activation",
+    "label",
+    "label_set",
+    "daemon_heartbeat",
+    "split_assignment",
+    "retrain_run",
+    "alembic_version",
+}
 
 
 def test_fresh_database_has_the_schema_at_head(engine):
@@ -46,8 +57,9 @@ def test_sqlite_pragmas_are_on_for_every_connection(engine, db_url):
 
 def test_write_transactions_begin_immediate_and_reads_deferred(engine):
     statements: list[str] = []
-    event.listen(engine, "before_cursor_execute",
-                 lambda conn, cursor, stmt, *a: statements.append(stmt))
+    event.listen(
+        engine, "before_cursor_execute", lambda conn, cursor, stmt, *a: statements.append(stmt)
+    )
     with write_transaction(engine) as s:
         s.execute(text("SELECT 1"))
     with read_transaction(engine) as s:
@@ -59,15 +71,20 @@ def test_write_transactions_begin_immediate_and_reads_deferred(engine):
 def test_foreign_keys_are_enforced(engine):
     with pytest.raises(IntegrityError):
         with write_transaction(engine) as s:
-            s.execute(text("INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, confidence, "
-                           "uncertainty, area_nm2) VALUES (999, 0, 0, 0, 0, 'peak', 1, 0, 1)"))
+            s.execute(
+                text(
+                    "INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, confidence, "
+                    "uncertainty, area_nm2) VALUES (999, 0, 0, 0, 0, 'peak', 1, 0, 1)"
+                )
+            )
 
 
 def test_models_and_migrations_agree(engine):
     """`alembic check`: autogenerate finds nothing to change after upgrading to head."""
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                Base.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
     assert diff == []
 
 
@@ -81,21 +98,37 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
     # (in SQL: the models describe the newest schema, which may have more columns)
     with old.begin() as conn:
         conn.execute(text("INSERT INTO sample (name, created_at) VALUES ('S1', '2025-01-01')"))
-        scan_id = conn.execute(text(
-            "INSERT INTO scan (path, sha256, sample_id, size_bytes, mtime_ns, status, attempts, "
-            "created_at, updated_at) VALUES ('/data/S1/a.sxm', :sha, 1, 100, 1, 'done', 0, "
-            "'2025-01-01', '2025-01-01') RETURNING id"), {"sha": "a" * 64}).scalar_one()
-        conn.execute(text(
-            "INSERT INTO detection_run (scan_id, model_version, started_at, finished_at, "
-            "seconds, area_nm2, trough_count, peak_count, defect_count) VALUES "
-            "(:scan, 'v1', '2025-01-01', '2025-01-01', 0.5, 2500.0, 5, 0, 5)"),
-            {"scan": scan_id})
+        scan_id = conn.execute(
+            text(
+                "INSERT INTO scan (path, sha256, sample_id, size_bytes, mtime_ns, status, "
+                "attempts, created_at, updated_at) VALUES ('/data/S1/a.sxm', :sha, 1, 100, 1, "
+                "'done', 0, '2025-01-01', '2025-01-01') RETURNING id"
+            ),
+            {"sha": "a" * 64},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO detection_run (scan_id, model_version, started_at, finished_at, "
+                "seconds, area_nm2, trough_count, peak_count, defect_count) VALUES "
+                "(:scan, 'v1', '2025-01-01', '2025-01-01', 0.5, 2500.0, 5, 0, 5)"
+            ),
+            {"scan": scan_id},
+        )
         for i in range(5):  # its defects, in the columns of the time
-            conn.execute(text("INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, "
-                              "confidence, uncertainty, area_nm2) VALUES (1, :i, :i, :i, :i, "
-                              "'trough', 0.9, 0.05, 1.5)"), {"i": float(i)})
-        conn.execute(text("INSERT INTO model_version (name, directory, created_at, active, "
-                          "metrics, members) VALUES ('v1', '/m/v1', '2025-01-01', 1, '{}', 10)"))
+            conn.execute(
+                text(
+                    "INSERT INTO defect (run_id, row, col, x_nm, y_nm, kind, "
+                    "confidence, uncertainty, area_nm2) VALUES (1, :i, :i, :i, :i, "
+                    "'trough', 0.9, 0.05, 1.5)"
+                ),
+                {"i": float(i)},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (name, directory, created_at, active, "
+                "metrics, members) VALUES ('v1', '/m/v1', '2025-01-01', 1, '{}', 10)"
+            )
+        )
     old.dispose()
 
     engine = open_database(url)  # what the next release does at start-up
@@ -105,12 +138,12 @@ def test_upgrade_keeps_the_rows_of_an_older_database(tmp_path):
         assert row is not None and row.sample is not None and row.sample.name == "S1"
         assert s.execute(text("SELECT count(*) FROM defect")).scalar() == 5
         # measured contrast came later (0005): unknown for the old rows
-        assert s.execute(text("SELECT count(*) FROM defect WHERE contrast IS NULL")
-                         ).scalar() == 5
+        assert s.execute(text("SELECT count(*) FROM defect WHERE contrast IS NULL")).scalar() == 5
         assert s.scalar(select(ModelVersion.name).where(ModelVersion.active)) == "v1"
         # the review queue's evidence came later (0006): summed from the defects, area unknown
-        assert s.execute(text("SELECT uncertainty_sum, near_threshold_nm2 FROM detection_run")
-                         ).one() == (pytest.approx(0.25), None)
+        assert s.execute(
+            text("SELECT uncertainty_sum, near_threshold_nm2 FROM detection_run")
+        ).one() == (pytest.approx(0.25), None)
         # the active version got its first activation-history entry
         assert s.execute(text("SELECT count(*) FROM model_activation")).scalar() == 1
     engine.dispose()
@@ -139,8 +172,9 @@ def test_migrations_render_for_postgresql():
         command.upgrade(cfg, "head", sql=True)
     sql = buf.getvalue()
     assert "CREATE TABLE scan" in sql and "TIMESTAMP WITH TIME ZONE" in sql
-    assert "CREATE UNIQUE INDEX uq_model_version_active ON model_version (active) WHERE active" \
-        in sql
+    assert (
+        "CREATE UNIQUE INDEX uq_model_version_active ON model_version (active) WHERE active" in sql
+    )
     assert "PRAGMA" not in sql
 
 

@@ -8,9 +8,15 @@ from sqlalchemy.exc import IntegrityError
 
 from defectwatch.db import open_database, read_transaction, write_transaction
 from defectwatch.db.models import Label, LabelSet, ScanRow, SplitAssignment
-from defectwatch.db.splits import (assign_splits, exhaustive_scan_ids, label_counts,
-                                   scan_labels, split_assignments, target_test_count,
-                                   trainable_scans)
+from defectwatch.db.splits import (
+    assign_splits,
+    exhaustive_scan_ids,
+    label_counts,
+    scan_labels,
+    split_assignments,
+    target_test_count,
+    trainable_scans,
+)
 from tests.db.factories import record
 
 ON_POSTGRESQL = True  # each test once more on a real PostgreSQL server (conftest.py)
@@ -21,8 +27,17 @@ def add_scans(engine, names: list[str], *, labels: int = 2) -> list[int]:
     with write_transaction(engine) as s:
         for scan_id in ids:
             for k in range(labels):
-                s.add(Label(scan_id=scan_id, row=10.0 + k, col=20.0, kind="trough",
-                            radius_nm=None, source="test", exhaustive=True))
+                s.add(
+                    Label(
+                        scan_id=scan_id,
+                        row=10.0 + k,
+                        col=20.0,
+                        kind="trough",
+                        radius_nm=None,
+                        source="test",
+                        exhaustive=True,
+                    )
+                )
     return ids
 
 
@@ -32,8 +47,7 @@ def assign(engine, ids: list[int]) -> dict[int, str]:
 
 
 def test_target_counts_round_half_up_with_at_least_one():
-    assert [target_test_count(n) for n in (0, 1, 3, 4, 6, 10, 15, 100)] == \
-        [0, 1, 1, 1, 2, 3, 4, 25]
+    assert [target_test_count(n) for n in (0, 1, 3, 4, 6, 10, 15, 100)] == [0, 1, 1, 1, 2, 3, 4, 25]
 
 
 def test_labelled_scans_and_their_labels(engine):
@@ -60,8 +74,10 @@ def test_clean_scans_count_and_exhaustive_comes_from_sets_or_rows(engine):
         s.add(LabelSet(scan_id=empty_partial, source="review", exhaustive=False, labels=0))
     with read_transaction(engine) as s:
         assert [r.id for r in trainable_scans(session=s)] == [partial, from_rows, clean]
-        assert exhaustive_scan_ids([partial, from_rows, clean, empty_partial], session=s) == \
-            {from_rows, clean}
+        assert exhaustive_scan_ids([partial, from_rows, clean, empty_partial], session=s) == {
+            from_rows,
+            clean,
+        }
         assert exhaustive_scan_ids([], session=s) == set()
 
 

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
 
+
 def _valid(z: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
     valid = np.isfinite(z)
     if exclude is not None:
@@ -37,8 +38,9 @@ def plane_correct(z: np.ndarray, *, exclude: np.ndarray | None = None) -> np.nda
     return (z - (coef[0] + coef[1] * xx + coef[2] * yy)).astype(np.float32)
 
 
-def flatten_lines(z: np.ndarray, *, order: int = 2,
-                  exclude: np.ndarray | None = None) -> np.ndarray:
+def flatten_lines(
+    z: np.ndarray, *, order: int = 2, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Subtract from every line its own polynomial of ``order`` fitted to its valid pixels.
 
     Lines with too few valid pixels for the fit fall back to subtracting their median; lines
@@ -49,7 +51,7 @@ def flatten_lines(z: np.ndarray, *, order: int = 2,
     valid = _valid(z, exclude)
     finite = np.isfinite(z)
     x = np.linspace(-1.0, 1.0, nx)
-    basis = np.stack([x ** k for k in range(order + 1)], axis=1)  # (nx, k)
+    basis = np.stack([x**k for k in range(order + 1)], axis=1)  # (nx, k)
     w = valid.astype(np.float64)
     zf = np.where(valid, z, 0.0)
     ata = np.einsum("rc,ci,cj->rij", w, basis, basis)
@@ -58,8 +60,9 @@ def flatten_lines(z: np.ndarray, *, order: int = 2,
     enough = counts >= order + 2
     coef = np.zeros((ny, order + 1))
     if enough.any():
-        coef[enough] = np.linalg.solve(ata[enough] + 1e-12 * np.eye(order + 1),
-                                       atz[enough][..., None])[..., 0]
+        coef[enough] = np.linalg.solve(
+            ata[enough] + 1e-12 * np.eye(order + 1), atz[enough][..., None]
+        )[..., 0]
     out = z - coef @ basis.T
     for r in np.flatnonzero(~enough):
         pool = z[r][valid[r]] if valid[r].any() else z[r][finite[r]]
@@ -102,8 +105,14 @@ def strong_feature_mask(z: np.ndarray, *, sigma: float = 3.0, dilate_px: int = 3
     return mask
 
 
-def flatten(z: np.ndarray, *, order: int = 2, mask_sigma: float = 3.0, mask_dilate_px: int = 3,
-            passes: int = 3) -> np.ndarray:
+def flatten(
+    z: np.ndarray,
+    *,
+    order: int = 2,
+    mask_sigma: float = 3.0,
+    mask_dilate_px: int = 3,
+    passes: int = 3,
+) -> np.ndarray:
     """Plane correction + line flattening, re-done with strong features masked out.
 
     Masking keeps deep troughs and tall peaks from dragging their lines' fits, which would leave
@@ -127,18 +136,21 @@ def nan_gaussian(z: np.ndarray, *, sigma_px: float) -> np.ndarray:
     if sigma_px <= 0:
         return z.copy()
     valid = np.isfinite(z)
-    num = cv2.GaussianBlur(np.where(valid, z, 0).astype(np.float32), (0, 0), sigma_px,
-                           borderType=cv2.BORDER_REFLECT)
-    den = cv2.GaussianBlur(valid.astype(np.float32), (0, 0), sigma_px,
-                           borderType=cv2.BORDER_REFLECT)
+    num = cv2.GaussianBlur(
+        np.where(valid, z, 0).astype(np.float32), (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT
+    )
+    den = cv2.GaussianBlur(
+        valid.astype(np.float32), (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den
     out[~valid] = np.nan
     return out
 
 
-def resample(z: np.ndarray, *, pixel_size_nm: tuple[float, float],
-             target_nm: float) -> tuple[np.ndarray, Resampling]:
+def resample(
+    z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float
+) -> tuple[np.ndarray, Resampling]:
     """Resample ``z`` (ny, nx) with pixel size ``(x, y)`` nm to square pixels of ``target_nm``.
 
     Area averaging when shrinking, bicubic when enlarging; NaN lines stay NaN (a resampled pixel
@@ -158,16 +170,26 @@ def resample(z: np.ndarray, *, pixel_size_nm: tuple[float, float],
     if valid.all():
         return cv2.resize(z, (out_nx, out_ny), interpolation=interp), mapping
     fill = float(np.nanmedian(z)) if valid.any() else 0.0
-    num = cv2.resize(np.where(valid, z, fill).astype(np.float32), (out_nx, out_ny),
-                     interpolation=interp)
-    cover = cv2.resize(valid.astype(np.float32), (out_nx, out_ny), interpolation=cv2.INTER_AREA
-                       if shrinking else cv2.INTER_LINEAR)
+    num = cv2.resize(
+        np.where(valid, z, fill).astype(np.float32), (out_nx, out_ny), interpolation=interp
+    )
+    cover = cv2.resize(
+        valid.astype(np.float32),
+        (out_nx, out_ny),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
     num[cover < 0.5] = np.nan
     return num, mapping
 
 
-def clahe(image01: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8,
-          bits: int = 16, max_tile_px: int = 0) -> np.ndarray:
+def clahe(
+    image01: np.ndarray,
+    *,
+    clip_limit: float = 2.0,
+    tiles: int = 8,
+    bits: int = 16,
+    max_tile_px: int = 0,
+) -> np.ndarray:
     """OpenCV CLAHE on an image already in [0, 1] (no NaN); returns float32 in [0, 1].
 
     ``tiles`` per side, or more along an axis where a tile would be wider than
@@ -190,8 +212,9 @@ def clahe(image01: np.ndarray, *, clip_limit: float = 2.0, tiles: int = 8,
     return out.astype(np.float32) / top
 
 
-def to_unit_range(z: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0),
-                  fill: float = 0.5) -> np.ndarray:
+def to_unit_range(
+    z: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0), fill: float = 0.5
+) -> np.ndarray:
     """Map the valid pixels' ``percentiles`` range to [0, 1] (clipped); NaN -> ``fill``."""
     z = np.asarray(z, dtype=np.float32)
     valid = np.isfinite(z)
@@ -216,8 +239,13 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
     scaled = to_unit_range(smooth, percentiles=params.clip_percentiles)
     if valid.any() and not valid.all():
         scaled[~valid] = float(np.median(scaled[valid]))
-    out = clahe(scaled, clip_limit=params.clahe_clip_limit, tiles=params.clahe_tiles,
-                bits=params.clahe_bits, max_tile_px=params.clahe_max_tile_px)
+    out = clahe(
+        scaled,
+        clip_limit=params.clahe_clip_limit,
+        tiles=params.clahe_tiles,
+        bits=params.clahe_bits,
+        max_tile_px=params.clahe_max_tile_px,
+    )
     if valid.any():
         lo, hi = float(out[valid].min()), float(out[valid].max())
         if hi > lo:
@@ -227,27 +255,41 @@ def enhance(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.
     return out.astype(np.float32)
 
 
-def prepare(z: np.ndarray, *, pixel_size_nm: tuple[float, float], target_nm: float | None,
-            params: PreprocessParams = PreprocessParams()) -> tuple[np.ndarray, np.ndarray,
-                                                                    Resampling]:
+def prepare(
+    z: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """A raw image (ny, nx, SI units) -> ``(image01, valid, resampling)`` for a model.
 
     ``image01``: float32 in [0, 1] at ``target_nm`` per pixel (the scan's own pixels when
     None); ``valid``: bool, False where nothing was acquired.
     """
-    return prepare_flat(flatten_with(z, params), pixel_size_nm=pixel_size_nm,
-                        target_nm=target_nm, params=params)
+    return prepare_flat(
+        flatten_with(z, params), pixel_size_nm=pixel_size_nm, target_nm=target_nm, params=params
+    )
 
 
 def flatten_with(z: np.ndarray, params: PreprocessParams = PreprocessParams()) -> np.ndarray:
     """`flatten` with the line order and feature masking of ``params``; (ny, nx) as ``z``."""
-    return flatten(z, order=params.line_order, mask_sigma=params.mask_sigma,
-                   mask_dilate_px=params.mask_dilate_px, passes=params.mask_passes)
+    return flatten(
+        z,
+        order=params.line_order,
+        mask_sigma=params.mask_sigma,
+        mask_dilate_px=params.mask_dilate_px,
+        passes=params.mask_passes,
+    )
 
 
-def prepare_flat(flat: np.ndarray, *, pixel_size_nm: tuple[float, float],
-                 target_nm: float | None, params: PreprocessParams = PreprocessParams()
-                 ) -> tuple[np.ndarray, np.ndarray, Resampling]:
+def prepare_flat(
+    flat: np.ndarray,
+    *,
+    pixel_size_nm: tuple[float, float],
+    target_nm: float | None,
+    params: PreprocessParams = PreprocessParams(),
+) -> tuple[np.ndarray, np.ndarray, Resampling]:
     """`prepare` after the flattening: resample, gaussian, CLAHE (same returns)."""
     if target_nm is None:
         resampled, mapping = flat, Resampling(flat.shape, flat.shape)

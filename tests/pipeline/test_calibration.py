@@ -36,8 +36,9 @@ def test_between_scan_spread_is_zero_when_scans_agree_and_found_when_they_do_not
     assert (same.matched, same.detected, same.true, same.scans) == (400, 480, 800, 8)
     # recall 0.3 on half the scans, 0.7 on the other half, 1000 trials each: binomial sd
     # ~0.015, so nearly all of the observed sd (0.2 * sqrt(8/7)) is between scans
-    split = pooled([ScanCounts(300, 300, 1000)] * 4 + [ScanCounts(700, 700, 1000)] * 4,
-                   kind="trough")
+    split = pooled(
+        [ScanCounts(300, 300, 1000)] * 4 + [ScanCounts(700, 700, 1000)] * 4, kind="trough"
+    )
     assert split.recall == pytest.approx(0.5)
     assert split.recall_scan_sd == pytest.approx(0.2 * np.sqrt(8 / 7), rel=0.02)
     assert split.precision_scan_sd == 0.0
@@ -45,8 +46,7 @@ def test_between_scan_spread_is_zero_when_scans_agree_and_found_when_they_do_not
 
 def test_without_calibration_the_interval_is_the_exact_poisson_one():
     for n in (0, 3, 250):
-        est = corrected_interval([({"trough": n, "peak": 2 * n}, {"trough": None,
-                                                                    "peak": None})])
+        est = corrected_interval([({"trough": n, "peak": 2 * n}, {"trough": None, "peak": None})])
         assert est["trough"].count == n
         assert (est["trough"].low, est["trough"].high) == pytest.approx(poisson_ci95(n))
         assert (est["total"].low, est["total"].high) == pytest.approx(poisson_ci95(3 * n))
@@ -77,21 +77,24 @@ def test_a_known_calibration_scales_the_count_and_its_interval():
 def test_groups_add_up_and_json_round_trips():
     a = KindCalibration("trough", 900, 1000, 1200, 20, 0.03, 0.01)
     b = KindCalibration("trough", 450, 500, 900, 20)
-    est = corrected_interval([({"trough": 90}, {"trough": a}), ({"trough": 50}, {"trough": b})],
-                             kinds=("trough",))
+    est = corrected_interval(
+        [({"trough": 90}, {"trough": a}), ({"trough": 50}, {"trough": b})], kinds=("trough",)
+    )
     assert est["trough"].count == pytest.approx(90 * 0.9 / 0.75 + 50 * 0.9 / 0.5)
     assert est["trough"].low < est["trough"].count < est["trough"].high
     peak = KindCalibration("peak", 40, 50, 90, 20)
-    cal = Calibration({"trough": a, "peak": peak}, "simulated", "simulated validation, v, 20 scans",
-                      {"scans": 20})
+    cal = Calibration(
+        {"trough": a, "peak": peak}, "simulated", "simulated validation, v, 20 scans", {"scans": 20}
+    )
     back = Calibration.from_json(cal.to_json())
     assert back == cal and back.scans == 20
     assert Calibration.from_json({}) is None and Calibration.from_json(None) is None
 
 
 def _defect(x: float, y: float, kind: str) -> Defect:
-    return Defect(row=0.0, col=0.0, x_nm=x, y_nm=y, kind=kind, confidence=0.9,
-                  uncertainty=0.0, area_nm2=1.0)
+    return Defect(
+        row=0.0, col=0.0, x_nm=x, y_nm=y, kind=kind, confidence=0.9, uncertainty=0.0, area_nm2=1.0
+    )
 
 
 def test_counter_matches_objects_within_the_radius_and_ignores_dont_care():
@@ -130,22 +133,26 @@ def test_95_percent_intervals_cover_the_true_density_about_95_percent_of_the_tim
     hits = {"corrected": 0, "raw": 0, "point": 0}
     n = 0
     for _ in range(8):
-        calibration_scans = [ScanCounts(*_draw_scan(rng, float(rng.uniform(20, 600))))
-                             for _ in range(30)]
+        calibration_scans = [
+            ScanCounts(*_draw_scan(rng, float(rng.uniform(20, 600)))) for _ in range(30)
+        ]
         cal = pooled(calibration_scans, kind="trough")
-        point = KindCalibration("trough", 10**8, int(10**8 / cal.precision),
-                                int(10**8 / cal.recall), 1)
+        point = KindCalibration(
+            "trough", 10**8, int(10**8 / cal.precision), int(10**8 / cal.recall), 1
+        )
         for _ in range(50):
             rate = float(np.exp(rng.uniform(np.log(1e11), np.log(1e13))))
             expected = rate * area_cm2
             _, detected, _ = _draw_scan(rng, expected)
-            est = corrected_interval([({"trough": detected}, {"trough": cal})],
-                                     kinds=("trough",), draws=4000, seed=n)["trough"]
+            est = corrected_interval(
+                [({"trough": detected}, {"trough": cal})], kinds=("trough",), draws=4000, seed=n
+            )["trough"]
             hits["corrected"] += est.low <= expected <= est.high
             lo, hi = poisson_ci95(detected)
             hits["raw"] += lo <= expected <= hi
-            pt = corrected_interval([({"trough": detected}, {"trough": point})],
-                                    kinds=("trough",), draws=4000, seed=n)["trough"]
+            pt = corrected_interval(
+                [({"trough": detected}, {"trough": point})], kinds=("trough",), draws=4000, seed=n
+            )["trough"]
             hits["point"] += pt.low <= expected <= pt.high
             n += 1
     coverage = {k: v / n for k, v in hits.items()}

@@ -18,7 +18,7 @@ def test_a_dip_of_known_depth_in_white_noise_measures_depth_over_sigma():
     rng = np.random.default_rng(0)
     px = 0.05
     yy, xx = np.mgrid[0:200, 0:200]
-    dip = -3.0 * np.exp(-((yy - 100) ** 2 + (xx - 100) ** 2) * px ** 2 / (2 * 0.6 ** 2))
+    dip = -3.0 * np.exp(-((yy - 100) ** 2 + (xx - 100) ** 2) * px**2 / (2 * 0.6**2))
     image = dip + rng.normal(0, 1.0, (200, 200))
     c = defect_contrast(image, pixel_size_nm=px, rows=[100.0, 40.0], cols=[100.0, 40.0])
     # a 0.6 nm-sigma dip smoothed by 0.33 nm peaks at 2.30, and its mean over the 0.5 nm core
@@ -40,8 +40,9 @@ def test_visible_simulated_defects_stand_out_as_much_as_the_labelled_real_ones()
         render = exported_render(sim.images[("Z", "forward")], np.random.default_rng(seed))
         flat = flatten(render.astype(np.float64))
         vis = [d for d in sim.truth if d.visible]
-        c = defect_contrast(flat, pixel_size_nm=50 / 384, rows=[d.row for d in vis],
-                            cols=[d.col for d in vis])
+        c = defect_contrast(
+            flat, pixel_size_nm=50 / 384, rows=[d.row for d in vis], cols=[d.col for d in vis]
+        )
         for d, v in zip(vis, c):
             values[d.kind].append(v)
     troughs, peaks = np.array(values["trough"]), np.array(values["peak"])
@@ -62,9 +63,12 @@ def test_the_real_labels_measure_as_the_reference_says():
     for case in cases_from_images(sorted(REAL.glob("*.jpg")), REAL / "labels_via.csv"):
         px = case.scan.pixel_size_x_nm
         flat = flatten(case.scan.data.astype(np.float64))
-        c = defect_contrast(flat, pixel_size_nm=px,
-                            rows=[lab.y_nm / px - 0.5 for lab in case.labels],
-                            cols=[lab.x_nm / px - 0.5 for lab in case.labels])
+        c = defect_contrast(
+            flat,
+            pixel_size_nm=px,
+            rows=[lab.y_nm / px - 0.5 for lab in case.labels],
+            cols=[lab.x_nm / px - 0.5 for lab in case.labels],
+        )
         xy = np.array([(lab.x_nm, lab.y_nm) for lab in case.labels])
         for i, (lab, v) in enumerate(zip(case.labels, c)):
             values[lab.kind].append(v)
@@ -91,8 +95,7 @@ def test_evaluation_excuses_simulated_defects_fainter_than_the_version_reports()
     judged = reported_truth(case, rule)
     for before, after in zip(case.labels, judged.labels):
         expected = before.visible and marked(before.kind, before.contrast, rule)
-        assert after.visible == expected and (after.x_nm, after.kind) == (before.x_nm,
-                                                                        before.kind)
+        assert after.visible == expected and (after.x_nm, after.kind) == (before.x_nm, before.kind)
     assert sum(lab.visible for lab in judged.labels) < sum(lab.visible for lab in case.labels)
     person = Case("real", case.scan, [TruthPoint(1.0, 2.0, "peak")])
     assert reported_truth(person, rule).labels[0].visible

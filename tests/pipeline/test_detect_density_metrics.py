@@ -80,10 +80,18 @@ def test_hungarian_matching_is_one_to_one_and_optimal():
 
 
 def test_object_scores_count_hidden_labels_as_dont_care():
-    preds = [_defect(0, 0, conf=0.9), _defect(10, 10, conf=0.8), _defect(20, 20, conf=0.3),
-             _defect(5, 5, "peak", 0.7)]
-    labels = [_Label(0.2, 0, "trough"), _Label(10, 10.5, "trough", visible=False),
-              _Label(30, 30, "trough"), _Label(5, 5.3, "peak")]
+    preds = [
+        _defect(0, 0, conf=0.9),
+        _defect(10, 10, conf=0.8),
+        _defect(20, 20, conf=0.3),
+        _defect(5, 5, "peak", 0.7),
+    ]
+    labels = [
+        _Label(0.2, 0, "trough"),
+        _Label(10, 10.5, "trough", visible=False),
+        _Label(30, 30, "trough"),
+        _Label(5, 5.3, "peak"),
+    ]
     s = object_scores(preds, labels, radius_nm=1.0)
     t = s["trough"]
     assert (t.tp, t.fp, t.fn) == (1, 1, 1)

@@ -36,8 +36,9 @@ def test_every_figure_is_a_small_deterministic_png(tmp_path: Path, pixel_metrics
         "pr": lambda p: figures.plot_pr_curves(pixel_metrics, p),
         "roc": lambda p: figures.plot_roc_curves(pixel_metrics, p, include_background=True),
         "fig3": lambda p: figures.plot_pixel_summary(pixel_metrics, p, title="synthetic"),
-        "obj": lambda p: figures.plot_threshold_curves(ev.threshold_curves(), p,
-                                                       mark_threshold=0.5),
+        "obj": lambda p: figures.plot_threshold_curves(
+            ev.threshold_curves(), p, mark_threshold=0.5
+        ),
     }
     for name, call in calls.items():
         data = call(tmp_path / "a" / f"{name}.png").read_bytes()
@@ -62,8 +63,10 @@ def test_figures_survive_undefined_metrics(tmp_path: Path, pixel_metrics):
 
 
 def test_importing_figures_does_not_import_matplotlib():
-    code = ("import sys, defectwatch.pipeline.figures; "
-            "assert not any(m.startswith('matplotlib') for m in sys.modules)")
+    code = (
+        "import sys, defectwatch.pipeline.figures; "
+        "assert not any(m.startswith('matplotlib') for m in sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -71,10 +74,12 @@ def test_best_f1_of_a_curve_flat_below_the_detection_threshold_is_named_at_that_
     from defectwatch.pipeline.metrics import ThresholdCurve
 
     thresholds = (0.0, 0.25, 0.5, 0.75)
-    flat_then_falling = ThresholdCurve("peak", thresholds, (0.5,) * 4, (0.5,) * 4,
-                                       (0.6, 0.6, 0.6, 0.3))
+    flat_then_falling = ThresholdCurve(
+        "peak", thresholds, (0.5,) * 4, (0.5,) * 4, (0.6, 0.6, 0.6, 0.3)
+    )
     assert figures.best_f1_index(flat_then_falling) == 2
-    rising = ThresholdCurve("trough", thresholds, (0.5,) * 4, (0.5,) * 4,
-                            (0.2, 0.4, float("nan"), 0.7))
+    rising = ThresholdCurve(
+        "trough", thresholds, (0.5,) * 4, (0.5,) * 4, (0.2, 0.4, float("nan"), 0.7)
+    )
     assert figures.best_f1_index(rising) == 3
     assert figures.best_f1_index(ThresholdCurve("peak", (), (), (), ())) is None

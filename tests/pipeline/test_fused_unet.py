@@ -23,11 +23,14 @@ def _member(spec: UnetSpec, seed: int):
     return member.eval().to(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("spec", [
-    UnetSpec(nb_filters=4, layers=(1, 2, 2, 3)),
-    UnetSpec(nb_filters=6, layers=(2, 1, 1, 1), dropout=True, nb_classes=2),
-    UnetSpec(nb_filters=4, batch_norm=False, upsampling_mode="nearest"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        UnetSpec(nb_filters=4, layers=(1, 2, 2, 3)),
+        UnetSpec(nb_filters=6, layers=(2, 1, 1, 1), dropout=True, nb_classes=2),
+        UnetSpec(nb_filters=4, batch_norm=False, upsampling_mode="nearest"),
+    ],
+)
 def test_fused_forward_gives_the_members_own_probabilities(spec):
     member = _member(spec, seed=1)
     fused = fuse_member(member)
@@ -48,8 +51,12 @@ def test_an_architecture_it_cannot_take_runs_the_members_own_forward():
 def test_an_ensemble_with_fused_members_gives_the_same_maps_tiled_or_not():
     spec = UnetSpec(nb_filters=4)
     states = [_member(spec, seed=s).state_dict() for s in (5, 6)]
-    config = ModelConfig(version="fused", pixel_size_nm=0.1, architecture=spec,
-                         preprocess=PreprocessParams().to_dict())
+    config = ModelConfig(
+        version="fused",
+        pixel_size_nm=0.1,
+        architecture=spec,
+        preprocess=PreprocessParams().to_dict(),
+    )
     image = np.random.default_rng(7).random((150, 203), dtype=np.float32)
     fused = Ensemble(config, states, device="cpu", tile_px=64, margin_px=32, side_by_side=2)
     plain = Ensemble(config, states, device="cpu", cpu_fused=False)

@@ -16,14 +16,17 @@ from tests.conftest import SHARED
 REAL = SHARED / "real-wse2"
 
 
-@pytest.mark.parametrize("name, size", [
-    ("WSe2-SL445_211118_-1.4V_100x100_Z_030.jpg", (100.0, 100.0)),
-    ("WSe2-SL445_211118_-1.4V_30x30_Z_010.jpg", (30.0, 30.0)),
-    ("/data/200x200_runs/scan_2.5x2.5nm.png", (2.5, 2.5)),
-    ("frame_512x512px_50x40.tif", (50.0, 40.0)),
-    ("frame_512x512px.tif", None),
-    ("plain.png", None),
-])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("WSe2-SL445_211118_-1.4V_100x100_Z_030.jpg", (100.0, 100.0)),
+        ("WSe2-SL445_211118_-1.4V_30x30_Z_010.jpg", (30.0, 30.0)),
+        ("/data/200x200_runs/scan_2.5x2.5nm.png", (2.5, 2.5)),
+        ("frame_512x512px_50x40.tif", (50.0, 40.0)),
+        ("frame_512x512px.tif", None),
+        ("plain.png", None),
+    ],
+)
 def test_size_from_name(name: str, size):
     assert size_from_name(name) == size
 
@@ -69,8 +72,9 @@ def test_a_wrapped_image_goes_through_preprocessing(tmp_path: Path):
     img = (rng.random((64, 64)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "x_20x20_.png"), img)
     scan = read_image_as_scan(tmp_path / "x_20x20_.png", width_nm=None)
-    image01, valid, _ = prepare(scan.data, pixel_size_nm=(scan.pixel_size_x_nm,
-                                                          scan.pixel_size_y_nm), target_nm=None)
+    image01, valid, _ = prepare(
+        scan.data, pixel_size_nm=(scan.pixel_size_x_nm, scan.pixel_size_y_nm), target_nm=None
+    )
     assert image01.shape == (64, 64) and valid.all()
 
 

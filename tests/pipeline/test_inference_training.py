@@ -9,8 +9,14 @@ import torch
 from defectwatch.errors import ModelLoadError
 from defectwatch.pipeline.inference import Ensemble, Prediction
 from defectwatch.pipeline.labels import IGNORE, circle_mask
-from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member,
-                                        import_atomai_ensemble, load_version, save_version)
+from defectwatch.pipeline.model import (
+    ModelConfig,
+    UnetSpec,
+    build_member,
+    import_atomai_ensemble,
+    load_version,
+    save_version,
+)
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling, prepare
 from defectwatch.pipeline.simulate import simulate
 from defectwatch.pipeline.training import TrainingRecipe, train_ensemble, train_member
@@ -29,14 +35,24 @@ def examples():
 @pytest.fixture(scope="module")
 def tiny_version(examples, tmp_path_factory):
     states = train_ensemble(examples, spec=TINY, recipe=RECIPE)
-    cfg = ModelConfig(version="tiny", pixel_size_nm=0.1, architecture=TINY,
-                      preprocess=PreprocessParams().to_dict())
+    cfg = ModelConfig(
+        version="tiny",
+        pixel_size_nm=0.1,
+        architecture=TINY,
+        preprocess=PreprocessParams().to_dict(),
+    )
     return save_version(tmp_path_factory.mktemp("models") / "tiny", cfg, states)
 
 
 def test_circle_mask_draws_classes_and_never_hides_a_defect_under_an_ignored_one():
-    mask = circle_mask((40, 40), [10, 30, 12], [10, 30, 12], ["trough", "peak", "peak"],
-                       radius_px=3, ignore=[False, False, True])
+    mask = circle_mask(
+        (40, 40),
+        [10, 30, 12],
+        [10, 30, 12],
+        ["trough", "peak", "peak"],
+        radius_px=3,
+        ignore=[False, False, True],
+    )
     assert mask[10, 10] == 1 and mask[30, 30] == 2
     assert mask[12, 16] == IGNORE  # the ignored disc is 1.5x larger
     assert mask[0, 0] == 0 and mask[20, 20] == 0
@@ -108,9 +124,14 @@ def test_bf16_training_keeps_float32_weights_and_learns_close_to_float32(example
     losses = {True: [], False: []}
 
     def train(bf16: bool):
-        return train_member(examples, spec=TINY, recipe=replace(RECIPE, bf16=bf16), member=0,
-                            device="cpu", on_progress=lambda m, i, n, loss:
-                            losses[bf16].append(loss))
+        return train_member(
+            examples,
+            spec=TINY,
+            recipe=replace(RECIPE, bf16=bf16),
+            member=0,
+            device="cpu",
+            on_progress=lambda m, i, n, loss: losses[bf16].append(loss),
+        )
 
     a, b = train(True), train(True)
     ref = train(False)
@@ -165,25 +186,27 @@ def test_bf16_fast_mode_finds_what_exact_mode_finds(tiny_version):
     """bf16 members (CPUs with AMX / AVX512-BF16) move probabilities by a few 0.01 at most;
     the defects found at the version's threshold are the same ones."""
     sim = simulate(5, size_nm=12.0, pixels=96, density_per_cm2=3e12)
-    image, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(0.125, 0.125),
-                          target_nm=0.1)
+    image, _, _ = prepare(sim.images[("Z", "forward")], pixel_size_nm=(0.125, 0.125), target_nm=0.1)
     exact_ens = Ensemble.load(tiny_version, device="cpu")
-    fast_ens = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
-                             cpu_bf16=True)
-    (mean_e, spread_e), (mean_f, spread_f) = (e.predict_image(image)
-                                              for e in (exact_ens, fast_ens))
+    fast_ens = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2, cpu_bf16=True)
+    (mean_e, spread_e), (mean_f, spread_f) = (e.predict_image(image) for e in (exact_ens, fast_ens))
     assert 0 < np.abs(mean_e - mean_f).max() < 0.05  # bf16 did run, and stayed close
     assert np.abs(spread_e - spread_f).max() < 0.05
     full = Resampling(image.shape, image.shape)
     # a tiny model's probabilities are low: compare at a threshold it reaches
     thr = float(np.quantile(mean_e[1:], 0.995))
-    found = [Prediction(image, np.ones(image.shape, bool), m, s, full, (0.1, 0.1),
-                        exact_ens.classes).defects(threshold=thr)
-             for m, s in ((mean_e, spread_e), (mean_f, spread_f))]
+    found = [
+        Prediction(
+            image, np.ones(image.shape, bool), m, s, full, (0.1, 0.1), exact_ens.classes
+        ).defects(threshold=thr)
+        for m, s in ((mean_e, spread_e), (mean_f, spread_f))
+    ]
     assert found[0], "nothing to compare"
     pos = [sorted((d.kind, round(d.row), round(d.col)) for d in f) for f in found]
-    near = sum(any(k == k2 and abs(r - r2) <= 1 and abs(c - c2) <= 1 for k2, r2, c2 in pos[1])
-               for k, r, c in pos[0])
+    near = sum(
+        any(k == k2 and abs(r - r2) <= 1 and abs(c - c2) <= 1 for k2, r2, c2 in pos[1])
+        for k, r, c in pos[0]
+    )
     assert near >= 0.9 * max(len(pos[0]), len(pos[1]))
 
 
@@ -193,15 +216,27 @@ def test_onnx_fast_mode_agrees_with_exact_mode(tiny_version, tmp_path):
     the members' sha256 and reused."""
     image = np.random.default_rng(2).random((96, 104), dtype=np.float32)
     exact = Ensemble.load(tiny_version, device="cpu").predict_image(image)
-    fast = Ensemble.load(tiny_version, device="cpu", fast=True, side_by_side=2,
-                         onnx_cache_dir=tmp_path, cpu_bf16=False,
-                         cpu_fused=False).predict_image(image)
+    fast = Ensemble.load(
+        tiny_version,
+        device="cpu",
+        fast=True,
+        side_by_side=2,
+        onnx_cache_dir=tmp_path,
+        cpu_bf16=False,
+        cpu_fused=False,
+    ).predict_image(image)
     assert np.abs(exact[0] - fast[0]).max() < 1e-4 and np.abs(exact[1] - fast[1]).max() < 1e-4
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert len(cached) == 2 and all(name.endswith(".onnx") for name in cached)
     stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
-    again = Ensemble.load(tiny_version, device="cpu", fast=True, onnx_cache_dir=tmp_path,
-                          cpu_bf16=False, cpu_fused=False)
+    again = Ensemble.load(
+        tiny_version,
+        device="cpu",
+        fast=True,
+        onnx_cache_dir=tmp_path,
+        cpu_bf16=False,
+        cpu_fused=False,
+    )
     assert np.abs(again.predict_image(image)[0] - fast[0]).max() < 1e-6
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
 
@@ -211,12 +246,18 @@ def test_exact_mode_in_onnx_runtime_keeps_float32_maps(tiny_version, tmp_path):
     torch's (tiled frames too); fast mode with bf16 keeps torch."""
     image = np.random.default_rng(4).random((150, 203), dtype=np.float32)
     torch_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32)
-    onnx_ens = Ensemble.load(tiny_version, device="cpu", tile_px=64, margin_px=32,
-                             side_by_side=2, onnx_cache_dir=tmp_path, cpu_onnx=True)
+    onnx_ens = Ensemble.load(
+        tiny_version,
+        device="cpu",
+        tile_px=64,
+        margin_px=32,
+        side_by_side=2,
+        onnx_cache_dir=tmp_path,
+        cpu_onnx=True,
+    )
     assert torch_ens.runtime == "torch float32 (fused)" and torch_ens._sessions is None
     assert onnx_ens.runtime == "onnxruntime float32" and onnx_ens.fast_dtype is None
-    (mean_t, spread_t), (mean_o, spread_o) = (e.predict_image(image)
-                                              for e in (torch_ens, onnx_ens))
+    (mean_t, spread_t), (mean_o, spread_o) = (e.predict_image(image) for e in (torch_ens, onnx_ens))
     assert np.abs(mean_t - mean_o).max() < 1e-5 and np.abs(spread_t - spread_o).max() < 1e-5
     bf16 = Ensemble.load(tiny_version, device="cpu", fast=True, cpu_bf16=True, cpu_onnx=True)
     assert bf16.runtime == "torch bfloat16 (fused)" and bf16._sessions is None
@@ -236,10 +277,15 @@ def test_defects_are_reported_in_the_scans_pixels():
     mean[0] = 1.0
     mean[1, 48:53, 58:63] = 0.9
     mean[0, 48:53, 58:63] = 0.1
-    pred = Prediction(image01=np.zeros((100, 120), np.float32),
-                      valid=np.ones((100, 120), bool), mean=mean,
-                      spread=np.full_like(mean, 0.05), mapping=Resampling((200, 240), (100, 120)),
-                      scan_pixel_nm=(0.05, 0.05), classes=("background", "trough", "peak"))
+    pred = Prediction(
+        image01=np.zeros((100, 120), np.float32),
+        valid=np.ones((100, 120), bool),
+        mean=mean,
+        spread=np.full_like(mean, 0.05),
+        mapping=Resampling((200, 240), (100, 120)),
+        scan_pixel_nm=(0.05, 0.05),
+        classes=("background", "trough", "peak"),
+    )
     (d,) = pred.defects(threshold=0.5)
     assert d.kind == "trough" and d.row == pytest.approx(100.5) and d.col == pytest.approx(120.5)
     assert d.x_nm == pytest.approx(121 * 0.05) and d.area_nm2 == pytest.approx(25 * 0.01)
@@ -253,14 +299,19 @@ def test_defects_a_labeller_would_not_mark_are_dropped_and_contrast_is_reported(
     mean = np.zeros((3, n, n), np.float32)
     mean[0] = 1.0
     for r, c in ((40, 40), (110, 110)):
-        mean[2, r - 3:r + 4, c - 3:c + 4], mean[0, r - 3:r + 4, c - 3:c + 4] = 0.9, 0.1
+        mean[2, r - 3 : r + 4, c - 3 : c + 4], mean[0, r - 3 : r + 4, c - 3 : c + 4] = 0.9, 0.1
     flat = rng.normal(0, 1e-11, (n, n)).astype(np.float32)  # 10 pm of noise
     yy, xx = np.mgrid[:n, :n]
-    flat += 8e-11 * np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / (2 * 5.0 ** 2))  # a real bump
-    common = dict(image01=np.zeros((n, n), np.float32), valid=np.ones((n, n), bool),
-                  mean=mean, spread=np.full_like(mean, 0.05),
-                  mapping=Resampling((n, n), (n, n)), scan_pixel_nm=(0.1, 0.1),
-                  classes=("background", "trough", "peak"))
+    flat += 8e-11 * np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / (2 * 5.0**2))  # a real bump
+    common = dict(
+        image01=np.zeros((n, n), np.float32),
+        valid=np.ones((n, n), bool),
+        mean=mean,
+        spread=np.full_like(mean, 0.05),
+        mapping=Resampling((n, n), (n, n)),
+        scan_pixel_nm=(0.1, 0.1),
+        classes=("background", "trough", "peak"),
+    )
     judged = Prediction(**common, flat=flat)
     (kept,) = judged.defects(threshold=0.5)
     assert (round(kept.row), round(kept.col)) == (40, 40) and kept.contrast > 3.0
@@ -269,20 +320,32 @@ def test_defects_a_labeller_would_not_mark_are_dropped_and_contrast_is_reported(
     unjudged = Prediction(**common).defects(threshold=0.5)  # e.g. a C-AFM current map
     assert len(unjudged) == 2 and all(np.isnan(d.contrast) for d in unjudged)
     # a version's own rule: a stricter peak limit than the bump's contrast drops it too
-    strict = Prediction(**common, flat=flat, report_contrast={"trough": -1.5,
-                                                              "peak": kept.contrast + 0.1})
+    strict = Prediction(
+        **common, flat=flat, report_contrast={"trough": -1.5, "peak": kept.contrast + 0.1}
+    )
     assert strict.defects(threshold=0.5) == []
 
 
 def test_atomai_ensemble_file_imports_and_predicts_the_same(tmp_path):
     torch.manual_seed(0)
     members = {i: build_member(TINY).state_dict() for i in range(2)}
-    meta = {"model_type": "seg", "model": "Unet", "nb_classes": 3, "batch_norm": True,
-            "dropout": False, "upsampling": "bilinear", "with_dilation": False,
-            "weights": members}
+    meta = {
+        "model_type": "seg",
+        "model": "Unet",
+        "nb_classes": 3,
+        "batch_norm": True,
+        "dropout": False,
+        "upsampling": "bilinear",
+        "with_dilation": False,
+        "weights": members,
+    }
     torch.save(meta, tmp_path / "wse2_ensemble_metadict.tar")
-    out = import_atomai_ensemble(tmp_path / "wse2_ensemble_metadict.tar", tmp_path / "v",
-                                 version="imported", pixel_size_nm=0.049)
+    out = import_atomai_ensemble(
+        tmp_path / "wse2_ensemble_metadict.tar",
+        tmp_path / "v",
+        version="imported",
+        pixel_size_nm=0.049,
+    )
     cfg, states = load_version(out)
     assert cfg.architecture.nb_filters == 4 and cfg.pixel_size_nm == 0.049 and len(states) == 2
     for i, state in enumerate(states):
@@ -292,12 +355,17 @@ def test_atomai_ensemble_file_imports_and_predicts_the_same(tmp_path):
 
 def test_atomai_file_with_pickled_objects_is_refused(tmp_path):
     net = build_member(TINY)
-    meta = {"model": "Unet", "weights": {0: net.state_dict()},
-            "optimizer": torch.optim.Adam(net.parameters())}
+    meta = {
+        "model": "Unet",
+        "weights": {0: net.state_dict()},
+        "optimizer": torch.optim.Adam(net.parameters()),
+    }
     torch.save(meta, tmp_path / "x_ensemble_metadict.tar")
     with pytest.raises(ModelLoadError, match="weights-only"):
-        import_atomai_ensemble(tmp_path / "x_ensemble_metadict.tar", tmp_path / "v",
-                               version="x", pixel_size_nm=0.1)
+        import_atomai_ensemble(
+            tmp_path / "x_ensemble_metadict.tar", tmp_path / "v", version="x", pixel_size_nm=0.1
+        )
     with pytest.raises(ModelLoadError, match="no such file"):
-        import_atomai_ensemble(tmp_path / "missing.tar", tmp_path / "w", version="x",
-                               pixel_size_nm=0.1)
+        import_atomai_ensemble(
+            tmp_path / "missing.tar", tmp_path / "w", version="x", pixel_size_nm=0.1
+        )

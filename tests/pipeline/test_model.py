@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from defectwatch.errors import ModelLoadError
-from defectwatch.pipeline.model import (ModelConfig, UnetSpec, build_member, load_version,
-                                        save_version)
+from defectwatch.pipeline.model import (
+    ModelConfig,
+    UnetSpec,
+    build_member,
+    load_version,
+    save_version,
+)
 
 TINY = UnetSpec(nb_filters=4)
 
@@ -25,8 +30,10 @@ def test_round_trip_in_fp16(tmp_path):
     save_version(tmp_path / "v1", cfg, members)
     loaded_cfg, states = load_version(tmp_path / "v1")
     assert loaded_cfg.architecture == TINY and loaded_cfg.classes[1:] == ("trough", "peak")
-    assert len(states) == 2 and set(loaded_cfg.members) == {"member_00.safetensors",
-                                                             "member_01.safetensors"}
+    assert len(states) == 2 and set(loaded_cfg.members) == {
+        "member_00.safetensors",
+        "member_01.safetensors",
+    }
     for a, b in zip(members, states):
         for k, v in a.items():
             if v.is_floating_point():
@@ -39,8 +46,9 @@ def test_round_trip_in_fp16(tmp_path):
 
 
 def test_corrupted_missing_or_mismatched_weights_are_refused(tmp_path):
-    save_version(tmp_path / "v", ModelConfig(version="v", pixel_size_nm=0.1,
-                                             architecture=TINY), _members(1))
+    save_version(
+        tmp_path / "v", ModelConfig(version="v", pixel_size_nm=0.1, architecture=TINY), _members(1)
+    )
     weights = tmp_path / "v" / "member_00.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
@@ -53,8 +61,9 @@ def test_corrupted_missing_or_mismatched_weights_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_version(tmp_path / "nothing")
 
-    save_version(tmp_path / "w", ModelConfig(version="w", pixel_size_nm=0.1,
-                                             architecture=TINY), _members(1))
+    save_version(
+        tmp_path / "w", ModelConfig(version="w", pixel_size_nm=0.1, architecture=TINY), _members(1)
+    )
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     cfg["architecture"]["nb_filters"] = 8
     (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
@@ -67,17 +76,20 @@ def test_light_unet_is_atomais_unet():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from defectwatch.pipeline.model import build_member, UnetSpec;"
-            "torch.manual_seed(0); m = build_member(UnetSpec(nb_filters=4));"
-            "assert 'atomai' not in sys.modules, 'atomai was imported';"
-            "import atomai.nets; torch.manual_seed(0);"
-            "a = atomai.nets.Unet(nb_classes=3, nb_filters=4, layers=[1, 2, 2, 3]);"
-            "sa, sm = a.state_dict(), m.state_dict();"
-            "assert list(sa) == list(sm) and all(torch.equal(sa[k], sm[k]) for k in sa);"
-            "x = torch.rand(1, 1, 32, 32); a.eval(); m.eval();"
-            "assert torch.equal(a(x), m(x)); print('same')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
+    code = (
+        "import sys, torch; from defectwatch.pipeline.model import build_member, UnetSpec;"
+        "torch.manual_seed(0); m = build_member(UnetSpec(nb_filters=4));"
+        "assert 'atomai' not in sys.modules, 'atomai was imported';"
+        "import atomai.nets; torch.manual_seed(0);"
+        "a = atomai.nets.Unet(nb_classes=3, nb_filters=4, layers=[1, 2, 2, 3]);"
+        "sa, sm = a.state_dict(), m.state_dict();"
+        "assert list(sa) == list(sm) and all(torch.equal(sa[k], sm[k]) for k in sa);"
+        "x = torch.rand(1, 1, 32, 32); a.eval(); m.eval();"
+        "assert torch.equal(a(x), m(x)); print('same')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
 
 
@@ -86,8 +98,11 @@ def test_the_report_rule_is_part_of_the_version(tmp_path):
     carried it loads with the rule those versions reported by (what a labeller marks)."""
     from defectwatch.pipeline.contrast import LEGACY_REPORT_CONTRAST, REPORT_CONTRAST
 
-    save_version(tmp_path / "new", ModelConfig(version="new", pixel_size_nm=0.1,
-                                               architecture=TINY), _members(1))
+    save_version(
+        tmp_path / "new",
+        ModelConfig(version="new", pixel_size_nm=0.1, architecture=TINY),
+        _members(1),
+    )
     new, _ = load_version(tmp_path / "new")
     assert new.report_contrast == REPORT_CONTRAST and REPORT_CONTRAST["peak"] == 1.0
     stored = json.loads((tmp_path / "new" / "config.json").read_text())

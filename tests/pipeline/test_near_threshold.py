@@ -25,12 +25,14 @@ def test_sure_answers_leave_no_area_and_doubtful_ones_count_by_their_pixels():
     assert area == pytest.approx(70 * 0.1 * 0.2)
     # the band and the threshold decide what is "near"; not-acquired rows never count
     assert near_threshold_area_nm2(maps(doubtful), pixel_size_nm=(1, 1), band=0.05) == 0.0
-    assert near_threshold_area_nm2(maps(doubtful), pixel_size_nm=(1, 1),
-                                   threshold=0.3) == pytest.approx(60)
+    assert near_threshold_area_nm2(
+        maps(doubtful), pixel_size_nm=(1, 1), threshold=0.3
+    ) == pytest.approx(60)
     valid = np.ones(40, bool)
     valid[20:23] = False
-    assert near_threshold_area_nm2(maps(doubtful), pixel_size_nm=(1, 1),
-                                   valid=valid) == pytest.approx(30)
+    assert near_threshold_area_nm2(
+        maps(doubtful), pixel_size_nm=(1, 1), valid=valid
+    ) == pytest.approx(30)
 
 
 def test_background_alone_is_never_near():

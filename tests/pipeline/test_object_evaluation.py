@@ -8,8 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from defectwatch.domain import Defect
-from defectwatch.pipeline.metrics import (ObjectEvaluation, density_errors, object_scores,
-                                          truth_points)
+from defectwatch.pipeline.metrics import (
+    ObjectEvaluation,
+    density_errors,
+    object_scores,
+    truth_points,
+)
 
 
 def _d(x: float, y: float, kind: str = "trough", conf: float = 0.9) -> Defect:

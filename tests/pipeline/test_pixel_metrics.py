@@ -150,8 +150,10 @@ def test_threshold_moves_precision_and_recall():
     p[0] = 1 - p[1]
     acc = PixelAccumulator(bins=10)
     acc.update(t, p)
-    lo, hi = acc.result(threshold=0.3).by_name("trough"), acc.result(threshold=0.7).by_name(
-        "trough")
+    lo, hi = (
+        acc.result(threshold=0.3).by_name("trough"),
+        acc.result(threshold=0.7).by_name("trough"),
+    )
     assert (lo.precision, lo.recall) == (pytest.approx(2 / 3), pytest.approx(1.0))
     assert (hi.precision, hi.recall) == (pytest.approx(1.0), pytest.approx(0.5))
     assert hi.pr.x[0] == 0.0 and hi.pr.y[0] == 1.0 and hi.roc.x[-1] == pytest.approx(1.0)

@@ -51,7 +51,7 @@ def test_nan_rows_take_no_part_in_the_fit():
 def _with_deep_trough():
     yy, xx = _grid(96, 128)
     lattice = 5e-12 * np.cos(xx * 1.3) * np.cos(yy * 1.1)
-    trough = -300e-12 * np.exp(-((xx - 40) ** 2 + (yy - 48) ** 2) / (2 * 4.0 ** 2))
+    trough = -300e-12 * np.exp(-((xx - 40) ** 2 + (yy - 48) ** 2) / (2 * 4.0**2))
     tilt = 1e-9 * xx / 128
     return lattice + trough + tilt + RNG.normal(0, 1e-12, xx.shape), trough
 
@@ -80,17 +80,18 @@ def test_resampling_maps_coordinates_exactly():
     np.testing.assert_allclose(back, (rows, cols), atol=1e-12)
 
 
-@pytest.mark.parametrize("shape,px,target", [((200, 300), (0.05, 0.08), 0.1),
-                                             ((120, 90), (0.2, 0.2), 0.1)])
+@pytest.mark.parametrize(
+    "shape,px,target", [((200, 300), (0.05, 0.08), 0.1), ((120, 90), (0.2, 0.2), 0.1)]
+)
 def test_resampled_feature_maps_back_to_its_pixel(shape, px, target):
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
     r0, c0 = shape[0] * 0.37, shape[1] * 0.61
     # a blob of 0.6 nm radius, in physical units
-    z = np.exp(-(((yy - r0) * px[1]) ** 2 + ((xx - c0) * px[0]) ** 2) / (2 * 0.6 ** 2))
+    z = np.exp(-(((yy - r0) * px[1]) ** 2 + ((xx - c0) * px[0]) ** 2) / (2 * 0.6**2))
     out, m = resample(z, pixel_size_nm=px, target_nm=target)
     assert out.shape == (round(shape[0] * px[1] / target), round(shape[1] * px[0] / target))
     w = np.clip(out - 0.5, 0, None)
-    oy, ox = np.mgrid[0:out.shape[0], 0:out.shape[1]]
+    oy, ox = np.mgrid[0 : out.shape[0], 0 : out.shape[1]]
     rr, cc = m.to_original((w * oy).sum() / w.sum(), (w * ox).sum() / w.sum())
     assert abs(rr - r0) < 0.3 and abs(cc - c0) < 0.3
 
@@ -133,8 +134,10 @@ def test_clahe_tiles_never_grow_wider_than_the_limit():
         out = clahe(big, max_tile_px=limit)
         np.testing.assert_array_equal(out, clahe(big, tiles=expected_tiles))
     far = np.abs(rows - 730) + np.abs(cols - 730) > 300
-    contrast = {limit: float(np.median(out[~dips & far]) - np.median(out[dips & far]))
-                for limit, out in ((96, clahe(big, max_tile_px=96)), (0, clahe(big)))}
+    contrast = {
+        limit: float(np.median(out[~dips & far]) - np.median(out[dips & far]))
+        for limit, out in ((96, clahe(big, max_tile_px=96)), (0, clahe(big)))
+    }
     assert contrast[96] > 1.5 * contrast[0]  # measured 0.26 against 0.12
 
 

@@ -61,7 +61,7 @@ def _frames() -> dict[str, tuple[np.ndarray, tuple[float, float]]]:
         px = sim.recipe.pixel_size_nm
         out[f"sim-{seed}"] = (z, px)
         cut = z.copy()
-        cut[int(pixels * 0.55):] = np.nan  # an aborted scan
+        cut[int(pixels * 0.55) :] = np.nan  # an aborted scan
         cut[17] = np.nan  # and one lost line
         out[f"sim-{seed}-nan-rows"] = (cut, px)
     return out
@@ -89,8 +89,11 @@ def _close_flat(new: np.ndarray, old: np.ndarray, z: np.ndarray, rel: float) -> 
 def _close_image(new: np.ndarray, old: np.ndarray) -> None:
     assert new.dtype == np.float32 and new.shape == old.shape and np.isfinite(new).all()
     diff = np.abs(new - old)
-    assert diff.mean() <= 2e-3 and (diff > 1e-2).mean() <= 0.02 and diff.max() <= 0.15, \
-        (diff.mean(), (diff > 1e-2).mean(), diff.max())
+    assert diff.mean() <= 2e-3 and (diff > 1e-2).mean() <= 0.02 and diff.max() <= 0.15, (
+        diff.mean(),
+        (diff > 1e-2).mean(),
+        diff.max(),
+    )
 
 
 def test_the_frames_cover_real_simulated_nan_rows_and_an_aborted_scan():
@@ -127,9 +130,17 @@ def one_torch_thread():
 
 # torch on the CPU is slow for what it checks: a real frame (up scan, rotated), a simulated one,
 # one with unacquired rows, the structureless and the all-NaN real frames
-TORCH_FRAMES = [n for n in ("Au111_terraced_44nm_up_rot33", "sim-3", "sim-4-nan-rows",
-                            "diPAMY_Au111_4nm_gen5_constheight_rot135",
-                            "aborted_allNaN_240x96_up_rot31") if n in FRAMES]
+TORCH_FRAMES = [
+    n
+    for n in (
+        "Au111_terraced_44nm_up_rot33",
+        "sim-3",
+        "sim-4-nan-rows",
+        "diPAMY_Au111_4nm_gen5_constheight_rot135",
+        "aborted_allNaN_240x96_up_rot31",
+    )
+    if n in FRAMES
+]
 
 
 @pytest.mark.parametrize("name", TORCH_FRAMES)
@@ -142,8 +153,9 @@ def test_torch_steps_match_numpy(name):
         return
     scale = _robust_sigma(flat)
     f = torch.from_numpy(flat)[None]
-    np.testing.assert_array_equal(tp.strong_feature_mask(f)[0].numpy(),
-                                  fast.strong_feature_mask(flat))
+    np.testing.assert_array_equal(
+        tp.strong_feature_mask(f)[0].numpy(), fast.strong_feature_mask(flat)
+    )
     g_np = fast.nan_gaussian(flat, sigma_px=1.0)
     g_t = tp.nan_gaussian(f, sigma_px=1.0)[0].numpy()
     np.testing.assert_array_equal(np.isfinite(g_t), np.isfinite(g_np))
@@ -177,8 +189,9 @@ def test_clahe_in_torch_is_opencvs_on_awkward_sizes_and_ties():
         img[: shape[0] // 3] = np.round(img[: shape[0] // 3] * 20) / 20  # heavy ties
         for bits in (8, 16):
             expected = fast.clahe(img, tiles=tiles, bits=bits, max_tile_px=max_tile)
-            got = tp.clahe(torch.from_numpy(img)[None], tiles=tiles, bits=bits,
-                           max_tile_px=max_tile)[0].numpy()
+            got = tp.clahe(
+                torch.from_numpy(img)[None], tiles=tiles, bits=bits, max_tile_px=max_tile
+            )[0].numpy()
             assert np.abs(got - expected).max() <= 1.0 / ((1 << bits) - 1) + 1e-7
 
 
@@ -186,13 +199,15 @@ def test_a_batch_is_prepared_as_its_frames_one_by_one():
     z, px = FRAMES["sim-3"]
     cut, _ = FRAMES["sim-3-nan-rows"]
     batch = np.stack([z, cut, np.full_like(z, np.nan)])
-    image, valid, mapping, flat = tp.prepare_batch(batch, pixel_size_nm=px, target_nm=MODEL_NM,
-                                                   keep_flat=True)
+    image, valid, mapping, flat = tp.prepare_batch(
+        batch, pixel_size_nm=px, target_nm=MODEL_NM, keep_flat=True
+    )
     assert image.shape[0] == valid.shape[0] == flat.shape[0] == 3
     for k in range(3):
         # a batch's matrix products round differently from one frame's: within tolerance
-        _close_flat(flat[k].numpy(), tp.flatten(torch.from_numpy(batch[k])[None])[0].numpy(),
-                    batch[k], 1e-5)
+        _close_flat(
+            flat[k].numpy(), tp.flatten(torch.from_numpy(batch[k])[None])[0].numpy(), batch[k], 1e-5
+        )
         one, one_valid, one_map = tp.prepare(batch[k], pixel_size_nm=px, target_nm=MODEL_NM)
         assert one_map == mapping
         np.testing.assert_array_equal(valid[k].numpy(), one_valid)
@@ -211,6 +226,7 @@ def test_the_default_path_is_numpy_and_needs_no_torch():
 
 # -- detections of the shipped model -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ensemble():
     from defectwatch.pipeline.inference import Ensemble
@@ -226,19 +242,31 @@ def _defects(ensemble, scan, how: str):
     params, target = ensemble.params, ensemble.pixel_size_nm
     if how == "reference":
         flat = ref.flatten_with(scan.data, params)
-        image01, valid, mapping = ref.prepare_flat(flat, pixel_size_nm=px, target_nm=target,
-                                                   params=params)
+        image01, valid, mapping = ref.prepare_flat(
+            flat, pixel_size_nm=px, target_nm=target, params=params
+        )
     elif how == "numpy":
         flat = fast.flatten_with(scan.data, params)
-        image01, valid, mapping = fast.prepare_flat(flat, pixel_size_nm=px, target_nm=target,
-                                                    params=params)
+        image01, valid, mapping = fast.prepare_flat(
+            flat, pixel_size_nm=px, target_nm=target, params=params
+        )
     else:
         image01, valid, mapping, flat = tp.prepare_batch(
-            scan.data[None], pixel_size_nm=px, target_nm=target, params=params, keep_flat=True)
+            scan.data[None], pixel_size_nm=px, target_nm=target, params=params, keep_flat=True
+        )
         image01, valid, flat = image01[0].numpy(), valid[0].numpy(), flat[0].numpy()
     mean, spread = ensemble.predict_image(image01)
-    prediction = Prediction(image01, valid, mean, spread, mapping, px, ensemble.classes, flat,
-                            ensemble.config.report_contrast)
+    prediction = Prediction(
+        image01,
+        valid,
+        mean,
+        spread,
+        mapping,
+        px,
+        ensemble.classes,
+        flat,
+        ensemble.config.report_contrast,
+    )
     return prediction.defects(threshold=ensemble.config.threshold_for(scan.channel))
 
 
@@ -247,8 +275,7 @@ def test_detections_on_held_out_scans_are_unchanged(ensemble):
     200-235); one scan also loses its last 40% of lines and one line in the middle."""
     from defectwatch.service.evaluation import simulated_cases
 
-    cases = list(simulated_cases((5, 6, 7), size_nm=25.0, pixels=256,
-                                   density_per_cm2=4e12))
+    cases = list(simulated_cases((5, 6, 7), size_nm=25.0, pixels=256, density_per_cm2=4e12))
     scans = [c.scan for c in cases]
     cut = scans[0].data.copy()
     cut[150:] = np.nan
@@ -270,8 +297,12 @@ def test_detections_on_held_out_scans_are_unchanged(ensemble):
 def test_a_batch_prepared_in_torch_runs_through_the_ensemble_as_one_image_does(ensemble):
     z, px = FRAMES["sim-3"]
     cut, _ = FRAMES["sim-3-nan-rows"]
-    image, _, _, _ = tp.prepare_batch(np.stack([z, cut]), pixel_size_nm=px,
-                                      target_nm=ensemble.pixel_size_nm, params=ensemble.params)
+    image, _, _, _ = tp.prepare_batch(
+        np.stack([z, cut]),
+        pixel_size_nm=px,
+        target_nm=ensemble.pixel_size_nm,
+        params=ensemble.params,
+    )
     mean, spread = ensemble.predict_batch(image)
     assert mean.shape == (2, len(ensemble.classes)) + tuple(image.shape[1:])
     for k in range(2):
@@ -282,10 +313,14 @@ def test_a_batch_prepared_in_torch_runs_through_the_ensemble_as_one_image_does(e
 
 def test_the_bracketed_median_is_numpys_exactly():
     rng = np.random.default_rng(5)
-    cases = [rng.normal(size=100_001), rng.normal(size=262_144).astype(np.float32),
-             np.round(rng.normal(size=300_000), 1),  # many ties
-             np.concatenate([np.zeros(200_000), rng.normal(size=70_000)]),  # a spike
-             rng.standard_cauchy(size=131_072).astype(np.float32), rng.normal(size=999)]
+    cases = [
+        rng.normal(size=100_001),
+        rng.normal(size=262_144).astype(np.float32),
+        np.round(rng.normal(size=300_000), 1),  # many ties
+        np.concatenate([np.zeros(200_000), rng.normal(size=70_000)]),  # a spike
+        rng.standard_cauchy(size=131_072).astype(np.float32),
+        rng.normal(size=999),
+    ]
     for v in cases:
         assert fast._median(v.copy()) == np.median(v)
     z, _ = FRAMES["sim-3"]

@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 
 from defectwatch.errors import NotAnImageError, ScanIncompleteError, ScanReadError
-from defectwatch.pipeline.readers import (DEFAULT_PATTERN, FORMATS, detect_format,
-                                          expected_size, is_scan_name, read_scan)
+from defectwatch.pipeline.readers import (
+    DEFAULT_PATTERN,
+    FORMATS,
+    detect_format,
+    expected_size,
+    is_scan_name,
+    read_scan,
+)
 
 SM4_TOPO = "topo_ABC_Graphite-Sample5_9K_2021_08_13_19_11_10_065.sm4"
 SM4_HOPG = "hopg_300k_2020_08_11_16_04_06_999.sm4"
@@ -36,8 +42,11 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_every_fixture_file_reads_or_fails_as_described(shared_formats):
-    images = {n: p for n, p in shared_formats.items()
-              if n not in (SM4_SPECTRA, MTRX_CHAIN, "gwyfile_test.gwy")}
+    images = {
+        n: p
+        for n, p in shared_formats.items()
+        if n not in (SM4_SPECTRA, MTRX_CHAIN, "gwyfile_test.gwy")
+    }
     assert len(images) == 11  # 2 sm4, 1 MATRIX, 4 Createc, 1 gwy, 3 sxm
     for name, path in images.items():
         s = read_scan(path)
@@ -55,12 +64,16 @@ def test_every_fixture_file_reads_or_fails_as_described(shared_formats):
 
 # -- RHK .sm4 (spym's parser) -----------------------------------------------------------------
 
+
 def test_rhk_sm4_pages_units_and_metadata(shared_formats):
     s = read_scan(shared_formats[SM4_TOPO])
     assert (s.nx, s.ny) == (128, 128) and s.width_nm == pytest.approx(75.0)
     assert s.pixel_size_x_nm == pytest.approx(0.5859375) and s.channel == "Topography"
     assert [(c.name, c.unit, c.direction) for c in s.channels] == [
-        ("LIA Current", "A", "both"), ("Current", "A", "both"), ("Topography", "m", "both")]
+        ("LIA Current", "A", "both"),
+        ("Current", "A", "both"),
+        ("Topography", "m", "both"),
+    ]
     assert s.bias_v == pytest.approx(0.5) and s.setpoint_a == pytest.approx(1e-10)
     assert s.recorded_at == datetime(2021, 8, 13, 19, 8, 26) and s.scan_dir == "down"
     assert s.acquired_fraction == 1.0 and 1e-10 < np.nanstd(s.data) < 1e-8
@@ -86,7 +99,7 @@ def test_rhk_up_scan_is_flipped_as_gwyddion_does(shared_formats, tmp_path):
     pos = struct.pack("<f", 5.859375e-10)
     at, patched = 0, 0
     while (at := raw.find(neg + neg, at)) >= 0:
-        raw[at + 4:at + 8] = pos  # (Xscale, Yscale) -> (Xscale, +Yscale)
+        raw[at + 4 : at + 8] = pos  # (Xscale, Yscale) -> (Xscale, +Yscale)
         at += 8
         patched += 1
     assert patched == 6  # every image page
@@ -98,8 +111,7 @@ def test_rhk_up_scan_is_flipped_as_gwyddion_does(shared_formats, tmp_path):
     np.testing.assert_array_equal(flipped.data, down.data[::-1])
 
 
-def test_rhk_aborted_scan_has_nan_lines_after_its_completed_line_count(shared_formats,
-                                                                        tmp_path):
+def test_rhk_aborted_scan_has_nan_lines_after_its_completed_line_count(shared_formats, tmp_path):
     """CompletedLineCount (a UTF-16 string, "0128" in every page of the complete file) set to
     "0100": lines 100-127 were never scanned; a down scan (Yscale < 0) fills from the top."""
     raw = shared_formats[SM4_TOPO].read_bytes()
@@ -122,6 +134,7 @@ def test_rhk_spectra_only_file_says_no_image(shared_formats):
 
 # -- Omicron MATRIX (access2theMatrix) --------------------------------------------------------
 
+
 @pytest.fixture
 def matrix_dir(shared_formats, tmp_path) -> Path:
     for name in (MTRX, MTRX_CHAIN):
@@ -142,7 +155,7 @@ def test_matrix_scale_units_and_metadata(matrix_dir):
 
 def _atad(raw: bytes) -> tuple[int, np.ndarray]:
     at = raw.find(b"ATAD")
-    (length,) = struct.unpack("<I", raw[at + 4:at + 8])
+    (length,) = struct.unpack("<I", raw[at + 4 : at + 8])
     return at, np.frombuffer(raw, "<i4", count=length // 4, offset=at + 8)
 
 
@@ -164,13 +177,13 @@ def test_matrix_aborted_scan_keeps_its_frame_with_nan_rows(matrix_dir):
     kept = 150 * 800
     at, _ = _atad(bytes(raw))
     csed = raw.find(b"CSED")
-    raw[csed + 8 + 24:csed + 8 + 28] = struct.pack("<i", kept)  # captured values
-    raw[at + 4:at + 8] = struct.pack("<I", kept * 4)
+    raw[csed + 8 + 24 : csed + 8 + 28] = struct.pack("<i", kept)  # captured values
+    raw[at + 4 : at + 8] = struct.pack("<I", kept * 4)
     (tlkb,) = struct.unpack("<I", raw[16:20])
     raw[16:20] = struct.pack("<I", tlkb - (320_000 - kept) * 4)
     full = read_scan(matrix_dir / MTRX)
     # the chain file knows the data file by its name: the cut copy takes it
-    (matrix_dir / MTRX).write_bytes(bytes(raw[:at + 8 + kept * 4]))
+    (matrix_dir / MTRX).write_bytes(bytes(raw[: at + 8 + kept * 4]))
     s = read_scan(matrix_dir / MTRX)
     assert (s.ny, s.height_nm) == (400, 100.0)
     assert s.acquired_fraction == pytest.approx(150 / 400)
@@ -195,24 +208,29 @@ def test_matrix_file_is_one_channel(matrix_dir):
 
 # -- Createc .dat (our reader) ----------------------------------------------------------------
 
+
 def _createc_planes(path: Path) -> tuple[dict[str, str], np.ndarray]:
     """Decoded independently of the reader: header dict, (4, ny, nx) raw DAC planes."""
     raw = path.read_bytes()
     at = raw.find(b"\nDATA")
-    header = dict(line.split("=", 1) for line in raw[:at].decode("latin-1").split("\r\n")
-                  if "=" in line)
+    header = dict(
+        line.split("=", 1) for line in raw[:at].decode("latin-1").split("\r\n") if "=" in line
+    )
     nx = int(header["Num.X / Num.X"])
     ny = int(header["Num.Y / Num.Y"])
-    values = np.frombuffer(zlib.decompress(raw[at + 5:]), "<f4")
-    return header, values[1:1 + 4 * nx * ny].reshape(4, ny, nx)
+    values = np.frombuffer(zlib.decompress(raw[at + 5 :]), "<f4")
+    return header, values[1 : 1 + 4 * nx * ny].reshape(4, ny, nx)
 
 
-@pytest.mark.parametrize("name, px, nm, bias_v, rows", [
-    ("createc_scan_molecular_30nm_pos.dat", 512, 30.0, 1.1552, 512),
-    ("createc_scan_atomic_11nm.dat", 512, 11.25, -0.55, 512),
-    ("createc_scan_step_20nm.dat", 512, 19.97, 0.02742, 330),
-    ("A250407.141806.dat", 256, 99.85, 0.6538, 9),
-])
+@pytest.mark.parametrize(
+    "name, px, nm, bias_v, rows",
+    [
+        ("createc_scan_molecular_30nm_pos.dat", 512, 30.0, 1.1552, 512),
+        ("createc_scan_atomic_11nm.dat", 512, 11.25, -0.55, 512),
+        ("createc_scan_step_20nm.dat", 512, 19.97, 0.02742, 330),
+        ("A250407.141806.dat", 256, 99.85, 0.6538, 9),
+    ],
+)
 def test_createc_files(shared_formats, name, px, nm, bias_v, rows):
     s = read_scan(shared_formats[name])
     assert (s.nx, s.ny) == (px, px) and s.width_nm == pytest.approx(nm, abs=0.01)
@@ -220,7 +238,9 @@ def test_createc_files(shared_formats, name, px, nm, bias_v, rows):
     assert s.acquired_rows.sum() == rows and s.acquired_fraction == pytest.approx(rows / px)
     assert np.isfinite(s.data[:rows]).all() and np.isnan(s.data[rows:]).all()
     assert [(c.name, c.unit, c.direction) for c in s.channels] == [
-        ("Z", "m", "both"), ("Current", "A", "both")]
+        ("Z", "m", "both"),
+        ("Current", "A", "both"),
+    ]
     b = read_scan(shared_formats[name], direction="backward")
     assert corr(s.data, b.data) > 0.5 and corr(s.data, b.data[:, ::-1]) < corr(s.data, b.data)
 
@@ -245,8 +265,13 @@ def test_createc_step_height_is_one_atomic_step(shared_formats):
     z = s.data[s.acquired_rows].astype(np.float64)
     z = z - np.median(z[:, :64], axis=1, keepdims=True)  # level each line on its left part
     counts, edges = np.histogram(z, bins=100)
-    peaks = [i for i in range(1, 99) if counts[i] >= counts[i - 1] and counts[i] >= counts[i + 1]
-             and counts[i] > 0.05 * counts.max()]
+    peaks = [
+        i
+        for i in range(1, 99)
+        if counts[i] >= counts[i - 1]
+        and counts[i] >= counts[i + 1]
+        and counts[i] > 0.05 * counts.max()
+    ]
     heights_a = [(edges[i] + edges[i + 1]) / 2 * 1e10 for i in peaks]
     step = max(heights_a) - min(heights_a)
     assert 1.5 < step < 3.0, heights_a
@@ -262,7 +287,7 @@ def test_createc_truncated_corrupt_and_other_files(shared_formats, tmp_path):
     assert expected_size(str(shared_formats["A250407.141806.dat"])) == len(data)
     bad = tmp_path / "bad.dat"
     at = data.find(b"\nDATA") + 5
-    bad.write_bytes(data[:at] + b"\x00\xff" * 40 + data[at + 80:])
+    bad.write_bytes(data[:at] + b"\x00\xff" * 40 + data[at + 80 :])
     with pytest.raises(ScanReadError, match="corrupt"):
         read_scan(bad)
     spec = tmp_path / "A.VERT.dat"
@@ -277,6 +302,7 @@ def test_createc_truncated_corrupt_and_other_files(shared_formats, tmp_path):
 
 # -- Gwyddion .gwy (gwyfile) ------------------------------------------------------------------
 
+
 def test_gwy_real_file(shared_formats):
     s = read_scan(shared_formats["mulfile_test_single_image.gwy"])
     assert (s.nx, s.ny, s.width_nm) == (512, 512, pytest.approx(30.0)) and s.unit == "m"
@@ -287,8 +313,11 @@ def test_gwy_real_file(shared_formats):
 
 
 def test_gwy_without_units_says_what_is_missing(shared_formats):
-    with pytest.raises(ScanReadError, match=r"'Test' has no lateral unit \(si_unit_xy is "
-                                            r"empty\).*128 x 128 pixels span 128 x 128"):
+    with pytest.raises(
+        ScanReadError,
+        match=r"'Test' has no lateral unit \(si_unit_xy is "
+        r"empty\).*128 x 128 pixels span 128 x 128",
+    ):
         read_scan(shared_formats["gwyfile_test.gwy"])
 
 
@@ -297,10 +326,13 @@ def _write_gwy(path: Path, channels: list[tuple[str, str, str, np.ndarray]]) -> 
 
     obj = GwyContainer()
     for i, (title, xy, z, data) in enumerate(channels):
-        obj[f"/{i}/data"] = GwyDataField(data, xreal=8e-9 if xy == "m" else 8.0,
-                                         yreal=6e-9 if xy == "m" else 6.0,
-                                         si_unit_xy=GwySIUnit(unitstr=xy),
-                                         si_unit_z=GwySIUnit(unitstr=z))
+        obj[f"/{i}/data"] = GwyDataField(
+            data,
+            xreal=8e-9 if xy == "m" else 8.0,
+            yreal=6e-9 if xy == "m" else 6.0,
+            si_unit_xy=GwySIUnit(unitstr=xy),
+            si_unit_z=GwySIUnit(unitstr=z),
+        )
         obj[f"/{i}/data/title"] = title
     obj.tofile(str(path))
 
@@ -322,6 +354,7 @@ def test_gwy_several_channels_by_title(tmp_path):
 
 
 # -- choosing the reader ----------------------------------------------------------------------
+
 
 def test_reader_is_chosen_by_content_not_name(shared_formats, tmp_path):
     odd = tmp_path / "renamed.dat"
@@ -350,8 +383,13 @@ def test_names_and_the_default_pattern():
     assert not matches("x--1_1.I_mtrx", DEFAULT_PATTERN) and is_scan_name("x--1_1.I_mtrx")
     assert not is_scan_name("20201111_0001.mtrx") and not matches("a.png", DEFAULT_PATTERN)
     assert matches("a.sm4", "*.sm4") and not matches("a.sxm", "*.sm4")  # --pattern narrows
-    assert {f.name for f in FORMATS} == {"nanonis-sxm", "rhk-sm4", "omicron-matrix",
-                                         "createc-dat", "gwyddion-gwy"}
+    assert {f.name for f in FORMATS} == {
+        "nanonis-sxm",
+        "rhk-sm4",
+        "omicron-matrix",
+        "createc-dat",
+        "gwyddion-gwy",
+    }
 
 
 def test_more_nanonis_files(shared_formats):
@@ -359,10 +397,13 @@ def test_more_nanonis_files(shared_formats):
     assert (fese.nx, fese.ny, fese.width_nm) == (224, 224, pytest.approx(20.0))
     assert fese.bias_v == pytest.approx(0.045) and fese.setpoint_a == pytest.approx(4.5e-10)
     hbn = read_scan(shared_formats["hBN_defect_img_0070.sxm"])
-    assert (hbn.nx, hbn.ny, hbn.width_nm, hbn.bias_v) == (96, 100, pytest.approx(2.0),
-                                                          pytest.approx(-3.8))
+    assert (hbn.nx, hbn.ny, hbn.width_nm, hbn.bias_v) == (
+        96,
+        100,
+        pytest.approx(2.0),
+        pytest.approx(-3.8),
+    )
     aborted = read_scan(shared_formats["hBN_img_0045.sxm"])
     assert aborted.width_nm == pytest.approx(100.0)
     assert np.isnan(aborted.data).mean() == pytest.approx(0.85, abs=0.01)
-    assert aborted.acquired_fraction == pytest.approx(1 - np.isnan(aborted.data).mean(),
-                                                      abs=0.01)
+    assert aborted.acquired_fraction == pytest.approx(1 - np.isnan(aborted.data).mean(), abs=0.01)

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from defectwatch.errors import DefectwatchError, ScanReadError
 from defectwatch.pipeline.readers import expected_size, read_scan
 
-_SETTINGS = settings(max_examples=40, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 SOURCES = {  # format -> (fixture file, name to write it under); small files keep this fast
     "sm4": ("Iz_gold_9K_2019_12_18_13_49_32_752.sm4", "f.sm4"),
@@ -30,9 +31,13 @@ def _tiny_gwy(path: Path) -> None:
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     obj = GwyContainer()
-    obj["/0/data"] = GwyDataField(np.arange(48, dtype=float).reshape(6, 8) * 1e-11,
-                                  xreal=8e-9, yreal=6e-9, si_unit_xy=GwySIUnit(unitstr="m"),
-                                  si_unit_z=GwySIUnit(unitstr="m"))
+    obj["/0/data"] = GwyDataField(
+        np.arange(48, dtype=float).reshape(6, 8) * 1e-11,
+        xreal=8e-9,
+        yreal=6e-9,
+        si_unit_xy=GwySIUnit(unitstr="m"),
+        si_unit_z=GwySIUnit(unitstr="m"),
+    )
     obj["/0/data/title"] = "Topography"
     obj.tofile(str(path))
 
@@ -55,8 +60,11 @@ def folder(shared_formats, tmp_path_factory) -> Path:
 
 
 def _only_our_errors(path: Path) -> None:
-    for call in (lambda: read_scan(path), lambda: read_scan(path, direction="backward"),
-                 lambda: expected_size(str(path))):
+    for call in (
+        lambda: read_scan(path),
+        lambda: read_scan(path, direction="backward"),
+        lambda: expected_size(str(path)),
+    ):
         try:
             call()
         except DefectwatchError:
@@ -71,13 +79,15 @@ FORMATS = st.sampled_from(["sm4", "sm4-image", "createc", "matrix", "gwy"])
 def test_truncation_at_any_byte(originals, folder, fmt, cut):
     data, name = originals[fmt]
     path = folder / name
-    path.write_bytes(data[:int(len(data) * cut)])
+    path.write_bytes(data[: int(len(data) * cut)])
     _only_our_errors(path)
 
 
 @_SETTINGS
-@given(fmt=FORMATS, where=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)),
-                                   min_size=1, max_size=4))
+@given(
+    fmt=FORMATS,
+    where=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), min_size=1, max_size=4),
+)
 def test_corrupted_bytes(originals, folder, fmt, where):
     data, name = originals[fmt]
     raw = bytearray(data)

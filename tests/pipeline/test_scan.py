@@ -22,11 +22,24 @@ def _tiny_sxm(path: Path, *, scan_dir: str = "down", comment=("a comment",)) -> 
     """A small valid file with distinct, known content per channel and direction."""
     ny, nx = 6, 8
     z = np.arange(ny * nx, dtype=np.float32).reshape(ny, nx) * 1e-11
-    images = {("Z", "forward"): z, ("Z", "backward"): z + 1e-9,
-              ("Current", "forward"): z * 0 + 5e-11}
-    write_sxm(path, images=images, units={"Z": "m", "Current": "A"}, width_m=4e-9,
-              height_m=3e-9, scan_dir=scan_dir, bias_v=-1.4, setpoint_a=6e-11,
-              rec_date="18.11.2021", rec_time="12:34:56", comment=comment)
+    images = {
+        ("Z", "forward"): z,
+        ("Z", "backward"): z + 1e-9,
+        ("Current", "forward"): z * 0 + 5e-11,
+    }
+    write_sxm(
+        path,
+        images=images,
+        units={"Z": "m", "Current": "A"},
+        width_m=4e-9,
+        height_m=3e-9,
+        scan_dir=scan_dir,
+        bias_v=-1.4,
+        setpoint_a=6e-11,
+        rec_date="18.11.2021",
+        rec_time="12:34:56",
+        comment=comment,
+    )
     return images
 
 
@@ -73,8 +86,14 @@ def test_write_read_round_trip_keeps_orientation(tmp_path, scan_dir):
 
 def test_nanonispy2_reads_what_we_write(tmp_path):
     z = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
-    write_sxm(tmp_path / "t.sxm", images={("Z", "forward"): z, ("Z", "backward"): z},
-              units={"Z": "m"}, width_m=4e-9, height_m=3e-9, scan_dir="up")
+    write_sxm(
+        tmp_path / "t.sxm",
+        images={("Z", "forward"): z, ("Z", "backward"): z},
+        units={"Z": "m"},
+        width_m=4e-9,
+        height_m=3e-9,
+        scan_dir="up",
+    )
     raw = NanonisScan(str(tmp_path / "t.sxm"))
     assert list(raw.header["scan_pixels"]) == [8, 6]
     np.testing.assert_array_equal(raw.signals["Z"]["forward"][::-1], z)
@@ -149,13 +168,16 @@ def test_missing_channel_names_the_ones_present(tmp_path):
         read_scan(tmp_path / "t.sxm", channel="Frequency_Shift")
 
 
-@pytest.mark.parametrize("content,error", [
-    (b"", ScanIncompleteError),
-    (b":NANONIS", ScanIncompleteError),
-    (b":NANONIS_VERSION:\n2\n:SCANIT_TYPE:\n", ScanIncompleteError),
-    (b"hello, I am a text file\n", ScanReadError),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, ScanReadError),
-])
+@pytest.mark.parametrize(
+    "content,error",
+    [
+        (b"", ScanIncompleteError),
+        (b":NANONIS", ScanIncompleteError),
+        (b":NANONIS_VERSION:\n2\n:SCANIT_TYPE:\n", ScanIncompleteError),
+        (b"hello, I am a text file\n", ScanReadError),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, ScanReadError),
+    ],
+)
 def test_empty_partial_and_foreign_files(tmp_path, content, error):
     path = tmp_path / "x.sxm"
     path.write_bytes(content)
@@ -168,14 +190,24 @@ def test_missing_file_is_a_read_error(tmp_path):
         read_scan(tmp_path / "nope.sxm")
 
 
-@pytest.mark.parametrize("text,value", [("4.000000E-9", 4e-9), ("1.351E+2", 135.1),
-                                        ("1.55k", 1550.0), ("Inf", float("inf")),
-                                        ("n/a", None), ("TRUE", None), ("  -2E-3 ", -2e-3)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("4.000000E-9", 4e-9),
+        ("1.351E+2", 135.1),
+        ("1.55k", 1550.0),
+        ("Inf", float("inf")),
+        ("n/a", None),
+        ("TRUE", None),
+        ("  -2E-3 ", -2e-3),
+    ],
+)
 def test_parse_number(text, value):
     assert parse_number(text) == value
 
 
 # -- property tests: nothing a file contains escapes as another exception ------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_bytes(tmp_path_factory) -> bytes:
@@ -194,8 +226,9 @@ def _read_bytes(tmp_path: Path, data: bytes) -> None:
         pass
 
 
-_SETTINGS = settings(max_examples=150, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @_SETTINGS
@@ -222,13 +255,27 @@ def test_random_files(tmp_path, blob):
     _read_bytes(tmp_path, blob)
 
 
-_TAG = st.sampled_from(["SCAN_PIXELS", "SCAN_RANGE", "SCAN_OFFSET", "SCAN_DIR", "BIAS",
-                        "DATA_INFO", "Z-CONTROLLER", "COMMENT", "REC_DATE", "SCAN_ANGLE"])
+_TAG = st.sampled_from(
+    [
+        "SCAN_PIXELS",
+        "SCAN_RANGE",
+        "SCAN_OFFSET",
+        "SCAN_DIR",
+        "BIAS",
+        "DATA_INFO",
+        "Z-CONTROLLER",
+        "COMMENT",
+        "REC_DATE",
+        "SCAN_ANGLE",
+    ]
+)
 
 
 @_SETTINGS
-@given(tags=st.lists(st.tuples(_TAG, st.text(max_size=60)), max_size=12),
-       payload=st.binary(max_size=2000))
+@given(
+    tags=st.lists(st.tuples(_TAG, st.text(max_size=60)), max_size=12),
+    payload=st.binary(max_size=2000),
+)
 def test_garbage_headers(tmp_path, tags, payload):
     header = ":NANONIS_VERSION:\n2\n" + "".join(f":{k}:\n{v}\n" for k, v in tags)
     data = header.encode("utf-8", "replace") + b":SCANIT_END:\n\n\n\x1a\x04" + payload
@@ -236,8 +283,11 @@ def test_garbage_headers(tmp_path, tags, payload):
 
 
 @_SETTINGS
-@given(nx=st.integers(-5, 70000), ny=st.integers(-5, 70000),
-       direction=st.sampled_from(["both", "forward", "backward", "sideways", ""]))
+@given(
+    nx=st.integers(-5, 70000),
+    ny=st.integers(-5, 70000),
+    direction=st.sampled_from(["both", "forward", "backward", "sideways", ""]),
+)
 def test_header_promises_checked_before_parsing(tmp_path, tiny_bytes, nx, ny, direction):
     data = tiny_bytes.replace(b"         8         6", f"{nx:10d}{ny:10d}".encode(), 1)
     data = data.replace(b"\tboth\t", f"\t{direction}\t".encode(), 1)

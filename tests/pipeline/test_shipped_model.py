@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.pipeline.calibration import (
     Calibration,
     CalibrationCounter,
@@ -12,7 +13,6 @@ from defectwatch.pipeline.calibration import (
 from defectwatch.pipeline.inference import Ensemble
 from defectwatch.pipeline.metrics import ObjectEvaluation
 from defectwatch.pipeline.model import load_version
-from defectwatch.models import DEFAULT_VERSION, default_model_dir
 from defectwatch.service.evaluation import headline, reported_truth, simulated_cases
 
 # measured on these four scans (default-sim-7, against the defects it reports): trough F1 0.94
@@ -37,11 +37,11 @@ def test_the_default_ships_inside_the_package_with_ten_members():
 
 def test_minimum_quality_on_small_simulated_wse2_scans(ensemble):
     ev = ObjectEvaluation()
-    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256,
-                                density_per_cm2=3e12):
+    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256, density_per_cm2=3e12):
         case = reported_truth(case, ensemble.config.report_contrast)  # as `evaluate` scores
         defects = ensemble.predict_scan(case.scan).defects(
-            threshold=ensemble.config.threshold_for(case.scan.channel))
+            threshold=ensemble.config.threshold_for(case.scan.channel)
+        )
         ev.add(defects, case.labels, area_nm2=case.scan.acquired_area_nm2)
     scores = headline(ev.summary())
     assert scores["trough"]["f1"] >= MIN_F1["trough"], scores
@@ -56,7 +56,8 @@ def test_large_frames_keep_their_quality(ensemble):
     for case in simulated_cases((910, 912), size_nm=102.4, pixels=1024, density_per_cm2=2e12):
         case = reported_truth(case, ensemble.config.report_contrast)
         defects = ensemble.predict_scan(case.scan).defects(
-            threshold=ensemble.config.threshold_for(case.scan.channel))
+            threshold=ensemble.config.threshold_for(case.scan.channel)
+        )
         ev.add(defects, case.labels, area_nm2=case.scan.acquired_area_nm2)
     scores = headline(ev.summary())
     assert scores["trough"]["f1"] >= 0.85, scores
@@ -84,9 +85,14 @@ def test_the_shipped_config_is_what_make_default_model_writes():
     from dataclasses import asdict
 
     from defectwatch.pipeline.preprocess import PreprocessParams
-    from defectwatch.service.default_model import (DEFAULT_MIX, DEFAULT_RECIPE, DEFAULT_SPEC,
-                                                   MASK_RADIUS_NM, MODEL_PIXEL_NM,
-                                                   TRAINING_SEEDS)
+    from defectwatch.service.default_model import (
+        DEFAULT_MIX,
+        DEFAULT_RECIPE,
+        DEFAULT_SPEC,
+        MASK_RADIUS_NM,
+        MODEL_PIXEL_NM,
+        TRAINING_SEEDS,
+    )
 
     def plain(value):  # as JSON stores it (tuples -> lists)
         return json.loads(json.dumps(value))
@@ -135,10 +141,10 @@ def test_the_default_carries_a_calibration_that_corrects_held_out_counts(ensembl
     counter = CalibrationCounter()
     inside = []
     corrected = dict.fromkeys(("trough", "peak"), 0.0)
-    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256,
-                                density_per_cm2=3e12):
+    for case in simulated_cases(range(900, 904), size_nm=25.0, pixels=256, density_per_cm2=3e12):
         found = ensemble.predict_scan(case.scan).defects(
-            threshold=ensemble.config.threshold_for(case.scan.channel))
+            threshold=ensemble.config.threshold_for(case.scan.channel)
+        )
         counts = counter.add(found, case.labels)
         est = corrected_interval([({k: counts[k].detected for k in corrected}, cal.kinds)])
         for k in corrected:

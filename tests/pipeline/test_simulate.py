@@ -30,8 +30,10 @@ def test_same_seed_same_scan():
 
 def test_density_within_poisson_bounds():
     density, size, scans = 1e12, 40.0, 16
-    total = sum(len(simulate(s, pixels=64, size_nm=size, density_per_cm2=density).truth)
-                for s in range(scans))
+    total = sum(
+        len(simulate(s, pixels=64, size_nm=size, density_per_cm2=density).truth)
+        for s in range(scans)
+    )
     expected = density * size * size * 1e-14 * scans  # 16 cm^-2 ... = 256 defects
     lo, hi = stats.poisson.ppf([0.0005, 0.9995], expected)
     assert lo <= total <= hi, (total, expected)
@@ -76,24 +78,32 @@ def test_flattened_frames_have_realistic_height_spread():
     assert 4 < np.median(spreads) < 35
 
 
-@pytest.mark.parametrize("mode,artifacts,share", [("stm", False, 0.95), ("stm", True, 0.8),
-                                                  ("cafm", True, 0.8)])
+@pytest.mark.parametrize(
+    "mode,artifacts,share", [("stm", False, 0.95), ("stm", True, 0.8), ("cafm", True, 0.8)]
+)
 def test_truth_lands_on_its_defects_after_write_and_read(tmp_path, mode, artifacts, share):
     """Core darker (trough) or brighter (peak) than a 2-3 nm ring around each visible truth."""
     hits = {"trough": [0, 0], "peak": [0, 0]}
     dirs = set()
     for seed in range(16):
-        sim = simulate(seed, mode=mode, pixels=192, size_nm=25, density_per_cm2=1e12,
-                       artifacts=artifacts)
+        sim = simulate(
+            seed, mode=mode, pixels=192, size_nm=25, density_per_cm2=1e12, artifacts=artifacts
+        )
         r = sim.recipe
         dirs.add(r.scan_dir)
         path = tmp_path / f"s{seed}.sxm"
-        write_sxm(path, images=sim.images, units={"Z": "m", "Current": "A"},
-                  width_m=r.width_nm * 1e-9, height_m=r.height_nm * 1e-9, scan_dir=r.scan_dir)
+        write_sxm(
+            path,
+            images=sim.images,
+            units={"Z": "m", "Current": "A"},
+            width_m=r.width_nm * 1e-9,
+            height_m=r.height_nm * 1e-9,
+            scan_dir=r.scan_dir,
+        )
         scan = read_scan(path, channel=sim.analysis_channel)
         flat = flatten(scan.data.astype(np.float64))
         px = scan.pixel_size_x_nm
-        yy, xx = np.mgrid[0:scan.ny, 0:scan.nx]
+        yy, xx = np.mgrid[0 : scan.ny, 0 : scan.nx]
         for d in sim.truth:
             if not d.visible:
                 continue
@@ -109,8 +119,11 @@ def test_truth_lands_on_its_defects_after_write_and_read(tmp_path, mode, artifac
 
 def test_aborted_scans_have_nan_lines_and_no_truth_there():
     rng = np.random.default_rng(11)
-    r = replace(draw_recipe(rng, pixels=64, size_nm=20, density_per_cm2=5e12),
-                abort_fraction=0.5, scan_dir="down")
+    r = replace(
+        draw_recipe(rng, pixels=64, size_nm=20, density_per_cm2=5e12),
+        abort_fraction=0.5,
+        scan_dir="down",
+    )
     sim = simulate_scan(rng, r)
     z = sim.images[("Z", "forward")]
     assert np.isnan(z[33:]).all() and np.isfinite(z[:31]).all()
@@ -119,8 +132,10 @@ def test_aborted_scans_have_nan_lines_and_no_truth_there():
 
 def test_materials_and_modes_differ_as_physics_says():
     def recipes(material):
-        return [draw_recipe(np.random.default_rng(s), material=material, pixels=64)
-                for s in range(200)]
+        return [
+            draw_recipe(np.random.default_rng(s), material=material, pixels=64) for s in range(200)
+        ]
+
     w, m = recipes("wse2"), recipes("mose2")
     assert np.median([abs(r.bias_v) for r in w]) == pytest.approx(1.4, abs=0.1)
     assert np.median([abs(r.bias_v) for r in m]) == pytest.approx(1.9, abs=0.1)
@@ -138,14 +153,27 @@ def _two_defects(rng, separation_nm, *, second_amp_pm, second_kind="trough"):
     """A clean 20 nm frame holding one small trough at the centre and one neighbour."""
     from defectwatch.pipeline import simulate as sim_mod
 
-    r = replace(draw_recipe(rng, pixels=256, size_nm=20, density_per_cm2=1e8, artifacts=False),
-                size_scale=1.5)
+    r = replace(
+        draw_recipe(rng, pixels=256, size_nm=20, density_per_cm2=1e8, artifacts=False),
+        size_scale=1.5,
+    )
     cls = sim_mod.CLASS_BY_NAME["small bright trough"]
-    other = sim_mod.CLASS_BY_NAME["large bright peak" if second_kind == "peak"
-                                  else "small bright trough"]
+    other = sim_mod.CLASS_BY_NAME[
+        "large bright peak" if second_kind == "peak" else "small bright trough"
+    ]
     a = sim_mod._Defect(10.0, 10.0, cls, "trough", -0.026, 0.9, 0.1, 0.0, 0.0, 0.0)
-    b = sim_mod._Defect(10.0 + separation_nm, 10.0, other, second_kind, second_amp_pm * 1e-3,
-                        0.9 if second_kind == "trough" else 2.0, 0.1, 0.0, 0.0, 0.0)
+    b = sim_mod._Defect(
+        10.0 + separation_nm,
+        10.0,
+        other,
+        second_kind,
+        second_amp_pm * 1e-3,
+        0.9 if second_kind == "trough" else 2.0,
+        0.1,
+        0.0,
+        0.0,
+        0.0,
+    )
     inside = np.ones(2, dtype=bool)
     return sim_mod._hidden_by_neighbours(r, [a, b], inside)
 
@@ -197,8 +225,7 @@ def test_adsorbate_clusters_are_touching_blobs_each_labelled_and_leave_the_rest_
     blobs = [d for d in with_clusters.truth if d.subtype == "adsorbate"]
     others = [d for d in with_clusters.truth if d.subtype != "adsorbate"]
     assert len(blobs) >= 3 and all(d.kind == "peak" for d in blobs)
-    assert [(d.row, d.col, d.kind) for d in others] == [(d.row, d.col, d.kind)
-                                                        for d in plain.truth]
+    assert [(d.row, d.col, d.kind) for d in others] == [(d.row, d.col, d.kind) for d in plain.truth]
     xy = np.array([(d.x_nm, d.y_nm) for d in blobs])
     dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
     np.fill_diagonal(dist, np.inf)

@@ -45,8 +45,19 @@ def test_sombrero_rings_have_a_rim_of_the_other_sign():
     """A trough drawn as a ring: the rim around its core is brighter than the far field."""
     from defectwatch.pipeline.simulate import CLASS_BY_NAME, _Defect, _defect_field
 
-    d = _Defect(0.0, 0.0, CLASS_BY_NAME["small bright trough"], "trough", -0.05, 1.0, 0.0, 0.0,
-                0.0, 0.0, ring_amp_nm=0.02)
+    d = _Defect(
+        0.0,
+        0.0,
+        CLASS_BY_NAME["small bright trough"],
+        "trough",
+        -0.05,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        ring_amp_nm=0.02,
+    )
     r = np.linspace(0.0, 4.0, 81)
     h, _ = _defect_field(r, np.zeros_like(r), d, 0.0, 0.05)
     assert h[0] < 0 and h.max() > 0.01 and 1.0 < r[np.argmax(h)] < 2.0

@@ -31,17 +31,28 @@ def tiny_version(folder: Path, name: str) -> Path:
 
     spec = UnetSpec(nb_filters=4)
     torch.manual_seed(0)
-    return save_version(folder / name, ModelConfig(
-        version=name, pixel_size_nm=0.1, architecture=spec,
-        preprocess=PreprocessParams().to_dict(), metrics={"threshold": 0.5}),
-        [build_member(spec).state_dict()])
+    return save_version(
+        folder / name,
+        ModelConfig(
+            version=name,
+            pixel_size_nm=0.1,
+            architecture=spec,
+            preprocess=PreprocessParams().to_dict(),
+            metrics={"threshold": 0.5},
+        ),
+        [build_member(spec).state_dict()],
+    )
 
 
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("scans")
-    return [w.sxm for w in write_simulated_scans(folder, n=2, size_nm=8.0, pixels=64,
-                                                 density_per_cm2=3e12, seed=3)]
+    return [
+        w.sxm
+        for w in write_simulated_scans(
+            folder, n=2, size_nm=8.0, pixels=64, density_per_cm2=3e12, seed=3
+        )
+    ]
 
 
 @pytest.fixture
@@ -52,8 +63,7 @@ def record(tmp_path):
     db = tmp_path / "record.db"
     engine = open_database(db)
     with write_transaction(engine) as s:
-        register_version("shipped-x", session=s, directory=str(dirs["shipped-x"]),
-                         activate=True)
+        register_version("shipped-x", session=s, directory=str(dirs["shipped-x"]), activate=True)
         register_version("cand-y", session=s, directory=str(dirs["cand-y"]))
     engine.dispose()
     return db, dirs
@@ -78,8 +88,9 @@ def test_process_records_runs_under_the_activated_candidate(record, scans):
     assert "cand-y (the record's active version)" in result.stderr
     assert runs(db) == ["cand-y"]
     # --model wins over the record, and says so
-    result = runner.invoke(app, ["process", str(scans[1]), "--db", str(db), "--model",
-                                 str(dirs["shipped-x"])])
+    result = runner.invoke(
+        app, ["process", str(scans[1]), "--db", str(db), "--model", str(dirs["shipped-x"])]
+    )
     assert result.exit_code == 0, result.output
     assert "shipped-x (--model" in result.stderr
     assert runs(db) == ["cand-y", "shipped-x"]

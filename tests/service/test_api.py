@@ -36,9 +36,11 @@ def detections(scans):
 
 
 def test_import_defectwatch_stays_light():
-    light = ("import sys, defectwatch; heavy = [m for m in ('torch', 'pandas', 'sqlalchemy', "
-             "'cv2', 'matplotlib', 'defectwatch.service') if m in sys.modules]; "
-             "assert not heavy, heavy")
+    light = (
+        "import sys, defectwatch; heavy = [m for m in ('torch', 'pandas', 'sqlalchemy', "
+        "'cv2', 'matplotlib', 'defectwatch.service') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", light], check=True, timeout=60)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dw.nope  # noqa: B018
@@ -65,8 +67,9 @@ def test_detect_finds_the_planted_defects_and_the_frame_holds_them(scans, detect
     assert set(frame["kind"]) <= {"trough", "peak"}
     # the shipped model finds most of what a labeller would mark (the simulator's truth)
     truth = [t for t in read_truth_csv(scans[0].with_suffix(".csv")) if t.visible]
-    found = sum(any(math.hypot(t.x_nm - d.x_nm, t.y_nm - d.y_nm) < 1.0
-                    for d in det.defects) for t in truth)
+    found = sum(
+        any(math.hypot(t.x_nm - d.x_nm, t.y_nm - d.y_nm) < 1.0 for d in det.defects) for t in truth
+    )
     assert truth and found >= 0.6 * len(truth), (found, len(truth))
     # densities: defects over the acquired area (1 cm^2 = 1e14 nm^2)
     area_nm2 = det.scan.acquired_area_nm2
@@ -91,8 +94,9 @@ def test_an_empty_defects_frame_keeps_its_columns_and_dtypes():
     frame = _defects_frame([])
     assert tuple(frame.columns) == DEFECT_COLUMNS and len(frame) == 0
     assert frame["x_nm"].dtype == np.float64 and frame["contrast"].dtype == np.float64
-    one = _defects_frame([dict(zip(DEFECT_COLUMNS, (1, 2, 0.1, 0.2, "peak", 0.9, 0.01, 1.0,
-                                                     None)))])
+    one = _defects_frame(
+        [dict(zip(DEFECT_COLUMNS, (1, 2, 0.1, 0.2, "peak", 0.9, 0.01, 1.0, None)))]
+    )
     assert math.isnan(one.loc[0, "contrast"])
 
 
@@ -135,8 +139,9 @@ def test_record_add_and_ask_gives_what_the_cli_gives(tmp_path, scans, detections
     assert total["calibration"] != "uncalibrated"
     assert total["ci95_low_per_cm2"] < total["density_per_cm2"] < total["ci95_high_per_cm2"]
     assert tuple(defects.columns) == DEFECT_COLUMNS and len(defects) == len(detections[1].defects)
-    assert sorted(defects["x_nm"].round(3)) == sorted(round(d.x_nm, 3)
-                                                      for d in detections[1].defects)
+    assert sorted(defects["x_nm"].round(3)) == sorted(
+        round(d.x_nm, 3) for d in detections[1].defects
+    )
     # one implementation per question: `defectwatch density --csv` says the same
     result = CliRunner().invoke(app, ["density", "--csv", "--db", str(db)])
     assert result.exit_code == 0, result.output
@@ -144,7 +149,8 @@ def test_record_add_and_ask_gives_what_the_cli_gives(tmp_path, scans, detections
     for _, row in density.iterrows():
         assert int(cli[row["kind"]]["defects"]) == row["defects"]
         assert float(cli[row["kind"]]["density_per_cm2"]) == pytest.approx(
-            row["density_per_cm2"], rel=1e-5)
+            row["density_per_cm2"], rel=1e-5
+        )
 
 
 def test_record_add_with_a_sample_name_and_an_unknown_sample(tmp_path, detections):

@@ -41,25 +41,36 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     for seed, name in enumerate(("tiny-1", "tiny-2")):
         torch.manual_seed(seed)
         members = [build_member(spec).state_dict() for _ in range(2)]
-        versions[name] = save_version(out / name, ModelConfig(
-            version=name, pixel_size_nm=0.1, architecture=spec), members)
+        versions[name] = save_version(
+            out / name, ModelConfig(version=name, pixel_size_nm=0.1, architecture=spec), members
+        )
     return versions
 
 
-def archive(url: str, folder: Path, models: dict[str, Path], n: int, *,
-            recorded_under: str | None = None) -> None:
+def archive(
+    url: str, folder: Path, models: dict[str, Path], n: int, *, recorded_under: str | None = None
+) -> None:
     """``n`` scans recorded with tiny-1 (paths under ``recorded_under`` when given: the share
     as the microscope PC saw it), then tiny-2 activated."""
     engine = open_database(url)
     with write_transaction(engine) as s:
         for name, directory in models.items():
-            register_version(name, session=s, directory=str(directory), members=2,
-                             activate=name == "tiny-2")
+            register_version(
+                name, session=s, directory=str(directory), members=2, activate=name == "tiny-2"
+            )
         for k in range(n):
             path = write_scan(folder / f"scan_{k:02d}.sxm", 500 + k, pixels=64)
             recorded = f"{recorded_under}/{path.name}" if recorded_under else str(path)
-            row = add_scan(recorded, session=s, sha256=file_sha256(path), size_bytes=1,
-                           mtime_ns=1, sample="S", status="done", instrument="STM-1")
+            row = add_scan(
+                recorded,
+                session=s,
+                sha256=file_sha256(path),
+                size_bytes=1,
+                mtime_ns=1,
+                sample="S",
+                status="done",
+                instrument="STM-1",
+            )
             add_detection_run(row.id, detection(1, 0, 100.0, version="tiny-1"), session=s)
     engine.dispose()
 
@@ -68,9 +79,11 @@ def runs(url: str) -> dict[str, list[str]]:
     """file name -> model versions of its runs, oldest first."""
     engine = open_database(url)
     with read_transaction(engine) as s:
-        rows = s.execute(select(ScanRow.path, DetectionRun.model_version)
-                         .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
-                         .order_by(DetectionRun.id)).all()
+        rows = s.execute(
+            select(ScanRow.path, DetectionRun.model_version)
+            .join(DetectionRun, DetectionRun.scan_id == ScanRow.id)
+            .order_by(DetectionRun.id)
+        ).all()
     engine.dispose()
     out: dict[str, list[str]] = {}
     for path, version in rows:
@@ -78,8 +91,7 @@ def runs(url: str) -> dict[str, list[str]]:
     return out
 
 
-def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_path,
-                                                                           tiny_models):
+def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_path, tiny_models):
     from distributed import Client, LocalCluster
 
     url = f"sqlite:///{tmp_path / 'record.db'}"
@@ -90,8 +102,9 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
     path_map = parse_path_map([f"/mnt/stm-pc/share={folder}"])
     engine = open_database(url)
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     stop = threading.Event()
     seen: list[tuple[int, int, int]] = []
@@ -106,8 +119,13 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
             if done >= 6:
                 stop.set()  # Ctrl-C
 
-        first = rescore_archive(engine, scheduler=cluster.scheduler_address,
-                                path_map=path_map, on_progress=on_progress, stop=stop)
+        first = rescore_archive(
+            engine,
+            scheduler=cluster.scheduler_address,
+            path_map=path_map,
+            on_progress=on_progress,
+            stop=stop,
+        )
         assert first.interrupted and first.total == n
         assert 6 <= first.recorded < n - 1 and first.already == 0
         assert seen[0] == (0, 0, n) and seen[-1][2] == n
@@ -118,8 +136,7 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
         assert set(first.loads_by_worker.values()) <= {0, 1}
 
         # the same command again (the same cluster: its workers keep their ensemble)
-        second = rescore_archive(engine, scheduler=cluster.scheduler_address,
-                                 path_map=path_map)
+        second = rescore_archive(engine, scheduler=cluster.scheduler_address, path_map=path_map)
     finally:
         client.close()
         cluster.close()
@@ -137,8 +154,9 @@ def test_two_workers_a_killed_worker_an_interrupted_run_and_its_resumption(tmp_p
     assert done == {f"scan_{k:02d}.sxm": ["tiny-1", "tiny-2"] for k in range(n - 1)}
 
 
-def test_on_postgresql_the_workers_write_and_a_repeat_finds_nothing_to_do(pg_url, tmp_path,
-                                                                         tiny_models):
+def test_on_postgresql_the_workers_write_and_a_repeat_finds_nothing_to_do(
+    pg_url, tmp_path, tiny_models
+):
     archive(pg_url, tmp_path / "share", tiny_models, 4)
     result = CliRunner().invoke(app, ["reprocess", "--all", "--workers", "2", "--db", pg_url])
     assert result.exit_code == 0, result.output
@@ -150,8 +168,9 @@ def test_on_postgresql_the_workers_write_and_a_repeat_finds_nothing_to_do(pg_url
     # a task computed twice (a worker killed after its commit) records nothing the second time
     with write_transaction(engine) as s:
         sha = s.scalars(select(ScanRow.sha256)).first()
-        assert not add_run_unless_scored(sha, detection(0, 0, 1.0, version="tiny-2"),
-                                         version="tiny-2", session=s)
+        assert not add_run_unless_scored(
+            sha, detection(0, 0, 1.0, version="tiny-2"), version="tiny-2", session=s
+        )
     engine.dispose()
     assert set(map(tuple, runs(pg_url).values())) == {("tiny-1", "tiny-2")}
 

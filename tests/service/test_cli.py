@@ -16,14 +16,28 @@ from typer.testing import CliRunner
 from defectwatch.service.cli import COMMANDS, app
 
 runner = CliRunner()
-INSPECT_KEYS = {"path", "nx", "ny", "width_nm", "height_nm", "pixel_size_nm", "scan_dir",
-                "angle_deg", "bias_v", "setpoint_a", "recorded_at", "channels",
-                "acquired_fraction", "constant_height"}
+INSPECT_KEYS = {
+    "path",
+    "nx",
+    "ny",
+    "width_nm",
+    "height_nm",
+    "pixel_size_nm",
+    "scan_dir",
+    "angle_deg",
+    "bias_v",
+    "setpoint_a",
+    "recorded_at",
+    "channels",
+    "acquired_fraction",
+    "constant_height",
+}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "defectwatch", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "defectwatch", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_inspect_json_one_object_per_file(bundled_sxm):
@@ -61,22 +75,49 @@ def test_inspect_bad_files_one_line_each_nonzero_exit(tmp_path, bundled_sxm):
 
 def test_simulate_writes_scans_truth_and_previews(tmp_path):
     out = tmp_path / "sim out"
-    result = runner.invoke(app, ["simulate", str(out), "--n", "2", "--pixels", "128",
-                                 "--size-nm", "20", "--density", "2e12", "--seed", "5",
-                                 "--preview", "--material", "mose2"])
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            str(out),
+            "--n",
+            "2",
+            "--pixels",
+            "128",
+            "--size-nm",
+            "20",
+            "--density",
+            "2e12",
+            "--seed",
+            "5",
+            "--preview",
+            "--material",
+            "mose2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     sxm = sorted(out.glob("*.sxm"))
     assert [p.stem for p in sxm] == ["MoSe2-sim_stm_20nm_0005", "MoSe2-sim_stm_20nm_0006"]
     for p in sxm:
         with open(p.with_suffix(".csv"), newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert list(rows[0]) == ["row", "col", "x_nm", "y_nm", "kind", "subtype", "visible",
-                                 "contrast"]
+        assert list(rows[0]) == [
+            "row",
+            "col",
+            "x_nm",
+            "y_nm",
+            "kind",
+            "subtype",
+            "visible",
+            "contrast",
+        ]
         assert {r["kind"] for r in rows} <= {"trough", "peak"}
         # every visible defect has its measured contrast, as a labeller's rule passes it
         visible = [r for r in rows if r["visible"] == "1"]
-        assert visible and all(float(r["contrast"]) <= -1.5 if r["kind"] == "trough"
-                               else float(r["contrast"]) >= 1.0 for r in visible)
+        assert visible and all(
+            float(r["contrast"]) <= -1.5 if r["kind"] == "trough" else float(r["contrast"]) >= 1.0
+            for r in visible
+        )
         png = cv2.imread(str(p.with_suffix(".png")))
         assert png is not None and png.shape[1] > png.shape[0] >= 512
     inspected = _cli("inspect", "--json", *map(str, sxm))
@@ -84,8 +125,20 @@ def test_simulate_writes_scans_truth_and_previews(tmp_path):
 
 
 def test_simulate_can_add_adsorbate_clusters(tmp_path):
-    args = ["simulate", str(tmp_path), "--n", "1", "--pixels", "128", "--size-nm", "40",
-            "--density", "1e11", "--seed", "2"]
+    args = [
+        "simulate",
+        str(tmp_path),
+        "--n",
+        "1",
+        "--pixels",
+        "128",
+        "--size-nm",
+        "40",
+        "--density",
+        "1e11",
+        "--seed",
+        "2",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     plain = (tmp_path / "WSe2-sim_stm_40nm_0002.csv").read_text()
     assert runner.invoke(app, [*args, "--clusters"]).exit_code == 0
@@ -103,6 +156,7 @@ def test_simulate_rejects_unknown_material(tmp_path):
 def _every_command() -> list[tuple[str, Any]]:
     """Every command and sub-command of the app, as ``"labels import"``, walking the groups
     (as sqlite-utils' docs test does): a command added later is checked without listing it."""
+
     def walk(group: Any, prefix: str):
         for name, command in group.commands.items():
             yield f"{prefix}{name}", command
@@ -119,11 +173,32 @@ def test_the_command_table_is_what_the_app_runs():
     root = typer.main.get_command(app)
     assert set(root.commands) == set(COMMANDS)
     names = {name for name, _ in EVERY_COMMAND}
-    assert {"inspect", "simulate", "demo", "process", "evaluate", "watch", "samples",
-            "samples rename", "density", "scans", "defects", "status", "retrain",
-            "labels import", "labels accept", "labels list", "labels export", "import-image",
-            "models list", "models activate", "models rollback", "reprocess",
-            "service install", "service uninstall"} <= names
+    assert {
+        "inspect",
+        "simulate",
+        "demo",
+        "process",
+        "evaluate",
+        "watch",
+        "samples",
+        "samples rename",
+        "density",
+        "scans",
+        "defects",
+        "status",
+        "retrain",
+        "labels import",
+        "labels accept",
+        "labels list",
+        "labels export",
+        "import-image",
+        "models list",
+        "models activate",
+        "models rollback",
+        "reprocess",
+        "service install",
+        "service uninstall",
+    } <= names
 
 
 @pytest.mark.parametrize("name, command", EVERY_COMMAND, ids=[n for n, _ in EVERY_COMMAND])

@@ -23,8 +23,17 @@ TINY_SAMPLES = (
     DemoSample("WSe2-SL447", "wse2", 1e12, 64, 6.4),
     DemoSample("MoSe2-M12", "mose2", 2e12, 64, 6.4),
 )
-QUICK = DemoOptions(scans=4, samples=TINY_SAMPLES, write_s=0.2, chunks=4, gap_s=0.0,
-                    stable_for_s=0.3, startup_timeout_s=60.0, timeout_s=60.0, poll_s=0.1)
+QUICK = DemoOptions(
+    scans=4,
+    samples=TINY_SAMPLES,
+    write_s=0.2,
+    chunks=4,
+    gap_s=0.0,
+    stable_for_s=0.3,
+    startup_timeout_s=60.0,
+    timeout_s=60.0,
+    poll_s=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +46,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     spec = UnetSpec(nb_filters=4)
-    return save_version(tmp_path_factory.mktemp("models") / "tiny", ModelConfig(
-        version="tiny", pixel_size_nm=0.1, architecture=spec,
-        preprocess=PreprocessParams().to_dict()), [build_member(spec).state_dict()
-                                                   for _ in range(2)])
+    return save_version(
+        tmp_path_factory.mktemp("models") / "tiny",
+        ModelConfig(
+            version="tiny",
+            pixel_size_nm=0.1,
+            architecture=spec,
+            preprocess=PreprocessParams().to_dict(),
+        ),
+        [build_member(spec).state_dict() for _ in range(2)],
+    )
 
 
 def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path, tiny_model):
@@ -62,8 +77,11 @@ def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path,
     assert set(result.truth_reported_per_cm2) == names
     for name in names:
         mine = [s for s in result.scans if s["sample"] == name]
-        truth = [row for s in mine
-                 for row in csv.DictReader(open(Path(s["path"]).with_suffix(".csv"), newline=""))]
+        truth = [
+            row
+            for s in mine
+            for row in csv.DictReader(open(Path(s["path"]).with_suffix(".csv"), newline=""))
+        ]
         area_nm2 = sum(s["acquired_area_nm2"] for s in mine)
         assert area_nm2 > 0
         assert result.truth_all_per_cm2[name] == pytest.approx(len(truth) / area_nm2 * 1e14)
@@ -73,8 +91,7 @@ def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path,
     assert sum(result.truth_all_per_cm2.values()) > 0
 
     with sqlite3.connect(paths.db_file) as db:  # one scan row and one run per file
-        assert db.execute("select count(*), count(distinct sha256) from scan").fetchone() \
-            == (4, 4)
+        assert db.execute("select count(*), count(distinct sha256) from scan").fetchone() == (4, 4)
         runs = db.execute("select scan_id, count(*) from detection_run group by scan_id")
         assert sorted(n for _, n in runs) == [1, 1, 1, 1]
 
@@ -101,13 +118,14 @@ def test_every_scan_recorded_once_and_each_sample_in_the_density_table(tmp_path,
     assert not (paths.root / demo.STAGING_NAME).exists()
 
 
-def test_cli_demo_prints_progress_density_table_and_next_commands(tmp_path, tiny_model,
-                                                                 monkeypatch):
-    monkeypatch.setattr(demo, "DemoOptions",
-                        lambda scans: dataclasses.replace(QUICK, scans=scans))
+def test_cli_demo_prints_progress_density_table_and_next_commands(
+    tmp_path, tiny_model, monkeypatch
+):
+    monkeypatch.setattr(demo, "DemoOptions", lambda scans: dataclasses.replace(QUICK, scans=scans))
     outdir = tmp_path / "kept demo"
-    result = CliRunner().invoke(app, ["demo", "--outdir", str(outdir), "--scans", "3",
-                                      "--model", str(tiny_model)])
+    result = CliRunner().invoke(
+        app, ["demo", "--outdir", str(outdir), "--scans", "3", "--model", str(tiny_model)]
+    )
     assert result.exit_code == 0, result.output
     text = result.output
     assert "daemon watching, model tiny" in text
@@ -128,8 +146,12 @@ def test_daemon_stopped_when_the_demo_is_interrupted(tmp_path, tiny_model):
 
     with pytest.raises(KeyboardInterrupt):
         with demo_folder() as paths:
-            run_demo(paths, options=dataclasses.replace(QUICK, scans=2), model_dir=tiny_model,
-                     on_event=interrupt)
+            run_demo(
+                paths,
+                options=dataclasses.replace(QUICK, scans=2),
+                model_dir=tiny_model,
+                on_event=interrupt,
+            )
     assert not any(t.name == "defectwatch-demo-daemon" for t in threading.enumerate())
     assert not paths.root.exists()
 
@@ -163,12 +185,20 @@ def test_demo_truth_counts_what_the_model_reports_what_a_labeller_marks_and_ever
     from defectwatch.service.demo import _truth
     from defectwatch.service.simulation import write_truth_csv
 
-    truth = [TruthDefect(1, 1, 0.1, 0.1, "peak", "x", True, 2.5),  # reported
-             TruthDefect(2, 2, 0.2, 0.2, "peak", "x", True, 1.4),  # marked, under +2.0
-             TruthDefect(3, 3, 0.3, 0.3, "trough", "x", True, -1.6),  # reported
-             TruthDefect(4, 4, 0.4, 0.4, "trough", "x", False, -0.2)]  # too faint to mark
+    truth = [
+        TruthDefect(1, 1, 0.1, 0.1, "peak", "x", True, 2.5),  # reported
+        TruthDefect(2, 2, 0.2, 0.2, "peak", "x", True, 1.4),  # marked, under +2.0
+        TruthDefect(3, 3, 0.3, 0.3, "trough", "x", True, -1.6),  # reported
+        TruthDefect(4, 4, 0.4, 0.4, "trough", "x", False, -0.2),
+    ]  # too faint to mark
     write_truth_csv(tmp_path / "a.csv", truth)
-    rows = [{"path": str(tmp_path / "a.sxm"), "acquired_area_nm2": 100.0, "status": "done",
-             "sample": "S"}]
+    rows = [
+        {
+            "path": str(tmp_path / "a.sxm"),
+            "acquired_area_nm2": 100.0,
+            "status": "done",
+            "sample": "S",
+        }
+    ]
     marked, every, reported = _truth(rows, {"trough": -1.5, "peak": 2.0})
     assert (marked["S"], every["S"], reported["S"]) == pytest.approx((3e12, 4e12, 2e12))

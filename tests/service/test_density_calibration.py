@@ -25,13 +25,27 @@ from defectwatch.service.queries import density_report
 from tests.db.factories import detection, record
 
 runner = CliRunner()
-KEYS = {"sample", "scans", "area_nm2", "counts", "density_per_cm2", "ci95_per_cm2",
-        "raw_density_per_cm2", "calibration"}
+KEYS = {
+    "sample",
+    "scans",
+    "area_nm2",
+    "counts",
+    "density_per_cm2",
+    "ci95_per_cm2",
+    "raw_density_per_cm2",
+    "calibration",
+}
 # the version's own calibration: troughs precision 0.9, recall 0.6; peaks precision 0.8,
 # recall 0.4 (as written into config.json by `service.calibration`)
-SIMULATED = Calibration({"trough": KindCalibration("trough", 540, 600, 900, 40, 0.05, 0.02),
-                         "peak": KindCalibration("peak", 80, 100, 200, 40, 0.1, 0.05)},
-                        "simulated", "simulated validation, v2, 40 scans", {"scans": 40})
+SIMULATED = Calibration(
+    {
+        "trough": KindCalibration("trough", 540, 600, 900, 40, 0.05, 0.02),
+        "peak": KindCalibration("peak", 80, 100, 200, 40, 0.1, 0.05),
+    },
+    "simulated",
+    "simulated validation, v2, 40 scans",
+    {"scans": 40},
+)
 
 
 @dataclass(frozen=True)
@@ -61,14 +75,18 @@ def db(tmp_path) -> str:
     engine = open_database(url)
     with write_transaction(engine) as s:
         register_version("v1", session=s, directory=_version(tmp_path, "v1", None), members=1)
-        register_version("v2", session=s, directory=_version(tmp_path, "v2", SIMULATED),
-                         members=1, activate=True)
+        register_version(
+            "v2", session=s, directory=_version(tmp_path, "v2", SIMULATED), members=1, activate=True
+        )
     record(engine, "/w/S/s1.sxm", sample="S", runs=[detection(10, 4, 10_000.0, version="v2")])
     record(engine, "/w/A/a1.sxm", sample="A", runs=[detection(6, 2, 10_000.0, version="v1")])
-    reviewed = [record(engine, f"/w/R/r{i}.sxm", sample="R",
-                       runs=[detection(4, 2, 2500.0, version="v2")]) for i in range(3)]
-    accepted = record(engine, "/w/C/c1.sxm", sample="C",
-                      runs=[detection(4, 2, 2500.0, version="v2")])
+    reviewed = [
+        record(engine, f"/w/R/r{i}.sxm", sample="R", runs=[detection(4, 2, 2500.0, version="v2")])
+        for i in range(3)
+    ]
+    accepted = record(
+        engine, "/w/C/c1.sxm", sample="C", runs=[detection(4, 2, 2500.0, version="v2")]
+    )
     with write_transaction(engine) as s:
         s.execute(update(ScanRow).values(pixel_size_x_nm=0.1, pixel_size_y_nm=0.1))
         for scan_id in reviewed:
@@ -78,8 +96,13 @@ def db(tmp_path) -> str:
             labels += [Point(4, 4, "peak"), Point(5, 5, "peak")]
             labels += [Point(200, 200, "trough"), Point(300, 300, "trough")]
             replace_labels(scan_id, labels, session=s, source="reviewed", exhaustive=True)
-        replace_labels(accepted, [Point(i, i, "trough") for i in range(4)], session=s,
-                       source="accepted", exhaustive=True)
+        replace_labels(
+            accepted,
+            [Point(i, i, "trough") for i in range(4)],
+            session=s,
+            source="accepted",
+            exhaustive=True,
+        )
     engine.dispose()
     return url
 
@@ -112,12 +135,15 @@ def test_density_json_reports_the_corrected_density_beside_the_detected_one(db):
     r = report["R"]
     assert r["calibration"] == "simulated validation, v2, 40 scans"
     assert r["density_per_cm2"]["trough"] == pytest.approx(
-        r["raw_density_per_cm2"]["trough"] * 0.9 / 0.6)
+        r["raw_density_per_cm2"]["trough"] * 0.9 / 0.6
+    )
     assert r["density_per_cm2"]["peak"] == pytest.approx(
-        r["raw_density_per_cm2"]["peak"] * 0.8 / 0.4)
+        r["raw_density_per_cm2"]["peak"] * 0.8 / 0.4
+    )
     expected = corrected_interval([({"trough": 12, "peak": 6}, SIMULATED.kinds)])
     assert r["ci95_per_cm2"]["peak"] == pytest.approx(
-        [expected["peak"].low * 1e14 / 7500, expected["peak"].high * 1e14 / 7500])
+        [expected["peak"].low * 1e14 / 7500, expected["peak"].high * 1e14 / 7500]
+    )
 
 
 def test_too_few_reviewed_scans_fall_back_to_the_versions_calibration(tmp_path, db):

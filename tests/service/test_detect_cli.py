@@ -16,11 +16,32 @@ from defectwatch.service.cli import app
 from defectwatch.service.simulation import write_simulated_scans
 
 runner = CliRunner()
-PROCESS_KEYS = {"path", "status", "error", "nx", "ny", "width_nm", "height_nm", "pixel_size_nm",
-                "acquired_fraction", "model", "defects", "density_per_cm2",
-                "density_ci95_per_cm2"}
-DEFECT_KEYS = {"row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2",
-               "contrast"}
+PROCESS_KEYS = {
+    "path",
+    "status",
+    "error",
+    "nx",
+    "ny",
+    "width_nm",
+    "height_nm",
+    "pixel_size_nm",
+    "acquired_fraction",
+    "model",
+    "defects",
+    "density_per_cm2",
+    "density_ci95_per_cm2",
+}
+DEFECT_KEYS = {
+    "row",
+    "col",
+    "x_nm",
+    "y_nm",
+    "kind",
+    "confidence",
+    "uncertainty",
+    "area_nm2",
+    "contrast",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +50,18 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     spec = UnetSpec(nb_filters=4)
-    cfg = ModelConfig(version="tiny-cli", pixel_size_nm=0.1, architecture=spec,
-                      preprocess=PreprocessParams().to_dict(), metrics={"threshold": 0.34})
-    return save_version(tmp_path_factory.mktemp("m") / "tiny", cfg,
-                        [build_member(spec).state_dict() for _ in range(2)])
+    cfg = ModelConfig(
+        version="tiny-cli",
+        pixel_size_nm=0.1,
+        architecture=spec,
+        preprocess=PreprocessParams().to_dict(),
+        metrics={"threshold": 0.34},
+    )
+    return save_version(
+        tmp_path_factory.mktemp("m") / "tiny",
+        cfg,
+        [build_member(spec).state_dict() for _ in range(2)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +76,21 @@ def test_process_json_records_overlays_and_reports_bad_files(tiny_model, scans, 
     bad.write_bytes(b":NANONIS_VERSION:\n2\n:SCANIT_TYPE:\n")  # a header cut short
     db = tmp_path / "record.sqlite"
     files = sorted(scans.glob("*.sxm"))
-    result = runner.invoke(app, ["process", *map(str, files), str(bad), "--json",
-                                 "--model", str(tiny_model), "--db", str(db),
-                                 "--overlay", str(tmp_path / "pictures")])
+    result = runner.invoke(
+        app,
+        [
+            "process",
+            *map(str, files),
+            str(bad),
+            "--json",
+            "--model",
+            str(tiny_model),
+            "--db",
+            str(db),
+            "--overlay",
+            str(tmp_path / "pictures"),
+        ],
+    )
     assert result.exit_code == 1  # one file failed, the others still ran
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     assert [x["status"] for x in lines] == ["ok", "ok", "failed"]
@@ -69,7 +110,8 @@ def test_process_json_records_overlays_and_reports_bad_files(tiny_model, scans, 
     for x in lines[:2]:  # the densities count what is listed, over the 64 nm^2 frame
         n = {k: sum(d["kind"] == k for d in x["defects"]) for k in ("trough", "peak")}
         assert x["density_per_cm2"]["total"] == pytest.approx(
-            (n["trough"] + n["peak"]) / 64.0 * 1e14)
+            (n["trough"] + n["peak"]) / 64.0 * 1e14
+        )
         assert x["density_per_cm2"]["peak"] == pytest.approx(n["peak"] / 64.0 * 1e14)
     assert "broken.sxm" in lines[2]["error"]
     # the pictures exist and show two panels side by side
@@ -86,19 +128,33 @@ def test_process_json_records_overlays_and_reports_bad_files(tiny_model, scans, 
 
 def test_process_without_database_and_a_missing_model(tiny_model, scans, tmp_path):
     files = sorted(scans.glob("*.sxm"))
-    result = runner.invoke(app, ["process", str(files[0]), "--no-db", "--model",
-                                 str(tiny_model)])
+    result = runner.invoke(app, ["process", str(files[0]), "--no-db", "--model", str(tiny_model)])
     assert result.exit_code == 0, result.output
     assert files[0].name in result.stdout
-    missing = runner.invoke(app, ["process", str(files[0]), "--no-db", "--model",
-                                  str(tmp_path / "nowhere")])
+    missing = runner.invoke(
+        app, ["process", str(files[0]), "--no-db", "--model", str(tmp_path / "nowhere")]
+    )
     assert missing.exit_code == 1 and "no such model version directory" in missing.output
 
 
 def test_evaluate_writes_summary_and_figures(tiny_model, scans, tmp_path):
-    result = runner.invoke(app, ["evaluate", str(scans), "--simulate", "1", "--size-nm", "8",
-                                 "--pixels", "64", "--model", str(tiny_model), "--out",
-                                 str(tmp_path / "ev")])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(scans),
+            "--simulate",
+            "1",
+            "--size-nm",
+            "8",
+            "--pixels",
+            "64",
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "trough" in result.stdout and "pixel level" in result.stdout
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
@@ -112,8 +168,9 @@ def test_evaluate_writes_summary_and_figures(tiny_model, scans, tmp_path):
 
 def test_evaluate_scores_against_the_reported_or_every_marked_defect(tiny_model, scans):
     def summary(*extra):
-        result = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
-                                     "--json", *extra])
+        result = runner.invoke(
+            app, ["evaluate", str(scans), "--model", str(tiny_model), "--json", *extra]
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -121,26 +178,36 @@ def test_evaluate_scores_against_the_reported_or_every_marked_defect(tiny_model,
     assert reported["settings"]["truth"] == "reported" and marked["settings"]["truth"] == "marked"
     assert reported["settings"]["report_contrast"] == {"trough": -1.25, "peak": 1.0}
     # the truth asked for: every visible defect, or those at the version's limits (CSV contrast)
-    rows = [r for p in scans.glob("*.csv") for r in csv.DictReader(open(p, newline=""))
-            if r["visible"] == "1"]
+    rows = [
+        r
+        for p in scans.glob("*.csv")
+        for r in csv.DictReader(open(p, newline=""))
+        if r["visible"] == "1"
+    ]
     limit = {"trough": lambda c: c <= -1.25, "peak": lambda c: c >= 1.0}
     for kind in ("trough", "peak"):
-        asked = {name: s["objects"]["kinds"][kind]["tp"] + s["objects"]["kinds"][kind]["fn"]
-                 for name, s in (("reported", reported), ("marked", marked))}
+        asked = {
+            name: s["objects"]["kinds"][kind]["tp"] + s["objects"]["kinds"][kind]["fn"]
+            for name, s in (("reported", reported), ("marked", marked))
+        }
         assert asked["marked"] == sum(r["kind"] == kind for r in rows)
-        assert asked["reported"] == sum(r["kind"] == kind and limit[kind](float(r["contrast"]))
-                                        for r in rows)
-    bad = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
-                              "--truth", "all"])
+        assert asked["reported"] == sum(
+            r["kind"] == kind and limit[kind](float(r["contrast"])) for r in rows
+        )
+    bad = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model), "--truth", "all"])
     assert bad.exit_code == 1 and "--truth must be" in bad.output
 
 
 def test_evaluate_per_scan_shows_each_scans_counts(tiny_model, scans):
-    result = runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
-                                 "--per-scan"], env={"COLUMNS": "200"})
+    result = runner.invoke(
+        app,
+        ["evaluate", str(scans), "--model", str(tiny_model), "--per-scan"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model),
-                                             "--json"]).stdout)
+    summary = json.loads(
+        runner.invoke(app, ["evaluate", str(scans), "--model", str(tiny_model), "--json"]).stdout
+    )
     for scan in summary["objects"]["scans"]:
         t = scan["scores"]["trough"]
         assert scan["name"] in result.stdout

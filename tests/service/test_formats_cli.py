@@ -14,8 +14,13 @@ from typer.testing import CliRunner
 from defectwatch.service.cli import app
 
 runner = CliRunner()
-IMAGES = ("topo_ABC_Graphite-Sample5_9K_2021_08_13_19_11_10_065.sm4", "20201111--4_1.Z_mtrx",
-          "A250407.141806.dat", "mulfile_test_single_image.gwy", "hBN_defect_img_0070.sxm")
+IMAGES = (
+    "topo_ABC_Graphite-Sample5_9K_2021_08_13_19_11_10_065.sm4",
+    "20201111--4_1.Z_mtrx",
+    "A250407.141806.dat",
+    "mulfile_test_single_image.gwy",
+    "hBN_defect_img_0070.sxm",
+)
 OTHERS = ("20201111_0001.mtrx", "Iz_gold_9K_2019_12_18_13_49_32_752.sm4")
 
 
@@ -28,8 +33,11 @@ def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
     spec = UnetSpec(nb_filters=4)
     cfg = ModelConfig(version="tiny-formats", pixel_size_nm=0.5, architecture=spec)
-    return save_version(tmp_path_factory.mktemp("m") / "tiny", cfg,
-                        [build_member(spec).state_dict() for _ in range(2)])
+    return save_version(
+        tmp_path_factory.mktemp("m") / "tiny",
+        cfg,
+        [build_member(spec).state_dict() for _ in range(2)],
+    )
 
 
 @pytest.fixture
@@ -56,8 +64,20 @@ def test_inspect_reads_every_format(lab):
 
 def test_process_a_folder_of_every_format(lab, tiny_model, tmp_path):
     db = tmp_path / "record.sqlite"
-    result = runner.invoke(app, ["process", str(lab), "--json", "--model", str(tiny_model),
-                                 "--db", str(db), "--overlay", str(tmp_path / "pictures")])
+    result = runner.invoke(
+        app,
+        [
+            "process",
+            str(lab),
+            "--json",
+            "--model",
+            str(tiny_model),
+            "--db",
+            str(db),
+            "--overlay",
+            str(tmp_path / "pictures"),
+        ],
+    )
     lines = {Path(x["path"]).name: x for x in map(json.loads, result.stdout.splitlines())}
     # the chain file and the note are not scans; the spectra file fails with its reason
     assert set(lines) == set(IMAGES) | {"Iz_gold_9K_2019_12_18_13_49_32_752.sm4"}
@@ -73,15 +93,16 @@ def test_process_a_folder_of_every_format(lab, tiny_model, tmp_path):
 
     # labels drawn on renders of these scans find them by file stem, whatever the format
     via = tmp_path / "via.csv"
-    via.write_text("Large Bright Trough,10,20,8,8,20201111--4_1.png,128,128\n"
-                   "Small Dim Peak,60,60,4,6,A250407.141806.png,128,128\n")
+    via.write_text(
+        "Large Bright Trough,10,20,8,8,20201111--4_1.png,128,128\n"
+        "Small Dim Peak,60,60,4,6,A250407.141806.png,128,128\n"
+    )
     imported = runner.invoke(app, ["labels", "import", str(via), "--db", str(db)])
     assert imported.exit_code == 0, imported.output
     assert "imported 1 trough, 1 peak on 2 scan(s)" in imported.stdout
 
 
-def test_watch_once_takes_every_format_unless_the_pattern_narrows_it(lab, tiny_model,
-                                                                      tmp_path):
+def test_watch_once_takes_every_format_unless_the_pattern_narrows_it(lab, tiny_model, tmp_path):
     from defectwatch.service.watching import WatchOptions, watch
 
     def recorded(db: Path) -> dict[str, str]:
@@ -97,12 +118,23 @@ def test_watch_once_takes_every_format_unless_the_pattern_narrows_it(lab, tiny_m
 
         engine = open_database(db)
         with write_transaction(engine) as session:
-            register_version("tiny-formats", session=session, directory=str(tiny_model),
-                             members=2, activate=True)
+            register_version(
+                "tiny-formats", session=session, directory=str(tiny_model), members=2, activate=True
+            )
         engine.dispose()
-        watch([lab], db_url=str(db), handle_signals=False,
-              options=WatchOptions(once=True, stable_for_s=0.0, incomplete_after_s=0.5,
-                                   retry_delay_s=0.1, max_attempts=2, **options))
+        watch(
+            [lab],
+            db_url=str(db),
+            handle_signals=False,
+            options=WatchOptions(
+                once=True,
+                stable_for_s=0.0,
+                incomplete_after_s=0.5,
+                retry_delay_s=0.1,
+                max_attempts=2,
+                **options,
+            ),
+        )
 
     every = tmp_path / "every.db"
     run(every)

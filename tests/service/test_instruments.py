@@ -35,20 +35,29 @@ def fill(url: str) -> None:
     engine = open_database(url)
     queue = SqlJobQueue(engine, sample_for=lambda p: p.split("/")[2], instrument="STM-1")
     for k, (troughs, peaks) in enumerate([(4, 0), (2, 2)]):
-        assert queue.enqueue(f"/w/A/one_{k}.sxm", sha256=sha(f"one{k}"), size_bytes=1,
-                             mtime_ns=1)
+        assert queue.enqueue(f"/w/A/one_{k}.sxm", sha256=sha(f"one{k}"), size_bytes=1, mtime_ns=1)
         job = queue.claim(worker="stm1:1", lease_s=60)
         with write_transaction(engine) as s:
             assert mark_done(job, session=s)
             add_detection_run(job.id, detection(troughs, peaks, 2500.0), session=s)
     with tempfile.TemporaryDirectory() as folder:  # a small real Scan for the metadata
         scan = read_scan(write_scan(Path(folder) / "s.sxm", 1))
-    for name, sample, det in [("two_0", "A", detection(10, 0, 5000.0)),
-                              ("two_1", "B", detection(1, 0, 10_000.0))]:
+    for name, sample, det in [
+        ("two_0", "A", detection(10, 0, 5000.0)),
+        ("two_1", "B", detection(1, 0, 10_000.0)),
+    ]:
         with write_transaction(engine) as s:
-            record_detection(scan, det, session=s, sha256=sha(name), sample=sample,
-                             path=f"/w/{sample}/{name}.sxm", size_bytes=1, mtime_ns=1,
-                             instrument="STM-2")
+            record_detection(
+                scan,
+                det,
+                session=s,
+                sha256=sha(name),
+                sample=sample,
+                path=f"/w/{sample}/{name}.sxm",
+                size_bytes=1,
+                mtime_ns=1,
+                instrument="STM-2",
+            )
     now = utcnow()
     with write_transaction(engine) as s:
         hb.beat(session=s, pid=11, host="pc-1", started_at=now, instrument="STM-1")
@@ -70,21 +79,28 @@ def test_scans_samples_density_per_instrument_and_status_per_instrument(any_db_u
     db = ("--db", any_db_url)
     every = cli("scans", "--json", *db)
     assert sorted((s["file"], s["instrument"]) for s in every) == [
-        ("one_0.sxm", "STM-1"), ("one_1.sxm", "STM-1"), ("two_0.sxm", "STM-2"),
-        ("two_1.sxm", "STM-2")]
+        ("one_0.sxm", "STM-1"),
+        ("one_1.sxm", "STM-1"),
+        ("two_0.sxm", "STM-2"),
+        ("two_1.sxm", "STM-2"),
+    ]
     assert {s["file"] for s in cli("scans", "--json", "--instrument", "STM-1", *db)} == {
-        "one_0.sxm", "one_1.sxm"}
+        "one_0.sxm",
+        "one_1.sxm",
+    }
 
     density = {d["sample"]: d for d in cli("density", "--json", "--instrument", "STM-1", *db)}
     assert set(density) == {"A"}  # STM-1 never scanned B
-    assert (density["A"]["scans"], density["A"]["counts"]["total"],
-            density["A"]["area_nm2"]) == (2, 8, 5000.0)
+    assert (density["A"]["scans"], density["A"]["counts"]["total"], density["A"]["area_nm2"]) == (
+        2,
+        8,
+        5000.0,
+    )
     both = {d["sample"]: d for d in cli("density", "--json", *db)}
     assert (both["A"]["scans"], both["A"]["counts"]["total"]) == (3, 18)
 
     samples = {s["sample"]: s for s in cli("samples", "--json", "--instrument", "STM-2", *db)}
-    assert {k: (v["scans"], v["done"]) for k, v in samples.items()} == {"A": (1, 1),
-                                                                      "B": (1, 1)}
+    assert {k: (v["scans"], v["done"]) for k, v in samples.items()} == {"A": (1, 1), "B": (1, 1)}
 
     status = cli("status", "--json", *db)
     per = {i["instrument"]: i for i in status["instruments"]}
@@ -95,8 +111,11 @@ def test_scans_samples_density_per_instrument_and_status_per_instrument(any_db_u
     assert text.exit_code == 0 and "STM-1" in text.stdout and "pid 21 on pc-2" in text.stdout
 
     unknown = runner.invoke(app, ["density", "--instrument", "STM-9", *db])
-    assert unknown.exit_code == 1 and "no scan recorded for instrument 'STM-9'" in \
-        unknown.output and "STM-1, STM-2" in unknown.output
+    assert (
+        unknown.exit_code == 1
+        and "no scan recorded for instrument 'STM-9'" in unknown.output
+        and "STM-1, STM-2" in unknown.output
+    )
 
 
 def test_unknown_instrument_and_the_default_name(tmp_path, monkeypatch):

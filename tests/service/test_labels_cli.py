@@ -53,8 +53,10 @@ def db(tmp_path) -> str:
 @pytest.fixture
 def renders(tmp_path, db) -> list[Path]:
     """Two 64 px renders of 32 nm recorded as scans of sample A."""
-    files = [write_png(tmp_path / "A" / "STM_A_001.png", seed=1),
-             write_png(tmp_path / "A" / "STM_A_002.png", seed=2)]
+    files = [
+        write_png(tmp_path / "A" / "STM_A_001.png", seed=1),
+        write_png(tmp_path / "A" / "STM_A_002.png", seed=2),
+    ]
     result = invoke("import-image", *files, "--size-nm", "32", "--db", db)
     assert result.exit_code == 0, result.output
     return files
@@ -65,15 +67,26 @@ def labels(db: str) -> dict[str, list[tuple]]:
     with read_transaction(engine) as s:
         found = labelled_scans(session=s, with_labels=True)
     engine.dispose()
-    return {Path(x.scan.path).name: sorted((round(lab.row, 3), round(lab.col, 3), lab.kind,
-                                            round(lab.radius_nm or 0, 3), lab.source,
-                                            lab.exhaustive) for lab in x.labels)
-            for x in found}
+    return {
+        Path(x.scan.path).name: sorted(
+            (
+                round(lab.row, 3),
+                round(lab.col, 3),
+                lab.kind,
+                round(lab.radius_nm or 0, 3),
+                lab.source,
+                lab.exhaustive,
+            )
+            for lab in x.labels
+        )
+        for x in found
+    }
 
 
 def test_import_image_records_renders_without_distorting_densities(tmp_path, db):
-    real = record(open_database(db), "/w/A/STM_real.sxm", sample="A",
-                  runs=[detection(3, 1, 10_000.0)])
+    real = record(
+        open_database(db), "/w/A/STM_real.sxm", sample="A", runs=[detection(3, 1, 10_000.0)]
+    )
     assert real
     png = write_png(tmp_path / "A" / "render_30x20nm.png", size=64)
     result = invoke("import-image", png, "--db", db)  # size from the name
@@ -82,7 +95,12 @@ def test_import_image_records_renders_without_distorting_densities(tmp_path, db)
     scans = {s["file"]: s for s in json.loads(invoke("scans", "--json", "--db", db).stdout)}
     r = scans["render_30x20nm.png"]
     assert (r["status"], r["nx"], r["width_nm"], r["height_nm"], r["sample"]) == (
-        "done", 64, 30.0, 20.0, "A")
+        "done",
+        64,
+        30.0,
+        20.0,
+        "A",
+    )
     assert r["model_version"] is None  # no detection run
     (a,) = json.loads(invoke("density", "--json", "--db", db).stdout)
     assert a["scans"] == 1 and a["area_nm2"] == 10_000.0 and a["counts"]["total"] == 4
@@ -91,8 +109,9 @@ def test_import_image_records_renders_without_distorting_densities(tmp_path, db)
     again = invoke("import-image", png, "--size-nm", "40x40", "--sample", "B", "--db", db)
     assert again.exit_code == 0 and "updated scan 2" in again.stdout
     # an image-only sample is not in the density report
-    assert [x["sample"] for x in json.loads(invoke("density", "--json", "--db", db).stdout)
-            ] == ["A"]
+    assert [x["sample"] for x in json.loads(invoke("density", "--json", "--db", db).stdout)] == [
+        "A"
+    ]
 
 
 def test_import_image_errors_are_one_line_and_the_rest_still_records(tmp_path, db):
@@ -123,7 +142,8 @@ def test_via_rows_like_the_papers_are_matched_by_stem_and_scaled(renders, db, tm
     # radius: a quarter of (8 + 8) render px x 32 nm / 128 px = 1 nm
     assert got["STM_A_001.png"] == [
         (11.5, 6.5, "trough", 1.0, "via:labels_via.csv", True),
-        (31.0, 30.5, "peak", 0.625, "via:labels_via.csv", True)]
+        (31.0, 30.5, "peak", 0.625, "via:labels_via.csv", True),
+    ]
     assert [x[:3] for x in got["STM_A_002.png"]] == [(4.0, 52.0, "trough")]
 
     # importing the same file again replaces, --partial marks the sets partial
@@ -134,8 +154,7 @@ def test_via_rows_like_the_papers_are_matched_by_stem_and_scaled(renders, db, tm
     assert {x[5] for v in got.values() for x in v} == {False}
 
 
-def test_unmatched_only_is_an_error_and_unreadable_files_do_not_stop_others(renders, db,
-                                                                             tmp_path):
+def test_unmatched_only_is_an_error_and_unreadable_files_do_not_stop_others(renders, db, tmp_path):
     only = tmp_path / "other.csv"
     only.write_text("Large Bright Peak,1,1,4,4,unknown_scan.png,128,128\n")
     result = invoke("labels", "import", only, "--db", db)
@@ -162,15 +181,23 @@ def test_voc_coco_and_point_csv_and_the_scan_option(renders, db, tmp_path):
     result = invoke("labels", "import", voc, "--scan", "STM_A_002.png", "--db", db)
     assert result.exit_code == 0, result.output
     coco = tmp_path / "coco.json"
-    coco.write_text(json.dumps({
-        "images": [{"id": 7, "file_name": "STM_A_001.png", "width": 32, "height": 32}],
-        "categories": [{"id": 1, "name": "peak"}, {"id": 2, "name": "WSe2 Atoms"}],
-        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [4, 8, 2, 2]},
-                        {"id": 2, "image_id": 7, "category_id": 2, "bbox": [0, 0, 32, 32]}]}))
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 7, "file_name": "STM_A_001.png", "width": 32, "height": 32}],
+                "categories": [{"id": 1, "name": "peak"}, {"id": 2, "name": "WSe2 Atoms"}],
+                "annotations": [
+                    {"id": 1, "image_id": 7, "category_id": 1, "bbox": [4, 8, 2, 2]},
+                    {"id": 2, "image_id": 7, "category_id": 2, "bbox": [0, 0, 32, 32]},
+                ],
+            }
+        )
+    )
     assert invoke("labels", "import", coco, "--db", db).exit_code == 0
     points = tmp_path / "points.csv"
-    points.write_text("scan,row,col,kind,radius_nm\nSTM_A_001,3.5,4.25,trough,0.8\n"
-                      "STM_A_001,70,1,peak,\n")
+    points.write_text(
+        "scan,row,col,kind,radius_nm\nSTM_A_001,3.5,4.25,trough,0.8\nSTM_A_001,70,1,peak,\n"
+    )
     result = invoke("labels", "import", points, "--partial", "--db", db)
     assert result.exit_code == 0, result.output
     assert "1 outside the frame dropped" in result.stdout
@@ -183,7 +210,9 @@ def test_voc_coco_and_point_csv_and_the_scan_option(renders, db, tmp_path):
     one = next(x for x in listed if x["path"].endswith("STM_A_001.png"))
     assert one["exhaustive"] and one["counts"] == {"trough": 1, "peak": 1, "total": 2}
     assert {(s["source"], s["exhaustive"], s["labels"]) for s in one["sources"]} == {
-        ("coco:coco.json", True, 1), ("csv:points.csv", False, 1)}
+        ("coco:coco.json", True, 1),
+        ("csv:points.csv", False, 1),
+    }
     table = invoke("labels", "list", "--sample", "A", "--db", db)
     assert table.exit_code == 0 and "2 labelled scan(s): 2 exhaustive" in table.stdout
     assert invoke("labels", "list", "--sample", "Z", "--db", db).exit_code == 1
@@ -199,8 +228,12 @@ def test_voc_coco_and_point_csv_and_the_scan_option(renders, db, tmp_path):
 
 def test_accept_turns_the_latest_run_into_exhaustive_labels(tmp_path, db):
     engine = open_database(db)
-    scan = record(engine, "/w/A/STM_001.sxm", sample="A",
-                  runs=[detection(1, 1, 100.0, version="old"), detection(2, 1, 100.0)])
+    scan = record(
+        engine,
+        "/w/A/STM_001.sxm",
+        sample="A",
+        runs=[detection(1, 1, 100.0, version="old"), detection(2, 1, 100.0)],
+    )
     record(engine, "/w/A/queued.sxm", sample="A", runs=[], status="queued")
     engine.dispose()
     result = invoke("labels", "accept", "STM_001.sxm", "--db", db)
@@ -208,8 +241,10 @@ def test_accept_turns_the_latest_run_into_exhaustive_labels(tmp_path, db):
     assert "accepted 2 trough, 1 peak from run 2 (v1)" in result.stdout
     got = labels(db)["STM_001.sxm"]
     assert [(r, c, k, s, e) for r, c, k, _, s, e in got] == [
-        (0.0, 0.0, "trough", "accepted", True), (1.0, 1.0, "trough", "accepted", True),
-        (2.0, 2.0, "peak", "accepted", True)]
+        (0.0, 0.0, "trough", "accepted", True),
+        (1.0, 1.0, "trough", "accepted", True),
+        (2.0, 2.0, "peak", "accepted", True),
+    ]
     assert got[0][3] == pytest.approx(np.sqrt(1.5 / np.pi), abs=1e-3)
     # above every detection's confidence: no label, but the scan stays labelled as clean
     result = invoke("labels", "accept", str(scan), "--min-confidence", "0.95", "--db", db)
@@ -228,8 +263,12 @@ def test_export_in_every_format_imports_back_onto_the_same_scans(renders, db, tm
     before = labels(db)
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     assert invoke("import-image", *renders, "--size-nm", "32", "--db", fresh).exit_code == 0
-    for fmt, target in (("via", tmp_path / "out" / "via.csv"), ("coco", tmp_path / "c.json"),
-                        ("csv", tmp_path / "p.csv"), ("voc", tmp_path / "voc")):
+    for fmt, target in (
+        ("via", tmp_path / "out" / "via.csv"),
+        ("coco", tmp_path / "c.json"),
+        ("csv", tmp_path / "p.csv"),
+        ("voc", tmp_path / "voc"),
+    ):
         result = invoke("labels", "export", target, "--format", fmt, "--db", db)
         assert result.exit_code == 0, result.output
         assert "exported 2 trough, 1 peak of 2 scan(s)" in result.stdout
@@ -242,8 +281,11 @@ def test_export_in_every_format_imports_back_onto_the_same_scans(renders, db, tm
         for name in before:
             got = [x for x in after[name] if x[4].startswith(f"{fmt}:")]
             assert [x[2] for x in got] == [x[2] for x in before[name]], fmt
-            np.testing.assert_allclose([(x[0], x[1], x[3]) for x in got],
-                                       [(x[0], x[1], x[3]) for x in before[name]], atol=2e-3)
+            np.testing.assert_allclose(
+                [(x[0], x[1], x[3]) for x in got],
+                [(x[0], x[1], x[3]) for x in before[name]],
+                atol=2e-3,
+            )
     # our CSV is readable as such
     rows = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
     assert {r["scan"] for r in rows} == {"STM_A_001.png", "STM_A_002.png"}
@@ -273,6 +315,9 @@ def test_the_real_frames_and_the_papers_via_labels(tmp_path, db):
     assert len(listed) == len(images) and all(x["exhaustive"] for x in listed)
     assert {x["sample"] for x in listed} == {"WSe2-SL445"}
     total = sum(x["counts"]["total"] for x in listed)
-    defects = sum(1 for r in via_rows if r and "atoms" not in r[0].lower()
-                  and float(r[3]) > 0 and float(r[4]) > 0)
+    defects = sum(
+        1
+        for r in via_rows
+        if r and "atoms" not in r[0].lower() and float(r[3]) > 0 and float(r[4]) > 0
+    )
     assert total == defects

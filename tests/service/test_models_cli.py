@@ -36,9 +36,15 @@ def versions(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name in ("tiny-a", "tiny-b"):
         out[name] = save_version(
-            root / name, ModelConfig(version=name, pixel_size_nm=0.1, architecture=spec,
-                                     preprocess=PreprocessParams().to_dict()),
-            [build_member(spec).state_dict() for _ in range(2)])
+            root / name,
+            ModelConfig(
+                version=name,
+                pixel_size_nm=0.1,
+                architecture=spec,
+                preprocess=PreprocessParams().to_dict(),
+            ),
+            [build_member(spec).state_dict() for _ in range(2)],
+        )
     broken = root / "broken"
     shutil.copytree(out["tiny-a"], broken)
     (broken / "member_01.safetensors").unlink()
@@ -46,12 +52,19 @@ def versions(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def register(db: str, name: str, directory: Path, *, activate: bool = False,
-             metrics: dict | None = None) -> None:
+def register(
+    db: str, name: str, directory: Path, *, activate: bool = False, metrics: dict | None = None
+) -> None:
     engine = open_database(db)
     with write_transaction(engine) as s:
-        register_version(name, session=s, directory=str(directory), members=2,
-                         metrics=metrics, parent="tiny-a" if name != "tiny-a" else None)
+        register_version(
+            name,
+            session=s,
+            directory=str(directory),
+            members=2,
+            metrics=metrics,
+            parent="tiny-a" if name != "tiny-a" else None,
+        )
         if activate:
             activate_version(name, session=s)
     engine.dispose()
@@ -98,8 +111,9 @@ def test_activate_and_rollback_refuse_versions_that_no_longer_load(tmp_path, ver
     assert "f1.peak=0.6" in invoke("models", "list", "--db", db).stdout
 
     refused = invoke("models", "activate", "broken", "--db", db)
-    assert refused.exit_code == 1 and "member file member_01.safetensors is missing" in \
-        refused.stderr
+    assert (
+        refused.exit_code == 1 and "member file member_01.safetensors is missing" in refused.stderr
+    )
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.output
     unknown = invoke("models", "activate", "nope", "--db", db)
     assert unknown.exit_code == 1 and "known: default" in unknown.stderr
@@ -123,8 +137,9 @@ def test_reprocess_rescores_outdated_scans_and_keeps_their_history(tmp_path, ver
     db = f"sqlite:///{tmp_path / 'record.db'}"
     engine = open_database(db)
     register(db, "tiny-a", versions["tiny-a"], activate=True)
-    written = write_simulated_scans(tmp_path / "S1", n=3, size_nm=6.4, pixels=64, seed=5,
-                                    prefix="STM_S1")
+    written = write_simulated_scans(
+        tmp_path / "S1", n=3, size_nm=6.4, pixels=64, seed=5, prefix="STM_S1"
+    )
     old = load_ensemble(versions["tiny-a"])
     for w in written:
         scan, det = detect_file(w.sxm, ensemble=old)
@@ -148,8 +163,11 @@ def test_reprocess_rescores_outdated_scans_and_keeps_their_history(tmp_path, ver
     everything = invoke("reprocess", "--sample", "S1", "--db", db)
     assert "re-scored 2 of 3 scan(s)" in everything.stdout
     with read_transaction(engine) as s:  # history kept: runs are added, never replaced
-        runs = dict(s.execute(select(DetectionRun.scan_id, func.count())
-                              .group_by(DetectionRun.scan_id)).all())
+        runs = dict(
+            s.execute(
+                select(DetectionRun.scan_id, func.count()).group_by(DetectionRun.scan_id)
+            ).all()
+        )
     assert sorted(runs.values()) == [1, 3, 3]
     missing = invoke("reprocess", "--sample", "nope", "--db", db)
     assert missing.exit_code == 1 and "no sample called 'nope'" in missing.stderr

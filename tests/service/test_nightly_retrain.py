@@ -25,8 +25,18 @@ from defectwatch.service.retraining import LabelledScan, example_from_labels, ga
 from tests.service.test_retrain import blind_model, record, record_scans, sim_scans  # noqa: F401
 
 runner = CliRunner()
-SCRATCH = ["--recipe", "scratch", "--filters", "4", "--members", "1", "--iterations", "3",
-           "--crop", "64"]
+SCRATCH = [
+    "--recipe",
+    "scratch",
+    "--filters",
+    "4",
+    "--members",
+    "1",
+    "--iterations",
+    "3",
+    "--crop",
+    "64",
+]
 
 
 def retrain(db: str, models: Path, *args: str):
@@ -35,8 +45,8 @@ def retrain(db: str, models: Path, *args: str):
 
 # -- skip, force, outcomes ----------------------------------------------------------------------
 
-def test_a_night_without_new_labels_is_skipped_force_trains_and_outcomes_show(record,
-                                                                              sim_scans):
+
+def test_a_night_without_new_labels_is_skipped_force_trains_and_outcomes_show(record, sim_scans):
     db, models = record
     engine = open_database(db)
     ids = record_scans(engine, sim_scans[:5])
@@ -61,8 +71,17 @@ def test_a_night_without_new_labels_is_skipped_force_trains_and_outcomes_show(re
 
     # a new label is a change: trained (and promoted: the blind parent finds nothing)
     with write_transaction(engine) as s:
-        s.add(Label(scan_id=ids[0], row=5.0, col=5.0, kind="peak", radius_nm=0.7,
-                    source="review:x", exhaustive=False))
+        s.add(
+            Label(
+                scan_id=ids[0],
+                row=5.0,
+                col=5.0,
+                kind="peak",
+                radius_nm=0.7,
+                source="review:x",
+                exhaustive=False,
+            )
+        )
     third = retrain(db, models, *SCRATCH, "--name", "c3", "--json")
     assert third.exit_code == 0, third.output
     assert json.loads(third.stdout)["outcome"] == "promoted"
@@ -98,6 +117,7 @@ def test_a_failed_run_is_recorded_with_its_reason(record, sim_scans):
 
 # -- the gate on a small test split -------------------------------------------------------------
 
+
 def test_a_small_test_split_is_judged_with_a_stated_uncertainty():
     # 3 test scans; per scan TP, FP, FN of the active and the candidate for peaks
     active = np.array([[1, 0, 2], [0, 1, 1], [2, 0, 1]])
@@ -105,8 +125,12 @@ def test_a_small_test_split_is_judged_with_a_stated_uncertainty():
     diff = bootstrap_f1_difference(active, cand, resamples=500)
     assert diff.low <= diff.delta <= diff.high and diff.scans == 3
     assert diff.delta == pytest.approx(2 * 5 / (10 + 1 + 2) - 2 * 3 / (6 + 1 + 4))
-    d = gate({"trough": 0.80, "peak": 0.60}, {"trough": 0.80, "peak": 0.50},
-             test_labels={"trough": 120, "peak": 8}, uncertainty={"peak": diff, "mean": diff})
+    d = gate(
+        {"trough": 0.80, "peak": 0.60},
+        {"trough": 0.80, "peak": 0.50},
+        test_labels={"trough": 120, "peak": 8},
+        uncertainty={"peak": diff, "mean": diff},
+    )
     assert d.promote and d.small == ("peak",)
     rough = [r for r in d.reasons if r.startswith("rough for peak")]
     assert rough and "only 8 peak label(s) in the test split (fewer than 30)" in rough[0]
@@ -114,8 +138,11 @@ def test_a_small_test_split_is_judged_with_a_stated_uncertainty():
     assert any("label more scans" in r for r in d.reasons)
     assert d.uncertainty["peak"]["delta"] == pytest.approx(diff.delta)
     # a small split does not excuse a drop beyond the tolerance
-    worse = gate({"trough": 0.80, "peak": 0.40}, {"trough": 0.80, "peak": 0.50},
-                 test_labels={"trough": 120, "peak": 8})
+    worse = gate(
+        {"trough": 0.80, "peak": 0.40},
+        {"trough": 0.80, "peak": 0.50},
+        test_labels={"trough": 120, "peak": 8},
+    )
     assert not worse.promote and worse.small == ("peak",)
     # enough labels: no such caveat
     big = gate({"trough": 0.8}, {"trough": 0.7}, test_labels={"trough": 30})
@@ -132,6 +159,7 @@ def test_the_bootstrap_separates_a_clear_difference_from_none():
 
 
 # -- the fine-tuning recipe ---------------------------------------------------------------------
+
 
 def test_mixed_batches_hold_the_rehearsal_share():
     lab = [Example(np.zeros((40, 40), np.float32), np.full((40, 40), 1, np.uint8), "lab")]
@@ -153,8 +181,7 @@ def test_spared_detections_become_ignore_and_labels_stay():
     assert (out[0] == IGNORE).all() and (spare_detections(mask, [], [], radius_px=3) == mask).all()
 
 
-def test_the_parents_unlabelled_detections_are_spared_on_exhaustive_scans(sim_scans,
-                                                                           tmp_path):
+def test_the_parents_unlabelled_detections_are_spared_on_exhaustive_scans(sim_scans, tmp_path):
     """A parent that calls everything a trough: its one big detection (at the frame's centre)
     has no label near it and is spared on an exhaustive scan, not on a partial one."""
     import torch
@@ -167,23 +194,43 @@ def test_the_parents_unlabelled_detections_are_spared_on_exhaustive_scans(sim_sc
     state = build_member(spec).state_dict()
     state["px.weight"] = torch.zeros_like(state["px.weight"])
     state["px.bias"] = torch.tensor([-20.0, 20.0, -20.0])
-    eager = Ensemble(ModelConfig(version="eager", pixel_size_nm=0.1, architecture=spec,
-                                 detection={"report_contrast": {"trough": 0, "peak": 0}}),
-                     [state])
+    eager = Ensemble(
+        ModelConfig(
+            version="eager",
+            pixel_size_nm=0.1,
+            architecture=spec,
+            detection={"report_contrast": {"trough": 0, "peak": 0}},
+        ),
+        [state],
+    )
     scan = read_scan(sim_scans[0])
-    item = LabelledScan(scan_id=1, name="a", split="train", scan=scan, rows=(5.0,),
-                        cols=(5.0,), kinds=("peak",), radius_nm=(None,), exhaustive=True)
+    item = LabelledScan(
+        scan_id=1,
+        name="a",
+        split="train",
+        scan=scan,
+        rows=(5.0,),
+        cols=(5.0,),
+        kinds=("peak",),
+        radius_nm=(None,),
+        exhaustive=True,
+    )
     ex = example_from_labels(item, target_nm=0.1)
     pred = eager.predict_scan(scan)
-    spared, n = spare_unlabelled(ex, item, pred, radius_nm={"trough": 0.6, "peak": 0.7},
-                                 target_nm=0.1)
+    spared, n = spare_unlabelled(
+        ex, item, pred, radius_nm={"trough": 0.6, "peak": 0.7}, target_nm=0.1
+    )
     assert n == 1
     h, w = ex.mask.shape
     assert ex.mask[h // 2, w // 2] == 0 and spared.mask[h // 2, w // 2] == IGNORE
     assert (spared.mask == 2).sum() == (ex.mask == 2).sum()  # the labelled peak is kept
     partial = LabelledScan(**{**item.__dict__, "exhaustive": False})
-    assert spare_unlabelled(ex, partial, pred, radius_nm={"trough": 0.6, "peak": 0.7},
-                            target_nm=0.1)[1] == 0
+    assert (
+        spare_unlabelled(ex, partial, pred, radius_nm={"trough": 0.6, "peak": 0.7}, target_nm=0.1)[
+            1
+        ]
+        == 0
+    )
 
 
 def test_the_validation_split_is_deterministic_and_leaves_training_scans():
@@ -194,9 +241,9 @@ def test_the_validation_split_is_deterministic_and_leaves_training_scans():
     items = [Item(i) for i in range(11)]
     fit, val = validation_split(items)
     assert len(val) == 3 and len(fit) == 8 and {i.scan_id for i in fit + val} == set(range(11))
-    assert [i.scan_id for i in validation_split(items[::-1])[1]] == sorted(
-        i.scan_id for i in val)[::-1] or {i.scan_id for i in validation_split(items[::-1])[1]} \
-        == {i.scan_id for i in val}
+    assert [i.scan_id for i in validation_split(items[::-1])[1]] == sorted(i.scan_id for i in val)[
+        ::-1
+    ] or {i.scan_id for i in validation_split(items[::-1])[1]} == {i.scan_id for i in val}
     assert validation_split(items[:1]) == (items[:1], [])
     assert len(validation_split(items[:2])[1]) == 1
 
@@ -209,29 +256,39 @@ def tiny_mix_parent(tmp_path, blind_model):  # noqa: F811
     out = tmp_path / "blind-mix"
     shutil.copytree(blind_model, out)
     cfg = json.loads((out / "config.json").read_text())
-    cfg["data"] = {"source": "defectwatch simulator", "seeds": [500, 515],
-                   "mix": {"material_weights": [["wse2", 1.0]], "cafm_share": 0.0,
-                           "size_nm": [6.0, 8.0], "pixel_size_nm": [0.1, 0.12],
-                           "max_model_px": 80, "artifacts_share": 0.0,
-                           "density_per_cm2": [1e12, 3e12], "render_share": 0.0}}
+    cfg["data"] = {
+        "source": "defectwatch simulator",
+        "seeds": [500, 515],
+        "mix": {
+            "material_weights": [["wse2", 1.0]],
+            "cafm_share": 0.0,
+            "size_nm": [6.0, 8.0],
+            "pixel_size_nm": [0.1, 0.12],
+            "max_model_px": 80,
+            "artifacts_share": 0.0,
+            "density_per_cm2": [1e12, 3e12],
+            "render_share": 0.0,
+        },
+    }
     (out / "config.json").write_text(json.dumps(cfg))
     return out
 
 
 def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
-        tmp_path, sim_scans, tiny_mix_parent):  # noqa: F811
+    tmp_path, sim_scans, tiny_mix_parent
+):  # noqa: F811
     from defectwatch.db.registry import register_version
 
     db = tmp_path / "nightly.db"
     engine = open_database(db)
     with write_transaction(engine) as s:
-        register_version("blind-1", session=s, directory=str(tiny_mix_parent), members=2,
-                         activate=True)
+        register_version(
+            "blind-1", session=s, directory=str(tiny_mix_parent), members=2, activate=True
+        )
     record_scans(engine, sim_scans[:6])
     engine.dispose()
     models = tmp_path / "models"
-    result = retrain(str(db), models, "--iterations", "4", "--crop", "32", "--name", "n1",
-                     "--json")
+    result = retrain(str(db), models, "--iterations", "4", "--crop", "32", "--name", "n1", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     t = report["training"]
@@ -243,8 +300,12 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     assert search["chosen"]["iterations"] in (2, 4)
     assert search["chosen"]["learning_rate"] in (1e-4, 3e-4)
     assert set(search["validation_mean_f1"]) == {
-        "parent member 0", "rate 0.0001, 2 steps", "rate 0.0001, 4 steps",
-        "rate 0.0003, 2 steps", "rate 0.0003, 4 steps"}
+        "parent member 0",
+        "rate 0.0001, 2 steps",
+        "rate 0.0001, 4 steps",
+        "rate 0.0003, 2 steps",
+        "rate 0.0003, 4 steps",
+    }
     data = report["data"]
     assert data["validation"]["scans"] == 1 and data["train"]["scans"] == 4
     assert set(data["validation"]["scan_names"]) <= set(data["train"]["scan_names"])
@@ -254,9 +315,23 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     assert set(cfg["detection"]["report_contrast"]) == {"trough", "peak"}
     assert report["decision"]["small"]  # 2 test scans: too few labels per kind
     # without the positive-unlabelled masks and without rehearsal, as the options say
-    off = retrain(str(db), models, "--iterations", "2", "--crop", "32", "--force",
-                  "--rehearsal", "0", "--no-spare-unlabelled", "--learning-rate", "1e-4",
-                  "--promote", "never", "--json")
+    off = retrain(
+        str(db),
+        models,
+        "--iterations",
+        "2",
+        "--crop",
+        "32",
+        "--force",
+        "--rehearsal",
+        "0",
+        "--no-spare-unlabelled",
+        "--learning-rate",
+        "1e-4",
+        "--promote",
+        "never",
+        "--json",
+    )
     assert off.exit_code == 0, off.output
     t = json.loads(off.stdout)["training"]
     assert t["rehearsal"] == "none" and t["unlabelled"].startswith("taught as background")

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from defectwatch.db import open_database, write_transaction
 from defectwatch.db import heartbeat as hb
+from defectwatch.db import open_database, write_transaction
 from defectwatch.db.models import ScanRow, utcnow
 from defectwatch.db.registry import register_version
 from defectwatch.pipeline.density import poisson_ci95
@@ -19,8 +19,16 @@ from defectwatch.service.cli import app
 from tests.db.factories import detection, record
 
 runner = CliRunner()
-JSON_KEYS = {"sample", "scans", "area_nm2", "counts", "density_per_cm2", "ci95_per_cm2",
-             "raw_density_per_cm2", "calibration"}
+JSON_KEYS = {
+    "sample",
+    "scans",
+    "area_nm2",
+    "counts",
+    "density_per_cm2",
+    "ci95_per_cm2",
+    "raw_density_per_cm2",
+    "calibration",
+}
 
 
 @pytest.fixture
@@ -28,15 +36,22 @@ def filled(tmp_path) -> str:
     """Two samples: A (two done scans, one re-run, one failed), B (one done scan)."""
     url = f"sqlite:///{tmp_path / 'record.db'}"
     engine = open_database(url)
-    record(engine, "/w/A/STM_001.sxm", sample="A",
-           runs=[detection(90, 90, 2500.0, version="old"), detection(4, 2, 2500.0)])
+    record(
+        engine,
+        "/w/A/STM_001.sxm",
+        sample="A",
+        runs=[detection(90, 90, 2500.0, version="old"), detection(4, 2, 2500.0)],
+    )
     record(engine, "/w/A/STM_002.sxm", sample="A", runs=[detection(6, 0, 7500.0)])
     record(engine, "/w/A/broken.sxm", sample="A", runs=[], status="failed")
     record(engine, "/w/B/STM_001.sxm", sample="B", runs=[detection(0, 3, 10_000.0)])
     with write_transaction(engine) as s:
         register_version("v1", session=s, directory="/models/v1", members=10, activate=True)
-        s.execute(update(ScanRow).where(ScanRow.path == "/w/A/broken.sxm")
-                  .values(last_error="broken.sxm: not a Nanonis file"))
+        s.execute(
+            update(ScanRow)
+            .where(ScanRow.path == "/w/A/broken.sxm")
+            .values(last_error="broken.sxm: not a Nanonis file")
+        )
         hb.beat(session=s, pid=1234, host="stm-pc", started_at=utcnow())
     engine.dispose()
     return url
@@ -70,7 +85,10 @@ def test_density_of_named_samples_csv_and_table(filled):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["sample"], r["kind"], r["defects"]) for r in rows] == [
-        ("B", "trough", "0"), ("B", "peak", "3"), ("B", "total", "3")]
+        ("B", "trough", "0"),
+        ("B", "peak", "3"),
+        ("B", "total", "3"),
+    ]
     assert float(rows[2]["density_per_cm2"]) == pytest.approx(3e10)
     table = invoke("density", "--db", filled)
     assert table.exit_code == 0 and "trough" in table.stdout and "1.2e+11" in table.stdout
@@ -116,7 +134,8 @@ def test_samples_table_json_and_rename_merge(filled):
     assert renamed.exit_code == 0 and "renamed A -> WSe2-SL445" in renamed.stdout
     report = json.loads(invoke("density", "--json", "--db", filled).stdout)
     assert [(r["sample"], r["scans"], r["counts"]["total"]) for r in report] == [
-        ("WSe2-SL445", 3, 15)]
+        ("WSe2-SL445", 3, 15)
+    ]
     missing = invoke("samples", "rename", "B", "C", "--db", filled)
     assert missing.exit_code == 1 and "no sample called 'B'" in missing.output
 
@@ -124,10 +143,12 @@ def test_samples_table_json_and_rename_merge(filled):
 def test_scans_filtered_by_status_and_sample(filled):
     failed = json.loads(invoke("scans", "--status", "failed", "--json", "--db", filled).stdout)
     assert [(s["file"], s["sample"], s["last_error"]) for s in failed] == [
-        ("broken.sxm", "A", "broken.sxm: not a Nanonis file")]
+        ("broken.sxm", "A", "broken.sxm: not a Nanonis file")
+    ]
     b = json.loads(invoke("scans", "--sample", "B", "--json", "--db", filled).stdout)
     assert [(s["path"], s["counts"]) for s in b] == [
-        ("/w/B/STM_001.sxm", {"trough": 0, "peak": 3, "total": 3})]
+        ("/w/B/STM_001.sxm", {"trough": 0, "peak": 3, "total": 3})
+    ]
     table = invoke("scans", "--db", filled)
     assert table.exit_code == 0 and "not a Nanonis file" in table.stdout
     bad = invoke("scans", "--status", "weird", "--db", filled)
@@ -138,9 +159,17 @@ def test_defects_by_id_path_or_unique_file_name(filled):
     result = invoke("defects", "STM_002.sxm", "--csv", "--db", filled)
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert len(rows) == 6 and set(rows[0]) == {"row", "col", "x_nm", "y_nm", "kind",
-                                               "confidence", "uncertainty", "area_nm2",
-                                               "contrast"}
+    assert len(rows) == 6 and set(rows[0]) == {
+        "row",
+        "col",
+        "x_nm",
+        "y_nm",
+        "kind",
+        "confidence",
+        "uncertainty",
+        "area_nm2",
+        "contrast",
+    }
     latest = json.loads(invoke("defects", "1", "--json", "--db", filled).stdout)
     assert len(latest) == 6  # scan 1's latest run, not the old 180-defect one
     table = invoke("defects", "/w/B/STM_001.sxm", "--db", filled)
@@ -163,8 +192,14 @@ def test_status_shows_daemon_queue_failures_and_model(filled):
 
 
 def test_every_record_command_has_help():
-    for command in (["samples"], ["samples", "rename"], ["density"], ["scans"], ["defects"],
-                    ["status"]):
+    for command in (
+        ["samples"],
+        ["samples", "rename"],
+        ["density"],
+        ["scans"],
+        ["defects"],
+        ["status"],
+    ):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "--db" in result.stdout, command
 
@@ -172,9 +207,11 @@ def test_every_record_command_has_help():
 def test_unusable_databases_are_one_line_errors(tmp_path):
     garbage = tmp_path / "not a db.db"
     garbage.write_text("this is not SQLite")
-    for url, message in [(str(garbage), "file is not a database"),
-                         ("nosuchdialect://x", "database nosuchdialect://x:"),
-                         ("postgresql+nodriver://u:secret@/db", "u:***@")]:
+    for url, message in [
+        (str(garbage), "file is not a database"),
+        ("nosuchdialect://x", "database nosuchdialect://x:"),
+        ("postgresql+nodriver://u:secret@/db", "u:***@"),
+    ]:
         result = invoke("density", "--db", url)
         assert result.exit_code == 1, url
         assert message in result.output and "Traceback" not in result.output, result.output

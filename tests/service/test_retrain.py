@@ -21,23 +21,39 @@ from defectwatch.pipeline.labels import DEFAULT_RADIUS_NM, IGNORE
 from defectwatch.pipeline.scan import read_scan
 from defectwatch.service.cli import app
 from defectwatch.service.ingest import active_model, file_sha256, make_process, make_queue
-from defectwatch.service.retraining import (LabelledScan, RetrainLockedError,
-                                            example_from_labels, gate, label_radius_nm,
-                                            retrain_lock)
+from defectwatch.service.retraining import (
+    LabelledScan,
+    RetrainLockedError,
+    example_from_labels,
+    gate,
+    label_radius_nm,
+    retrain_lock,
+)
 from defectwatch.service.simulation import read_truth_csv, write_simulated_scans
 from tests.db.factories import detection
 
 runner = CliRunner()
-TINY = ["--recipe", "scratch", "--filters", "4", "--members", "2", "--iterations", "5", "--crop",
-        "64"]
+TINY = [
+    "--recipe",
+    "scratch",
+    "--filters",
+    "4",
+    "--members",
+    "2",
+    "--iterations",
+    "5",
+    "--crop",
+    "64",
+]
 
 
 @pytest.fixture(scope="module")
 def sim_scans(tmp_path_factory) -> list[Path]:
     """Eight small simulated WSe2 scans (12 nm, 96 px) with their truth CSVs."""
     folder = tmp_path_factory.mktemp("scans")
-    written = write_simulated_scans(folder, n=8, size_nm=12.0, pixels=96,
-                                    density_per_cm2=3e12, seed=40)
+    written = write_simulated_scans(
+        folder, n=8, size_nm=12.0, pixels=96, density_per_cm2=3e12, seed=40
+    )
     return [w.sxm for w in written]
 
 
@@ -62,11 +78,18 @@ def blind_model(tmp_path_factory) -> Path:
         state["px.bias"] = torch.tensor([20.0, -20.0, -20.0])
         members.append(state)
     out = tmp_path_factory.mktemp("shipped") / "blind-1"
-    return save_version(out, ModelConfig(version="blind-1", pixel_size_nm=0.1,
-                                         architecture=spec,
-                                         preprocess=PreprocessParams().to_dict(),
-                                         metrics={"threshold": 0.5}, detection=BLIND_RULE),
-                        members)
+    return save_version(
+        out,
+        ModelConfig(
+            version="blind-1",
+            pixel_size_nm=0.1,
+            architecture=spec,
+            preprocess=PreprocessParams().to_dict(),
+            metrics={"threshold": 0.5},
+            detection=BLIND_RULE,
+        ),
+        members,
+    )
 
 
 def record_scans(engine, paths: list[Path], *, exhaustive: bool = True) -> list[int]:
@@ -75,14 +98,29 @@ def record_scans(engine, paths: list[Path], *, exhaustive: bool = True) -> list[
     with write_transaction(engine) as s:
         for path in paths:
             st = path.stat()
-            row = add_scan(str(path), session=s, sha256=file_sha256(path),
-                           size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, sample="S",
-                           status="done")
+            row = add_scan(
+                str(path),
+                session=s,
+                sha256=file_sha256(path),
+                size_bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                sample="S",
+                status="done",
+            )
             row.channel = "Z"
             for d in read_truth_csv(path.with_suffix(".csv")):
                 if d.visible:
-                    s.add(Label(scan_id=row.id, row=d.row, col=d.col, kind=d.kind,
-                                radius_nm=1.4, source="truth", exhaustive=exhaustive))
+                    s.add(
+                        Label(
+                            scan_id=row.id,
+                            row=d.row,
+                            col=d.col,
+                            kind=d.kind,
+                            radius_nm=1.4,
+                            source="truth",
+                            exhaustive=exhaustive,
+                        )
+                    )
             ids.append(row.id)
     return ids
 
@@ -93,15 +131,13 @@ def record(tmp_path, blind_model):
     db = tmp_path / "record.db"
     engine = open_database(db)
     with write_transaction(engine) as s:
-        register_version("blind-1", session=s, directory=str(blind_model), members=2,
-                         activate=True)
+        register_version("blind-1", session=s, directory=str(blind_model), members=2, activate=True)
     engine.dispose()
     return str(db), tmp_path / "models"
 
 
 def invoke(db: str, models: Path, *args: str):
-    return runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models), *TINY,
-                               *args])
+    return runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models), *TINY, *args])
 
 
 def versions(db: str) -> list[tuple[str, bool, str | None]]:
@@ -114,15 +150,22 @@ def versions(db: str) -> list[tuple[str, bool, str | None]]:
 
 # -- end to end ---------------------------------------------------------------------------------
 
-def test_tiny_retrain_is_promoted_picked_up_by_the_daemon_and_rolled_back(record, sim_scans,
-                                                                         tmp_path):
+
+def test_tiny_retrain_is_promoted_picked_up_by_the_daemon_and_rolled_back(
+    record, sim_scans, tmp_path
+):
     db, models = record
     engine = open_database(db)
     record_scans(engine, sim_scans[:6])
     loaded: list[str] = []
-    process = make_process(engine, load_ensemble=lambda d: loaded.append(d.name) or d,
-                           detect=lambda p, *, ensemble, channel: (
-                               read_scan(p), detection(1, 0, 10.0, version=ensemble.name)))
+    process = make_process(
+        engine,
+        load_ensemble=lambda d: loaded.append(d.name) or d,
+        detect=lambda p, *, ensemble, channel: (
+            read_scan(p),
+            detection(1, 0, 10.0, version=ensemble.name),
+        ),
+    )
     queue = make_queue(engine, roots=[tmp_path], rule="folder")
     for i in range(2):
         queue.enqueue(str(sim_scans[i]), sha256=f"{i}" * 64, size_bytes=1, mtime_ns=1)
@@ -242,14 +285,50 @@ def test_from_active_fine_tunes_and_refuses_another_width(record, sim_scans):
     engine = open_database(db)
     record_scans(engine, sim_scans[:4], exhaustive=False)
     engine.dispose()
-    bad = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models),
-                              "--recipe", "scratch", "--from-active", "--filters", "8",
-                              "--members", "1", "--iterations", "2", "--crop", "64"])
+    bad = runner.invoke(
+        app,
+        [
+            "retrain",
+            "--db",
+            db,
+            "--models-dir",
+            str(models),
+            "--recipe",
+            "scratch",
+            "--from-active",
+            "--filters",
+            "8",
+            "--members",
+            "1",
+            "--iterations",
+            "2",
+            "--crop",
+            "64",
+        ],
+    )
     assert bad.exit_code == 1 and "--from-active" in bad.stderr and "4 filters" in bad.stderr
-    ok = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models),
-                             "--recipe", "scratch", "--from-active", "--members", "1",
-                             "--iterations", "3", "--crop", "64", "--promote", "force",
-                             "--json"])
+    ok = runner.invoke(
+        app,
+        [
+            "retrain",
+            "--db",
+            db,
+            "--models-dir",
+            str(models),
+            "--recipe",
+            "scratch",
+            "--from-active",
+            "--members",
+            "1",
+            "--iterations",
+            "3",
+            "--crop",
+            "64",
+            "--promote",
+            "force",
+            "--json",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     report = json.loads(ok.stdout)
     assert report["activated"] and report["training"]["from"] == "active version blind-1"
@@ -258,6 +337,7 @@ def test_from_active_fine_tunes_and_refuses_another_width(record, sim_scans):
 
 
 # -- the gate -----------------------------------------------------------------------------------
+
 
 def test_gate_promotes_a_candidate_that_holds_or_improves():
     d = gate({"trough": 0.80, "peak": 0.60}, {"trough": 0.81, "peak": 0.55})
@@ -275,8 +355,9 @@ def test_gate_refuses_a_worse_candidate_and_says_why():
     d = gate({"trough": 0.79, "peak": 0.59}, {"trough": 0.80, "peak": 0.60})
     assert not d.promote and any("mean F1 0.690 is below" in r for r in d.reasons)
     # a larger tolerance does not excuse a lower mean
-    assert not gate({"trough": 0.79, "peak": 0.59}, {"trough": 0.80, "peak": 0.60},
-                    tolerance=0.5).promote
+    assert not gate(
+        {"trough": 0.79, "peak": 0.59}, {"trough": 0.80, "peak": 0.60}, tolerance=0.5
+    ).promote
 
 
 def test_gate_judges_only_classes_with_labels_and_modes_override():
@@ -293,6 +374,7 @@ def test_gate_judges_only_classes_with_labels_and_modes_override():
 
 # -- training examples from labels --------------------------------------------------------------
 
+
 def test_label_radius_is_clipped_to_the_class_default():
     assert label_radius_nm(None, "trough") == DEFAULT_RADIUS_NM["trough"]
     assert label_radius_nm(1.4, "peak") == DEFAULT_RADIUS_NM["peak"]  # box incl. halo
@@ -305,13 +387,22 @@ def test_label_radius_is_clipped_to_the_class_default():
 
 def test_partial_labels_leave_unmarked_areas_ignored(sim_scans):
     scan = read_scan(sim_scans[0])
-    item = LabelledScan(scan_id=1, name="a", split="train", scan=scan, rows=(20.0, 70.0),
-                        cols=(20.0, 60.0), kinds=("trough", "peak"), radius_nm=(None, 2.0),
-                        exhaustive=False)
+    item = LabelledScan(
+        scan_id=1,
+        name="a",
+        split="train",
+        scan=scan,
+        rows=(20.0, 70.0),
+        cols=(20.0, 60.0),
+        kinds=("trough", "peak"),
+        radius_nm=(None, 2.0),
+        exhaustive=False,
+    )
     scale = scan.pixel_size_x_nm / 0.1  # scan px -> model px (0.1 nm)
     partial = example_from_labels(item, target_nm=0.1).mask
-    full = example_from_labels(LabelledScan(**{**item.__dict__, "exhaustive": True}),
-                               target_nm=0.1).mask
+    full = example_from_labels(
+        LabelledScan(**{**item.__dict__, "exhaustive": True}), target_nm=0.1
+    ).mask
 
     def at(r: float, c: float) -> tuple[int, int]:
         return int(round((r + 0.5) * scale - 0.5)), int(round((c + 0.5) * scale - 0.5))
@@ -330,11 +421,14 @@ def test_partial_labels_leave_unmarked_areas_ignored(sim_scans):
     assert full[r, c + 6] == 2 and full[r, c + 9] == 0
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--crop", "60"], "--crop 60: use a multiple of 8"),
-    (["--promote", "sometimes"], "--promote 'sometimes': choose auto, never or force"),
-    (["--device", "tpu"], "--device 'tpu': use auto, cpu or cuda"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--crop", "60"], "--crop 60: use a multiple of 8"),
+        (["--promote", "sometimes"], "--promote 'sometimes': choose auto, never or force"),
+        (["--device", "tpu"], "--device 'tpu': use auto, cpu or cuda"),
+    ],
+)
 def test_bad_options_are_one_line_and_exit_1(record, args, message):
     db, models = record
     result = runner.invoke(app, ["retrain", "--db", db, "--models-dir", str(models), *args])

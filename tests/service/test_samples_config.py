@@ -15,44 +15,62 @@ from defectwatch.service.samples import header_comment, make_sample_for, sample_
 ROOT = "/data/stm"
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("/data/stm/WSe2-SL445/STM_001.sxm", "WSe2-SL445"),
-    ("/data/stm/WSe2-SL445/day 2/STM_001.sxm", "WSe2-SL445"),  # first folder under the root
-    ("/data/stm/STM_WTip_WSe2-SL445_022.sxm", "WSe2-SL445"),  # in the root: from the name
-    ("/data/stm/scan_001.sxm", "unsorted"),
-    ("/elsewhere/MoSe2-M12/x.sxm", "MoSe2-M12"),  # outside the root: its own folder
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("/data/stm/WSe2-SL445/STM_001.sxm", "WSe2-SL445"),
+        ("/data/stm/WSe2-SL445/day 2/STM_001.sxm", "WSe2-SL445"),  # first folder under the root
+        ("/data/stm/STM_WTip_WSe2-SL445_022.sxm", "WSe2-SL445"),  # in the root: from the name
+        ("/data/stm/scan_001.sxm", "unsorted"),
+        ("/elsewhere/MoSe2-M12/x.sxm", "MoSe2-M12"),  # outside the root: its own folder
+    ],
+)
 def test_folder_rule(path, expected):
     assert sample_for(path, watch_root=ROOT, rule="folder") == expected
 
 
 def test_regex_rule_on_the_file_name():
     rule = r"regex:(?P<sample>WSe2-SL\d+)"
-    assert sample_for("/data/stm/x/STM_WTip_WSe2-SL445_022.sxm", watch_root=ROOT,
-                      rule=rule) == "WSe2-SL445"
+    assert (
+        sample_for("/data/stm/x/STM_WTip_WSe2-SL445_022.sxm", watch_root=ROOT, rule=rule)
+        == "WSe2-SL445"
+    )
     assert sample_for("/data/stm/x/MoSe2_001.sxm", watch_root=ROOT, rule=rule) == "unsorted"
 
 
-@pytest.mark.parametrize("comment, expected", [
-    ("bias 1 V; sample=WSe2-SL445; tip W", "WSe2-SL445"),
-    ("Sample = MoSe2-M12\nafter anneal", "MoSe2-M12"),
-    ('sample="WSe2 batch 3"', "WSe2 batch 3"),
-    ("no sample entry here", "folder-name"),  # falls back to the folder rule
-    (None, "folder-name"),
-])
+@pytest.mark.parametrize(
+    "comment, expected",
+    [
+        ("bias 1 V; sample=WSe2-SL445; tip W", "WSe2-SL445"),
+        ("Sample = MoSe2-M12\nafter anneal", "MoSe2-M12"),
+        ('sample="WSe2 batch 3"', "WSe2 batch 3"),
+        ("no sample entry here", "folder-name"),  # falls back to the folder rule
+        (None, "folder-name"),
+    ],
+)
 def test_comment_rule(comment, expected):
-    assert sample_for("/data/stm/folder-name/x.sxm", watch_root=ROOT, rule="comment",
-                      comment=comment) == expected
+    assert (
+        sample_for("/data/stm/folder-name/x.sxm", watch_root=ROOT, rule="comment", comment=comment)
+        == expected
+    )
 
 
-@pytest.mark.parametrize("rule, message", [
-    ("regex:(?P<x>a)", "needs a (?P<sample>...) group"),
-    ("regex:([", "bad regular expression"),
-    ("by-date", "use folder, comment or regex"),
-])
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("regex:(?P<x>a)", "needs a (?P<sample>...) group"),
+        ("regex:([", "bad regular expression"),
+        ("by-date", "use folder, comment or regex"),
+    ],
+)
 def test_bad_rules_say_what_to_write(rule, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("?", r"\?").replace(".", r"\.")):
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("?", r"\?")
+        .replace(".", r"\."),
+    ):
         sample_for("/x/y.sxm", watch_root=None, rule=rule)
 
 
@@ -67,8 +85,14 @@ def test_bound_rule_picks_the_deepest_root_and_reads_the_comment(tmp_path):
     scan = tmp_path / "stm" / "S1" / "c.sxm"
     scan.parent.mkdir(parents=True)
     z = np.zeros((16, 16), np.float32)
-    write_sxm(scan, images={("Z", "forward"): z}, units={"Z": "m"}, width_m=1e-8,
-              height_m=1e-8, comment=["tip W", "sample=WSe2-SL445"])
+    write_sxm(
+        scan,
+        images={("Z", "forward"): z},
+        units={"Z": "m"},
+        width_m=1e-8,
+        height_m=1e-8,
+        comment=["tip W", "sample=WSe2-SL445"],
+    )
     assert "sample=WSe2-SL445" in header_comment(scan)
     assert make_sample_for(roots=[outer], rule="comment")(str(scan)) == "WSe2-SL445"
     assert header_comment(tmp_path / "absent.sxm") == ""
@@ -128,8 +152,7 @@ def test_cpu_onnx_setting_decides_what_runs_exact_mode(monkeypatch):
     monkeypatch.delenv("DEFECTWATCH_CPU_ONNX", raising=False)
     assert Settings().cpu_onnx is False
     try:
-        for value, runtime in (("1", "onnxruntime float32"),
-                               ("0", "torch float32 (fused)")):
+        for value, runtime in (("1", "onnxruntime float32"), ("0", "torch float32 (fused)")):
             monkeypatch.setenv("DEFECTWATCH_CPU_ONNX", value)
             get_settings.cache_clear()
             assert load_ensemble(device="cpu").runtime == runtime

@@ -11,8 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from defectwatch.service.cli import app
-from defectwatch.service.system_service import (MARKER, RETRAIN_UNIT, TIMER_UNIT, WATCH_UNIT,
-                                                plan_install, systemd_quote, windows_quote)
+from defectwatch.service.system_service import (
+    MARKER,
+    RETRAIN_UNIT,
+    TIMER_UNIT,
+    WATCH_UNIT,
+    plan_install,
+    systemd_quote,
+    windows_quote,
+)
 
 runner = CliRunner()
 
@@ -37,16 +44,23 @@ def strict_umask():
     os.umask(before)
 
 
-def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_home,
-                                                               strict_umask):
+def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_home, strict_umask):
     scans = tmp_path / "scans"
     scans.mkdir()
-    result = invoke("service", "install", "--user", "--watch", scans, "--db",
-                    tmp_path / "dw.db", "--at", "03:30")
+    result = invoke(
+        "service",
+        "install",
+        "--user",
+        "--watch",
+        scans,
+        "--db",
+        tmp_path / "dw.db",
+        "--at",
+        "03:30",
+    )
     assert result.exit_code == 0, result.output
     units = config_home / "systemd" / "user"
-    assert sorted(p.name for p in units.iterdir()) == sorted([WATCH_UNIT, RETRAIN_UNIT,
-                                                              TIMER_UNIT])
+    assert sorted(p.name for p in units.iterdir()) == sorted([WATCH_UNIT, RETRAIN_UNIT, TIMER_UNIT])
     watch = (units / WATCH_UNIT).read_text()
     python = str(Path(sys.executable).absolute())
     assert f"ExecStart={python} -m defectwatch watch {scans}\n" in watch
@@ -80,8 +94,17 @@ def test_user_install_writes_the_watcher_and_the_nightly_timer(tmp_path, config_
 
 
 def test_dry_run_writes_nothing_and_windows_prints_only_schtasks(tmp_path, config_home):
-    result = invoke("service", "install", "--user", "--watch", tmp_path / "not yet",
-                    "--recursive", "--poll", "2", "--dry-run")
+    result = invoke(
+        "service",
+        "install",
+        "--user",
+        "--watch",
+        tmp_path / "not yet",
+        "--recursive",
+        "--poll",
+        "2",
+        "--dry-run",
+    )
     assert result.exit_code == 0, result.output
     assert not config_home.exists()
     assert f"# --- {config_home / 'systemd' / 'user' / WATCH_UNIT}" in result.stdout
@@ -91,7 +114,9 @@ def test_dry_run_writes_nothing_and_windows_prints_only_schtasks(tmp_path, confi
     assert windows.exit_code == 0
     lines = [ln.strip() for ln in windows.stdout.splitlines() if ln.strip()]
     assert [ln.split(" /TN ")[1].split()[0] for ln in lines if ln.startswith("schtasks")] == [
-        '"defectwatch\\watch"', '"defectwatch\\retrain"']
+        '"defectwatch\\watch"',
+        '"defectwatch\\retrain"',
+    ]
     assert "pythonw.exe -m defectwatch watch" in windows.stdout
     assert not any(ln.startswith("systemctl") for ln in lines)
 
@@ -103,8 +128,13 @@ def test_system_units_need_a_writable_folder_and_a_user(tmp_path, config_home):
     assert result.exit_code == 1
     assert "cannot write the units" in result.stderr and "sudo" in result.stderr
     assert "--user" in result.stderr and "Traceback" not in result.output
-    plan = plan_install(user=False, watch_dirs=[tmp_path], unit_dir=tmp_path / "u",
-                        run_as="lab", environment={"DEFECTWATCH_SAMPLE_RULE": "comment"})
+    plan = plan_install(
+        user=False,
+        watch_dirs=[tmp_path],
+        unit_dir=tmp_path / "u",
+        run_as="lab",
+        environment={"DEFECTWATCH_SAMPLE_RULE": "comment"},
+    )
     watch = plan.units[WATCH_UNIT]
     assert "User=lab" in watch and "WantedBy=multi-user.target" in watch
     assert 'Environment="DEFECTWATCH_SAMPLE_RULE=comment"' in watch
@@ -113,8 +143,7 @@ def test_system_units_need_a_writable_folder_and_a_user(tmp_path, config_home):
     assert bad.exit_code == 1 and "HH:MM" in bad.stderr
 
 
-def test_without_watch_only_the_retrain_and_foreign_files_are_left_alone(tmp_path,
-                                                                          config_home):
+def test_without_watch_only_the_retrain_and_foreign_files_are_left_alone(tmp_path, config_home):
     units = config_home / "systemd" / "user"
     units.mkdir(parents=True)
     (units / WATCH_UNIT).write_text("[Service]\nExecStart=/bin/true\n")  # somebody else's
@@ -152,7 +181,11 @@ def test_quoting_for_systemd_and_windows():
     assert systemd_quote('a"b\\c') == '"a\\"b\\\\c"'
     assert windows_quote("C:\\Program Files\\py.exe") == '"C:\\Program Files\\py.exe"'
     assert windows_quote("D:\\scans") == "D:\\scans"
-    plan = plan_install(user=True, watch_dirs=["/data/my scans"], unit_dir="/tmp/u",
-                        environment={"DEFECTWATCH_DB": "/data/dw 100%.db"})
+    plan = plan_install(
+        user=True,
+        watch_dirs=["/data/my scans"],
+        unit_dir="/tmp/u",
+        environment={"DEFECTWATCH_DB": "/data/dw 100%.db"},
+    )
     assert 'Environment="DEFECTWATCH_DB=/data/dw 100%%.db"' in plan.units[RETRAIN_UNIT]
     assert 'watch "/data/my scans"' in plan.units[WATCH_UNIT]

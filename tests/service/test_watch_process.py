@@ -31,8 +31,16 @@ from tests.daemon.queue_double import sxm_bytes, write_scan
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--stable-for", "0.3", "--incomplete-after", "1.5", "--retry-delay", "0.2",
-        "--max-attempts", "3"]
+FAST = [
+    "--stable-for",
+    "0.3",
+    "--incomplete-after",
+    "1.5",
+    "--retry-delay",
+    "0.2",
+    "--max-attempts",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +56,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     for seed, name in enumerate(("tiny-1", "tiny-2")):
         torch.manual_seed(seed)
         members = [build_member(spec).state_dict() for _ in range(2)]
-        versions[name] = save_version(out / name, ModelConfig(
-            version=name, pixel_size_nm=0.1, architecture=spec), members)
+        versions[name] = save_version(
+            out / name, ModelConfig(version=name, pixel_size_nm=0.1, architecture=spec), members
+        )
     return versions
 
 
@@ -61,16 +70,16 @@ def record_db(request, tmp_path) -> Path | str:
     return request.getfixturevalue("pg_url")
 
 
-def make_db(path: Path | str, models: dict[str, Path], *, active: str = "tiny-1"
-            ) -> Path | str:
+def make_db(path: Path | str, models: dict[str, Path], *, active: str = "tiny-1") -> Path | str:
     from defectwatch.db import open_database, write_transaction
     from defectwatch.db.registry import register_version
 
     engine = open_database(path)
     with write_transaction(engine) as session:
         for name, directory in models.items():
-            register_version(name, session=session, directory=str(directory), members=2,
-                             activate=name == active)
+            register_version(
+                name, session=session, directory=str(directory), members=2, activate=name == active
+            )
     engine.dispose()
     return path
 
@@ -99,9 +108,12 @@ class Watch:
     def __init__(self, tmp_path: Path, name: str, *args: str) -> None:
         self.output = tmp_path / f"{name}.out"
         self._fh = open(self.output, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "defectwatch", "watch", *args],
-                                     stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env=env(tmp_path))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "defectwatch", "watch", *args],
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            env=env(tmp_path),
+        )
 
     def text(self) -> str:
         return self.output.read_text(errors="replace")
@@ -141,10 +153,13 @@ def query(db: Path | str, sql: str, *args: object) -> list[tuple]:
 
 def scans(db: Path | str) -> dict[str, tuple]:
     """file name -> (status, attempts, last_error, sample, runs, model versions)."""
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT s.id, s.path, s.status, s.attempts, s.last_error, sa.name, r.model_version
         FROM scan s LEFT JOIN sample sa ON sa.id = s.sample_id
-        LEFT JOIN detection_run r ON r.scan_id = s.id ORDER BY s.id, r.id""")
+        LEFT JOIN detection_run r ON r.scan_id = s.id ORDER BY s.id, r.id""",
+    )
     out: dict[str, tuple] = {}
     versions: dict[str, list[str]] = {}
     for _, path, status, attempts, error, sample, version in rows:
@@ -152,19 +167,26 @@ def scans(db: Path | str) -> dict[str, tuple]:
         versions.setdefault(name, [])
         if version is not None:
             versions[name].append(version)
-        out[name] = (status, attempts, error, sample, len(versions[name]),
-                     ",".join(versions[name]) or None)
+        out[name] = (
+            status,
+            attempts,
+            error,
+            sample,
+            len(versions[name]),
+            ",".join(versions[name]) or None,
+        )
     return out
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout_s: float,
-               *procs: Watch) -> None:
+def wait_until(cond: Callable[[], bool], what: str, timeout_s: float, *procs: Watch) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         for w in procs:
             if w.proc.poll() is not None:
-                raise AssertionError(f"watch exited ({w.proc.returncode}) while waiting for "
-                                     f"{what}:\n{w.text()[-3000:]}")
+                raise AssertionError(
+                    f"watch exited ({w.proc.returncode}) while waiting for "
+                    f"{what}:\n{w.text()[-3000:]}"
+                )
         if time.monotonic() > deadline:
             logs = "\n".join(w.text()[-2000:] for w in procs)
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs}")
@@ -173,12 +195,16 @@ def wait_until(cond: Callable[[], bool], what: str, timeout_s: float,
 
 def started(db: Path, n: int = 1) -> Callable[[], bool]:
     """At least ``n`` daemons beating (they beat once reconcile is done)."""
+
     def check() -> bool:
         try:
-            return query(db, "SELECT COUNT(*) FROM daemon_heartbeat "
-                             "WHERE stopped_at IS NULL")[0][0] >= n
+            return (
+                query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NULL")[0][0]
+                >= n
+            )
         except Exception:  # noqa: BLE001 - not created yet (or the server is away)
             return False
+
     return check
 
 
@@ -197,7 +223,7 @@ def test_a_session_written_as_an_instrument_writes_it(tmp_path, tiny_models):
         def slow_writer() -> None:  # ~2 s, pauses longer than --stable-for
             with open(first / "slow scan.sxm", "wb") as fh:
                 for k in range(8):
-                    fh.write(data[k * len(data) // 8:(k + 1) * len(data) // 8])
+                    fh.write(data[k * len(data) // 8 : (k + 1) * len(data) // 8])
                     fh.flush()
                     time.sleep(0.25)
 
@@ -210,10 +236,16 @@ def test_a_session_written_as_an_instrument_writes_it(tmp_path, tiny_models):
         (first / "notes.txt").write_text("not watched")
         for k in range(30):
             write_scan(second / f"STM_MoSe2-M12_{k:03d}.sxm", 100 + k, pixels=64)
-        readers = [subprocess.Popen([sys.executable, "-m", "defectwatch", "density", "--json",
-                                     "--db", str(db)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env(tmp_path))
-                   for _ in range(2)]
+        readers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "defectwatch", "density", "--json", "--db", str(db)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env(tmp_path),
+            )
+            for _ in range(2)
+        ]
         writer.join()
         for r in readers:  # queried while it writes
             out, err = r.communicate(timeout=120)
@@ -228,8 +260,12 @@ def test_a_session_written_as_an_instrument_writes_it(tmp_path, tiny_models):
         wait_until(settled, "34 scans done or failed", 120, watch)
         activate(db, "tiny-2")  # the next scan uses the newly active version
         write_scan(first / "after the switch.sxm", 200, pixels=64)
-        wait_until(lambda: scans(db).get("after the switch.sxm", ("",))[0] == "done",
-                   "a scan after the model switch", 60, watch)
+        wait_until(
+            lambda: scans(db).get("after the switch.sxm", ("",))[0] == "done",
+            "a scan after the model switch",
+            60,
+            watch,
+        )
         code = watch.stop()
     finally:
         if watch.proc.poll() is None:
@@ -246,19 +282,18 @@ def test_a_session_written_as_an_instrument_writes_it(tmp_path, tiny_models):
         assert s[name][:2] == ("failed", 1) and "not a Nanonis .sxm file" in s[name][2]
     done = {n: v for n, v in s.items() if v[0] == "done"}
     assert len(done) == 32 and all(v[4] == 1 for v in done.values())  # one run each
-    assert s["slow scan.sxm"][3] == "WSe2-SL445 ü" and s["STM_MoSe2-M12_000.sxm"][3] == \
-        "MoSe2-M12"
+    assert s["slow scan.sxm"][3] == "WSe2-SL445 ü" and s["STM_MoSe2-M12_000.sxm"][3] == "MoSe2-M12"
     assert s["after the switch.sxm"][5] == "tiny-2"
     assert s["STM_MoSe2-M12_029.sxm"][5] == "tiny-1"
     # one log line per scan, in the rotating file too; a clean stop recorded
     logged = (tmp_path / "watch.log").read_text()
     assert "WSe2-SL445 ü slow scan.sxm:" in logged and "trough" in logged
-    assert query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL"
-                 )[0][0] == 1
+    assert (
+        query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL")[0][0] == 1
+    )
 
 
-def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_models,
-                                                               record_db):
+def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_models, record_db):
     db = make_db(record_db, tiny_models)
     folder = tmp_path / "scans"
     n = 24
@@ -293,13 +328,19 @@ def test_kill_9_restart_and_two_watchers_record_every_scan_once(tmp_path, tiny_m
     s = scans(db)
     assert len(s) == n and {v[0] for v in s.values()} == {"done"}
     assert {v[4] for v in s.values()} == {1}  # one detection run per scan
+
     # no scan processed to the end twice: the restarted daemons log one summary line for each
     # scan the killed one had not recorded, and none for those it had. The killed daemon logs
     # at most one per scan; the kill may fall between its commit and its log line, so the
     # database, not its log, says what it finished.
     def summaries(*watches: Watch) -> Counter[str]:
-        return Counter(name for w in watches for line in w.text().splitlines()
-                       for name in s if f" {name}: " in line and " trough, " in line)
+        return Counter(
+            name
+            for w in watches
+            for line in w.text().splitlines()
+            for name in s
+            if f" {name}: " in line and " trough, " in line
+        )
 
     assert summaries(again, two) == Counter({name: 1 for name in s if name not in done_by_one})
     assert set(summaries(one)) <= done_by_one and set(summaries(one).values()) <= {1}
@@ -319,9 +360,21 @@ def test_expected_size_and_log_file_location(tmp_path):
 
 
 def test_watch_reports_bad_set_up_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "defectwatch", "watch",
-                             str(tmp_path / "missing"), "--db", str(tmp_path / "x.db")],
-                            capture_output=True, text=True, timeout=120, env=env(tmp_path))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defectwatch",
+            "watch",
+            str(tmp_path / "missing"),
+            "--db",
+            str(tmp_path / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(tmp_path),
+    )
     assert result.returncode == 1
     assert "missing: not a folder" in result.stderr and "Traceback" not in result.stderr
 
@@ -349,13 +402,18 @@ def test_a_sigterm_while_the_model_loads_stops_cleanly(tmp_path, tiny_models):
     db = make_db(tmp_path / "record.db", tiny_models)
     folder = tmp_path / "scans"
     write_scan(folder / "scan_000.sxm", 1, pixels=64)
-    run = subprocess.run([sys.executable, "-c", STOPPED_WHILE_LOADING, str(folder),
-                          f"sqlite:///{db}"], capture_output=True, text=True, timeout=120,
-                         env=env(tmp_path))
+    run = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_LOADING, str(folder), f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(tmp_path),
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "stopped cleanly, done 0" in run.stdout and "SIGTERM" in run.stderr
-    assert query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL"
-                 )[0][0] == 1
+    assert (
+        query(db, "SELECT COUNT(*) FROM daemon_heartbeat WHERE stopped_at IS NOT NULL")[0][0] == 1
+    )
 
 
 def test_postgresql_going_away_under_watch_loses_no_scan(tmp_path, tiny_models, pg_cluster):
@@ -366,8 +424,7 @@ def test_postgresql_going_away_under_watch_loses_no_scan(tmp_path, tiny_models, 
     db = make_db(create_database(pg_cluster.url), tiny_models)
     folder = tmp_path / "scans"
     folder.mkdir()
-    watch = Watch(tmp_path, "watch", str(folder), "--db", str(db), "--instrument", "LT-STM",
-                  *FAST)
+    watch = Watch(tmp_path, "watch", str(folder), "--db", str(db), "--instrument", "LT-STM", *FAST)
 
     def done() -> int:
         return sum(v[0] == "done" for v in scans(db).values())
@@ -380,8 +437,9 @@ def test_postgresql_going_away_under_watch_loses_no_scan(tmp_path, tiny_models, 
         pg_cluster.stop()  # clients disconnected, as a server restart or crash does
         for k in range(4):
             write_scan(folder / f"during_{k}.sxm", 410 + k, pixels=64)
-        wait_until(lambda: "retrying in 2 s" in watch.text(), "the outage noticed and retried",
-                   60, watch)
+        wait_until(
+            lambda: "retrying in 2 s" in watch.text(), "the outage noticed and retried", 60, watch
+        )
         time.sleep(1.0)  # the scans written meanwhile are stable and waiting
         pg_cluster.start()
         wait_until(lambda: done() == 6, "every scan recorded after the outage", 90, watch)

@@ -25,8 +25,9 @@ def _render_item(type_: str, obj: object, _autogen_context: Any) -> str | Litera
 
 
 def _configure(**kwargs: Any) -> None:
-    context.configure(target_metadata=target_metadata, compare_type=True,
-                      render_item=_render_item, **kwargs)
+    context.configure(
+        target_metadata=target_metadata, compare_type=True, render_item=_render_item, **kwargs
+    )
 
 
 def run_offline() -> None:
@@ -41,8 +42,7 @@ def run_online() -> None:
     if connection is None:  # e.g. the alembic command line with sqlalchemy.url set
         engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
         with engine.connect() as connection:
-            _configure(connection=connection,
-                       render_as_batch=connection.dialect.name == "sqlite")
+            _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
             with context.begin_transaction():
                 context.run_migrations()
         engine.dispose()

@@ -27,12 +27,22 @@ from defectwatch.pipeline.readers import createc, gwyddion, matrix, rhk_sm4
 from defectwatch.pipeline.readers.base import HEAD_BYTES, ScanFormat, file_head
 from defectwatch.pipeline.scan_names import DEFAULT_PATTERN, SCAN_PATTERNS, SUFFIXES, is_scan_name
 
-__all__ = ["FORMATS", "SCAN_PATTERNS", "DEFAULT_PATTERN", "NotAnImageError", "ScanFormat",
-           "detect_format", "expected_size", "read_scan", "is_scan_name"]
+__all__ = [
+    "FORMATS",
+    "SCAN_PATTERNS",
+    "DEFAULT_PATTERN",
+    "NotAnImageError",
+    "ScanFormat",
+    "detect_format",
+    "expected_size",
+    "read_scan",
+    "is_scan_name",
+]
 
 
-def _read_sxm(path: str | os.PathLike[str], *, channel: str = "Z",
-              direction: str = "forward") -> Scan:
+def _read_sxm(
+    path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward"
+) -> Scan:
     from defectwatch.pipeline.scan import read_sxm
 
     return read_sxm(path, channel=channel, direction=direction)
@@ -52,23 +62,58 @@ def _sniff_sxm(head: bytes) -> bool:
 
 
 FORMATS: tuple[ScanFormat, ...] = (
-    ScanFormat("nanonis-sxm", "Nanonis .sxm", SUFFIXES["nanonis-sxm"], _sniff_sxm, _read_sxm,
-               _sxm_expected_size, "nanonispy2 1.2.0 (header) + defectwatch (data blocks)",
-               "the size its header promises"),
-    ScanFormat("rhk-sm4", "RHK Technology .sm4", SUFFIXES["rhk-sm4"], rhk_sm4.sniff, rhk_sm4.read,
-               rhk_sm4.expected_size, "spym 0.9.2 (its SM4 parser module only)",
-               "size stable and spym parses it; spectra-only files are skipped"),
-    ScanFormat("omicron-matrix", "Scienta Omicron MATRIX", SUFFIXES["omicron-matrix"], matrix.sniff,
-               matrix.read, matrix.expected_size, "access2theMatrix 0.4.4",
-               "its result chain file <name>_0001.mtrx is beside it, size stable"),
-    ScanFormat("createc-dat", "Createc .dat", SUFFIXES["createc-dat"], createc.sniff, createc.read,
-               createc.expected_size, "defectwatch (no maintained reader exists)",
-               "its zlib stream is complete"),
-    ScanFormat("gwyddion-gwy", "Gwyddion .gwy", SUFFIXES["gwyddion-gwy"], gwyddion.sniff,
-               gwyddion.read,
-               gwyddion.expected_size, "gwyfile 0.3.0",
-               "the size its top-level object declares"),
+    ScanFormat(
+        "nanonis-sxm",
+        "Nanonis .sxm",
+        SUFFIXES["nanonis-sxm"],
+        _sniff_sxm,
+        _read_sxm,
+        _sxm_expected_size,
+        "nanonispy2 1.2.0 (header) + defectwatch (data blocks)",
+        "the size its header promises",
+    ),
+    ScanFormat(
+        "rhk-sm4",
+        "RHK Technology .sm4",
+        SUFFIXES["rhk-sm4"],
+        rhk_sm4.sniff,
+        rhk_sm4.read,
+        rhk_sm4.expected_size,
+        "spym 0.9.2 (its SM4 parser module only)",
+        "size stable and spym parses it; spectra-only files are skipped",
+    ),
+    ScanFormat(
+        "omicron-matrix",
+        "Scienta Omicron MATRIX",
+        SUFFIXES["omicron-matrix"],
+        matrix.sniff,
+        matrix.read,
+        matrix.expected_size,
+        "access2theMatrix 0.4.4",
+        "its result chain file <name>_0001.mtrx is beside it, size stable",
+    ),
+    ScanFormat(
+        "createc-dat",
+        "Createc .dat",
+        SUFFIXES["createc-dat"],
+        createc.sniff,
+        createc.read,
+        createc.expected_size,
+        "defectwatch (no maintained reader exists)",
+        "its zlib stream is complete",
+    ),
+    ScanFormat(
+        "gwyddion-gwy",
+        "Gwyddion .gwy",
+        SUFFIXES["gwyddion-gwy"],
+        gwyddion.sniff,
+        gwyddion.read,
+        gwyddion.expected_size,
+        "gwyfile 0.3.0",
+        "the size its top-level object declares",
+    ),
 )
+
 
 def _by_name(path: str | os.PathLike[str]) -> ScanFormat | None:
     lower = Path(path).name.lower()
@@ -92,12 +137,14 @@ def detect_format(path: str | os.PathLike[str], *, head: bytes | None = None) ->
     by_name = _by_name(path)
     if by_name is not None:
         return by_name  # its reader says what is wrong with the content, in its terms
-    raise ScanReadError(f"{name}: not a scan file; supported: "
-                        + ", ".join(f.title for f in FORMATS))
+    raise ScanReadError(
+        f"{name}: not a scan file; supported: " + ", ".join(f.title for f in FORMATS)
+    )
 
 
-def read_scan(path: str | os.PathLike[str], *, channel: str = "Z",
-              direction: str = "forward") -> Scan:
+def read_scan(
+    path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward"
+) -> Scan:
     """Read one channel and direction of any supported scan file into a `Scan`.
 
     Native float32 in SI units, row 0 = top of the frame as Gwyddion shows it, backward
@@ -118,4 +165,3 @@ def expected_size(path: str) -> int | None:
     except ScanIncompleteError:
         return None
     return fmt.expected_size(path)
-

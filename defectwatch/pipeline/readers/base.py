@@ -63,16 +63,18 @@ def file_head(path: str | os.PathLike[str], n: int = HEAD_BYTES) -> bytes:
         with open(path, "rb") as fh:
             return fh.read(n)
     except OSError as exc:
-        raise ScanReadError(f"{Path(path).name}: cannot read the file "
-                            f"({exc.strerror or exc})") from exc
+        raise ScanReadError(
+            f"{Path(path).name}: cannot read the file ({exc.strerror or exc})"
+        ) from exc
 
 
 def file_size(path: str | os.PathLike[str]) -> int:
     try:
         return os.path.getsize(path)
     except OSError as exc:
-        raise ScanReadError(f"{Path(path).name}: cannot read the file "
-                            f"({exc.strerror or exc})") from exc
+        raise ScanReadError(
+            f"{Path(path).name}: cannot read the file ({exc.strerror or exc})"
+        ) from exc
 
 
 def check_direction(name: str, direction: str) -> None:
@@ -95,8 +97,7 @@ def pick_channel(name: str, available: Sequence[str], wanted: str) -> str:
                 if alias in lower:
                     return lower[alias]
     have = ", ".join(available) if available else "none"
-    raise ScanReadError(f"{name}: no channel {wanted!r}; it has {have} "
-                        "(choose one with --channel)")
+    raise ScanReadError(f"{name}: no channel {wanted!r}; it has {have} (choose one with --channel)")
 
 
 def acquired_rows(data: np.ndarray) -> np.ndarray:
@@ -115,10 +116,10 @@ def as_image(data: np.ndarray, name: str) -> np.ndarray:
 
 
 def check_size_nm(name: str, width_nm: float, height_nm: float) -> None:
-    if not (np.isfinite(width_nm) and np.isfinite(height_nm) and width_nm > 0
-            and height_nm > 0):
-        raise ScanReadError(f"{name}: the frame size {width_nm} x {height_nm} nm is not a "
-                            "positive size")
+    if not (np.isfinite(width_nm) and np.isfinite(height_nm) and width_nm > 0 and height_nm > 0):
+        raise ScanReadError(
+            f"{name}: the frame size {width_nm} x {height_nm} nm is not a positive size"
+        )
 
 
 @contextmanager
@@ -131,17 +132,22 @@ def library_errors(name: str, library: str):
     except DefectwatchError:
         raise
     except MemoryError:
-        raise ScanReadError(f"{name}: {library} ran out of memory on it (a corrupt size "
-                            "field?)") from None
+        raise ScanReadError(
+            f"{name}: {library} ran out of memory on it (a corrupt size field?)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a third-party parser on arbitrary bytes
-        raise ScanReadError(f"{name}: {library} cannot parse it ({type(exc).__name__}: "
-                            f"{str(exc)[:200]}); is the file complete and of this "
-                            "format?") from exc
+        raise ScanReadError(
+            f"{name}: {library} cannot parse it ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); is the file complete and of this "
+            "format?"
+        ) from exc
 
 
-def channel_infos(names_units: Sequence[tuple[str, str]], directions: Sequence[str]
-                  ) -> tuple[ChannelInfo, ...]:
+def channel_infos(
+    names_units: Sequence[tuple[str, str]], directions: Sequence[str]
+) -> tuple[ChannelInfo, ...]:
     """ChannelInfo per (name, unit), each recorded in ``directions`` ('both' for two)."""
-    direction = "both" if len(set(directions)) == 2 else (directions[0] if directions
-                                                          else "forward")
+    direction = (
+        "both" if len(set(directions)) == 2 else (directions[0] if directions else "forward")
+    )
     return tuple(ChannelInfo(n, u, direction) for n, u in names_units)

@@ -32,9 +32,15 @@ import numpy as np
 
 from defectwatch.domain import Scan
 from defectwatch.errors import NotAnImageError, ScanIncompleteError, ScanReadError
-from defectwatch.pipeline.readers.base import (acquired_rows, as_image, channel_infos,
-                                               check_direction, check_size_nm, file_size,
-                                               pick_channel)
+from defectwatch.pipeline.readers.base import (
+    acquired_rows,
+    as_image,
+    channel_infos,
+    check_direction,
+    check_size_nm,
+    file_size,
+    pick_channel,
+)
 from defectwatch.pipeline.sxm import finite_or_none, parse_number
 
 log = logging.getLogger(__name__)
@@ -46,8 +52,12 @@ DATA_MARKER = b"DATA"
 MAX_HEADER_BYTES = 1 << 16
 MAX_PIXELS_PER_SIDE = 1 << 14
 FULL_SCALE_V = 20.0  # DAC output range, +-10 V
-PLANES = (("Z", "m", "forward"), ("Current", "A", "forward"),
-          ("Z", "m", "backward"), ("Current", "A", "backward"))
+PLANES = (
+    ("Z", "m", "forward"),
+    ("Current", "A", "forward"),
+    ("Z", "m", "backward"),
+    ("Current", "A", "backward"),
+)
 _NAME_TIME = re.compile(r"(\d{6})\.(\d{6})")  # A250407.141806.dat: yymmdd.hhmmss
 
 
@@ -75,32 +85,40 @@ def _split(raw: bytes, name: str) -> tuple[dict[str, str], int]:
     """(header, offset of the zlib stream) after checking the magic."""
     if len(raw) < len(MAGIC):
         if MAGIC.startswith(raw):
-            raise ScanIncompleteError(f"{name}: file is {len(raw)} bytes, the header has not "
-                                      "been written yet (still being written?)")
-        raise ScanReadError(f"{name}: not a Createc .dat image (does not start with "
-                            f"{MAGIC.decode()})")
+            raise ScanIncompleteError(
+                f"{name}: file is {len(raw)} bytes, the header has not "
+                "been written yet (still being written?)"
+            )
+        raise ScanReadError(
+            f"{name}: not a Createc .dat image (does not start with {MAGIC.decode()})"
+        )
     if raw.startswith(SPECTRA):
         raise NotAnImageError(f"{name}: a Createc point spectrum, no image in this file")
     if raw.startswith(OLDER):
-        raise ScanReadError(f"{name}: an uncompressed Createc file ({raw[:11].decode()}); only "
-                            f"{MAGIC.decode()} files are read: re-save it with a current "
-                            "STMAFM, or export it to .sxm")
+        raise ScanReadError(
+            f"{name}: an uncompressed Createc file ({raw[:11].decode()}); only "
+            f"{MAGIC.decode()} files are read: re-save it with a current "
+            "STMAFM, or export it to .sxm"
+        )
     if not raw.startswith(MAGIC):
-        raise ScanReadError(f"{name}: not a Createc .dat image (does not start with "
-                            f"{MAGIC.decode()})")
+        raise ScanReadError(
+            f"{name}: not a Createc .dat image (does not start with {MAGIC.decode()})"
+        )
     at = -1
     start = 0
     while True:  # the marker on its own line (after CR/LF or the zero padding)
         at = raw.find(DATA_MARKER, start, MAX_HEADER_BYTES + len(DATA_MARKER))
-        if at < 0 or raw[at - 1:at] in (b"\n", b"\r", b"\0"):
+        if at < 0 or raw[at - 1 : at] in (b"\n", b"\r", b"\0"):
             break
         start = at + 1
     if at < 0:
         if len(raw) < MAX_HEADER_BYTES:
-            raise ScanIncompleteError(f"{name}: no DATA marker yet ({len(raw)} bytes; still "
-                                      "being written?)")
-        raise ScanReadError(f"{name}: no DATA marker in the first {MAX_HEADER_BYTES} bytes; "
-                            "the header is corrupt")
+            raise ScanIncompleteError(
+                f"{name}: no DATA marker yet ({len(raw)} bytes; still being written?)"
+            )
+        raise ScanReadError(
+            f"{name}: no DATA marker in the first {MAX_HEADER_BYTES} bytes; the header is corrupt"
+        )
     text = raw[:at].split(b"\0", 1)[0].decode("latin-1")
     return parse_header(text), at + len(DATA_MARKER)
 
@@ -108,8 +126,9 @@ def _split(raw: bytes, name: str) -> tuple[dict[str, str], int]:
 def _int(header: dict[str, str], key: str, name: str) -> int:
     value = parse_number(header.get(key))
     if value is None or not np.isfinite(value) or value != int(value):
-        raise ScanReadError(f"{name}: header field {key!r} is {header.get(key)!r}, "
-                            "expected an integer")
+        raise ScanReadError(
+            f"{name}: header field {key!r} is {header.get(key)!r}, expected an integer"
+        )
     return int(value)
 
 
@@ -125,8 +144,10 @@ def _geometry(header: dict[str, str], name: str) -> tuple[int, int, int]:
     nx = _int(header, "Num.X", name)
     ny = _int(header, "Num.Y", name)
     if not (1 < nx <= MAX_PIXELS_PER_SIDE and 1 < ny <= MAX_PIXELS_PER_SIDE):
-        raise ScanReadError(f"{name}: Num.X x Num.Y = {nx} x {ny} is out of range "
-                            f"(2..{MAX_PIXELS_PER_SIDE} per side)")
+        raise ScanReadError(
+            f"{name}: Num.X x Num.Y = {nx} x {ny} is out of range "
+            f"(2..{MAX_PIXELS_PER_SIDE} per side)"
+        )
     planes = _int(header, "Channels", name) if "Channels" in header else 2
     if planes not in (1, 2, 4):
         raise ScanReadError(f"{name}: Channels = {planes}; expected 1, 2 or 4 planes")
@@ -139,11 +160,12 @@ def _inflate(raw: bytes, offset: int, limit: int, name: str) -> bytes:
     try:
         out = d.decompress(raw[offset:], limit)
     except zlib.error as exc:
-        raise ScanReadError(f"{name}: the compressed data after DATA are corrupt ({exc})"
-                            ) from None
+        raise ScanReadError(f"{name}: the compressed data after DATA are corrupt ({exc})") from None
     if len(out) < limit and not d.eof:
-        raise ScanIncompleteError(f"{name}: the compressed data end early ({len(raw)} bytes, "
-                                  f"{len(out)} of {limit} data bytes; still being written?)")
+        raise ScanIncompleteError(
+            f"{name}: the compressed data end early ({len(raw)} bytes, "
+            f"{len(out)} of {limit} data bytes; still being written?)"
+        )
     return out
 
 
@@ -171,13 +193,11 @@ def expected_size(path: str) -> int | None:
     except ScanIncompleteError:
         return None
     except zlib.error as exc:
-        raise ScanReadError(f"{name}: the compressed data after DATA are corrupt ({exc})"
-                            ) from None
+        raise ScanReadError(f"{name}: the compressed data after DATA are corrupt ({exc})") from None
     return len(raw)
 
 
-def read(path: str | os.PathLike[str], *, channel: str = "Z",
-         direction: str = "forward") -> Scan:
+def read(path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward") -> Scan:
     """Read one plane of a Createc ``.dat`` image into a `Scan` (see the module docstring)."""
     name = Path(path).name
     check_direction(name, direction)
@@ -188,22 +208,24 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     except OSError as exc:
         raise ScanReadError(f"{name}: cannot read the file ({exc.strerror or exc})") from exc
     if len(raw) != size:
-        raise ScanIncompleteError(f"{name}: file changed while being read (still being "
-                                  "written?)")
+        raise ScanIncompleteError(f"{name}: file changed while being read (still being written?)")
     header, offset = _split(raw, name)
     nx, ny, n_planes = _geometry(header, name)
     block = nx * ny * 4
     payload = _inflate(raw, offset, 4 + n_planes * block, name)
     if len(payload) < 4 + n_planes * block:
-        raise ScanReadError(f"{name}: the data hold {len(payload)} bytes, {n_planes} planes of "
-                            f"{nx} x {ny} need {4 + n_planes * block}")
+        raise ScanReadError(
+            f"{name}: the data hold {len(payload)} bytes, {n_planes} planes of "
+            f"{nx} x {ny} need {4 + n_planes * block}"
+        )
     planes = PLANES[:n_planes] if n_planes != 1 else PLANES[:1]
     names = list(dict.fromkeys(p[0] for p in planes))
     chan = pick_channel(name, names, channel)
     index = next((i for i, p in enumerate(planes) if p[0] == chan and p[2] == direction), None)
     if index is None:
-        raise ScanReadError(f"{name}: channel {chan!r} was recorded forward only; use "
-                            "--direction forward")
+        raise ScanReadError(
+            f"{name}: channel {chan!r} was recorded forward only; use --direction forward"
+        )
     values = np.frombuffer(payload, dtype="<f4", count=nx * ny, offset=4 + index * block)
     data = values.reshape(ny, nx).astype(np.float32)
 
@@ -218,8 +240,10 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
         if piezo_a_per_v is None:
             dac_a = _float(header, "Dacto[A]z")
             if dac_a is None:
-                raise ScanReadError(f"{name}: neither ZPiezoconst nor Dacto[A]z in the "
-                                    "header: the height scale is unknown")
+                raise ScanReadError(
+                    f"{name}: neither ZPiezoconst nor Dacto[A]z in the "
+                    "header: the height scale is unknown"
+                )
             scale = dac_a * gain * 1e-10
         else:
             scale = volts_per_dac * gain * piezo_a_per_v * 1e-10
@@ -227,9 +251,10 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     else:
         pre = _float(header, "Gainpreamp", "GainPre 10^", "GainPre")
         if pre is None:
-            raise ScanReadError(f"{name}: no Gainpreamp in the header: the current scale is "
-                                "unknown")
-        scale = volts_per_dac / 10.0 ** pre
+            raise ScanReadError(
+                f"{name}: no Gainpreamp in the header: the current scale is unknown"
+            )
+        scale = volts_per_dac / 10.0**pre
         unit = "A"
     with np.errstate(over="ignore", invalid="ignore"):
         data = data * np.float32(scale)
@@ -243,13 +268,18 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     setpoint = _float(header, "SetPoint", "Current[A]")
     if setpoint is None and (iset := _float(header, "FBLogIset")) is not None:
         setpoint = iset * 1e-12  # pA
-    memo = "\n".join(v for k in ("memo:0", "memo:1", "memo:2")
-                     if (v := header.get(k, "").strip()))
+    memo = "\n".join(v for k in ("memo:0", "memo:1", "memo:2") if (v := header.get(k, "").strip()))
     title = header.get("Titel", "").strip()
     directions = ["forward"] + (["backward"] if n_planes == 4 else [])
     return Scan(
-        path=str(path), channel=chan, direction=direction, unit=unit, data=data,
-        acquired_rows=acquired_rows(data), width_nm=width_nm, height_nm=height_nm,
+        path=str(path),
+        channel=chan,
+        direction=direction,
+        unit=unit,
+        data=data,
+        acquired_rows=acquired_rows(data),
+        width_nm=width_nm,
+        height_nm=height_nm,
         scan_dir="down" if header.get("ScanYDirec", "1").strip() == "1" else "up",
         angle_deg=_float(header, "Rotation") or 0.0,
         offset_x_nm=(_float(header, "OffsetX", "Scanrotoffx") or 0.0) * _offset_nm(header),
@@ -261,7 +291,9 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
         temperature_k=_float(header, "T_AUXADC6[K]", "T_ADC2[K]"),
         comment="\n".join(t for t in (title, memo) if t),
         channels=channel_infos([(n, "m" if n == "Z" else "A") for n in names], directions),
-        header=header, file_format="createc-dat")
+        header=header,
+        file_format="createc-dat",
+    )
 
 
 def _dac_bits(header: dict[str, str]) -> int:

@@ -34,9 +34,16 @@ import numpy as np
 
 from defectwatch.domain import ChannelInfo, Scan
 from defectwatch.errors import ScanIncompleteError, ScanReadError
-from defectwatch.pipeline.readers.base import (acquired_rows, as_image, check_direction,
-                                               check_size_nm, file_head, file_size,
-                                               library_errors, pick_channel)
+from defectwatch.pipeline.readers.base import (
+    acquired_rows,
+    as_image,
+    check_direction,
+    check_size_nm,
+    file_head,
+    file_size,
+    library_errors,
+    pick_channel,
+)
 from defectwatch.pipeline.sxm import finite_or_none, parse_number
 
 log = logging.getLogger(__name__)
@@ -44,8 +51,21 @@ log = logging.getLogger(__name__)
 MAGIC = b"GWYP"
 OLD_MAGIC = b"GWYO"  # Gwyddion 1 files: not supported by gwyfile
 # GWY component type codes -> bytes per array item (None: not an array)
-_TYPECODES = {b"o": None, b"s": None, b"b": None, b"c": None, b"i": None, b"q": None,
-              b"d": None, b"C": 1, b"I": 4, b"Q": 8, b"D": 8, b"S": 1, b"O": 5}
+_TYPECODES = {
+    b"o": None,
+    b"s": None,
+    b"b": None,
+    b"c": None,
+    b"i": None,
+    b"q": None,
+    b"d": None,
+    b"C": 1,
+    b"I": 4,
+    b"Q": 8,
+    b"D": 8,
+    b"S": 1,
+    b"O": 5,
+}
 _lock = threading.Lock()
 _CHANNEL = re.compile(r"^/(\d+)/data$")
 
@@ -67,8 +87,9 @@ def expected_size(path: str) -> int | None:
 
 def _promised(head: bytes, name: str) -> int | None:
     if head.startswith(OLD_MAGIC):
-        raise ScanReadError(f"{name}: a Gwyddion 1 file (GWYO); open it in Gwyddion 2 and save "
-                            "it again")
+        raise ScanReadError(
+            f"{name}: a Gwyddion 1 file (GWYO); open it in Gwyddion 2 and save it again"
+        )
     if len(head) < len(MAGIC):
         if MAGIC.startswith(head):
             return None
@@ -80,25 +101,28 @@ def _promised(head: bytes, name: str) -> int | None:
         if len(head) < 256:
             return None
         raise ScanReadError(f"{name}: the top-level object name is corrupt")
-    (body,) = struct.unpack("<I", head[end + 1:end + 5])
+    (body,) = struct.unpack("<I", head[end + 1 : end + 5])
     return end + 5 + body
 
 
-def read(path: str | os.PathLike[str], *, channel: str = "Z",
-         direction: str = "forward") -> Scan:
+def read(path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward") -> Scan:
     """Read one channel of a .gwy file into a `Scan` (see the module docstring)."""
     import gwyfile
 
     name = Path(path).name
     check_direction(name, direction)
     if direction == "backward":
-        raise ScanReadError(f"{name}: a .gwy file holds processed channels, not forward/"
-                            "backward traces; pick the channel by its title with --channel")
+        raise ScanReadError(
+            f"{name}: a .gwy file holds processed channels, not forward/"
+            "backward traces; pick the channel by its title with --channel"
+        )
     size = file_size(path)
     promised = _promised(file_head(path, 256), name)
     if promised is None or size < promised:
-        raise ScanIncompleteError(f"{name}: file is {size} bytes, its header promises "
-                                  f"{promised or 'more'} (still being written?)")
+        raise ScanIncompleteError(
+            f"{name}: file is {size} bytes, its header promises "
+            f"{promised or 'more'} (still being written?)"
+        )
     with library_errors(name, "gwyfile"), _guarded_gwyfile():
         container = gwyfile.load(str(path))
         fields = _fields(container)
@@ -126,30 +150,43 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
             f"{name}: channel {title!r} has no lateral unit ({what}); "
             f"its {field['xres']} x {field['yres']} pixels span {xreal:g} x {yreal:g} of an "
             "unknown length, so its nm per pixel is unknown. Set it in Gwyddion (Basic "
-            "Operations > Dimensions and Units) and save again")
+            "Operations > Dimensions and Units) and save again"
+        )
     if not unit_z:
         log.warning("%s: channel %r has no z unit: values read as they are", name, title)
     data = as_image(values, name)
     width_nm, height_nm = xreal * to_m * 1e9, yreal * to_m * 1e9
     check_size_nm(name, width_nm, height_nm)
     meta = _meta(container, index)
-    z_scale = 1.0 if unit_z not in ("nm", "pm", "Å") else {"nm": 1e-9, "pm": 1e-12,
-                                                          "Å": 1e-10}[unit_z]
+    z_scale = (
+        1.0 if unit_z not in ("nm", "pm", "Å") else {"nm": 1e-9, "pm": 1e-12, "Å": 1e-10}[unit_z]
+    )
     if z_scale != 1.0:
         data = as_image(data * z_scale, name)
         unit_z = "m"
     return Scan(
-        path=str(path), channel=title, direction="forward", unit=unit_z, data=data,
-        acquired_rows=acquired_rows(data), width_nm=width_nm, height_nm=height_nm,
-        scan_dir="unknown", angle_deg=0.0, offset_x_nm=xoff * to_m * 1e9,
-        offset_y_nm=yoff * to_m * 1e9, recorded_at=_recorded_at(meta),
+        path=str(path),
+        channel=title,
+        direction="forward",
+        unit=unit_z,
+        data=data,
+        acquired_rows=acquired_rows(data),
+        width_nm=width_nm,
+        height_nm=height_nm,
+        scan_dir="unknown",
+        angle_deg=0.0,
+        offset_x_nm=xoff * to_m * 1e9,
+        offset_y_nm=yoff * to_m * 1e9,
+        recorded_at=_recorded_at(meta),
         bias_v=_meta_number(meta, "Bias", "V"),
         setpoint_a=_meta_number(meta, "Current", "A") or _meta_number(meta, "Setpoint", "A"),
-        constant_height=False, temperature_k=None,
+        constant_height=False,
+        temperature_k=None,
         comment=str(meta.get("Comment", "")).strip(),
-        channels=tuple(ChannelInfo(t, _unit(f, "si_unit_z"), "forward")
-                       for _, t, f in fields),
-        header={str(k): str(v) for k, v in meta.items()}, file_format="gwyddion-gwy")
+        channels=tuple(ChannelInfo(t, _unit(f, "si_unit_z"), "forward") for _, t, f in fields),
+        header={str(k): str(v) for k, v in meta.items()},
+        file_format="gwyddion-gwy",
+    )
 
 
 class _guarded_gwyfile:  # noqa: N801 - used as a context manager
@@ -173,7 +210,7 @@ def _checked_component(original: Callable[..., Any]) -> Callable[..., Any]:
         pos = buf.find(b"\0")
         if pos < 0 or pos + 2 > len(buf):
             raise ValueError("a component name runs past the end of its object")
-        code = buf[pos + 1:pos + 2]
+        code = buf[pos + 1 : pos + 2]
         if code not in _TYPECODES:
             raise ValueError(f"unknown component type {code!r}")
         body = pos + 2
@@ -183,7 +220,7 @@ def _checked_component(original: Callable[..., Any]) -> Callable[..., Any]:
         if item is not None:
             if len(buf) < body + 4:
                 raise ValueError("an array's length is cut off")
-            (count,) = struct.unpack("<I", buf[body:body + 4])
+            (count,) = struct.unpack("<I", buf[body : body + 4])
             if count * item > len(buf) - body - 4:
                 raise ValueError(f"an array of {count} items does not fit in its object")
         result = original(buf, return_size)
@@ -220,8 +257,9 @@ def _unit(field: Any, key: str) -> str:
 
 def _lateral_scale(unit: str) -> float | None:
     """Metres per lateral unit; None for an empty or non-length unit."""
-    return {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9, "pm": 1e-12,
-            "Å": 1e-10}.get(unit)
+    return {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9, "pm": 1e-12, "Å": 1e-10}.get(
+        unit
+    )
 
 
 def _meta(container: Any, index: int) -> dict[str, Any]:

@@ -32,17 +32,24 @@ import numpy as np
 
 from defectwatch.domain import ChannelInfo, Scan
 from defectwatch.errors import NotAnImageError, ScanIncompleteError, ScanReadError
-from defectwatch.pipeline.readers.base import (acquired_rows, as_image, check_direction,
-                                               check_size_nm, file_size, library_errors,
-                                               pick_channel)
+from defectwatch.pipeline.readers.base import (
+    acquired_rows,
+    as_image,
+    check_direction,
+    check_size_nm,
+    file_size,
+    library_errors,
+    pick_channel,
+)
 from defectwatch.pipeline.sxm import finite_or_none
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"ONTMATRX0101"
 DATA_TAG = b"TLKB"  # data files: ONTMATRX0101 then TLKB; the result chain: ONTMATRX0101 TLKB too
-_NAME = re.compile(r"^(?P<chain>.+)--(?P<run>\d+)_(?P<cycle>\d+)\.(?P<channel>[^.]+)_mtrx$",
-                   re.IGNORECASE)
+_NAME = re.compile(
+    r"^(?P<chain>.+)--(?P<run>\d+)_(?P<cycle>\d+)\.(?P<channel>[^.]+)_mtrx$", re.IGNORECASE
+)
 
 
 def sniff(head: bytes) -> bool:
@@ -54,8 +61,9 @@ def chain_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     m = _NAME.match(p.name)
     if not m:
-        raise ScanReadError(f"{p.name}: not a MATRIX data file name (expected "
-                            "<name>--<run>_<cycle>.<Channel>_mtrx)")
+        raise ScanReadError(
+            f"{p.name}: not a MATRIX data file name (expected <name>--<run>_<cycle>.<Channel>_mtrx)"
+        )
     return p.with_name(f"{m.group('chain')}_0001.mtrx")
 
 
@@ -68,24 +76,28 @@ def _check(path: str | os.PathLike[str]) -> tuple[str, Path]:
     except OSError as exc:
         raise ScanReadError(f"{p.name}: cannot read the file ({exc.strerror or exc})") from exc
     if len(head) < len(MAGIC) and MAGIC.startswith(head):
-        raise ScanIncompleteError(f"{p.name}: file is {len(head)} bytes (still being "
-                                  "written?)")
+        raise ScanIncompleteError(f"{p.name}: file is {len(head)} bytes (still being written?)")
     if head != MAGIC:
-        raise ScanReadError(f"{p.name}: not an Omicron MATRIX file (does not start with "
-                            f"{MAGIC.decode()})")
+        raise ScanReadError(
+            f"{p.name}: not an Omicron MATRIX file (does not start with {MAGIC.decode()})"
+        )
     if p.name.lower().endswith(".mtrx"):
-        raise NotAnImageError(f"{p.name}: a MATRIX result chain (parameter) file, not an "
-                              "image: read the .<Channel>_mtrx data files beside it")
+        raise NotAnImageError(
+            f"{p.name}: a MATRIX result chain (parameter) file, not an "
+            "image: read the .<Channel>_mtrx data files beside it"
+        )
     chain = chain_file(p)
     if not chain.is_file():
         raise ScanIncompleteError(
             f"{p.name}: its result chain file {chain.name} is not beside it; MATRIX keeps the "
-            "frame size, scaling and bias there (copy it too, or wait until MATRIX writes it)")
+            "frame size, scaling and bias there (copy it too, or wait until MATRIX writes it)"
+        )
     m = _NAME.match(p.name)
     assert m is not None  # chain_file checked the name
     if m.group("channel").endswith(")"):
-        raise NotAnImageError(f"{p.name}: a MATRIX spectroscopy curve "
-                              f"({m.group('channel')}), no image in this file")
+        raise NotAnImageError(
+            f"{p.name}: a MATRIX spectroscopy curve ({m.group('channel')}), no image in this file"
+        )
     return m.group("channel"), chain
 
 
@@ -96,8 +108,7 @@ def expected_size(path: str) -> int | None:
     return file_size(path)
 
 
-def read(path: str | os.PathLike[str], *, channel: str = "Z",
-         direction: str = "forward") -> Scan:
+def read(path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward") -> Scan:
     """Read one trace of a MATRIX image file into a `Scan` (the file holds one channel)."""
     import access2thematrix
 
@@ -109,15 +120,21 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     with library_errors(name, "access2theMatrix"):
         traces, message = mtrx.open(str(path))
     if mtrx.scan is None or mtrx.axis is None or not traces:
-        raise ScanReadError(f"{name}: access2theMatrix: {message} (is {chain.name} the result "
-                            "chain this file was recorded in?)")
+        raise ScanReadError(
+            f"{name}: access2theMatrix: {message} (is {chain.name} the result "
+            "chain this file was recorded in?)"
+        )
     names = [str(t) for t in traces.values()]
     up = [t for t in names if t.endswith("/up")]
-    wanted = f"{direction}/up" if f"{direction}/up" in names else \
-        next((t for t in names if t.startswith(direction)), None)
+    wanted = (
+        f"{direction}/up"
+        if f"{direction}/up" in names
+        else next((t for t in names if t.startswith(direction)), None)
+    )
     if wanted is None:
-        raise ScanReadError(f"{name}: no {direction} trace (it has {', '.join(names)}); use "
-                            "--direction forward")
+        raise ScanReadError(
+            f"{name}: no {direction} trace (it has {', '.join(names)}); use --direction forward"
+        )
     with library_errors(name, "access2theMatrix"):
         image, _msg = mtrx.select_image(wanted)
         values = np.asarray(image.data, dtype=np.float64)
@@ -134,8 +151,14 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     param = mtrx.param
     unit = str(mtrx.channel_name_and_unit[1] or "")
     return Scan(
-        path=str(path), channel=file_channel, direction=direction, unit=unit, data=data,
-        acquired_rows=acquired_rows(data), width_nm=width_m * 1e9, height_nm=height_m * 1e9,
+        path=str(path),
+        channel=file_channel,
+        direction=direction,
+        unit=unit,
+        data=data,
+        acquired_rows=acquired_rows(data),
+        width_nm=width_m * 1e9,
+        height_nm=height_m * 1e9,
         scan_dir="up" if wanted.endswith("/up") or not up else "down",
         angle_deg=_value(param, "EEPA::XYScanner.Angle") or 0.0,
         offset_x_nm=(_value(param, "EEPA::XYScanner.X_Offset") or 0.0) * 1e9,
@@ -145,12 +168,22 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
         setpoint_a=_setpoint(param),
         constant_height=_value(param, "EEPA::Regulator.Feedback_Loop_Enabled") == 0.0,
         temperature_k=None,
-        comment="\n".join(t for t in (str(getattr(mtrx, "creation_comment", "")).strip(),
-                                      str(getattr(mtrx, "sample_name", "")).strip()) if t),
-        channels=(ChannelInfo(file_channel, unit, "both" if len(up) == 2 or len(names) == 4
-                              else "forward"),),
+        comment="\n".join(
+            t
+            for t in (
+                str(getattr(mtrx, "creation_comment", "")).strip(),
+                str(getattr(mtrx, "sample_name", "")).strip(),
+            )
+            if t
+        ),
+        channels=(
+            ChannelInfo(
+                file_channel, unit, "both" if len(up) == 2 or len(names) == 4 else "forward"
+            ),
+        ),
         header={k: str(v) for k, v in param.items() if not k.startswith(("DICT", "XFER"))},
-        file_format="omicron-matrix")
+        file_format="omicron-matrix",
+    )
 
 
 def _value(param: dict[str, Any], key: str) -> float | None:

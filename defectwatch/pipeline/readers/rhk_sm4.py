@@ -34,9 +34,15 @@ import numpy as np
 
 from defectwatch.domain import ChannelInfo, Scan
 from defectwatch.errors import NotAnImageError, ScanReadError
-from defectwatch.pipeline.readers.base import (acquired_rows, as_image, check_direction,
-                                               check_size_nm, file_size, library_errors,
-                                               pick_channel)
+from defectwatch.pipeline.readers.base import (
+    acquired_rows,
+    as_image,
+    check_direction,
+    check_size_nm,
+    file_size,
+    library_errors,
+    pick_channel,
+)
 from defectwatch.pipeline.sxm import finite_or_none
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,7 @@ _lock = threading.Lock()
 
 
 def sniff(head: bytes) -> bool:
-    return head[MAGIC_OFFSET:MAGIC_OFFSET + len(MAGIC)] == MAGIC
+    return head[MAGIC_OFFSET : MAGIC_OFFSET + len(MAGIC)] == MAGIC
 
 
 @lru_cache(maxsize=1)
@@ -100,8 +106,9 @@ def _head(path: str | os.PathLike[str]) -> bytes:
         with open(path, "rb") as fh:
             return fh.read(64)
     except OSError as exc:
-        raise ScanReadError(f"{Path(path).name}: cannot read the file "
-                            f"({exc.strerror or exc})") from exc
+        raise ScanReadError(
+            f"{Path(path).name}: cannot read the file ({exc.strerror or exc})"
+        ) from exc
 
 
 def _images(sm4: Any) -> list[Any]:
@@ -113,8 +120,7 @@ def expected_size(path: str) -> int | None:
     not: still being written); NotAnImageError for a file of spectra only."""
     size = file_size(path)
     if not sniff(_head(path)):
-        raise ScanReadError(f"{Path(path).name}: not an RHK .sm4 file (no 'STiMage' "
-                            "signature)")
+        raise ScanReadError(f"{Path(path).name}: not an RHK .sm4 file (no 'STiMage' signature)")
     try:
         sm4 = _parse(path)
     except ScanReadError:
@@ -125,18 +131,23 @@ def expected_size(path: str) -> int | None:
 
 
 def _no_image(name: str, sm4: Any) -> NotAnImageError:
-    kinds = sorted({str(p.attrs.get("RHK_PageDataTypeName", "?")).replace("RHK_DATA_", "")
-                    .lower() for p in sm4._pages})
-    return NotAnImageError(f"{name}: no image in this file (its {len(sm4._pages)} pages hold "
-                           f"{', '.join(kinds) or 'nothing'}: spectra are not analysed)")
+    kinds = sorted(
+        {
+            str(p.attrs.get("RHK_PageDataTypeName", "?")).replace("RHK_DATA_", "").lower()
+            for p in sm4._pages
+        }
+    )
+    return NotAnImageError(
+        f"{name}: no image in this file (its {len(sm4._pages)} pages hold "
+        f"{', '.join(kinds) or 'nothing'}: spectra are not analysed)"
+    )
 
 
 def _label(page: Any) -> str:
     return str(page.attrs.get("RHK_Label", "")).strip() or f"page {page.attrs.get('RHK_PageID')}"
 
 
-def read(path: str | os.PathLike[str], *, channel: str = "Z",
-         direction: str = "forward") -> Scan:
+def read(path: str | os.PathLike[str], *, channel: str = "Z", direction: str = "forward") -> Scan:
     """Read one image page (channel + direction) of an RHK .sm4 file into a `Scan`."""
     name = Path(path).name
     check_direction(name, direction)
@@ -150,10 +161,13 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     pages = [p for p in images if _label(p) == chan]
     page = next((p for p in pages if int(p.attrs.get("RHK_ScanType", 0)) == wanted), None)
     if page is None:
-        have = sorted({"forward" if int(p.attrs.get("RHK_ScanType", 0)) == 0 else "backward"
-                       for p in pages})
-        raise ScanReadError(f"{name}: channel {chan!r} was recorded {'/'.join(have)} only; "
-                            f"use --direction {have[0]}")
+        have = sorted(
+            {"forward" if int(p.attrs.get("RHK_ScanType", 0)) == 0 else "backward" for p in pages}
+        )
+        raise ScanReadError(
+            f"{name}: channel {chan!r} was recorded {'/'.join(have)} only; "
+            f"use --direction {have[0]}"
+        )
     with library_errors(name, "the SM4 page"):
         data, width_m, height_m, y_up = _oriented(page, name)
     a = page.attrs
@@ -161,27 +175,40 @@ def read(path: str | os.PathLike[str], *, channel: str = "Z",
     channels = []
     for label in labels:
         dirs = {int(p.attrs.get("RHK_ScanType", 0)) for p in images if _label(p) == label}
-        unit = next(str(p.attrs.get("RHK_Zunits", "")).strip() for p in images
-                    if _label(p) == label)
-        channels.append(ChannelInfo(label, unit, "both" if len(dirs) == 2 else
-                                    ("forward" if SCAN_FORWARD in dirs else "backward")))
+        unit = next(
+            str(p.attrs.get("RHK_Zunits", "")).strip() for p in images if _label(p) == label
+        )
+        channels.append(
+            ChannelInfo(
+                label,
+                unit,
+                "both" if len(dirs) == 2 else ("forward" if SCAN_FORWARD in dirs else "backward"),
+            )
+        )
     setpoint = finite_or_none(_num(a.get("RHK_Current")))
     return Scan(
-        path=str(path), channel=chan, direction=direction,
-        unit=str(a.get("RHK_Zunits", "")).strip(), data=data,
-        acquired_rows=acquired_rows(data), width_nm=width_m * 1e9, height_nm=height_m * 1e9,
+        path=str(path),
+        channel=chan,
+        direction=direction,
+        unit=str(a.get("RHK_Zunits", "")).strip(),
+        data=data,
+        acquired_rows=acquired_rows(data),
+        width_nm=width_m * 1e9,
+        height_nm=height_m * 1e9,
         scan_dir="up" if y_up else "down",
         angle_deg=finite_or_none(_num(a.get("RHK_Angle"))) or 0.0,
         offset_x_nm=(finite_or_none(_num(a.get("RHK_Xoffset"))) or 0.0) * 1e9,
         offset_y_nm=(finite_or_none(_num(a.get("RHK_Yoffset"))) or 0.0) * 1e9,
-        recorded_at=_recorded_at(a), bias_v=finite_or_none(_num(a.get("RHK_Bias"))),
+        recorded_at=_recorded_at(a),
+        bias_v=finite_or_none(_num(a.get("RHK_Bias"))),
         setpoint_a=setpoint,
         constant_height=str(a.get("RHK_ZPI_FeedbackType", "")).strip().lower() == "off",
         temperature_k=None,
         comment=str(a.get("RHK_UserText", "")).strip(),
         channels=tuple(channels),
         header={k: str(v) for k, v in a.items() if k != "RHK_PRMdata"},
-        file_format="rhk-sm4")
+        file_format="rhk-sm4",
+    )
 
 
 def _oriented(page: Any, name: str) -> tuple[np.ndarray, float, float, bool]:
@@ -192,8 +219,10 @@ def _oriented(page: Any, name: str) -> tuple[np.ndarray, float, float, bool]:
     zscale, zoffset = float(a["RHK_Zscale"]), float(a["RHK_Zoffset"])
     raw = np.asarray(page.data)
     if raw.size != nx * ny:
-        raise ScanReadError(f"{name}: page {_label(page)!r} holds {raw.size} values, "
-                            f"{nx} x {ny} expected (truncated?)")
+        raise ScanReadError(
+            f"{name}: page {_label(page)!r} holds {raw.size} values, "
+            f"{nx} x {ny} expected (truncated?)"
+        )
     # undo spym's flips (made on its (Xsize, Ysize) reshape) to get the stored order back
     if xscale < 0:
         raw = np.flip(raw, axis=1)
@@ -230,7 +259,8 @@ def _num(value: Any) -> float | None:
 
 def _recorded_at(attrs: dict[str, Any]) -> datetime | None:
     try:
-        return datetime.strptime(f"{attrs.get('RHK_Date', '')} {attrs.get('RHK_Time', '')}",
-                                 "%m/%d/%y %H:%M:%S")
+        return datetime.strptime(
+            f"{attrs.get('RHK_Date', '')} {attrs.get('RHK_Time', '')}", "%m/%d/%y %H:%M:%S"
+        )
     except ValueError:
         return None

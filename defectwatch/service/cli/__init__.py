@@ -18,8 +18,18 @@ from typing import Annotated, Any
 import typer
 
 from defectwatch.errors import DefectwatchError
-from defectwatch.service.cli import (demo, labels, models, process, record, retrain, scans,
-                                     serve, service, watch)
+from defectwatch.service.cli import (
+    demo,
+    labels,
+    models,
+    process,
+    record,
+    retrain,
+    scans,
+    serve,
+    service,
+    watch,
+)
 from defectwatch.service.cli.common import _fail
 from defectwatch.service.logging_setup import configure_logging
 
@@ -54,9 +64,11 @@ COMMANDS: dict[str, Callable[..., Any] | typer.Typer] = {
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                                help="Log debug detail to stderr.")] = False
-          ) -> None:
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")
+    ] = False,
+) -> None:
     configure_logging(logging.DEBUG if verbose else logging.WARNING)
 
 

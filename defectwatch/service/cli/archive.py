@@ -16,9 +16,16 @@ from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli.common import _database, _fail, err, out
 
 
-def reprocess_on_dask(db: str | None, *, everything: bool, sample: str | None,
-                      workers: int | None, scheduler: str | None, path_map: list[str],
-                      channel: str | None) -> None:
+def reprocess_on_dask(
+    db: str | None,
+    *,
+    everything: bool,
+    sample: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    path_map: list[str],
+    channel: str | None,
+) -> None:
     """Run ``rescore_archive`` with a progress bar (done / failed / remaining); list the
     failures with their reasons; exit 1 when any scan failed, 130 when interrupted."""
     from defectwatch.service.archive import parse_path_map, rescore_archive
@@ -29,33 +36,63 @@ def reprocess_on_dask(db: str | None, *, everything: bool, sample: str | None,
         _fail(escape(str(exc)))
         raise typer.Exit(1) from None
     stop = threading.Event()
-    bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("done {task.fields[done]} · failed {task.fields[failed]} · "
-                              "remaining {task.fields[remaining]}"),
-                   TimeElapsedColumn(), console=err, transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn(
+            "done {task.fields[done]} · failed {task.fields[failed]} · "
+            "remaining {task.fields[remaining]}"
+        ),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
     task = bar.add_task("re-scoring on Dask", total=None, done=0, failed=0, remaining="?")
 
     def on_progress(done: int, failed: int, total: int) -> None:
-        bar.update(task, completed=done + failed, total=max(total, 1), done=done,
-                   failed=failed, remaining=total - done - failed)
+        bar.update(
+            task,
+            completed=done + failed,
+            total=max(total, 1),
+            done=done,
+            failed=failed,
+            remaining=total - done - failed,
+        )
 
     with _database(db) as engine, bar:
-        result = rescore_archive(engine, everything=everything, sample=sample,
-                                 workers=workers, scheduler=scheduler, path_map=pairs,
-                                 channel=channel, on_progress=on_progress, stop=stop)
+        result = rescore_archive(
+            engine,
+            everything=everything,
+            sample=sample,
+            workers=workers,
+            scheduler=scheduler,
+            path_map=pairs,
+            channel=channel,
+            on_progress=on_progress,
+            stop=stop,
+        )
     for path, why in result.failed:
-        err.print(f"[yellow]failed:[/yellow] {escape(f'{path}: {why}')}", highlight=False,
-                  soft_wrap=True)
+        err.print(
+            f"[yellow]failed:[/yellow] {escape(f'{path}: {why}')}", highlight=False, soft_wrap=True
+        )
     rate = (result.recorded / result.seconds) if result.seconds > 0 else 0.0
-    out.print(escape(
-        f"re-scored {result.recorded} of {result.total} scan(s) with {result.model_version} "
-        f"on Dask in {result.seconds:.0f} s ({rate:.2g} scans/s)"
-        + (f"; {result.already} already scored" if result.already else "")
-        + (f"; {len(result.failed)} failed" if result.failed else "")), highlight=False)
+    out.print(
+        escape(
+            f"re-scored {result.recorded} of {result.total} scan(s) with {result.model_version} "
+            f"on Dask in {result.seconds:.0f} s ({rate:.2g} scans/s)"
+            + (f"; {result.already} already scored" if result.already else "")
+            + (f"; {len(result.failed)} failed" if result.failed else "")
+        ),
+        highlight=False,
+    )
     if result.interrupted:
-        out.print(escape(f"interrupted with {result.remaining} scan(s) left: run the same "
-                         f"command again to re-score them (nothing is recorded twice)"),
-                  highlight=False)
+        out.print(
+            escape(
+                f"interrupted with {result.remaining} scan(s) left: run the same "
+                f"command again to re-score them (nothing is recorded twice)"
+            ),
+            highlight=False,
+        )
         raise typer.Exit(130)
     if result.failed:
         raise typer.Exit(1)

@@ -24,9 +24,15 @@ if TYPE_CHECKING:
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
-DbOption = Annotated[str | None, typer.Option(
-    "--db", metavar="URL", show_default=False,
-    help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        show_default=False,
+        help="Database URL or SQLite file (default: DEFECTWATCH_DB, else the user data dir).",
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -41,8 +47,14 @@ def _warn(message: str) -> None:
 
 def _progress() -> Progress:
     """A rich progress bar on stderr (stdout stays clean for --json / --csv)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
 
 
 def _sci(value: float | None) -> str:

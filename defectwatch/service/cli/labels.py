@@ -17,13 +17,21 @@ from rich.table import Table
 from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli.common import DbOption, _database, _fail, _progress, err, out
 
-labels_app = typer.Typer(help="Labels: import label files, accept reviewed detections, list, "
-                         "export.", no_args_is_help=True)
+labels_app = typer.Typer(
+    help="Labels: import label files, accept reviewed detections, list, export.",
+    no_args_is_help=True,
+)
 
-FormatOption = Annotated[str | None, typer.Option(
-    "--format", metavar="via|voc|coco|csv", show_default=False,
-    help="Label format (default: from the file: .xml voc, .json coco, .csv via or our "
-    "scan,row,col,kind CSV).")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        metavar="via|voc|coco|csv",
+        show_default=False,
+        help="Label format (default: from the file: .xml voc, .json coco, .csv via or our "
+        "scan,row,col,kind CSV).",
+    ),
+]
 
 
 def _warn(message: str) -> None:
@@ -36,17 +44,31 @@ def _counts(counts: dict[str, int]) -> str:
 
 @labels_app.command("import")
 def labels_import(
-    files: Annotated[list[Path], typer.Argument(
-        help="Label files: VIA CSV (label,x,y,width,height,filename,resX,resY), Pascal VOC "
-        "XML, COCO JSON, or our CSV (scan,row,col,kind[,radius_nm]).")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Label files: VIA CSV (label,x,y,width,height,filename,resX,resY), Pascal VOC "
+            "XML, COCO JSON, or our CSV (scan,row,col,kind[,radius_nm])."
+        ),
+    ],
     format: FormatOption = None,
-    scan: Annotated[str | None, typer.Option(
-        "--scan", metavar="SCAN", help="Put the labels on this recorded scan (an id, path or "
-        "file name) instead of matching the images' names.")] = None,
-    exhaustive: Annotated[bool, typer.Option(
-        "--exhaustive/--partial",
-        help="Every defect of each image is marked (default), or only some: partial labels "
-        "never teach unmarked defects as background.")] = True,
+    scan: Annotated[
+        str | None,
+        typer.Option(
+            "--scan",
+            metavar="SCAN",
+            help="Put the labels on this recorded scan (an id, path or "
+            "file name) instead of matching the images' names.",
+        ),
+    ] = None,
+    exhaustive: Annotated[
+        bool,
+        typer.Option(
+            "--exhaustive/--partial",
+            help="Every defect of each image is marked (default), or only some: partial labels "
+            "never teach unmarked defects as background.",
+        ),
+    ] = True,
     db: DbOption = None,
 ) -> None:
     """Import labels; images are matched to recorded scans by file stem (or --scan) and boxes
@@ -60,8 +82,7 @@ def labels_import(
         raise typer.Exit(1) from None
     failed = False
     with _database(db) as engine:
-        reports = import_label_files(engine, files, format=format, scan=scan,
-                                     exhaustive=exhaustive)
+        reports = import_label_files(engine, files, format=format, scan=scan, exhaustive=exhaustive)
     matched = 0
     for r in reports:
         name = PurePath(r.path).name
@@ -71,38 +92,60 @@ def labels_import(
             continue
         matched += len(r.scans)
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(r.skipped.items()))
-        line = (f"{name} ({r.format}, {'exhaustive' if r.exhaustive else 'partial'}): "
-                f"imported {_counts(r.counts)} on {len(r.scans)} scan(s)")
+        line = (
+            f"{name} ({r.format}, {'exhaustive' if r.exhaustive else 'partial'}): "
+            f"imported {_counts(r.counts)} on {len(r.scans)} scan(s)"
+        )
         if r.dropped:
             line += f"; {r.dropped} outside the frame dropped"
         if skipped:
             line += f"; skipped {skipped}"
         out.print(escape(line), highlight=False)
         if r.unknown_classes:
-            _warn(f"{name}: unknown classes skipped: "
-                  + ", ".join(f"{k!r} x{n}" for k, n in r.unknown_classes.items()))
+            _warn(
+                f"{name}: unknown classes skipped: "
+                + ", ".join(f"{k!r} x{n}" for k, n in r.unknown_classes.items())
+            )
         if r.scans:
             table = Table("scan", "file", "image", "trough", "peak", box=None, pad_edge=False)
             for s in r.scans:
-                table.add_row(str(s.scan_id), escape(PurePath(s.path).name), escape(s.image),
-                              str(s.counts["trough"]), str(s.counts["peak"]))
+                table.add_row(
+                    str(s.scan_id),
+                    escape(PurePath(s.path).name),
+                    escape(s.image),
+                    str(s.counts["trough"]),
+                    str(s.counts["peak"]),
+                )
             out.print(table)
         for image, why in r.unmatched:
             _warn(f"{name}: not matched: {image}: {why}")
     if failed or (matched == 0 and reports):
         if matched == 0 and not failed:
             unmatched = any(r.unmatched for r in reports)
-            _fail("no labels were imported: " + ("no image matched a recorded scan" if unmatched
-                                                 else "the files hold no defect label"))
+            _fail(
+                "no labels were imported: "
+                + (
+                    "no image matched a recorded scan"
+                    if unmatched
+                    else "the files hold no defect label"
+                )
+            )
         raise typer.Exit(1)
 
 
 @labels_app.command("accept")
 def labels_accept(
     scan: Annotated[str, typer.Argument(help="Scan id, path or file name.")],
-    min_confidence: Annotated[float, typer.Option(
-        "--min-confidence", metavar="P", min=0.0, max=1.0,
-        help="Only detections at least this confident (0-1).")] = 0.0,
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            "--min-confidence",
+            metavar="P",
+            min=0.0,
+            max=1.0,
+            help="Only detections at least this confident (0-1).",
+        ),
+    ] = 0.0,
     db: DbOption = None,
 ) -> None:
     """A reviewed scan's latest detections become its labels (source 'accepted', exhaustive:
@@ -111,12 +154,18 @@ def labels_accept(
 
     with _database(db) as engine:
         r = accept_detections(engine, scan, min_confidence=min_confidence)
-    note = f" ({r.below_confidence} below {min_confidence:g} left out)" \
-        if r.below_confidence else ""
+    note = (
+        f" ({r.below_confidence} below {min_confidence:g} left out)" if r.below_confidence else ""
+    )
     again = " (replacing the earlier accepted labels)" if r.replaced else ""
-    out.print(escape(f"scan {r.scan_id} ({PurePath(r.path).name}): accepted "
-                     f"{_counts(r.counts)} from run {r.run_id} ({r.model_version}){note}"
-                     f"{again}"), highlight=False)
+    out.print(
+        escape(
+            f"scan {r.scan_id} ({PurePath(r.path).name}): accepted "
+            f"{_counts(r.counts)} from run {r.run_id} ({r.model_version}){note}"
+            f"{again}"
+        ),
+        highlight=False,
+    )
 
 
 @labels_app.command("list")
@@ -134,33 +183,56 @@ def labels_list(
         print(json.dumps(rows, indent=2))
         return
     if not rows:
-        out.print("no labelled scans" + (f" in sample {escape(sample)}" if sample else ""),
-                  highlight=False)
+        out.print(
+            "no labelled scans" + (f" in sample {escape(sample)}" if sample else ""),
+            highlight=False,
+        )
         return
     table = Table("scan", "file", "sample", "trough", "peak", "labels", "sources")
     table.columns[1].overflow = "fold"
     for r in rows:
-        sources = "; ".join(f"{s['source']} ({s['labels']}"
-                            f"{'' if s['exhaustive'] else ', partial'})" for s in r["sources"])
-        table.add_row(str(r["scan_id"]), escape(PurePath(r["path"]).name),
-                      escape(r["sample"] or "-"), str(r["counts"]["trough"]),
-                      str(r["counts"]["peak"]),
-                      "exhaustive" if r["exhaustive"] else "partial", escape(sources))
+        sources = "; ".join(
+            f"{s['source']} ({s['labels']}{'' if s['exhaustive'] else ', partial'})"
+            for s in r["sources"]
+        )
+        table.add_row(
+            str(r["scan_id"]),
+            escape(PurePath(r["path"]).name),
+            escape(r["sample"] or "-"),
+            str(r["counts"]["trough"]),
+            str(r["counts"]["peak"]),
+            "exhaustive" if r["exhaustive"] else "partial",
+            escape(sources),
+        )
     out.print(table)
     n_ex = sum(r["exhaustive"] for r in rows)
     total = sum(r["counts"]["total"] for r in rows)
-    out.print(f"{len(rows)} labelled scan(s): {n_ex} exhaustive, {len(rows) - n_ex} partial; "
-              f"{total} labels", highlight=False)
+    out.print(
+        f"{len(rows)} labelled scan(s): {n_ex} exhaustive, {len(rows) - n_ex} partial; "
+        f"{total} labels",
+        highlight=False,
+    )
 
 
 @labels_app.command("export")
 def labels_export(
-    target: Annotated[Path, typer.Argument(
-        metavar="OUTDIR|FILE", help="A file (via, coco, csv) or a folder (voc: one XML per "
-        "scan; other formats: labels_<format>.<ext> inside).")],
-    format: Annotated[str | None, typer.Option(
-        "--format", metavar="via|voc|coco|csv", show_default=False,
-        help="Default: from TARGET: .json coco, .csv our point CSV, a folder voc.")] = None,
+    target: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUTDIR|FILE",
+            help="A file (via, coco, csv) or a folder (voc: one XML per "
+            "scan; other formats: labels_<format>.<ext> inside).",
+        ),
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="via|voc|coco|csv",
+            show_default=False,
+            help="Default: from TARGET: .json coco, .csv our point CSV, a folder voc.",
+        ),
+    ] = None,
     sample: Annotated[str | None, typer.Option(help="Only this sample.")] = None,
     db: DbOption = None,
 ) -> None:
@@ -170,20 +242,33 @@ def labels_export(
 
     with _database(db) as engine:
         r = export_labels(engine, target, format=format, sample=sample)
-    out.print(escape(f"exported {_counts(r.counts)} of {r.scans} scan(s) as {r.format}: "
-                     + (str(r.files[0]) if len(r.files) == 1 else
-                        f"{len(r.files)} files in {target}")), highlight=False)
+    out.print(
+        escape(
+            f"exported {_counts(r.counts)} of {r.scans} scan(s) as {r.format}: "
+            + (str(r.files[0]) if len(r.files) == 1 else f"{len(r.files)} files in {target}")
+        ),
+        highlight=False,
+    )
 
 
 def import_image(
-    files: Annotated[list[Path], typer.Argument(
-        help="Rendered images (PNG, JPEG, TIFF, BMP), e.g. Gwyddion exports.")],
-    size_nm: Annotated[str | None, typer.Option(
-        "--size-nm", metavar="W[xH]",
-        help="Frame size in nm (H defaults to square pixels). Default: from the file name, "
-        "e.g. _100x100_.")] = None,
-    sample: Annotated[str | None, typer.Option(
-        help="Sample name (default: the sample rule, DEFECTWATCH_SAMPLE_RULE).")] = None,
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Rendered images (PNG, JPEG, TIFF, BMP), e.g. Gwyddion exports."),
+    ],
+    size_nm: Annotated[
+        str | None,
+        typer.Option(
+            "--size-nm",
+            metavar="W[xH]",
+            help="Frame size in nm (H defaults to square pixels). Default: from the file name, "
+            "e.g. _100x100_.",
+        ),
+    ] = None,
+    sample: Annotated[
+        str | None,
+        typer.Option(help="Sample name (default: the sample rule, DEFECTWATCH_SAMPLE_RULE)."),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Record rendered images as scans of a physical size, so labels drawn on renders can
@@ -200,16 +285,27 @@ def import_image(
     with _database(db, create=True) as engine:
         with _progress() as bar:
             task = bar.add_task("recording", total=len(files))
-            results = import_images(engine, files, size_nm=size, sample=sample, rule=rule,
-                                    on_progress=lambda i, n: bar.update(task, completed=i))
+            results = import_images(
+                engine,
+                files,
+                size_nm=size,
+                sample=sample,
+                rule=rule,
+                on_progress=lambda i, n: bar.update(task, completed=i),
+            )
     failed = 0
     for r in results:
         if r.status == "failed":
             failed += 1
             _fail(escape(r.error or f"{r.path}: failed"))
             continue
-        out.print(escape(f"{r.status} scan {r.scan_id}: {PurePath(r.path).name} "
-                         f"({r.nx}x{r.ny} px, {r.width_nm:.4g}x{r.height_nm:.4g} nm, "
-                         f"sample {r.sample or '-'})"), highlight=False)
+        out.print(
+            escape(
+                f"{r.status} scan {r.scan_id}: {PurePath(r.path).name} "
+                f"({r.nx}x{r.ny} px, {r.width_nm:.4g}x{r.height_nm:.4g} nm, "
+                f"sample {r.sample or '-'})"
+            ),
+            highlight=False,
+        )
     if failed:
         raise typer.Exit(1)

@@ -22,12 +22,21 @@ from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
 if TYPE_CHECKING:
     from defectwatch.service.queries import SampleDensity
 
-InstrumentOption = Annotated[str | None, typer.Option(
-    "--instrument", metavar="NAME", show_default=False,
-    help="Only the scans of this instrument (see `defectwatch status`).")]
+InstrumentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--instrument",
+        metavar="NAME",
+        show_default=False,
+        help="Only the scans of this instrument (see `defectwatch status`).",
+    ),
+]
 
-samples_app = typer.Typer(help="Samples: scan counts, scanned area, latest scan, densities.",
-                          invoke_without_command=True, no_args_is_help=False)
+samples_app = typer.Typer(
+    help="Samples: scan counts, scanned area, latest scan, densities.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
 
 
 def _when(iso: str | None) -> str:
@@ -40,9 +49,12 @@ def _area(nm2: float) -> str:
 
 
 @samples_app.callback()
-def samples(ctx: typer.Context, db: DbOption = None,
-            as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
-            instrument: InstrumentOption = None) -> None:
+def samples(
+    ctx: typer.Context,
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
+    instrument: InstrumentOption = None,
+) -> None:
     """Samples with scan counts, scanned area, latest scan and densities."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"db": db}
@@ -54,40 +66,70 @@ def samples(ctx: typer.Context, db: DbOption = None,
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("sample", "scans", "done", "failed", "pending", "area nm²", "latest scan",
-                  "seen (UTC)", "trough cm⁻²", "peak cm⁻²", "total cm⁻²")
+    table = Table(
+        "sample",
+        "scans",
+        "done",
+        "failed",
+        "pending",
+        "area nm²",
+        "latest scan",
+        "seen (UTC)",
+        "trough cm⁻²",
+        "peak cm⁻²",
+        "total cm⁻²",
+    )
     for r in rows:
         d = r["density_per_cm2"]
-        table.add_row(r["sample"] or "(none)", str(r["scans"]), str(r["done"]),
-                      str(r["failed"]), str(r["pending"]), _area(r["area_nm2"]),
-                      PurePath(r["latest_path"]).name if r["latest_path"] else "-",
-                      _when(r["latest_seen_at"]),
-                      _sci(d["trough"]), _sci(d["peak"]), _sci(d["total"]))
+        table.add_row(
+            r["sample"] or "(none)",
+            str(r["scans"]),
+            str(r["done"]),
+            str(r["failed"]),
+            str(r["pending"]),
+            _area(r["area_nm2"]),
+            PurePath(r["latest_path"]).name if r["latest_path"] else "-",
+            _when(r["latest_seen_at"]),
+            _sci(d["trough"]),
+            _sci(d["peak"]),
+            _sci(d["total"]),
+        )
     out.print(table if rows else "no samples recorded yet")
 
 
 @samples_app.command("rename")
-def samples_rename(ctx: typer.Context,
-                   old: Annotated[str, typer.Argument(help="Current sample name.")],
-                   new: Annotated[str, typer.Argument(help="New name (merged if it exists).")],
-                   db: DbOption = None) -> None:
+def samples_rename(
+    ctx: typer.Context,
+    old: Annotated[str, typer.Argument(help="Current sample name.")],
+    new: Annotated[str, typer.Argument(help="New name (merged if it exists).")],
+    db: DbOption = None,
+) -> None:
     """Rename a sample; when NEW exists, OLD's scans are merged into it."""
     from defectwatch.service.queries import rename
 
     with _database(db or (ctx.obj or {}).get("db")) as engine:
         what = rename(engine, old, new)
-    out.print({"renamed": f"renamed {old} -> {new}",
-               "merged": f"merged {old} into {new}",
-               "unchanged": f"{old}: unchanged"}[what], highlight=False)
+    out.print(
+        {
+            "renamed": f"renamed {old} -> {new}",
+            "merged": f"merged {old} into {new}",
+            "unchanged": f"{old}: unchanged",
+        }[what],
+        highlight=False,
+    )
 
 
 def density(
-    samples: Annotated[list[str] | None, typer.Argument(
-        help="Sample names (default: every sample with a processed scan).",
-        show_default=False)] = None,
+    samples: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sample names (default: every sample with a processed scan).", show_default=False
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list of objects.")] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row per sample and kind.")
-                      ] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV, one row per sample and kind.")
+    ] = False,
     db: DbOption = None,
     instrument: InstrumentOption = None,
 ) -> None:
@@ -110,22 +152,50 @@ def density(
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["sample", "kind", "scans", "defects", "area_nm2", "density_per_cm2",
-                         "ci95_low_per_cm2", "ci95_high_per_cm2", "raw_density_per_cm2",
-                         "calibration"])
+        writer.writerow(
+            [
+                "sample",
+                "kind",
+                "scans",
+                "defects",
+                "area_nm2",
+                "density_per_cm2",
+                "ci95_low_per_cm2",
+                "ci95_high_per_cm2",
+                "raw_density_per_cm2",
+                "calibration",
+            ]
+        )
         for r in report:
             for k in KINDS:
                 lo, hi = r.ci95_per_cm2[k]
-                writer.writerow([r.sample, k, r.scans, r.counts[k], f"{r.area_nm2:.6g}",
-                                 f"{r.density_per_cm2[k]:.6g}", f"{lo:.6g}", f"{hi:.6g}",
-                                 f"{r.raw_density_per_cm2[k]:.6g}", r.calibration])
+                writer.writerow(
+                    [
+                        r.sample,
+                        k,
+                        r.scans,
+                        r.counts[k],
+                        f"{r.area_nm2:.6g}",
+                        f"{r.density_per_cm2[k]:.6g}",
+                        f"{lo:.6g}",
+                        f"{hi:.6g}",
+                        f"{r.raw_density_per_cm2[k]:.6g}",
+                        r.calibration,
+                    ]
+                )
         return
     out.print(density_table(report) if report else "no processed scans yet")
     for r in report:
-        out.print(f"{escape(r.sample or '(none)')}: "
-                  + (f"corrected, {escape(r.calibration)}" if r.corrected
-                     else "uncalibrated (the version carries no calibration): detected count, "
-                          "Poisson interval"), highlight=False)
+        out.print(
+            f"{escape(r.sample or '(none)')}: "
+            + (
+                f"corrected, {escape(r.calibration)}"
+                if r.corrected
+                else "uncalibrated (the version carries no calibration): detected count, "
+                "Poisson interval"
+            ),
+            highlight=False,
+        )
 
 
 def density_table(report: list[SampleDensity]) -> Table:
@@ -135,29 +205,44 @@ def density_table(report: list[SampleDensity]) -> Table:
     from defectwatch.service.queries import KINDS
 
     corrected = any(r.corrected for r in report)
-    table = Table("sample", "kind", "scans", "defects", "area nm²",
-                  "density cm⁻² (corrected)" if corrected else "density cm⁻²",
-                  "95% interval cm⁻²", "detected cm⁻²",
-                  caption="corrected: detected count x precision / recall of the model "
-                          "version (its calibration); the interval holds counting noise and "
-                          "the calibration's uncertainty" if corrected else None)
+    table = Table(
+        "sample",
+        "kind",
+        "scans",
+        "defects",
+        "area nm²",
+        "density cm⁻² (corrected)" if corrected else "density cm⁻²",
+        "95% interval cm⁻²",
+        "detected cm⁻²",
+        caption="corrected: detected count x precision / recall of the model "
+        "version (its calibration); the interval holds counting noise and "
+        "the calibration's uncertainty"
+        if corrected
+        else None,
+    )
     for r in report:
         for i, k in enumerate(KINDS):
             lo, hi = r.ci95_per_cm2[k]
-            table.add_row(r.sample or "(none)" if i == 0 else "", k,
-                          str(r.scans) if i == 0 else "", str(r.counts[k]),
-                          _area(r.area_nm2) if i == 0 else "", _sci(r.density_per_cm2[k]),
-                          f"{_sci(lo)} – {_sci(hi)}", _sci(r.raw_density_per_cm2[k]),
-                          end_section=k == "total")
+            table.add_row(
+                r.sample or "(none)" if i == 0 else "",
+                k,
+                str(r.scans) if i == 0 else "",
+                str(r.counts[k]),
+                _area(r.area_nm2) if i == 0 else "",
+                _sci(r.density_per_cm2[k]),
+                f"{_sci(lo)} – {_sci(hi)}",
+                _sci(r.raw_density_per_cm2[k]),
+                end_section=k == "total",
+            )
     return table
 
 
 def scans(
     sample: Annotated[str | None, typer.Option(help="Only this sample.")] = None,
-    status: Annotated[str | None, typer.Option(
-        help="Only this status: queued, processing, done or failed.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (newest).")
-                     ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: queued, processing, done or failed.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (newest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list.")] = False,
     db: DbOption = None,
     instrument: InstrumentOption = None,
@@ -166,25 +251,46 @@ def scans(
     from defectwatch.service.queries import scans_report
 
     with _database(db) as engine:
-        rows = scans_report(engine, sample=sample, status=status, limit=limit,
-                            instrument=instrument)
+        rows = scans_report(
+            engine, sample=sample, status=status, limit=limit, instrument=instrument
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("id", "file", "sample", "status", "recorded", "px", "nm", "trough", "peak",
-                  "total cm⁻²", "model", "note")
+    table = Table(
+        "id",
+        "file",
+        "sample",
+        "status",
+        "recorded",
+        "px",
+        "nm",
+        "trough",
+        "peak",
+        "total cm⁻²",
+        "model",
+        "note",
+    )
     table.columns[1].overflow = "fold"
     for r in rows:
         c = r["counts"] or {}
         note = r["last_error"] or ""
         if r["status"] != "done" and r["attempts"]:
             note = f"attempt {r['attempts']}" + (f": {note}" if note else "")
-        table.add_row(str(r["id"]), r["file"], r["sample"] or "-", r["status"],
-                      (r["recorded_at"] or "-")[:16].replace("T", " "),
-                      f"{r['nx']}x{r['ny']}" if r["nx"] else "-",
-                      f"{r['width_nm']:.4g}" if r["width_nm"] else "-",
-                      str(c.get("trough", "-")), str(c.get("peak", "-")),
-                      _sci(r["density_per_cm2"]), r["model_version"] or "-", note)
+        table.add_row(
+            str(r["id"]),
+            r["file"],
+            r["sample"] or "-",
+            r["status"],
+            (r["recorded_at"] or "-")[:16].replace("T", " "),
+            f"{r['nx']}x{r['ny']}" if r["nx"] else "-",
+            f"{r['width_nm']:.4g}" if r["width_nm"] else "-",
+            str(c.get("trough", "-")),
+            str(c.get("peak", "-")),
+            _sci(r["density_per_cm2"]),
+            r["model_version"] or "-",
+            note,
+        )
     out.print(table if rows else "no scans match")
 
 
@@ -202,8 +308,17 @@ def defects(
         raise typer.Exit(1)
     with _database(db) as engine:
         info, rows = defects_report(engine, scan)
-    fields = ["row", "col", "x_nm", "y_nm", "kind", "confidence", "uncertainty", "area_nm2",
-              "contrast"]
+    fields = [
+        "row",
+        "col",
+        "x_nm",
+        "y_nm",
+        "kind",
+        "confidence",
+        "uncertainty",
+        "area_nm2",
+        "contrast",
+    ]
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
@@ -213,17 +328,29 @@ def defects(
         print(json.dumps(rows, indent=2))
         return
     if info["run_id"] is None:
-        out.print(f"scan {info['id']} ({info['path']}) is {info['status']}: not processed yet",
-                  highlight=False)
+        out.print(
+            f"scan {info['id']} ({info['path']}) is {info['status']}: not processed yet",
+            highlight=False,
+        )
         return
-    table = Table(*fields, title=f"scan {info['id']}: {info['path']} · sample "
-                  f"{info['sample'] or '-'} · model {info['model_version']} · "
-                  f"{len(rows)} defects")
+    table = Table(
+        *fields,
+        title=f"scan {info['id']}: {info['path']} · sample "
+        f"{info['sample'] or '-'} · model {info['model_version']} · "
+        f"{len(rows)} defects",
+    )
     for d in rows:
-        table.add_row(f"{d['row']:.1f}", f"{d['col']:.1f}", f"{d['x_nm']:.2f}",
-                      f"{d['y_nm']:.2f}", d["kind"], f"{d['confidence']:.2f}",
-                      f"{d['uncertainty']:.3f}", f"{d['area_nm2']:.2f}",
-                      "-" if d["contrast"] is None else f"{d['contrast']:+.1f}")
+        table.add_row(
+            f"{d['row']:.1f}",
+            f"{d['col']:.1f}",
+            f"{d['x_nm']:.2f}",
+            f"{d['y_nm']:.2f}",
+            d["kind"],
+            f"{d['confidence']:.2f}",
+            f"{d['uncertainty']:.3f}",
+            f"{d['area_nm2']:.2f}",
+            "-" if d["contrast"] is None else f"{d['contrast']:+.1f}",
+        )
     out.print(table)
 
 
@@ -251,33 +378,48 @@ def _daemon_state(d: dict[str, Any]) -> str:
 def _print_status(s: dict[str, Any]) -> None:
     if s["daemon_alive"]:
         d = s["daemons"][0]
-        alive = (f"[green]alive[/green] (pid {d['pid']} on {d['host']}, "
-                 f"since {_when(d['started_at'])} UTC)")
+        alive = (
+            f"[green]alive[/green] (pid {d['pid']} on {d['host']}, "
+            f"since {_when(d['started_at'])} UTC)"
+        )
         if len(s["daemons"]) > 1:
             alive += f" +{len(s['daemons']) - 1} more"
     else:
-        alive = "[red]not running[/red]" + (f" (last heartbeat {_when(s['last_beat_at'])} UTC)"
-                                            if s["last_beat_at"] else "")
+        alive = "[red]not running[/red]" + (
+            f" (last heartbeat {_when(s['last_beat_at'])} UTC)" if s["last_beat_at"] else ""
+        )
     c = s["status_counts"]
     last = s["last_processed"]
     model = s["active_model"]
     table = Table(show_header=False, box=None)
     table.add_row("daemon", alive)
     for i in s.get("instruments", []):  # every daemon's heartbeat, per instrument
-        beats = "; ".join(f"{_daemon_state(d)} pid {d['pid']} on {escape(d['host'])}, last "
-                          f"beat {_when(d['beat_at'])} UTC" for d in i["daemons"])
+        beats = "; ".join(
+            f"{_daemon_state(d)} pid {d['pid']} on {escape(d['host'])}, last "
+            f"beat {_when(d['beat_at'])} UTC"
+            for d in i["daemons"]
+        )
         table.add_row(f"  {escape(i['instrument'] or '(unnamed)')}", beats)
-    table.add_row("queue", f"{s['queue_depth']} ({c['queued']} queued, "
-                           f"{c['processing']} processing)")
+    table.add_row(
+        "queue", f"{s['queue_depth']} ({c['queued']} queued, {c['processing']} processing)"
+    )
     table.add_row("done", str(c["done"]))
-    table.add_row("last processed", f"{last['path']} at {_when(last['finished_at'])} UTC "
-                                    f"({last['defects']} defects, {last['model_version']})"
-                  if last else "-")
+    table.add_row(
+        "last processed",
+        f"{last['path']} at {_when(last['finished_at'])} UTC "
+        f"({last['defects']} defects, {last['model_version']})"
+        if last
+        else "-",
+    )
     table.add_row("failed", str(s["failures"]))
     for f in s["recent_failures"]:
         table.add_row("", f"{PurePath(f['path']).name}: {f['error'] or '?'}")
-    table.add_row("active model", f"{model['name']} ({model['directory']})" if model else
-                  "none registered yet (the shipped default is registered at the first scan)")
+    table.add_row(
+        "active model",
+        f"{model['name']} ({model['directory']})"
+        if model
+        else "none registered yet (the shipped default is registered at the first scan)",
+    )
     run = s.get("last_retrain")
     if run:
         when = (run["started_at"] or "-")[:16].replace("T", " ")

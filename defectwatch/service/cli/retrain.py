@@ -22,61 +22,124 @@ from defectwatch.service.cli.common import DbOption, _database, _progress, err, 
 
 
 def retrain(
-    recipe: Annotated[str, typer.Option(
-        help="finetune (the nightly default): fine-tune the active version with rehearsal of "
-             "its simulated data, sparing its confident unlabelled detections, learning rate, "
-             "steps and detection rule chosen on a validation split of the labels; scratch: "
-             "the paper's recipe, new members from random weights.")] = "finetune",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Retrain even when no label changed since the active version (or "
-                        "the last candidate from it) was trained.")] = False,
-    members: Annotated[int | None, typer.Option(
-        min=1, help="Ensemble members (default: finetune the active version's first 5; "
-                    "scratch 10).")] = None,
-    iterations: Annotated[int | None, typer.Option(
-        min=1, help="Mini-batches per member (default: finetune 100 or 200, chosen on "
-                    "validation; scratch 500).")] = None,
-    from_active: Annotated[bool, typer.Option(
-        "--from-active", help="With --recipe scratch: start from the active version's "
-                              "members (plain fine-tuning, no rehearsal or search).")] = False,
-    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")
-                      ] = "auto",
-    promote: Annotated[str, typer.Option(
-        help="auto: activate only if no class's F1 drops by more than --tolerance and the "
-             "mean F1 holds; never: keep it a candidate; force: activate.")] = "auto",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="finetune (the nightly default): fine-tune the active version with rehearsal of "
+            "its simulated data, sparing its confident unlabelled detections, learning rate, "
+            "steps and detection rule chosen on a validation split of the labels; scratch: "
+            "the paper's recipe, new members from random weights."
+        ),
+    ] = "finetune",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Retrain even when no label changed since the active version (or "
+            "the last candidate from it) was trained.",
+        ),
+    ] = False,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ensemble members (default: finetune the active version's first 5; scratch 10).",
+        ),
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Mini-batches per member (default: finetune 100 or 200, chosen on "
+            "validation; scratch 500).",
+        ),
+    ] = None,
+    from_active: Annotated[
+        bool,
+        typer.Option(
+            "--from-active",
+            help="With --recipe scratch: start from the active version's "
+            "members (plain fine-tuning, no rehearsal or search).",
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    promote: Annotated[
+        str,
+        typer.Option(
+            help="auto: activate only if no class's F1 drops by more than --tolerance and the "
+            "mean F1 holds; never: keep it a candidate; force: activate."
+        ),
+    ] = "auto",
     db: DbOption = None,
-    models_dir: Annotated[Path | None, typer.Option(
-        "--models-dir", help="Where version directories are written (default: "
-                             "DEFECTWATCH_MODELS_DIR, else the user data dir's models).")
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir",
+            help="Where version directories are written (default: "
+            "DEFECTWATCH_MODELS_DIR, else the user data dir's models).",
+        ),
     ] = None,
-    filters: Annotated[int | None, typer.Option(
-        min=1, help="U-Net filters, --recipe scratch only (default: the active version's).")
+    filters: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="U-Net filters, --recipe scratch only (default: the active version's)."
+        ),
     ] = None,
-    crop: Annotated[int | None, typer.Option(
-        "--crop", min=16, help="Training crop side, model pixels (a multiple of 8; default "
-                               "finetune 128, scratch 256).")] = None,
+    crop: Annotated[
+        int | None,
+        typer.Option(
+            "--crop",
+            min=16,
+            help="Training crop side, model pixels (a multiple of 8; default "
+            "finetune 128, scratch 256).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of member 0 (member k uses seed + k).")] = 0,
-    tolerance: Annotated[float, typer.Option(
-        min=0.0, max=0.99, help="Largest F1 drop of one class that --promote auto accepts.")
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Largest F1 drop of one class that --promote auto accepts."
+        ),
     ] = 0.02,
-    learning_rate: Annotated[float | None, typer.Option(
-        "--learning-rate", min=1e-7, help="Adam learning rate (default: finetune chooses "
-                                          "1e-4 or 3e-4 on validation; scratch 1e-3).")] = None,
-    rehearsal: Annotated[float | None, typer.Option(
-        "--rehearsal", min=0.0, max=0.95, help="finetune: share of each mini-batch simulated "
-                                               "from the active version's data (default 0.5; "
-                                               "0: none).")] = None,
-    spare_unlabelled: Annotated[bool, typer.Option(
-        "--spare-unlabelled/--no-spare-unlabelled",
-        help="finetune: do not teach the active version's confident detections that no label "
-             "marks as background (labels may be incomplete).")] = True,
-    threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads (default: the cores the rest of the machine leaves idle).")
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--learning-rate",
+            min=1e-7,
+            help="Adam learning rate (default: finetune chooses "
+            "1e-4 or 3e-4 on validation; scratch 1e-3).",
+        ),
     ] = None,
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Name of the new version (default: retrain-<UTC time>).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")
-                       ] = False,
+    rehearsal: Annotated[
+        float | None,
+        typer.Option(
+            "--rehearsal",
+            min=0.0,
+            max=0.95,
+            help="finetune: share of each mini-batch simulated "
+            "from the active version's data (default 0.5; "
+            "0: none).",
+        ),
+    ] = None,
+    spare_unlabelled: Annotated[
+        bool,
+        typer.Option(
+            "--spare-unlabelled/--no-spare-unlabelled",
+            help="finetune: do not teach the active version's confident detections that no label "
+            "marks as background (labels may be incomplete).",
+        ),
+    ] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPU threads (default: the cores the rest of the machine leaves idle)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Name of the new version (default: retrain-<UTC time>)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Retrain the ensemble from all accumulated labels and promote it only if it is no
     worse than the active version on the frozen test split; skipped (exit 0) when no label
@@ -85,16 +148,27 @@ def retrain(
     from defectwatch.service.retraining import RetrainOptions, SkippedRun
     from defectwatch.service.retraining import retrain as run_retrain
 
-    options = RetrainOptions(members=members, iterations=iterations, from_active=from_active,
-                             device=device, promote=promote.lower(), filters=filters,
-                             crop_px=crop, seed=seed, tolerance=tolerance,
-                             learning_rate=learning_rate, version=name, recipe=recipe.lower(),
-                             force=force, rehearsal_share=rehearsal,
-                             spare_unlabelled=spare_unlabelled, threads=threads)
+    options = RetrainOptions(
+        members=members,
+        iterations=iterations,
+        from_active=from_active,
+        device=device,
+        promote=promote.lower(),
+        filters=filters,
+        crop_px=crop,
+        seed=seed,
+        tolerance=tolerance,
+        learning_rate=learning_rate,
+        version=name,
+        recipe=recipe.lower(),
+        force=force,
+        rehearsal_share=rehearsal,
+        spare_unlabelled=spare_unlabelled,
+        threads=threads,
+    )
 
     def warn(message: str) -> None:
-        err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False,
-                  soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
     with _database(db) as engine:
         folder = models_dir or get_settings().models_dir
@@ -106,57 +180,117 @@ def retrain(
                     tasks[task] = bar.add_task(task, total=total or None)
                 bar.update(tasks[task], completed=done)
 
-            result = run_retrain(engine, models_dir=folder, options=options,
-                                 on_progress=progress, on_note=warn)
+            result = run_retrain(
+                engine, models_dir=folder, options=options, on_progress=progress, on_note=warn
+            )
     if as_json:
         print(json.dumps(result.to_dict()))
         return
     if isinstance(result, SkippedRun):
         out.print(f"[cyan]skipped[/cyan]: {escape(result.reason)}", highlight=False)
         return
-    out.print(comparison_table(result.candidate, result.active,
-                               candidate_name=result.version, active_name=result.parent))
+    out.print(
+        comparison_table(
+            result.candidate,
+            result.active,
+            candidate_name=result.version,
+            active_name=result.parent,
+        )
+    )
     why = result.decision.summary()
     if result.activated:
-        out.print(f"[green]activated[/green] {escape(result.version)} (was "
-                  f"{escape(result.parent)}): {escape(why)}", highlight=False)
+        out.print(
+            f"[green]activated[/green] {escape(result.version)} (was "
+            f"{escape(result.parent)}): {escape(why)}",
+            highlight=False,
+        )
     else:
-        out.print(f"[yellow]kept as a candidate[/yellow] {escape(result.version)} "
-                  f"({escape(result.parent)} stays active): {escape(why)}", highlight=False)
-    out.print(f"written to {escape(str(result.directory))} ({result.seconds:.0f} s)",
-              highlight=False)
+        out.print(
+            f"[yellow]kept as a candidate[/yellow] {escape(result.version)} "
+            f"({escape(result.parent)} stays active): {escape(why)}",
+            highlight=False,
+        )
+    out.print(
+        f"written to {escape(str(result.directory))} ({result.seconds:.0f} s)", highlight=False
+    )
 
 
 def _f(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) \
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and not math.isfinite(value))
         else f"{value:.3f}"
+    )
 
 
-def comparison_table(candidate: dict[str, Any], active: dict[str, Any], *,
-                     candidate_name: str = "candidate", active_name: str = "active") -> Table:
+def comparison_table(
+    candidate: dict[str, Any],
+    active: dict[str, Any],
+    *,
+    candidate_name: str = "candidate",
+    active_name: str = "active",
+) -> Table:
     """Both versions side by side on the test split: per class object-level precision,
     recall, F1 and AP (TP/FP/FN in brackets), the mean F1 and object mAP over the classes, and
     the paper's pixel-level mean F1 and mAP; the last column is the change in F1."""
-    table = Table("kind", "active P", "R", "F1 (TP/FP/FN)", "AP", "candidate P", "R",
-                  "F1 (TP/FP/FN)", "AP", "ΔF1",
-                  title=f"active {escape(active_name)} vs candidate {escape(candidate_name)} "
-                        f"on the frozen test split ({candidate.get('scans')} scan(s))")
+    table = Table(
+        "kind",
+        "active P",
+        "R",
+        "F1 (TP/FP/FN)",
+        "AP",
+        "candidate P",
+        "R",
+        "F1 (TP/FP/FN)",
+        "AP",
+        "ΔF1",
+        title=f"active {escape(active_name)} vs candidate {escape(candidate_name)} "
+        f"on the frozen test split ({candidate.get('scans')} scan(s))",
+    )
 
     def counts(s: dict[str, Any]) -> str:
         return "" if s.get("tp") is None else f" ({s['tp']}/{s['fp']}/{s['fn']})"
 
     for kind in candidate["kinds"]:
         a, c = active["kinds"][kind], candidate["kinds"][kind]
-        table.add_row(kind, _f(a["precision"]), _f(a["recall"]),
-                      _f(a["f1"]) + counts(a), _f(a["ap"]), _f(c["precision"]),
-                      _f(c["recall"]), _f(c["f1"]) + counts(c), _f(c["ap"]),
-                      _delta(c["f1"], a["f1"]))
-    table.add_row("mean (object mAP)", "", "", _f(active["mean_f1"]), _f(active["map"]), "", "",
-                  _f(candidate["mean_f1"]), _f(candidate["map"]),
-                  _delta(candidate["mean_f1"], active["mean_f1"]), end_section=True)
+        table.add_row(
+            kind,
+            _f(a["precision"]),
+            _f(a["recall"]),
+            _f(a["f1"]) + counts(a),
+            _f(a["ap"]),
+            _f(c["precision"]),
+            _f(c["recall"]),
+            _f(c["f1"]) + counts(c),
+            _f(c["ap"]),
+            _delta(c["f1"], a["f1"]),
+        )
+    table.add_row(
+        "mean (object mAP)",
+        "",
+        "",
+        _f(active["mean_f1"]),
+        _f(active["map"]),
+        "",
+        "",
+        _f(candidate["mean_f1"]),
+        _f(candidate["map"]),
+        _delta(candidate["mean_f1"], active["mean_f1"]),
+        end_section=True,
+    )
     ap, cp = active["pixels"], candidate["pixels"]
-    table.add_row("pixel level (mAP)", "", "", _f(ap["mean_f1"]), _f(ap["map"]), "", "",
-                  _f(cp["mean_f1"]), _f(cp["map"]), _delta(cp["mean_f1"], ap["mean_f1"]))
+    table.add_row(
+        "pixel level (mAP)",
+        "",
+        "",
+        _f(ap["mean_f1"]),
+        _f(ap["map"]),
+        "",
+        "",
+        _f(cp["mean_f1"]),
+        _f(cp["map"]),
+        _delta(cp["mean_f1"], ap["mean_f1"]),
+    )
     return table
 
 

@@ -15,16 +15,25 @@ from defectwatch.service.record import require_existing_file
 
 def serve(
     db: DbOption = None,
-    host: Annotated[str, typer.Option(
-        help="Interface to listen on. Anything but 127.0.0.1 / localhost needs --token.")
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to listen on. Anything but 127.0.0.1 / localhost needs --token."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8765,
-    token: Annotated[str | None, typer.Option(
-        envvar="DEFECTWATCH_TOKEN", show_default=False,
-        help="Secret every write (review, activate, rollback) must carry "
-             "(default: DEFECTWATCH_TOKEN).")] = None,
-    read_only: Annotated[bool, typer.Option(
-        "--read-only", help="Serve pages and /api only: no review, no model change.")
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DEFECTWATCH_TOKEN",
+            show_default=False,
+            help="Secret every write (review, activate, rollback) must carry "
+            "(default: DEFECTWATCH_TOKEN).",
+        ),
+    ] = None,
+    read_only: Annotated[
+        bool,
+        typer.Option("--read-only", help="Serve pages and /api only: no review, no model change."),
     ] = False,
 ) -> None:
     """Open the lab's window: a local web app over the record (overview, samples, every scan
@@ -36,8 +45,11 @@ def serve(
 
     def ready(url: str) -> None:
         mode = " (read-only)" if read_only else (" (writes need the token)" if token else "")
-        out.print(f"defectwatch web app on [bold]{escape(url)}[/bold]{mode}; Ctrl+C stops it",
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"defectwatch web app on [bold]{escape(url)}[/bold]{mode}; Ctrl+C stops it",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     try:
         check_bind(host, token)

@@ -14,18 +14,35 @@ from rich.markup import escape
 from defectwatch.errors import DefectwatchError
 from defectwatch.service.cli.common import DbOption, _fail, out
 
-service_app = typer.Typer(help="Run the watcher and the nightly retrain as a service "
-                          "(systemd on Linux, Task Scheduler on Windows).", no_args_is_help=True)
+service_app = typer.Typer(
+    help="Run the watcher and the nightly retrain as a service "
+    "(systemd on Linux, Task Scheduler on Windows).",
+    no_args_is_help=True,
+)
 
-UserOption = Annotated[bool, typer.Option(
-    "--user", help="User units in ~/.config/systemd/user (default: system units in "
-    "/etc/systemd/system, which needs root).")]
-UnitDirOption = Annotated[Path | None, typer.Option(
-    "--unit-dir", metavar="DIR", show_default=False,
-    help="Write the unit files into DIR instead (e.g. for packaging).")]
-WindowsOption = Annotated[bool, typer.Option(
-    "--windows", help="Only print the Windows Task Scheduler commands (the default on "
-    "Windows).")]
+UserOption = Annotated[
+    bool,
+    typer.Option(
+        "--user",
+        help="User units in ~/.config/systemd/user (default: system units in "
+        "/etc/systemd/system, which needs root).",
+    ),
+]
+UnitDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--unit-dir",
+        metavar="DIR",
+        show_default=False,
+        help="Write the unit files into DIR instead (e.g. for packaging).",
+    ),
+]
+WindowsOption = Annotated[
+    bool,
+    typer.Option(
+        "--windows", help="Only print the Windows Task Scheduler commands (the default on Windows)."
+    ),
+]
 
 
 def _print_lines(title: str, lines: tuple[str, ...] | list[str]) -> None:
@@ -37,26 +54,43 @@ def _print_lines(title: str, lines: tuple[str, ...] | list[str]) -> None:
 def _windows_note() -> str:
     if os.name == "nt":
         return "Windows (Task Scheduler), in a command prompt:"
-    return ("Windows (Task Scheduler), in a command prompt on the instrument PC (use its "
-            "defectwatch python.exe and its folders):")
+    return (
+        "Windows (Task Scheduler), in a command prompt on the instrument PC (use its "
+        "defectwatch python.exe and its folders):"
+    )
 
 
 @service_app.command("install")
 def service_install(
     user: UserOption = False,
-    watch: Annotated[list[Path] | None, typer.Option(
-        "--watch", metavar="DIR", show_default=False,
-        help="Folder the microscope writes scans into (repeat for several).")] = None,
+    watch: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--watch",
+            metavar="DIR",
+            show_default=False,
+            help="Folder the microscope writes scans into (repeat for several).",
+        ),
+    ] = None,
     db: DbOption = None,
-    at: Annotated[str, typer.Option("--at", metavar="HH:MM",
-                                    help="When the nightly retrain runs.")] = "02:00",
-    recursive: Annotated[bool, typer.Option(
-        "--recursive", "-r", help="The watcher also watches every sub-folder.")] = False,
-    poll: Annotated[float | None, typer.Option(
-        "--poll", metavar="SECONDS", min=0.05,
-        help="The watcher polls (network shares) instead of OS events.")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the unit files and commands; write nothing.")] = False,
+    at: Annotated[
+        str, typer.Option("--at", metavar="HH:MM", help="When the nightly retrain runs.")
+    ] = "02:00",
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="The watcher also watches every sub-folder.")
+    ] = False,
+    poll: Annotated[
+        float | None,
+        typer.Option(
+            "--poll",
+            metavar="SECONDS",
+            min=0.05,
+            help="The watcher polls (network shares) instead of OS events.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit files and commands; write nothing.")
+    ] = False,
     unit_dir: UnitDirOption = None,
     windows: WindowsOption = False,
 ) -> None:
@@ -66,8 +100,15 @@ def service_install(
     from defectwatch.service.system_service import plan_install, write_units
 
     try:
-        plan = plan_install(user=user, watch_dirs=watch or [], db_url=db, retrain_at=at,
-                            unit_dir=unit_dir, recursive=recursive, poll_s=poll)
+        plan = plan_install(
+            user=user,
+            watch_dirs=watch or [],
+            db_url=db,
+            retrain_at=at,
+            unit_dir=unit_dir,
+            recursive=recursive,
+            poll_s=poll,
+        )
         if windows or os.name == "nt":
             _print_lines(_windows_note(), plan.windows)
             return
@@ -90,8 +131,9 @@ def service_install(
 @service_app.command("uninstall")
 def service_uninstall(
     user: UserOption = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Say what would be removed; remove nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+    ] = False,
     unit_dir: UnitDirOption = None,
     windows: WindowsOption = False,
 ) -> None:

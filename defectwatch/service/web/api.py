@@ -62,11 +62,18 @@ def router(ctx: Any) -> APIRouter:
         return JSONResponse(browse.sample_detail(engine, name, limit=limit, offset=offset))
 
     @r.get("/scans")
-    def scans(sample: str | None = None, status: str | None = None,
-              limit: int = Query(100), offset: int = Query(0),
-              after_id: int | None = None) -> JSONResponse:
-        return JSONResponse(browse.scans(engine, sample=sample, status=status, limit=limit,
-                                         offset=offset, after_id=after_id))
+    def scans(
+        sample: str | None = None,
+        status: str | None = None,
+        limit: int = Query(100),
+        offset: int = Query(0),
+        after_id: int | None = None,
+    ) -> JSONResponse:
+        return JSONResponse(
+            browse.scans(
+                engine, sample=sample, status=status, limit=limit, offset=offset, after_id=after_id
+            )
+        )
 
     @r.get("/scans/{scan_id:int}")
     def scan(scan_id: int) -> JSONResponse:
@@ -74,8 +81,9 @@ def router(ctx: Any) -> APIRouter:
 
     def picture(scan_id: int, kind: str) -> FileResponse:
         path = scan_image(engine, scan_id, kind, folder=ctx.image_folder)
-        return FileResponse(path, media_type="image/png",
-                            headers={"Cache-Control": "private, max-age=3600"})
+        return FileResponse(
+            path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @r.get("/scans/{scan_id:int}/image.png")
     def image(scan_id: int) -> FileResponse:
@@ -104,22 +112,21 @@ def router(ctx: Any) -> APIRouter:
         ctx.guard.check_write(request)
         payload = await _json(request)
         defects, exhaustive = review.parse_review(payload)
-        return await run_in_threadpool(review.save_review, engine, scan_id, defects,
-                                       exhaustive=exhaustive)
+        return await run_in_threadpool(
+            review.save_review, engine, scan_id, defects, exhaustive=exhaustive
+        )
 
     @r.post("/models/{name}/activate")
     async def activate(name: str, request: Request) -> dict[str, Any]:
         ctx.guard.check_write(request)
         switch = await run_in_threadpool(model_versions.activate, engine, name)
-        return {"version": switch.version, "previous": switch.previous,
-                "changed": switch.changed}
+        return {"version": switch.version, "previous": switch.previous, "changed": switch.changed}
 
     @r.post("/models/rollback")
     async def rollback(request: Request) -> dict[str, Any]:
         ctx.guard.check_write(request)
         switch = await run_in_threadpool(model_versions.rollback, engine)
-        return {"version": switch.version, "previous": switch.previous,
-                "changed": switch.changed}
+        return {"version": switch.version, "previous": switch.previous, "changed": switch.changed}
 
     return r
 

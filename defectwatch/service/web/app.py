@@ -29,9 +29,11 @@ HERE = Path(__file__).resolve().parent
 POLL_S = 2.0  # how often open pages ask whether something new was recorded
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; "
-                                "style-src 'self'; script-src 'self'; "
-                                "frame-ancestors 'none'; form-action 'self'"),
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; "
+        "style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -47,22 +49,29 @@ class WebContext:
     guard: Guard
     templates: Environment
 
-    def render(self, request: Request, name: str, status_code: int = 200,
-               **values: Any) -> Response:
+    def render(
+        self, request: Request, name: str, status_code: int = 200, **values: Any
+    ) -> Response:
         """A page from its template (every value autoescaped)."""
         html = self.templates.get_template(name).render(
-            request=request, read_only=self.guard.read_only,
+            request=request,
+            read_only=self.guard.read_only,
             token_required=bool(self.guard.token),
             can_write=not self.guard.read_only and self.guard.signed_in(request),
-            poll_ms=int(POLL_S * 1000), **values)
+            poll_ms=int(POLL_S * 1000),
+            **values,
+        )
         return Response(html, status_code=status_code, media_type="text/html; charset=utf-8")
 
 
 def templates() -> Environment:
     """The Jinja2 environment: autoescape on for every template."""
-    env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["sci"] = lambda v: "–" if v is None else f"{v:.3g}"
     env.filters["num"] = lambda v, d=4: "–" if v is None else f"{v:.{d}g}"
     env.filters["pct"] = lambda v: "–" if v is None else f"{v:.0%}"
@@ -81,15 +90,25 @@ def _seconds(v: float | None) -> str:
     return f"{v / 3600:.1f} h"
 
 
-def create_app(engine: Engine, *, image_folder: Path, token: str | None = None,
-               read_only: bool = False, host: str = "127.0.0.1", port: int = 8765) -> FastAPI:
+def create_app(
+    engine: Engine,
+    *,
+    image_folder: Path,
+    token: str | None = None,
+    read_only: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> FastAPI:
     """The web app over ``engine``. ``host``/``port``: where it listens (a loopback host
     makes it accept only requests addressed to it, see ``security``)."""
     from defectwatch.service.web import api, pages
     from defectwatch.service.web.security import is_loopback
 
-    guard = Guard(token=token or None, read_only=read_only,
-                  allowed_hosts=loopback_hosts(port) if is_loopback(host) else None)
+    guard = Guard(
+        token=token or None,
+        read_only=read_only,
+        allowed_hosts=loopback_hosts(port) if is_loopback(host) else None,
+    )
     ctx = WebContext(engine, Path(image_folder), guard, templates())
     app = FastAPI(title="defectwatch", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
@@ -99,8 +118,7 @@ def create_app(engine: Engine, *, image_folder: Path, token: str | None = None,
         try:
             guard.check_host(request)
             if read_only and request.method not in ("GET", "HEAD", "OPTIONS"):
-                raise Forbidden(403, "this server was started with --read-only: it writes "
-                                     "nothing")
+                raise Forbidden(403, "this server was started with --read-only: it writes nothing")
         except Forbidden as exc:
             response: Response = JSONResponse({"detail": exc.message}, status_code=exc.status)
         else:
@@ -112,8 +130,7 @@ def create_app(engine: Engine, *, image_folder: Path, token: str | None = None,
     def error(request: Request, status: int, message: str) -> Response:
         if request.url.path.startswith("/api/") or request.method != "GET":
             return JSONResponse({"detail": message}, status_code=status)
-        return ctx.render(request, "error.html", status_code=status, status=status,
-                          message=message)
+        return ctx.render(request, "error.html", status_code=status, status=status, message=message)
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, exc: Forbidden) -> Response:

@@ -27,32 +27,52 @@ def router(ctx: Any) -> APIRouter:
 
     @r.get("/")
     def overview(request: Request) -> Response:
-        return ctx.render(request, "overview.html", page="overview",
-                          status=browse.status(engine), samples=browse.samples(engine),
-                          recent=browse.scans(engine, limit=20))
+        return ctx.render(
+            request,
+            "overview.html",
+            page="overview",
+            status=browse.status(engine),
+            samples=browse.samples(engine),
+            recent=browse.scans(engine, limit=20),
+        )
 
     @r.get("/samples/{name}")
     def sample(request: Request, name: str, offset: int = Query(0)) -> Response:
         detail = browse.sample_detail(engine, name, limit=PAGE, offset=offset)
-        return ctx.render(request, "sample.html", page="sample", d=detail,
-                          plot=density_plot(detail["series"]), page_size=PAGE)
+        return ctx.render(
+            request,
+            "sample.html",
+            page="sample",
+            d=detail,
+            plot=density_plot(detail["series"]),
+            page_size=PAGE,
+        )
 
     @r.get("/scans/{scan_id:int}")
     def scan(request: Request, scan_id: int) -> Response:
         detail = browse.scan_detail(engine, scan_id)
-        return ctx.render(request, "scan.html", page="scan", s=detail,
-                          marker_r=_marker_radius(detail))
+        return ctx.render(
+            request, "scan.html", page="scan", s=detail, marker_r=_marker_radius(detail)
+        )
 
     @r.get("/review")
     def queue(request: Request, offset: int = Query(0)) -> Response:
-        return ctx.render(request, "review.html", page="review",
-                          q=review.review_queue(engine, limit=PAGE, offset=offset),
-                          page_size=PAGE)
+        return ctx.render(
+            request,
+            "review.html",
+            page="review",
+            q=review.review_queue(engine, limit=PAGE, offset=offset),
+            page_size=PAGE,
+        )
 
     @r.get("/models")
     def models(request: Request) -> Response:
-        return ctx.render(request, "models.html", page="models",
-                          versions=model_versions.versions_report(engine, register_default=False))
+        return ctx.render(
+            request,
+            "models.html",
+            page="models",
+            versions=model_versions.versions_report(engine, register_default=False),
+        )
 
     @r.get("/login")
     def login_form(request: Request, next: str = Query("/")) -> Response:
@@ -68,11 +88,13 @@ def router(ctx: Any) -> APIRouter:
         if not guard.token:
             return RedirectResponse(target, status_code=303)
         if not hmac.compare_digest(given.encode(), guard.token.encode()):
-            return ctx.render(request, "login.html", status_code=401, page="login",
-                              next=target, failed=True)
+            return ctx.render(
+                request, "login.html", status_code=401, page="login", next=target, failed=True
+            )
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, guard.session_value(), httponly=True, samesite="strict",
-                            path="/")
+        response.set_cookie(
+            COOKIE, guard.session_value(), httponly=True, samesite="strict", path="/"
+        )
         return response
 
     @r.post("/logout")
@@ -98,4 +120,3 @@ def _marker_radius(detail: dict[str, Any]) -> float:
     if not px:
         return 3.0
     return max(2.0, 1.0 / (sum(px) / len(px)))
-

@@ -19,8 +19,13 @@ def _nice_max(v: float) -> float:
     return 10 * exp
 
 
-def density_plot(series: dict[str, Any], *, width: int = 760, height: int = 280,
-                 kinds: tuple[str, ...] = ("trough", "peak")) -> dict[str, Any] | None:
+def density_plot(
+    series: dict[str, Any],
+    *,
+    width: int = 760,
+    height: int = 280,
+    kinds: tuple[str, ...] = ("trough", "peak"),
+) -> dict[str, Any] | None:
     """Coordinates for the plot, or None when the sample has no processed scan."""
     n = series.get("n", 0)
     if not n:
@@ -46,24 +51,45 @@ def density_plot(series: dict[str, Any], *, width: int = 760, height: int = 280,
     layers = []
     for k in kinds:
         d = series["kinds"][k]
-        pts = [(px(i), py(v), series["scan_ids"][i]) for i, v in
-               enumerate(d["density_per_cm2"]) if v is not None]
+        pts = [
+            (px(i), py(v), series["scan_ids"][i])
+            for i, v in enumerate(d["density_per_cm2"])
+            if v is not None
+        ]
         run = [(px(i), py(v)) for i, v in enumerate(d["running_per_cm2"]) if v is not None]
         lo, hi = d["running_ci95_per_cm2"]
         band_top = [(px(i), py(v)) for i, v in enumerate(hi) if v is not None]
         band_bottom = [(px(i), py(v)) for i, v in enumerate(lo) if v is not None]
         band = band_top + band_bottom[::-1]
-        layers.append({
-            "kind": k, "colour": COLOURS[k],
-            "points": [{"x": f"{x:.1f}", "y": f"{y:.1f}", "scan_id": s} for x, y, s in pts],
-            "line": " ".join(f"{x:.1f},{y:.1f}" for x, y in run),
-            "band": " ".join(f"{x:.1f},{y:.1f}" for x, y in band),
-            "last": d["running_per_cm2"][-1],
-            "last_ci": [d["running_ci95_per_cm2"][0][-1], d["running_ci95_per_cm2"][1][-1]]})
-    ticks = [{"y": f"{py(y_max * f):.1f}", "label": f"{y_max * f:.3g}"}
-             for f in (0, 0.25, 0.5, 0.75, 1.0)]
-    xticks = [{"x": f"{px(i):.1f}", "label": str(xs[i])}
-              for i in sorted({0, len(xs) // 2, len(xs) - 1})]
-    return {"width": width, "height": height, "left": left, "top": top, "w": w, "h": h,
-            "bottom_y": top + h, "layers": layers, "yticks": ticks, "xticks": xticks,
-            "binned": series.get("binned", False), "n": n}
+        layers.append(
+            {
+                "kind": k,
+                "colour": COLOURS[k],
+                "points": [{"x": f"{x:.1f}", "y": f"{y:.1f}", "scan_id": s} for x, y, s in pts],
+                "line": " ".join(f"{x:.1f},{y:.1f}" for x, y in run),
+                "band": " ".join(f"{x:.1f},{y:.1f}" for x, y in band),
+                "last": d["running_per_cm2"][-1],
+                "last_ci": [d["running_ci95_per_cm2"][0][-1], d["running_ci95_per_cm2"][1][-1]],
+            }
+        )
+    ticks = [
+        {"y": f"{py(y_max * f):.1f}", "label": f"{y_max * f:.3g}"}
+        for f in (0, 0.25, 0.5, 0.75, 1.0)
+    ]
+    xticks = [
+        {"x": f"{px(i):.1f}", "label": str(xs[i])} for i in sorted({0, len(xs) // 2, len(xs) - 1})
+    ]
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "top": top,
+        "w": w,
+        "h": h,
+        "bottom_y": top + h,
+        "layers": layers,
+        "yticks": ticks,
+        "xticks": xticks,
+        "binned": series.get("binned", False),
+        "n": n,
+    }

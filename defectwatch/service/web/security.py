@@ -43,9 +43,11 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """ConfigError when the app would listen beyond this machine without a token."""
     if not is_loopback(host) and not token:
-        raise ConfigError(f"--host {host}: serving beyond this machine needs a token; pass "
-                          "--token TOKEN (or set DEFECTWATCH_TOKEN), or keep the default "
-                          "--host 127.0.0.1")
+        raise ConfigError(
+            f"--host {host}: serving beyond this machine needs a token; pass "
+            "--token TOKEN (or set DEFECTWATCH_TOKEN), or keep the default "
+            "--host 127.0.0.1"
+        )
 
 
 def loopback_hosts(port: int) -> frozenset[str]:
@@ -66,14 +68,14 @@ class Guard:
         """The session cookie's value: an HMAC of the token (the token itself is never
         stored in the browser)."""
         assert self.token
-        return hmac.new(self.token.encode(), b"defectwatch-web-session",
-                        hashlib.sha256).hexdigest()
+        return hmac.new(self.token.encode(), b"defectwatch-web-session", hashlib.sha256).hexdigest()
 
     def check_host(self, request: Request) -> None:
         host = request.headers.get("host", "")
         if self.allowed_hosts is not None and host not in self.allowed_hosts:
-            raise Forbidden(403, f"Host {host!r} is not this server (open it as "
-                                 f"{min(self.allowed_hosts)})")
+            raise Forbidden(
+                403, f"Host {host!r} is not this server (open it as {min(self.allowed_hosts)})"
+            )
 
     def signed_in(self, request: Request) -> bool:
         """Whether the request carries the token (header or session cookie); always True
@@ -97,11 +99,13 @@ class Guard:
         host = request.headers.get("host", "")
         origin = request.headers.get("origin")
         if origin is not None and origin != f"{request.url.scheme}://{host}":
-            raise Forbidden(403, f"a write from {origin!r} is refused: only this app's own "
-                                 "pages may write")
+            raise Forbidden(
+                403, f"a write from {origin!r} is refused: only this app's own pages may write"
+            )
         if request.headers.get("sec-fetch-site") == "cross-site":
-            raise Forbidden(403, "a cross-site write is refused: only this app's own pages "
-                                 "may write")
+            raise Forbidden(
+                403, "a cross-site write is refused: only this app's own pages may write"
+            )
 
     def check_write(self, request: Request) -> None:
         """What every write passes: the read-only switch, the origin, then the token."""
@@ -109,5 +113,8 @@ class Guard:
             raise Forbidden(403, "this server was started with --read-only: it writes nothing")
         self.check_origin(request)
         if not self.signed_in(request):
-            raise Forbidden(401, "this write needs the server's token: send it as the "
-                                 "X-Defectwatch-Token header, or sign in at /login")
+            raise Forbidden(
+                401,
+                "this write needs the server's token: send it as the "
+                "X-Defectwatch-Token header, or sign in at /login",
+            )

@@ -20,9 +20,16 @@ from defectwatch.service.web.security import check_bind
 log = logging.getLogger(__name__)
 
 
-def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          read_only: bool = False, image_folder: Path | None = None,
-          on_ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    db_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    read_only: bool = False,
+    image_folder: Path | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve the web app until interrupted (Ctrl+C). ConfigError before anything starts when
     ``host`` is not the loopback and no ``token`` is given."""
     import uvicorn
@@ -33,8 +40,9 @@ def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8765, token: str 
     url = normalize_url(db_url)
     engine = open_database(url)
     folder = image_folder or image_cache_dir(url)
-    app = create_app(engine, image_folder=folder, token=token, read_only=read_only, host=host,
-                     port=port)
+    app = create_app(
+        engine, image_folder=folder, token=token, read_only=read_only, host=host, port=port
+    )
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     if on_ready is not None:
@@ -57,6 +65,8 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another "
-                          "`defectwatch serve` running there? pick another --port)") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another "
+            "`defectwatch serve` running there? pick another --port)"
+        ) from None
     return sock

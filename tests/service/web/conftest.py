@@ -25,10 +25,12 @@ def recorded(tmp_path_factory) -> Path:
     """The SQLite file `process` wrote: samples WSe2-SL1 (2 scans) and WSe2-SL2 (1 scan),
     20 nm at 128 px (shipped model; a few seconds)."""
     root = tmp_path_factory.mktemp("web-record")
-    write_simulated_scans(root / "scans" / "WSe2-SL1", n=2, size_nm=20.0, pixels=128, seed=11,
-                          density_per_cm2=4e12)
-    write_simulated_scans(root / "scans" / "WSe2-SL2", n=1, size_nm=20.0, pixels=128, seed=21,
-                          density_per_cm2=2e12)
+    write_simulated_scans(
+        root / "scans" / "WSe2-SL1", n=2, size_nm=20.0, pixels=128, seed=11, density_per_cm2=4e12
+    )
+    write_simulated_scans(
+        root / "scans" / "WSe2-SL2", n=1, size_nm=20.0, pixels=128, seed=21, density_per_cm2=2e12
+    )
     db = root / "record.db"
     files = sorted(str(p) for p in (root / "scans").rglob("*.sxm"))
     result = CliRunner().invoke(app, ["process", *files, "--db", str(db), "--json"])
@@ -76,9 +78,21 @@ class Served:
         self.output = tmp_path / f"serve-{self.port}.out"
         self._fh = open(self.output, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "defectwatch", "serve", "--db", str(db), "--port",
-             str(self.port), *args], stdout=self._fh, stderr=subprocess.STDOUT,
-            env=env(tmp_path))
+            [
+                sys.executable,
+                "-m",
+                "defectwatch",
+                "serve",
+                "--db",
+                str(db),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            env=env(tmp_path),
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -112,9 +126,10 @@ def browser():
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     assert Path(executable).exists(), "install Debian's chromium: apt-get install -y chromium"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable,
-                              args=["--headless", "--no-sandbox", "--disable-gpu",
-                                    "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=executable,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             yield b
         finally:

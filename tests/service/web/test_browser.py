@@ -28,8 +28,9 @@ def shots(tmp_path: Path) -> Path:
 def raw_status(port: int, path: str) -> int:
     """The status line's code for ``GET path`` sent byte for byte over a socket."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
         head = sock.recv(64).decode("latin-1")
     return int(head.split()[1])
 
@@ -43,17 +44,27 @@ def looks_drawn(path: Path) -> np.ndarray:
 
 def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, browser):
     folder = shots(tmp_path)
-    scan_id, n = query(record, "SELECT scan_id, defect_count FROM detection_run "
-                               "ORDER BY defect_count DESC, id LIMIT 1")[0]
+    scan_id, n = query(
+        record,
+        "SELECT scan_id, defect_count FROM detection_run ORDER BY defect_count DESC, id LIMIT 1",
+    )[0]
     assert n >= 3
-    defects = query(record, "SELECT d.row, d.col, d.kind FROM defect d JOIN detection_run r "
-                            "ON r.id = d.run_id WHERE r.scan_id = ? ORDER BY d.id", scan_id)
+    defects = query(
+        record,
+        "SELECT d.row, d.col, d.kind FROM defect d JOIN detection_run r "
+        "ON r.id = d.run_id WHERE r.scan_id = ? ORDER BY d.id",
+        scan_id,
+    )
     nx, ny = query(record, "SELECT nx, ny FROM scan WHERE id = ?", scan_id)[0]
     server = Served(tmp_path, record)
     try:
         # paths sent as they are (no client normalising them): never a file outside
-        for raw in ("/static/../../etc/passwd", "/api/scans/../../x",
-                    "/static/..%2f..%2fetc%2fpasswd", "/api/scans/999/image.png"):
+        for raw in (
+            "/static/../../etc/passwd",
+            "/api/scans/../../x",
+            "/static/..%2f..%2fetc%2fpasswd",
+            "/api/scans/999/image.png",
+        ):
             assert raw_status(server.port, raw) == 404, raw
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
@@ -63,7 +74,8 @@ def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, b
         rows = page.locator("table.samples tbody tr")
         assert rows.count() == 2
         assert page.locator("table.samples img").evaluate_all(
-            "imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+            "imgs => imgs.every(i => i.complete && i.naturalWidth > 0)"
+        )
         page.screenshot(path=str(folder / "overview.png"), full_page=True)
         looks_drawn(folder / "overview.png")
 
@@ -72,8 +84,9 @@ def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, b
         assert page.evaluate("document.getElementById('scan-img').naturalWidth") == nx
         markers = page.locator("svg#markers circle.marker")
         assert markers.count() == n
-        assert markers.evaluate_all("els => els.map(e => e.dataset.defectKind)") == \
-            [k for _, _, k in defects]
+        assert markers.evaluate_all("els => els.map(e => e.dataset.defectKind)") == [
+            k for _, _, k in defects
+        ]
         confidences = markers.evaluate_all("els => els.map(e => Number(e.dataset.confidence))")
         assert all(0 < c <= 1 for c in confidences)
         page.screenshot(path=str(folder / "scan-page.png"))
@@ -122,8 +135,12 @@ def test_overview_scan_page_and_a_review_made_in_the_browser(record, tmp_path, b
     finally:
         server.stop()
 
-    labels = query(record, "SELECT row, col, kind, exhaustive FROM label "
-                           "WHERE scan_id = ? AND source = 'reviewed' ORDER BY id", scan_id)
+    labels = query(
+        record,
+        "SELECT row, col, kind, exhaustive FROM label "
+        "WHERE scan_id = ? AND source = 'reviewed' ORDER BY id",
+        scan_id,
+    )
     assert len(labels) == n  # one rejected, one added
     expected = [(r, c, k) for r, c, k in defects[1:]]
     expected[0] = (expected[0][0], expected[0][1], switched)

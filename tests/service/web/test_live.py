@@ -27,21 +27,23 @@ def tiny_model(tmp_path) -> Path:
 
     torch.manual_seed(0)
     spec = UnetSpec(nb_filters=4)
-    return save_version(tmp_path / "tiny", ModelConfig(version="tiny-live", pixel_size_nm=0.1,
-                                                       architecture=spec),
-                        [build_member(spec).state_dict() for _ in range(2)])
+    return save_version(
+        tmp_path / "tiny",
+        ModelConfig(version="tiny-live", pixel_size_nm=0.1, architecture=spec),
+        [build_member(spec).state_dict() for _ in range(2)],
+    )
 
 
-def test_a_scan_dropped_in_appears_on_the_open_page_without_a_reload(tmp_path, tiny_model,
-                                                                      browser):
+def test_a_scan_dropped_in_appears_on_the_open_page_without_a_reload(tmp_path, tiny_model, browser):
     from defectwatch.db import open_database, write_transaction
     from defectwatch.db.registry import register_version
 
     db = tmp_path / "live.db"
     engine = open_database(db)
     with write_transaction(engine) as s:
-        register_version("tiny-live", session=s, directory=str(tiny_model), members=2,
-                         activate=True)
+        register_version(
+            "tiny-live", session=s, directory=str(tiny_model), members=2, activate=True
+        )
     engine.dispose()
     watched = tmp_path / "watched"
     (watched / "WSe2-LIVE").mkdir(parents=True)
@@ -50,9 +52,24 @@ def test_a_scan_dropped_in_appears_on_the_open_page_without_a_reload(tmp_path, t
 
     out = open(tmp_path / "watch.out", "wb")
     watch = subprocess.Popen(
-        [sys.executable, "-m", "defectwatch", "watch", str(watched), "--recursive", "--db",
-         str(db), "--poll", "0.3", "--stable-for", "0.3"],
-        stdout=out, stderr=subprocess.STDOUT, env=env(tmp_path))
+        [
+            sys.executable,
+            "-m",
+            "defectwatch",
+            "watch",
+            str(watched),
+            "--recursive",
+            "--db",
+            str(db),
+            "--poll",
+            "0.3",
+            "--stable-for",
+            "0.3",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env(tmp_path),
+    )
     server = Served(tmp_path, db)
     try:
         page = browser.new_page()

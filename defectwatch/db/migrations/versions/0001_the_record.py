@@ -63,10 +63,12 @@ def upgrade() -> None:
         sa.Column("not_before", UTC_TIME, nullable=True),
         sa.Column("created_at", UTC_TIME, nullable=False),
         sa.Column("updated_at", UTC_TIME, nullable=False),
-        sa.CheckConstraint("status IN ('queued', 'processing', 'done', 'failed')",
-                           name=op.f("ck_scan_status")),
-        sa.ForeignKeyConstraint(["sample_id"], ["sample.id"],
-                                name=op.f("fk_scan_sample_id_sample"), ondelete="SET NULL"),
+        sa.CheckConstraint(
+            "status IN ('queued', 'processing', 'done', 'failed')", name=op.f("ck_scan_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["sample_id"], ["sample.id"], name=op.f("fk_scan_sample_id_sample"), ondelete="SET NULL"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scan")),
         sa.UniqueConstraint("sha256", name=op.f("uq_scan_sha256")),
     )
@@ -86,8 +88,9 @@ def upgrade() -> None:
         sa.Column("trough_count", sa.Integer(), nullable=False),
         sa.Column("peak_count", sa.Integer(), nullable=False),
         sa.Column("defect_count", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(["scan_id"], ["scan.id"],
-                                name=op.f("fk_detection_run_scan_id_scan"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["scan_id"], ["scan.id"], name=op.f("fk_detection_run_scan_id_scan"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_detection_run")),
     )
     op.create_index(op.f("ix_detection_run_finished_at"), "detection_run", ["finished_at"])
@@ -106,8 +109,12 @@ def upgrade() -> None:
         sa.Column("confidence", sa.Float(), nullable=False),
         sa.Column("uncertainty", sa.Float(), nullable=False),
         sa.Column("area_nm2", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["detection_run.id"],
-                                name=op.f("fk_defect_run_id_detection_run"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"],
+            ["detection_run.id"],
+            name=op.f("fk_defect_run_id_detection_run"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_defect")),
     )
     op.create_index(op.f("ix_defect_run_id"), "defect", ["run_id"])
@@ -125,8 +132,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_version")),
         sa.UniqueConstraint("name", name=op.f("uq_model_version_name")),
     )
-    op.create_index("uq_model_version_active", "model_version", ["active"], unique=True,
-                    sqlite_where=sa.text("active"), postgresql_where=sa.text("active"))
+    op.create_index(
+        "uq_model_version_active",
+        "model_version",
+        ["active"],
+        unique=True,
+        sqlite_where=sa.text("active"),
+        postgresql_where=sa.text("active"),
+    )
 
     op.create_table(
         "label",
@@ -139,8 +152,9 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=200), nullable=False),
         sa.Column("exhaustive", sa.Boolean(), nullable=False),
         sa.Column("created_at", UTC_TIME, nullable=False),
-        sa.ForeignKeyConstraint(["scan_id"], ["scan.id"],
-                                name=op.f("fk_label_scan_id_scan"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["scan_id"], ["scan.id"], name=op.f("fk_label_scan_id_scan"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_label")),
     )
     op.create_index(op.f("ix_label_scan_id"), "label", ["scan_id"])

@@ -27,16 +27,22 @@ def upgrade() -> None:
         sa.Column("model_version_id", sa.Integer(), nullable=False),
         sa.Column("activated_at", UTC_TIME, nullable=False),
         sa.Column("rolled_back_at", UTC_TIME, nullable=True),
-        sa.ForeignKeyConstraint(["model_version_id"], ["model_version.id"],
-                                name=op.f("fk_model_activation_model_version_id_model_version"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["model_version_id"],
+            ["model_version.id"],
+            name=op.f("fk_model_activation_model_version_id_model_version"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_activation")),
     )
-    op.create_index(op.f("ix_model_activation_model_version_id"), "model_activation",
-                    ["model_version_id"])
+    op.create_index(
+        op.f("ix_model_activation_model_version_id"), "model_activation", ["model_version_id"]
+    )
     # versions already active before this revision get a first history entry
-    op.execute("INSERT INTO model_activation (model_version_id, activated_at) "
-               "SELECT id, created_at FROM model_version WHERE active")
+    op.execute(
+        "INSERT INTO model_activation (model_version_id, activated_at) "
+        "SELECT id, created_at FROM model_version WHERE active"
+    )
 
     op.create_table(
         "daemon_heartbeat",

@@ -28,9 +28,12 @@ def upgrade() -> None:
         sa.Column("split", sa.String(length=8), nullable=False),
         sa.Column("assigned_at", UTC_TIME, nullable=False),
         sa.CheckConstraint("split IN ('train', 'test')", name=op.f("ck_split_assignment_split")),
-        sa.ForeignKeyConstraint(["scan_id"], ["scan.id"],
-                                name=op.f("fk_split_assignment_scan_id_scan"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["scan_id"],
+            ["scan.id"],
+            name=op.f("fk_split_assignment_scan_id_scan"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_split_assignment")),
         sa.UniqueConstraint("scan_id", name=op.f("uq_split_assignment_scan_id")),
     )

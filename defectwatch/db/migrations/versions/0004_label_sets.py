@@ -30,8 +30,9 @@ def upgrade() -> None:
         sa.Column("labels", sa.Integer(), nullable=False),
         sa.Column("file", sa.Text(), nullable=True),
         sa.Column("updated_at", UTC_TIME, nullable=False),
-        sa.ForeignKeyConstraint(["scan_id"], ["scan.id"],
-                                name=op.f("fk_label_set_scan_id_scan"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["scan_id"], ["scan.id"], name=op.f("fk_label_set_scan_id_scan"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_label_set")),
         sa.UniqueConstraint("scan_id", "source", name="uq_label_set_scan_source"),
     )
@@ -40,7 +41,8 @@ def upgrade() -> None:
     op.execute(
         "INSERT INTO label_set (scan_id, source, exhaustive, labels, updated_at) "
         "SELECT scan_id, source, MAX(CASE WHEN exhaustive THEN 1 ELSE 0 END) = 1, COUNT(*), "
-        "MAX(created_at) FROM label GROUP BY scan_id, source")
+        "MAX(created_at) FROM label GROUP BY scan_id, source"
+    )
 
 
 def downgrade() -> None:

@@ -26,8 +26,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("uncertainty_sum", sa.Float(), nullable=True))
         batch.add_column(sa.Column("near_threshold_nm2", sa.Float(), nullable=True))
     # runs recorded before: the sum from their defects (the near-threshold area is not known)
-    op.execute("UPDATE detection_run SET uncertainty_sum = (SELECT COALESCE(SUM(d.uncertainty), "
-               "0) FROM defect d WHERE d.run_id = detection_run.id)")
+    op.execute(
+        "UPDATE detection_run SET uncertainty_sum = (SELECT COALESCE(SUM(d.uncertainty), "
+        "0) FROM defect d WHERE d.run_id = detection_run.id)"
+    )
     op.create_index(op.f("ix_label_set_source"), "label_set", ["source", "scan_id"])
 
 

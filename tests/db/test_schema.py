@@ -23,7 +23,8 @@ from defectwatch.db.queue import due_query
 from tests.db.factories import detection, record
 
 TABLES = {"sample", "scan", "detection_run", "defect", "model_version", "model_activation",
-          "label", "label_set", "daemon_heartbeat", "split_assignment", "alembic_version"}
+          "label", "label_set", "daemon_heartbeat", "split_assignment", "alembic_version",
+          "retrain_run"}
 
 
 def test_fresh_database_has_the_schema_at_head(engine):

@@ -18,7 +18,7 @@ from defectwatch.service.cli import app
 from tests.service.test_labels_cli import write_png
 
 runner = CliRunner()
-JSON_KEYS = {"version", "active", "created_at", "parent", "members", "metrics"}
+JSON_KEYS = {"version", "active", "created_at", "parent", "members", "metrics", "retrain"}
 
 
 def invoke(*args: str | Path):

@@ -63,7 +63,7 @@ def retrain(
     ] = 0.02,
     learning_rate: Annotated[float | None, typer.Option(
         "--learning-rate", min=1e-7, help="Adam learning rate (default: finetune chooses "
-                                          "3e-5 or 1e-4 on validation; scratch 1e-3).")] = None,
+                                          "1e-4 or 3e-4 on validation; scratch 1e-3).")] = None,
     rehearsal: Annotated[float | None, typer.Option(
         "--rehearsal", min=0.0, max=0.95, help="finetune: share of each mini-batch simulated "
                                                "from the active version's data (default 0.5; "

@@ -50,7 +50,7 @@ from defectwatch.pipeline.training_data import (
 log = logging.getLogger(__name__)
 
 VALIDATION_SHARE = 0.25
-RATES = (3e-5, 1e-4)  # Adam learning rates tried (a couple of candidates: CPU budget)
+RATES = (1e-4, 3e-4)  # Adam learning rates tried (a couple of candidates: CPU budget)
 STEPS = 200  # mini-batches per member at most; half of it is the other candidate
 # members fine-tuned (the parent's first ones): the night's cost and every later scan's
 # inference time grow with it; 5 keep a spread for the uncertainty map
@@ -59,7 +59,7 @@ CROP_PX = 128
 BATCH = 8
 REHEARSAL_SHARE = 0.5
 REHEARSAL_SCANS = 16
-SPARE_THRESHOLD = 0.25
+SPARE_THRESHOLD = 0.5
 SPARE_MATCH_NM = 1.0  # a detection within this of a label is that label, not an unmarked one
 SPARE_RADIUS_SCALE = 1.5  # the spared disc: this times the class's mask radius
 THRESHOLD_GRID = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75)

@@ -19,8 +19,8 @@ from defectwatch.pipeline.labels import IGNORE
 from defectwatch.pipeline.scan import read_scan
 from defectwatch.pipeline.training import MixedSampler
 from defectwatch.pipeline.training_data import Example, spare_detections
-from defectwatch.service.cli import app
 from defectwatch.service import retrain_recipe as rr
+from defectwatch.service.cli import app
 from defectwatch.service.retrain_recipe import spare_unlabelled, validation_split
 from defectwatch.service.retraining import LabelledScan, example_from_labels, gate
 from tests.service.test_retrain import blind_model, record, record_scans, sim_scans  # noqa: F401

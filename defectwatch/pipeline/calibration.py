@@ -141,7 +141,8 @@ class KindCalibration:
 class Calibration:
     """A version's calibration per kind and where it was measured.
 
-    ``source``: ``"simulated"`` or ``"reviewed"``; ``description``: what `density` prints
+    ``source``: ``"simulated"``, ``"reviewed"`` or ``"lab"`` (a retrain's validation scans);
+    ``description``: what `density` prints
     (e.g. "simulated validation, default-sim-7, 72 scans"); ``data``: how the scans were made
     or chosen; ``truth``: what counted as a true defect.
     """

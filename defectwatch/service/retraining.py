@@ -1286,12 +1286,44 @@ def _build_and_judge(
         )
         metrics = {**cand_m, **thresholds, **metrics}
         write_metrics(partial, metrics)
+        _calibrate_candidate(partial, candidate, trained=trained, train_items=train_items)
         final = models / name
         partial.rename(final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final, metrics, decision, cand_m, act_m
+
+
+def _calibrate_candidate(
+    partial: Path, candidate: Any, *, trained: Any, train_items: Sequence[LabelledScan]
+) -> None:
+    """Give the candidate its own calibration (issue 15), never measured on the test split.
+
+    Fine-tune: on the exhaustively labelled validation scans of the lab's training split (the
+    scans its detection rule was chosen on: not trained on, not the test split). Scratch: on
+    the exhaustively labelled training scans (in-sample, as its threshold). Without such scans
+    the candidate has none and `density` reports it ``uncalibrated`` (raw count, Poisson
+    interval) until the lab's reviewed scans calibrate it.
+    """
+    from defectwatch.pipeline.model import write_calibration
+    from defectwatch.service.calibration import calibrate
+
+    if trained.detection is not None:
+        items, where = [i for i in trained.validation if i.exhaustive], "validation scans"
+    else:
+        items, where = [i for i in train_items if i.exhaustive], "training scans (in-sample)"
+    if not items:
+        log.info("candidate %s: no exhaustively labelled %s to calibrate on", partial.name, where)
+        return
+    cases = [Case(i.name, i.scan, i.truth()) for i in items]
+    calibration = calibrate(
+        candidate,
+        cases,
+        source="lab",
+        description=f"{len(items)} exhaustively labelled {where} of the lab's labels",
+    )
+    write_calibration(partial, calibration.to_json())
 
 
 def _judge(

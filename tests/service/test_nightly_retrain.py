@@ -319,6 +319,10 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     cfg = json.loads((models / "n1" / "config.json").read_text())
     assert "validation scans" in cfg["metrics"]["threshold_chosen_on"]
     assert set(cfg["detection"]["report_contrast"]) == {"trough", "peak"}
+    # its own calibration (issue 15), measured on the validation scan, not the test split
+    cal = cfg["calibration"]
+    assert cal["source"] == "lab" and cal["description"].startswith("1 exhaustively labelled")
+    assert set(cal["kinds"]) == {"trough", "peak"}
     assert report["decision"]["small"]  # 2 test scans: too few labels per kind
     # without the positive-unlabelled masks and without rehearsal, as the options say
     off = retrain(

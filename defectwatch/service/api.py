@@ -388,40 +388,10 @@ class Record:
         """
         import pandas as pd
 
-        from defectwatch.service.queries import KINDS as REPORT_KINDS
-        from defectwatch.service.queries import density_report
+        from defectwatch.service.queries import DENSITY_COLUMNS, density_report, density_rows
 
-        rows = [
-            {
-                "sample": r.sample,
-                "kind": k,
-                "scans": r.scans,
-                "defects": r.counts[k],
-                "area_nm2": r.area_nm2,
-                "density_per_cm2": r.density_per_cm2[k],
-                "ci95_low_per_cm2": r.ci95_per_cm2[k][0],
-                "ci95_high_per_cm2": r.ci95_per_cm2[k][1],
-                "raw_density_per_cm2": r.raw_density_per_cm2[k],
-                "calibration": r.calibration,
-            }
-            for r in density_report(self.engine, list(samples) if samples else None)
-            for k in REPORT_KINDS
-        ]
-        return pd.DataFrame(
-            rows,
-            columns=[
-                "sample",
-                "kind",
-                "scans",
-                "defects",
-                "area_nm2",
-                "density_per_cm2",
-                "ci95_low_per_cm2",
-                "ci95_high_per_cm2",
-                "raw_density_per_cm2",
-                "calibration",
-            ],
-        )
+        report = density_report(self.engine, list(samples) if samples else None)
+        return pd.DataFrame(density_rows(report), columns=list(DENSITY_COLUMNS))
 
     def scans(
         self, *, sample: str | None = None, status: str | None = None, limit: int | None = None

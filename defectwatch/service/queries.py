@@ -175,6 +175,44 @@ def _check_samples(names: Sequence[str], *, session: Any) -> None:
         raise NotFoundError(f"no sample called {', '.join(map(repr, missing))} (known: {shown})")
 
 
+#: the columns of one density row (`density_rows`): ``density --csv`` and the Python API's
+#: ``Record.density`` frame
+DENSITY_COLUMNS = (
+    "sample",
+    "kind",
+    "scans",
+    "defects",
+    "area_nm2",
+    "density_per_cm2",
+    "ci95_low_per_cm2",
+    "ci95_high_per_cm2",
+    "raw_density_per_cm2",
+    "calibration",
+)
+
+
+def density_rows(report: Sequence[SampleDensity]) -> list[dict[str, Any]]:
+    """``report`` as one row per sample and kind (``trough``, ``peak``, ``total``), keyed by
+    `DENSITY_COLUMNS`: densities in defects per cm^2 (corrected, its 95% interval, detected),
+    area in nm^2."""
+    return [
+        {
+            "sample": r.sample,
+            "kind": k,
+            "scans": r.scans,
+            "defects": r.counts[k],
+            "area_nm2": r.area_nm2,
+            "density_per_cm2": r.density_per_cm2[k],
+            "ci95_low_per_cm2": r.ci95_per_cm2[k][0],
+            "ci95_high_per_cm2": r.ci95_per_cm2[k][1],
+            "raw_density_per_cm2": r.raw_density_per_cm2[k],
+            "calibration": r.calibration,
+        }
+        for r in report
+        for k in KINDS
+    ]
+
+
 def density_report(
     engine: Engine, samples: Sequence[str] | None = None, *, instrument: str | None = None
 ) -> list[SampleDensity]:

@@ -140,7 +140,7 @@ def density(
     the calibration's uncertainty; the detected ("raw") density is shown beside it. A version
     without a calibration reports the raw count with its Poisson interval ("uncalibrated").
     """
-    from defectwatch.service.queries import KINDS, density_report
+    from defectwatch.service.queries import density_report
 
     if as_json and as_csv:
         _fail("--json and --csv: choose one")
@@ -151,38 +151,12 @@ def density(
         print(json.dumps([r.to_json() for r in report], indent=2))
         return
     if as_csv:
+        from defectwatch.service.queries import DENSITY_COLUMNS, density_rows
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(
-            [
-                "sample",
-                "kind",
-                "scans",
-                "defects",
-                "area_nm2",
-                "density_per_cm2",
-                "ci95_low_per_cm2",
-                "ci95_high_per_cm2",
-                "raw_density_per_cm2",
-                "calibration",
-            ]
-        )
-        for r in report:
-            for k in KINDS:
-                lo, hi = r.ci95_per_cm2[k]
-                writer.writerow(
-                    [
-                        r.sample,
-                        k,
-                        r.scans,
-                        r.counts[k],
-                        f"{r.area_nm2:.6g}",
-                        f"{r.density_per_cm2[k]:.6g}",
-                        f"{lo:.6g}",
-                        f"{hi:.6g}",
-                        f"{r.raw_density_per_cm2[k]:.6g}",
-                        r.calibration,
-                    ]
-                )
+        writer.writerow(DENSITY_COLUMNS)
+        for row in density_rows(report):
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row.values()])
         return
     out.print(density_table(report) if report else "no processed scans yet")
     for r in report:

@@ -18,6 +18,18 @@ import numpy as np
 KINDS: tuple[str, ...] = ("trough", "peak")
 #: The U-Net's output classes: background, then the kinds.
 CLASSES: tuple[str, ...] = ("background", *KINDS)
+#: One defect as a table row, in order (``defects --csv``, the Python API's defect frames).
+DEFECT_TABLE_COLUMNS: tuple[str, ...] = (
+    "row",
+    "col",
+    "x_nm",
+    "y_nm",
+    "kind",
+    "confidence",
+    "uncertainty",
+    "area_nm2",
+    "contrast",
+)
 
 
 @dataclass(frozen=True)

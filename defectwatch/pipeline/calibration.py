@@ -37,6 +37,7 @@ rate of the Poisson process, not one scan's realised count.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -349,7 +350,27 @@ def corrected_interval(
     ``groups``: (detected count per kind, calibration per kind (None: uncalibrated)), one per
     group of scans sharing a calibration (e.g. one model version). A kind without any
     calibration in every group gets the raw count and the exact Poisson interval.
+
+    The draws are seeded, so the same inputs give the same result: it is computed once per
+    distinct input (about 9 ms for one group) and then remembered, so a page or a query that
+    asks again for unchanged samples costs nothing.
     """
+    key = tuple(
+        (tuple(sorted((k, int(n)) for k, n in counts.items())), tuple(sorted(cals.items())))
+        for counts, cals in groups
+    )
+    return dict(_corrected_interval(key, tuple(kinds), draws, seed))
+
+
+@functools.lru_cache(maxsize=4096)
+def _corrected_interval(
+    groups: tuple[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, Any], ...]], ...],
+    kinds: tuple[str, ...],
+    draws: int,
+    seed: int,
+) -> dict[str, CountEstimate]:
+    """`corrected_interval` on hashable inputs (the cached computation)."""
+    parts = [(dict(counts), dict(cals)) for counts, cals in groups]
     rng = np.random.default_rng(seed)
     out: dict[str, CountEstimate] = {}
     total_low = np.zeros(draws)
@@ -363,7 +384,7 @@ def corrected_interval(
         estimate = 0.0
         raw = 0
         uncalibrated = True
-        for counts, cals in groups:
+        for counts, cals in parts:
             n = int(counts.get(kind, 0))
             cal = cals.get(kind)
             raw += n

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from defectwatch.domain import KINDS, Defect, Density, Scan
+from defectwatch.domain import DEFECT_TABLE_COLUMNS, KINDS, Defect, Density, Scan
 from defectwatch.domain import Detection as DetectionRecord
 
 if TYPE_CHECKING:
@@ -48,18 +48,8 @@ __all__ = [
     "simulate_scans",
 ]
 
-#: Columns of `Detection.defects_frame` and `Record.defects`, in order.
-DEFECT_COLUMNS = (
-    "row",
-    "col",
-    "x_nm",
-    "y_nm",
-    "kind",
-    "confidence",
-    "uncertainty",
-    "area_nm2",
-    "contrast",
-)
+#: Columns of `Detection.defects_frame` and `Record.defects`, in order (``defects --csv``'s).
+DEFECT_COLUMNS = DEFECT_TABLE_COLUMNS
 _DEFECT_DTYPES = {
     "row": "float64",
     "col": "float64",

@@ -24,27 +24,9 @@ from defectwatch.service.cli import app
 from defectwatch.service.ingest import file_sha256
 from tests.daemon.queue_double import write_scan
 from tests.db.factories import detection
+from tests.service.test_watch_process import tiny_models  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Two tiny random model versions (2 members, 4 filters): plumbing, not science."""
-    import torch
-
-    from defectwatch.pipeline.model import ModelConfig, UnetSpec, build_member, save_version
-
-    out = tmp_path_factory.mktemp("models")
-    spec = UnetSpec(nb_filters=4)
-    versions = {}
-    for seed, name in enumerate(("tiny-1", "tiny-2")):
-        torch.manual_seed(seed)
-        members = [build_member(spec).state_dict() for _ in range(2)]
-        versions[name] = save_version(
-            out / name, ModelConfig(version=name, pixel_size_nm=0.1, architecture=spec), members
-        )
-    return versions
 
 
 def archive(

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from defectwatch.domain import DEFECT_TABLE_COLUMNS
 from defectwatch.service.cli.common import DbOption, _database, _fail, _sci, out
 
 if TYPE_CHECKING:
@@ -282,17 +283,7 @@ def defects(
         raise typer.Exit(1)
     with _database(db) as engine:
         info, rows = defects_report(engine, scan)
-    fields = [
-        "row",
-        "col",
-        "x_nm",
-        "y_nm",
-        "kind",
-        "confidence",
-        "uncertainty",
-        "area_nm2",
-        "contrast",
-    ]
+    fields = list(DEFECT_TABLE_COLUMNS)
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()

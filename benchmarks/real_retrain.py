@@ -6,6 +6,7 @@ the candidate with the default on the frames held out as the frozen test split.
     python -m benchmarks.real_retrain [--recipe finetune|scratch] [--members N]
                                       [--iterations N] [--learning-rate LR] [--model DIR]
                                       [--no-spare-unlabelled] [--rehearsal SHARE]
+                                      [--label-crops SHARE]
                                       [--partial] [--out DIR]
 
 It runs, in a fresh folder, what a lab types (and what ``service install`` schedules)::
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--crop", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--rehearsal", type=float, default=None)
+    parser.add_argument("--label-crops", type=float, default=None)
     parser.add_argument("--no-spare-unlabelled", action="store_true")
     parser.add_argument("--filters", type=int, default=None, help="only with --recipe scratch")
     parser.add_argument("--from-active", action="store_true", help="with --recipe scratch")
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("--crop", args.crop),
         ("--learning-rate", args.learning_rate),
         ("--rehearsal", args.rehearsal),
+        ("--label-crops", args.label_crops),
         ("--filters", args.filters),
         ("--threads", args.threads),
     ):

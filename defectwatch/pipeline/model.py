@@ -282,6 +282,25 @@ def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any])
     path.write_text(json.dumps(stored, indent=2))
 
 
+def write_detection(directory: str | os.PathLike[str], detection: Mapping[str, Any]) -> None:
+    """Replace the ``detection`` (report rule, `ModelConfig.report_contrast`) of a saved
+    version's ``config.json`` (weights and hashes untouched).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        A version directory.
+    detection : mapping
+        ``{"report_contrast": {kind: weakest contrast in sigmas}, ...}`` (JSON-serialisable).
+    """
+    if "report_contrast" not in detection:
+        raise ValueError("a detection rule needs report_contrast")
+    path = Path(directory) / CONFIG_NAME
+    stored = json.loads(path.read_text())
+    stored["detection"] = dict(detection)
+    path.write_text(json.dumps(stored, indent=2))
+
+
 def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[dict[str, Any]]]:
     """Read and check a version directory.
 

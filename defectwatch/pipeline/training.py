@@ -46,6 +46,13 @@ class TrainingRecipe:
     # share of every mini-batch drawn from the rehearsal examples (simulated scans from the
     # parent version's own training distribution) when fine-tuning: 0 without rehearsal
     rehearsal_share: float = 0.0
+    # share of the training scans each member draws its crops from (its own seeded subset, so
+    # members see different scans: diversity is what an ensemble is for); 1: every member all
+    member_scans_share: float = 1.0
+    # share of the lab's crops centred (give or take a quarter crop) on a labelled defect, its
+    # kind drawn uniformly among the kinds labelled: rare kinds (a night's 40 peaks against 300
+    # troughs) are seen as often as common ones; 0: crops anywhere, in proportion to area
+    label_crop_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,15 +73,51 @@ class CropSampler:
         crop_px: int,
         rng: np.random.Generator,
         flips: bool = False,
+        label_share: float = 0.0,
     ):
         if not examples:
             raise ValueError("no training examples")
+        if not 0.0 <= label_share <= 1.0:
+            raise ValueError(f"label crop share must lie in [0, 1], got {label_share!r}")
         self.examples = [self._pad(e, crop_px) for e in examples]
         areas = np.array([e.image01.size for e in self.examples], float)
         self.p = areas / areas.sum()
         self.crop = crop_px
         self.rng = rng
         self.flips = flips
+        self.label_share = label_share
+        # per class (1, 2, ...): (example index, row, col) of every labelled pixel
+        self.labelled: dict[int, np.ndarray] = {}
+        if label_share > 0:
+            found: dict[int, list[np.ndarray]] = {}
+            for i, e in enumerate(self.examples):
+                for cls in np.unique(e.mask):
+                    if cls <= 0 or cls == IGNORE:
+                        continue
+                    r, c = np.nonzero(e.mask == cls)
+                    found.setdefault(int(cls), []).append(
+                        np.stack([np.full(r.size, i), r, c], axis=1)
+                    )
+            self.labelled = {k: np.concatenate(v) for k, v in sorted(found.items())}
+
+    def _origin(self) -> tuple[Example, int, int]:
+        """A crop's example and top-left corner: around a labelled pixel of a uniformly drawn
+        class (``label_share`` of the time, when any is labelled), else anywhere."""
+        if self.labelled and self.rng.random() < self.label_share:
+            classes = list(self.labelled)
+            pts = self.labelled[classes[int(self.rng.integers(len(classes)))]]
+            i, pr, pc = (int(v) for v in pts[int(self.rng.integers(len(pts)))])
+            e = self.examples[i]
+            h, w = e.image01.shape
+            jitter = self.crop // 4
+            r = pr - self.crop // 2 + int(self.rng.integers(-jitter, jitter + 1))
+            c = pc - self.crop // 2 + int(self.rng.integers(-jitter, jitter + 1))
+            return e, int(np.clip(r, 0, h - self.crop)), int(np.clip(c, 0, w - self.crop))
+        e = self.examples[self.rng.choice(len(self.examples), p=self.p)]
+        h, w = e.image01.shape
+        r = int(self.rng.integers(0, h - self.crop + 1))
+        c = int(self.rng.integers(0, w - self.crop + 1))
+        return e, r, c
 
     @staticmethod
     def _pad(e: Example, crop: int) -> Example:
@@ -94,10 +137,7 @@ class CropSampler:
         xs = np.empty((n, 1, self.crop, self.crop), np.float32)
         ys = np.empty((n, self.crop, self.crop), np.int64)
         for i in range(n):
-            e = self.examples[self.rng.choice(len(self.examples), p=self.p)]
-            h, w = e.image01.shape
-            r = int(self.rng.integers(0, h - self.crop + 1))
-            c = int(self.rng.integers(0, w - self.crop + 1))
+            e, r, c = self._origin()
             img = e.image01[r : r + self.crop, c : c + self.crop]
             msk = e.mask[r : r + self.crop, c : c + self.crop]
             if self.flips:
@@ -123,10 +163,13 @@ class MixedSampler:
         crop_px: int,
         rng: np.random.Generator,
         flips: bool = False,
+        label_share: float = 0.0,
     ):
         if not 0.0 <= share < 1.0:
             raise ValueError(f"rehearsal share must lie in [0, 1), got {share!r}")
-        self.lab = CropSampler(examples, crop_px=crop_px, rng=rng, flips=flips)
+        self.lab = CropSampler(
+            examples, crop_px=crop_px, rng=rng, flips=flips, label_share=label_share
+        )
         self.sim = (
             CropSampler(rehearsal, crop_px=crop_px, rng=rng, flips=flips)
             if rehearsal and share > 0
@@ -176,6 +219,10 @@ def train_member(
     seed = recipe.seed + member
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 104729])
+    if recipe.member_scans_share < 1.0 and len(examples) > 1:
+        k = max(1, int(round(recipe.member_scans_share * len(examples))))
+        chosen = np.random.default_rng([seed, 15485863]).choice(len(examples), k, replace=False)
+        examples = [examples[i] for i in sorted(chosen)]
     model = build_member(spec)
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -191,6 +238,7 @@ def train_member(
         crop_px=recipe.crop_px,
         rng=rng,
         flips=recipe.flips,
+        label_share=recipe.label_crop_share,
     )
     marks = {int(c) for c in checkpoints}
     start_avg = int(round(recipe.iterations * (1.0 - recipe.average_last)))

@@ -14,7 +14,7 @@ import numpy as np
 
 from defectwatch.pipeline.labels import DEFAULT_RADIUS_NM, IGNORE, circle_mask
 from defectwatch.pipeline.preprocess import PreprocessParams, flatten, prepare
-from defectwatch.pipeline.simulate import SimulatedScan, simulate
+from defectwatch.pipeline.simulate import BROAD_FAMILIES, SimulatedScan, simulate
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,12 @@ class SimulationMix:
     density_per_cm2: tuple[float, float] = (1e11, 2e13)  # log-uniform; most crops hold defects
     render_share: float = 0.3  # scans seen as an exported 8-bit JPEG picture (`exported_render`)
     cluster_share: float = 0.0  # STM scans with adsorbate clusters (`simulate(clusters=True)`)
+    # scans widened by the broadened families (`simulate(broad=...)`, issue 15); each family is
+    # drawn into such a scan with probability `broad_family_p`, so scans see different subsets
+    broad_share: float = 0.0
+    broad_family_p: float = 0.5
+    # families never drawn (leave-one-family-out: train without them, score on them)
+    broad_exclude: tuple[str, ...] = ()
 
     def draw(self, rng: np.random.Generator, *, target_nm: float) -> dict:
         names, weights = zip(*self.material_weights)
@@ -168,6 +174,15 @@ class SimulationMix:
         }
         if self.cluster_share > 0:  # drawn only then: mixes without clusters stay as they were
             draw["clusters"] = bool(rng.random() < self.cluster_share)
+        if self.broad_share > 0:  # likewise: mixes without broadened scans stay as they were
+            picked = rng.random(len(BROAD_FAMILIES)) < self.broad_family_p
+            families = tuple(
+                f
+                for f, on in zip(BROAD_FAMILIES, picked, strict=True)
+                if on and f not in self.broad_exclude
+            )
+            if rng.random() < self.broad_share and families:
+                draw["broad"] = families
         return draw
 
 

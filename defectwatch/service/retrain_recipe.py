@@ -22,8 +22,11 @@ to a few hundred labelled scans can train on a CPU overnight without making thin
    best (rate, steps) trains every member.
 7. **Detection thresholds on the validation split.** The candidate's mean-probability
    threshold and its per-kind contrast rule (``report_contrast``) are chosen jointly on the
-   validation scans (`choose_detection`); a kind without validation labels keeps the parent's
-   rule.
+   validation scans (`choose_detection`); a kind with fewer than ``MIN_RULE_LABELS``
+   validation labels keeps the parent's rule (it still counts in the mean F1 that chooses the
+   threshold).
+8. **Rare kinds.** ``LABEL_CROP_SHARE`` of the lab's crops are centred on a labelled defect
+   whose kind is drawn uniformly, so a night with 40 peaks and 300 troughs teaches both.
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ SPARE_RADIUS_SCALE = 1.5  # the spared disc: this times the class's mask radius
 THRESHOLD_GRID = (0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75)
 CONTRAST_GRID = {"trough": (-0.5, -1.0, -1.5, -2.0), "peak": (1.0, 1.5, 2.0, 2.5)}
 KINDS = ("trough", "peak")
+# a kind's contrast rule is re-chosen only with at least this many validation labels of it;
+# with fewer (a 3-frame split holds about 6 peaks) the parent's rule is kept: one more or one
+# fewer match would swing the choice
+MIN_RULE_LABELS = 20
+# share of the lab's crops centred on a labelled defect, kinds drawn uniformly (rare peaks are
+# seen as often as troughs; `TrainingRecipe.label_crop_share`)
+LABEL_CROP_SHARE = 0.5
 
 Progress = Callable[[str, int, int], None]
 
@@ -205,21 +215,31 @@ def choose_detection(
     contrast_grid: Mapping[str, Sequence[float]] = CONTRAST_GRID,
     radius_nm: float = 1.0,
     predictions: Sequence[Any] | None = None,
+    min_labels: int = MIN_RULE_LABELS,
 ) -> DetectionChoice:
     """The threshold and per-kind contrast rule with the best mean object F1 (over kinds with
     labels in ``cases``) on the validation ``cases``; each scan is predicted once (or
     ``predictions`` given). Ties go to the parent's values. Kinds without labels keep the
-    parent's rule."""
+    parent's rule and do not count; kinds with fewer than ``min_labels`` keep the parent's rule
+    and count in the mean F1 at it."""
     grid_t = sorted({float(t) for t in thresholds} | {float(parent_threshold)})
     preds = (
         list(predictions)
         if predictions is not None
         else [ensemble.predict_scan(c.scan) for c in cases]
     )
-    have = {k for c in cases for lab in c.labels if lab.visible for k in [lab.kind]}
-    kinds = [k for k in KINDS if k in have]
+    n_labels = {k: 0 for k in KINDS}
+    for c in cases:
+        for lab in c.labels:
+            if lab.visible and lab.kind in n_labels:
+                n_labels[lab.kind] += 1
+    kinds = [k for k in KINDS if n_labels[k] > 0]
     limits = {
-        k: sorted(set(contrast_grid.get(k, ())) | {float(parent_rule.get(k, 0.0))}) for k in KINDS
+        k: sorted(
+            (set(contrast_grid.get(k, ())) if n_labels[k] >= min_labels else set())
+            | {float(parent_rule.get(k, 0.0))}
+        )
+        for k in KINDS
     }
     evals = {
         (t, k, lim): ObjectEvaluation(kinds=(k,))

@@ -113,7 +113,9 @@ class RetrainOptions:
     accepts; ``version``: the new version's name (default ``retrain-<UTC time>``); ``force``:
     train even when no label changed since the active version was trained;
     ``rehearsal_share``: share of each fine-tuning mini-batch that is simulated;
-    ``spare_unlabelled``: the positive-unlabelled masks (`retrain_recipe.spare_unlabelled`).
+    ``spare_unlabelled``: the positive-unlabelled masks (`retrain_recipe.spare_unlabelled`);
+    ``label_crop_share``: share of the lab's crops centred on a label (None:
+    `retrain_recipe.LABEL_CROP_SHARE`).
     """
 
     members: int | None = None
@@ -132,6 +134,7 @@ class RetrainOptions:
     recipe: str = "finetune"
     force: bool = False
     rehearsal_share: float | None = None
+    label_crop_share: float | None = None
     spare_unlabelled: bool = True
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None
@@ -157,6 +160,8 @@ class RetrainOptions:
             raise ConfigError(f"--tolerance {self.tolerance}: an F1 difference in [0, 1)")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
+        if self.label_crop_share is not None and not 0.0 <= self.label_crop_share <= 1.0:
+            raise ConfigError(f"--label-crops {self.label_crop_share}: a share in [0, 1]")
         if self.rehearsal_share is not None and not 0.0 <= self.rehearsal_share < 1.0:
             raise ConfigError(
                 f"--rehearsal {self.rehearsal_share}: a share of the mini-batch in [0, 1)"
@@ -1062,6 +1067,9 @@ def _train_finetune(
         learning_rate=options.learning_rate or rr.RATES[0],
         seed=options.seed,
         rehearsal_share=share,
+        label_crop_share=(
+            rr.LABEL_CROP_SHARE if options.label_crop_share is None else options.label_crop_share
+        ),
     )
     val_cases = [Case(i.name, i.scan, i.truth()) for i in val_items]
     search: dict[str, Any] = {}

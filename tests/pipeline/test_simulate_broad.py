@@ -61,3 +61,22 @@ def test_sombrero_rings_have_a_rim_of_the_other_sign():
     r = np.linspace(0.0, 4.0, 81)
     h, _ = _defect_field(r, np.zeros_like(r), d, 0.0, 0.05)
     assert h[0] < 0 and h.max() > 0.01 and 1.0 < r[np.argmax(h)] < 2.0
+
+
+def test_the_training_mix_widens_a_share_of_scans_by_random_subsets_and_leaves_one_out():
+    from defectwatch.pipeline.training_data import SimulationMix
+
+    def draws(mix, n=200):
+        return [mix.draw(np.random.default_rng([s, 7919]), target_nm=0.1) for s in range(n)]
+
+    # without broadened scans a mix draws exactly what it drew before (older versions'
+    # training scans are reproduced)
+    assert all("broad" not in d for d in draws(SimulationMix(cluster_share=0.3)))
+    wide = draws(SimulationMix(broad_share=0.7))
+    picked = [d["broad"] for d in wide if "broad" in d]
+    assert 0.55 < len(picked) / len(wide) < 0.85
+    assert len({tuple(p) for p in picked}) > 50  # scans see different subsets
+    assert set().union(*picked) == set(BROAD_FAMILIES)
+    out = draws(SimulationMix(broad_share=0.7, broad_exclude=("lattice",)))
+    assert not any("lattice" in d.get("broad", ()) for d in out)
+    assert any("tips" in d.get("broad", ()) for d in out)

@@ -346,3 +346,64 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     t = json.loads(off.stdout)["training"]
     assert t["rehearsal"] == "none" and t["unlabelled"].startswith("taught as background")
     assert t["search"].startswith("not searched: --learning-rate given")
+
+
+def test_label_centred_crops_show_a_rare_kind_as_often_as_a_common_one():
+    """40 peaks against 300 troughs: with crops anywhere a peak is rarely in view; with every
+    crop centred on a label whose kind is drawn uniformly, about half the crops hold a peak."""
+    rng = np.random.default_rng(1)
+    mask = np.zeros((400, 400), np.uint8)
+    for r, c in rng.integers(10, 390, size=(60, 2)):
+        mask[r - 2 : r + 3, c - 2 : c + 3] = 1  # common troughs
+    mask[200:205, 300:305] = 2  # one rare peak
+    lab = [Example(rng.random((400, 400), dtype=np.float32), mask, "lab")]
+
+    def share_with_peak(label_share: float) -> float:
+        s = MixedSampler(
+            lab,
+            [],
+            share=0.0,
+            crop_px=32,
+            rng=np.random.default_rng(0),
+            label_share=label_share,
+        )
+        ys = np.concatenate([s.batch(50)[1] for _ in range(8)])
+        return float(np.mean([(y == 2).any() for y in ys]))
+
+    assert share_with_peak(0.0) < 0.05
+    assert 0.4 < share_with_peak(1.0) < 0.6
+    with pytest.raises(ValueError, match="label crop share"):
+        MixedSampler(lab, [], share=0.0, crop_px=32, rng=rng, label_share=1.5)
+
+
+def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
+    """3 validation frames hold about 6 peaks: one match more or less would choose the rule.
+    Below `MIN_RULE_LABELS` the parent's limit stays; with enough labels it is chosen."""
+    from types import SimpleNamespace
+
+    def truth(x, kind):
+        return SimpleNamespace(x_nm=x, y_nm=5.0, kind=kind, visible=True)
+
+    def found(x, kind, contrast):
+        return SimpleNamespace(x_nm=x, y_nm=5.0, kind=kind, confidence=0.9, contrast=contrast)
+
+    def case(n_peaks):
+        # every true peak is found, weakly (+1.2 sigma); strong bright noise at +3 sigma
+        labels = [truth(2.0 * i, "peak") for i in range(n_peaks)]
+        dets = [found(2.0 * i, "peak", 1.2) for i in range(n_peaks)]
+        dets += [found(100.0 + 2.0 * i, "peak", 3.0) for i in range(n_peaks // 3)]
+        scan = SimpleNamespace(acquired_area_nm2=1e4)
+        pred = SimpleNamespace(defects=lambda threshold, marked_only: dets)
+        return SimpleNamespace(scan=scan, labels=labels), pred
+
+    for n, expect in ((6, 2.5), (30, 1.0)):
+        c, p = case(n)
+        choice = rr.choose_detection(
+            None,
+            [c],
+            parent_threshold=0.5,
+            parent_rule={"trough": -1.0, "peak": 2.5},
+            thresholds=(0.5,),
+            predictions=[p],
+        )
+        assert choice.report_contrast["peak"] == expect, (n, choice)

@@ -121,6 +121,17 @@ def retrain(
             "0: none).",
         ),
     ] = None,
+    label_crops: Annotated[
+        float | None,
+        typer.Option(
+            "--label-crops",
+            min=0.0,
+            max=1.0,
+            help="finetune: share of the lab's crops centred on a labelled defect, kinds drawn "
+            "uniformly so rare kinds are seen as often as common ones (default 0.5; 0: crops "
+            "anywhere).",
+        ),
+    ] = None,
     spare_unlabelled: Annotated[
         bool,
         typer.Option(
@@ -163,6 +174,7 @@ def retrain(
         recipe=recipe.lower(),
         force=force,
         rehearsal_share=rehearsal,
+        label_crop_share=label_crops,
         spare_unlabelled=spare_unlabelled,
         threads=threads,
     )

@@ -52,13 +52,14 @@ def run_set(ensemble: Ensemble, calibration: Calibration | None, cases) -> dict[
     for case in cases:
         pred = ensemble.predict_scan(case.scan)
         found = pred.defects(threshold=ensemble.config.threshold_for(case.scan.channel))
-        per = counter.add(found, case.labels, name=case.name)
+        area = float(case.scan.acquired_area_nm2)
+        per = counter.add(found, case.labels, name=case.name, area_nm2=area)
         detected = {k: per[k].detected for k in KINDS}
         true = {k: per[k].true for k in KINDS}
         true["total"] = sum(true.values())
         detected["total"] = sum(detected[k] for k in KINDS)
         cals = {k: calibration.kinds.get(k) if calibration else None for k in KINDS}
-        est = corrected_interval([(detected, cals)])
+        est = corrected_interval([(detected, cals, area)])
         for k in (*KINDS, "total"):
             e = est[k]
             lo, hi = poisson_ci95(detected[k])

@@ -150,6 +150,7 @@ def scan_detail(engine: Engine, scan_id: int) -> dict[str, Any]:
         out.update(
             {
                 "path": s.path,
+                "instrument": s.instrument,
                 "channel": s.channel,
                 "nx": s.nx,
                 "ny": s.ny,

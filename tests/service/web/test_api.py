@@ -57,6 +57,9 @@ def test_api_lists_and_scan_detail_match_the_record(recorded):
     assert n > 0
     detail = c.get(f"/api/scans/{scan_id}").json()
     assert len(detail["defects"]) == n and detail["nx"] == 128 and detail["bias_v"] is not None
+    (instrument,) = query(recorded, "SELECT instrument FROM scan WHERE id = ?", scan_id)[0]
+    assert instrument and detail["instrument"] == instrument
+    assert f'<dd class="instrument">{instrument}</dd>' in c.get(f"/scans/{scan_id}").text
     assert all(DEFECT_KEYS <= set(d) and d["kind"] in ("trough", "peak") for d in detail["defects"])
     rows = query(
         recorded,

@@ -69,7 +69,7 @@ def test_the_shipped_thresholds_were_chosen_on_validation_scans():
     m = config.metrics
     # re-chosen with the report limits on simulated validation seeds (issue 15), never on the
     # real frames or the test seeds
-    assert m["threshold_chosen_on"].startswith("simulated seeds 200-235 (validation")
+    assert m["threshold_chosen_on"].startswith("simulated seeds 200-253 (validation")
     table = m["validation_mean_f1"]
     assert len(table) >= 5 and table[f"{m['threshold']:.2f}"] == max(table.values())
     assert 0.2 <= m["threshold"] <= 0.8
@@ -102,8 +102,9 @@ def test_the_shipped_config_is_what_make_default_model_writes():
     assert config.architecture == DEFAULT_SPEC
     assert plain(config.preprocess) == plain(PreprocessParams().to_dict())
     recipe = plain(DEFAULT_RECIPE.to_dict())
-    # rehearsal (issue 17) came after the default was trained; the default recipe has none
-    assert recipe.pop("rehearsal_share") == 0.0 and "rehearsal_share" not in config.training
+    # rehearsal and label-centred crops belong to the nightly fine-tune (issue 17), not to
+    # the default's recipe
+    assert recipe.pop("rehearsal_share") == 0.0 and recipe.pop("label_crop_share") == 0.0
     assert {k: config.training[k] for k in recipe} == recipe
     assert config.training["mask_radius_nm"] == MASK_RADIUS_NM
     assert config.data["seeds"] == [TRAINING_SEEDS[0], TRAINING_SEEDS[-1]]
@@ -112,17 +113,19 @@ def test_the_shipped_config_is_what_make_default_model_writes():
 
 
 def test_topography_defects_carry_their_contrast_and_current_maps_none(ensemble):
-    """Contrast is judged in heights by the version's own rule (troughs at -1.25 sigma or
-    deeper, peaks at +1.0 or brighter, chosen on simulated validation scans); C-AFM current
-    maps are not judged."""
+    """Contrast is judged in heights by the version's own rule (chosen on simulated validation
+    scans by `default_model.finish_version`); C-AFM current maps are not judged."""
     (stm,) = simulated_cases([905], size_nm=25.0, pixels=256, density_per_cm2=3e12)
     found = ensemble.predict_scan(stm.scan).defects(threshold=0.55)
     measured = [d for d in found if d.contrast == d.contrast]
     assert len(measured) >= 0.8 * len(found) > 0  # NaN only where the ring leaves the frame
-    assert ensemble.config.report_contrast == {"trough": -1.25, "peak": 1.0}
-    assert "simulated validation" in ensemble.config.detection["report_contrast_chosen_on"]
-    assert all(d.contrast <= -1.25 for d in measured if d.kind == "trough")
-    assert all(d.contrast >= 1.0 for d in measured if d.kind == "peak")
+    rule = ensemble.config.report_contrast
+    shipped = ensemble.config.metrics["operating_points"]["shipped"]
+    assert rule == {k: shipped[k]["limit"] for k in ("trough", "peak")}
+    assert rule["trough"] < 0 < rule["peak"]
+    assert "not the real frames" in ensemble.config.detection["report_contrast_chosen_on"]
+    assert all(d.contrast <= rule["trough"] for d in measured if d.kind == "trough")
+    assert all(d.contrast >= rule["peak"] for d in measured if d.kind == "peak")
     (cafm,) = simulated_cases([906], mode="cafm", size_nm=50.0, pixels=256)
     prediction = ensemble.predict_scan(cafm.scan)
     assert cafm.scan.unit == "A" and prediction.flat is None

@@ -22,7 +22,6 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,39 +53,28 @@ def _median(values: list[float]) -> float | None:
 
 def run_set(ensemble: Ensemble, calibration: Calibration | None, cases) -> dict[str, Any]:
     counter = CalibrationCounter()
-    hits = {k: {"corrected": 0, "raw": 0, "precision": 0, "n": 0} for k in (*KINDS, "total")}
+    hits = {k: {"corrected": 0, "raw": 0, "n": 0} for k in (*KINDS, "total")}
     corrected_sum = dict.fromkeys((*KINDS, "total"), 0.0)
-    precision_sum = dict.fromkeys((*KINDS, "total"), 0.0)
     widths: dict[str, list[float]] = {k: [] for k in (*KINDS, "total")}
-    precision_widths: dict[str, list[float]] = {k: [] for k in (*KINDS, "total")}
     for case in cases:
         pred = ensemble.predict_scan(case.scan)
         found = pred.defects(threshold=ensemble.config.threshold_for(case.scan.channel))
-        area = float(case.scan.acquired_area_nm2)
-        per = counter.add(found, case.labels, name=case.name, area_nm2=area)
+        per = counter.add(found, case.labels, name=case.name)
         detected = {k: per[k].detected for k in KINDS}
         true = {k: per[k].true for k in KINDS}
         true["total"] = sum(true.values())
         detected["total"] = sum(detected[k] for k in KINDS)
         cals = {k: calibration.kinds.get(k) if calibration else None for k in KINDS}
-        est = corrected_interval([(detected, cals, area)])
-        # the same calibration without its areas: the earlier precision model, for comparison
-        by_precision = corrected_interval(
-            [(detected, {k: replace(c, area_nm2=0.0) if c else None for k, c in cals.items()})]
-        )
+        est = corrected_interval([(detected, cals)])
         for k in (*KINDS, "total"):
             e = est[k]
-            p = by_precision[k]
             lo, hi = poisson_ci95(detected[k])
             hits[k]["corrected"] += e.low <= true[k] <= e.high
-            hits[k]["precision"] += p.low <= true[k] <= p.high
             hits[k]["raw"] += lo <= true[k] <= hi
             hits[k]["n"] += 1
             corrected_sum[k] += e.count
-            precision_sum[k] += p.count
             if true[k] > 0:
                 widths[k].append((e.high - e.low) / true[k])
-                precision_widths[k].append((p.high - p.low) / true[k])
     measured = counter.result(source="simulated", description="benchmark")
     out: dict[str, Any] = {}
     for k in KINDS:
@@ -103,11 +91,6 @@ def run_set(ensemble: Ensemble, calibration: Calibration | None, cases) -> dict[
             "coverage_corrected": round(hits[k]["corrected"] / hits[k]["n"], 3),
             "coverage_raw_poisson": round(hits[k]["raw"] / hits[k]["n"], 3),
             "median_width_over_true": _median(widths[k]),
-            "precision_model": {
-                "count_ratio_corrected": (round(precision_sum[k] / c.true, 3) if c.true else None),
-                "coverage": round(hits[k]["precision"] / hits[k]["n"], 3),
-                "median_width_over_true": _median(precision_widths[k]),
-            },
         }
     out["total"] = {
         "coverage_corrected": round(hits["total"]["corrected"] / hits["total"]["n"], 3),
@@ -146,10 +129,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         "| set | kind | F1 | P | R | detected/true | corrected/true | coverage corrected "
-        "| coverage raw Poisson | width/true | precision model: corrected/true, coverage, "
-        "width/true |"
+        "| coverage raw Poisson | width/true |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     families = [f for f in args.families.split(",") if f]
     if args.real and (REAL / "labels_via.csv").is_file():
         families.append("real WSe2 frames")
@@ -171,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"| {family} | {k} | {x['f1']:.3f} | {x['precision']:.3f} | "
                 f"{x['recall']:.3f} | {x['count_ratio_raw']} | {x['count_ratio_corrected']} "
                 f"| {x['coverage_corrected']:.2f} | {x['coverage_raw_poisson']:.2f} | "
-                f"{x['median_width_over_true']} | {x['precision_model']['count_ratio_corrected']}, "
-                f"{x['precision_model']['coverage']:.2f}, "
-                f"{x['precision_model']['median_width_over_true']} |",
+                f"{x['median_width_over_true']} |",
                 flush=True,
             )
     if args.out:

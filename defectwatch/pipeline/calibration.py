@@ -13,21 +13,11 @@ exhaustively), by one-to-one matching of detections to the true defects within 1
   0 when the scans agree), because a blunt tip or another crystal changes the efficiency for a
   whole scan, and all scans of one sample share it.
 
-**Corrected count.** False detections come from noise, tip changes and adsorbates, so they
-scale with the area scanned, not with the number of defects: a precision measured on sparse
-calibration scans over-subtracts on dense ones (default-sim-7's pooled precision read dense
-simulated trough counts 13% low). So a calibration that knows its scans' area
-(``area_nm2 > 0``) models the detected count as ``N_det = recall * N_true + f * area``, with
-``f`` the false detections per nm^2 (``false_positives / area_nm2``), and corrects
-``N_true = max(N_det - f * area, 0) / recall``. Calibrations stored without areas (made before
-this) keep ``N_true = N_det * precision / recall``.
+**Corrected count.** ``N_true = N_det * precision / recall`` (the detections that are true,
+divided by the share of true defects that are detected).
 
 **95% interval** (`corrected_interval`, Monte Carlo, seeded, so the same inputs give the same
-interval). Per-area model: ``f ~ Gamma(FP + 1/2, 1) / area`` times a mean-1 gamma scan-to-scan
-factor whose relative sd is ``false_rate_scan_sd`` (the measured over-dispersion of the
-per-scan false counts beyond Poisson), recall as below, and ``(mu - f * A) / recall`` per draw
-(clipped at 0). Precision model: ``precision ~ Beta(TP + 1/2, FP + 1/2)`` and
-``recall ~ Beta(TP + 1/2, FN + 1/2)``
+interval): ``precision ~ Beta(TP + 1/2, FP + 1/2)`` and ``recall ~ Beta(TP + 1/2, FN + 1/2)``
 (Jeffreys posteriors of the pooled calibration counts), each shifted by a normal scan-to-scan term
 whose sd is drawn around ``*_scan_sd`` as a scaled inverse chi-square with (scans - 1) degrees of
 freedom (the sd is itself estimated; taken fully correlated across the scans of one sample, which
@@ -63,14 +53,6 @@ SEED = 15
 MIN_RATE = 0.02  # recall / precision draws are clipped here (a detector that finds < 2% is
 # not calibrated, it is broken)
 METHOD = (
-    "N_true = max(N_det - f * area, 0) / recall, f = false detections per nm^2 of the "
-    "calibration scans; 95% interval by Monte Carlo: f ~ Gamma(FP+1/2, 1) / calibration area "
-    "times a mean-1 gamma scan-to-scan factor (relative sd measured between calibration scans), "
-    "recall ~ Beta(TP+1/2, FN+1/2) plus a normal scan-to-scan term (sd measured between "
-    "calibration scans, itself drawn as a scaled inverse chi-square), expected detections ~ "
-    "Gamma(N_det, 1) (lower end) / Gamma(N_det+1, 1) (upper end); 20000 seeded draws"
-)
-PRECISION_METHOD = (
     "N_true = N_det * precision / recall; 95% interval by Monte Carlo: precision ~ "
     "Beta(TP+1/2, FP+1/2), recall ~ Beta(TP+1/2, FN+1/2), each plus a normal scan-to-scan "
     "term (sd measured between calibration scans, itself drawn as a scaled inverse "
@@ -90,10 +72,6 @@ class KindCalibration:
     scans: int
     recall_scan_sd: float = 0.0  # between-scan sd of recall beyond binomial noise
     precision_scan_sd: float = 0.0  # between-scan sd of precision beyond binomial noise
-    # summed area of the calibration scans (nm^2); 0: unknown (the precision model is used)
-    area_nm2: float = 0.0
-    # relative between-scan sd of the false-detection rate beyond Poisson noise
-    false_rate_scan_sd: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.matched <= min(self.detected, self.true)):
@@ -121,27 +99,9 @@ class KindCalibration:
         return self.true - self.matched
 
     @property
-    def per_area(self) -> bool:
-        """True when false detections are modelled per area (the calibration knows its area)."""
-        return self.area_nm2 > 0
-
-    @property
-    def false_per_nm2(self) -> float:
-        """Pooled false detections per nm^2 of the calibration scans (0 without an area)."""
-        return self.false_positives / self.area_nm2 if self.area_nm2 > 0 else 0.0
-
-    @property
     def factor(self) -> float:
-        """precision / recall: detected count -> estimated true count (precision model)."""
+        """precision / recall: detected count -> estimated true count."""
         return self.precision / max(self.recall, MIN_RATE)
-
-    def corrected(self, detected: float, area_nm2: float = 0.0) -> float:
-        """The estimated true count behind ``detected`` detections over ``area_nm2``: per area
-        ``max(detected - f * area, 0) / recall`` when both areas are known, else
-        ``detected * precision / recall``."""
-        if self.per_area and area_nm2 > 0:
-            return max(detected - self.false_per_nm2 * area_nm2, 0.0) / max(self.recall, MIN_RATE)
-        return detected * self.factor
 
     def recall_ci95(self) -> tuple[float, float]:
         """Central 95% interval of the Jeffreys posterior Beta(TP + 1/2, FN + 1/2)."""
@@ -163,15 +123,6 @@ class KindCalibration:
             "precision_ci95": [round(v, 4) for v in self.precision_ci95()],
             "recall_scan_sd": round(self.recall_scan_sd, 4),
             "precision_scan_sd": round(self.precision_scan_sd, 4),
-            **(
-                {
-                    "area_nm2": round(self.area_nm2, 1),
-                    "false_per_um2": round(self.false_per_nm2 * 1e6, 2),
-                    "false_rate_scan_sd": round(self.false_rate_scan_sd, 4),
-                }
-                if self.per_area
-                else {}
-            ),
         }
 
     @classmethod
@@ -184,8 +135,6 @@ class KindCalibration:
             int(d.get("scans", 0)),
             float(d.get("recall_scan_sd", 0.0)),
             float(d.get("precision_scan_sd", 0.0)),
-            float(d.get("area_nm2", 0.0)),
-            float(d.get("false_rate_scan_sd", 0.0)),
         )
 
 
@@ -204,7 +153,7 @@ class Calibration:
     description: str
     data: dict[str, Any] = field(default_factory=dict)
     truth: str = "every defect a labeller marks"
-    method: str = PRECISION_METHOD
+    method: str = METHOD
     # the per-scan counts it was pooled from (kept in memory, not written to config.json)
     scan_counts: dict[str, list[ScanCounts]] = field(
         default_factory=dict, compare=False, repr=False
@@ -214,11 +163,6 @@ class Calibration:
     @property
     def scans(self) -> int:
         return max((k.scans for k in self.kinds.values()), default=0)
-
-    @property
-    def per_area(self) -> bool:
-        """True when every kind models its false detections per area."""
-        return bool(self.kinds) and all(k.per_area for k in self.kinds.values())
 
     def to_json(self) -> dict[str, Any]:
         """The ``calibration`` object of a version's config.json."""
@@ -242,7 +186,7 @@ class Calibration:
             str(d.get("description", "")),
             dict(d.get("data", {})),
             str(d.get("truth", "")),
-            str(d.get("method", PRECISION_METHOD)),
+            str(d.get("method", METHOD)),
         )
 
 
@@ -263,7 +207,6 @@ class ScanCounts:
     matched: int
     detected: int
     true: int
-    area_nm2: float = 0.0  # the scan's area (0: unknown)
 
 
 class CalibrationCounter:
@@ -284,23 +227,18 @@ class CalibrationCounter:
         self.names: list[str] = []
 
     def add(
-        self,
-        detections: Sequence[Any],
-        truth: Sequence[Any],
-        *,
-        name: str = "",
-        area_nm2: float = 0.0,
+        self, detections: Sequence[Any], truth: Sequence[Any], *, name: str = ""
     ) -> dict[str, ScanCounts]:
         """Match one scan's ``detections`` (`Defect`-like: ``x_nm, y_nm, kind, confidence``) to
         its ``truth`` (``x_nm, y_nm, kind, visible``; invisible ones are "don't care") and keep
-        the counts, with the scan's area in nm^2 (0: unknown); returns them per kind."""
+        the counts; returns them per kind."""
         from defectwatch.pipeline.metrics import object_scores
 
         scores = object_scores(detections, truth, radius_nm=self.radius_nm, kinds=self.kinds)
         out = {}
         for k in self.kinds:
             s = scores[k]
-            out[k] = ScanCounts(s.tp, s.tp + s.fp, s.tp + s.fn, float(area_nm2))
+            out[k] = ScanCounts(s.tp, s.tp + s.fp, s.tp + s.fn)
             self.per_scan[k].append(out[k])
         self.names.append(name or f"scan {len(self.names)}")
         return out
@@ -320,14 +258,12 @@ class CalibrationCounter:
         truth: str = "every defect a labeller marks",
     ) -> Calibration:
         """The pooled `Calibration` of every scan added."""
-        kinds = {k: pooled(self.per_scan[k], kind=k) for k in self.kinds}
         return Calibration(
-            kinds,
+            {k: pooled(self.per_scan[k], kind=k) for k in self.kinds},
             source,
             description,
             dict(data or {}),
             truth,
-            METHOD if kinds and all(c.per_area for c in kinds.values()) else PRECISION_METHOD,
             scan_counts={k: list(v) for k, v in self.per_scan.items()},
             scan_names=list(self.names),
         )
@@ -336,13 +272,10 @@ class CalibrationCounter:
 def pooled(scans: Sequence[ScanCounts], *, kind: str) -> KindCalibration:
     """Sum the counts over scans; the between-scan sd of recall and precision is the method-of-
     moments excess of the spread of the per-scan rates over their binomial variance (weighted
-    by each scan's number of trials; scans without trials are left out of it). When every scan
-    knows its area, the area is summed and the false detections' over-dispersion measured
-    (`_false_rate_sd`); otherwise the area stays 0 (precision model)."""
+    by each scan's number of trials; scans without trials are left out of it)."""
     tp = sum(s.matched for s in scans)
     det = sum(s.detected for s in scans)
     true = sum(s.true for s in scans)
-    known = bool(scans) and all(s.area_nm2 > 0 for s in scans)
     return KindCalibration(
         kind,
         tp,
@@ -351,23 +284,7 @@ def pooled(scans: Sequence[ScanCounts], *, kind: str) -> KindCalibration:
         len(scans),
         _excess_sd([(s.matched, s.true) for s in scans]),
         _excess_sd([(s.matched, s.detected) for s in scans]),
-        float(sum(s.area_nm2 for s in scans)) if known else 0.0,
-        _false_rate_sd(scans) if known else 0.0,
     )
-
-
-def _false_rate_sd(scans: Sequence[ScanCounts]) -> float:
-    """Relative sd of the per-scan false-detection rate beyond Poisson noise: with
-    ``e_s = f * area_s`` the expected false detections of scan s, the method-of-moments
-    negative-binomial dispersion ``sum((FP_s - e_s)^2 - e_s) / sum(e_s^2)`` (0 when the scans
-    agree within Poisson noise), its square root."""
-    area = sum(s.area_nm2 for s in scans)
-    fp = np.array([s.detected - s.matched for s in scans], float)
-    if len(scans) < 2 or area <= 0 or fp.sum() <= 0:
-        return 0.0
-    e = fp.sum() / area * np.array([s.area_nm2 for s in scans], float)
-    excess = float(np.sum((fp - e) ** 2 - e)) * len(scans) / (len(scans) - 1)
-    return float(math.sqrt(max(excess / float(np.sum(e**2)), 0.0)))
 
 
 def _excess_sd(pairs: Iterable[tuple[int, int]]) -> float:
@@ -421,26 +338,8 @@ def factor_draws(
     return precision / recall
 
 
-def false_rate_draws(
-    calibration: KindCalibration, *, draws: int = DRAWS, rng: np.random.Generator
-) -> np.ndarray:
-    """(draws,) samples of the false detections per nm^2: Gamma(FP + 1/2, 1) / area (the
-    Jeffreys posterior of a Poisson rate) times a mean-1 gamma factor with the measured
-    relative scan-to-scan sd."""
-    c = calibration
-    rate = rng.gamma(c.false_positives + 0.5, 1.0, size=draws) / c.area_nm2
-    sd = c.false_rate_scan_sd
-    if sd > 0:
-        shape = 1.0 / sd**2
-        rate = rate * rng.gamma(shape, 1.0 / shape, size=draws)
-    return rate
-
-
 def corrected_interval(
-    groups: Sequence[
-        tuple[Mapping[str, int], Mapping[str, KindCalibration | None]]
-        | tuple[Mapping[str, int], Mapping[str, KindCalibration | None], float]
-    ],
+    groups: Sequence[tuple[Mapping[str, int], Mapping[str, KindCalibration | None]]],
     *,
     kinds: Sequence[str] = KINDS,
     draws: int = DRAWS,
@@ -448,36 +347,30 @@ def corrected_interval(
 ) -> dict[str, CountEstimate]:
     """Corrected counts per kind and ``"total"`` over groups of scans.
 
-    ``groups``: (detected count per kind, calibration per kind (None: uncalibrated)[, area of
-    the group's scans in nm^2]), one per group of scans sharing a calibration (e.g. one model
-    version). A calibration with an area corrects a group with an area per area (false
-    detections subtracted, then divided by recall); otherwise by precision / recall. A kind
-    without any calibration in every group gets the raw count and the exact Poisson interval.
+    ``groups``: (detected count per kind, calibration per kind (None: uncalibrated)), one per
+    group of scans sharing a calibration (e.g. one model version). A kind without any
+    calibration in every group gets the raw count and the exact Poisson interval.
 
     The draws are seeded, so the same inputs give the same result: it is computed once per
     distinct input (about 9 ms for one group) and then remembered, so a page or a query that
     asks again for unchanged samples costs nothing.
     """
     key = tuple(
-        (
-            tuple(sorted((k, int(n)) for k, n in g[0].items())),
-            tuple(sorted(g[1].items())),
-            float(g[2]) if len(g) > 2 else 0.0,  # type: ignore[misc]
-        )
-        for g in groups
+        (tuple(sorted((k, int(n)) for k, n in counts.items())), tuple(sorted(cals.items())))
+        for counts, cals in groups
     )
     return dict(_corrected_interval(key, tuple(kinds), draws, seed))
 
 
 @functools.lru_cache(maxsize=4096)
 def _corrected_interval(
-    groups: tuple[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, Any], ...], float], ...],
+    groups: tuple[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, Any], ...]], ...],
     kinds: tuple[str, ...],
     draws: int,
     seed: int,
 ) -> dict[str, CountEstimate]:
     """`corrected_interval` on hashable inputs (the cached computation)."""
-    parts = [(dict(counts), dict(cals), area) for counts, cals, area in groups]
+    parts = [(dict(counts), dict(cals)) for counts, cals in groups]
     rng = np.random.default_rng(seed)
     out: dict[str, CountEstimate] = {}
     total_low = np.zeros(draws)
@@ -491,26 +384,15 @@ def _corrected_interval(
         estimate = 0.0
         raw = 0
         uncalibrated = True
-        for counts, cals, area in parts:
+        for counts, cals in parts:
             n = int(counts.get(kind, 0))
             cal = cals.get(kind)
             raw += n
-            uncalibrated = uncalibrated and cal is None
-            mu_low = rng.gamma(n, 1.0, size=draws) if n > 0 else np.zeros(draws)
-            mu_high = rng.gamma(n + 1, 1.0, size=draws)
-            if cal is not None and cal.per_area and area > 0:
-                estimate += cal.corrected(n, area)
-                false = false_rate_draws(cal, draws=draws, rng=rng) * area
-                recall = _rate_draws(
-                    rng, cal.matched, cal.missed, cal.recall_scan_sd, cal.scans, draws
-                )
-                low += np.maximum(mu_low - false, 0.0) / recall
-                high += np.maximum(mu_high - false, 0.0) / recall
-                continue
             factor = factor_draws(cal, draws=draws, rng=rng)
+            uncalibrated = uncalibrated and cal is None
             estimate += n * (cal.factor if cal is not None else 1.0)
-            low += mu_low * factor
-            high += mu_high * factor
+            low += (rng.gamma(n, 1.0, size=draws) if n > 0 else 0.0) * factor
+            high += rng.gamma(n + 1, 1.0, size=draws) * factor
         if uncalibrated:
             lo, hi = poisson_ci95(raw)
             out[kind] = CountEstimate(float(raw), lo, hi)

@@ -32,8 +32,6 @@ from typing import Any
 
 from defectwatch.pipeline.calibration import (
     KINDS,
-    METHOD,
-    PRECISION_METHOD,
     Calibration,
     CalibrationCounter,
     KindCalibration,
@@ -95,12 +93,7 @@ def calibrate(
         thr = (
             threshold if threshold is not None else ensemble.config.threshold_for(case.scan.channel)
         )
-        counter.add(
-            prediction.defects(threshold=thr),
-            case.labels,
-            name=case.name,
-            area_nm2=float(case.scan.acquired_area_nm2),
-        )
+        counter.add(prediction.defects(threshold=thr), case.labels, name=case.name)
         if on_progress:
             on_progress(i + 1, n_cases or 0)
     return counter.result(source=source, description=description, data=dict(data or {}))
@@ -252,10 +245,7 @@ def reviewed_scans(*, session: Any, version: str, radius_nm: float = 1.0) -> lis
         counter = CalibrationCounter(kinds=KINDS, radius_nm=radius_nm)
         out.append(
             ReviewedScan(
-                sl.scan.id,
-                sl.sample,
-                source,
-                counter.add(found, truth, name=sl.scan.path, area_nm2=float(run.area_nm2 or 0.0)),
+                sl.scan.id, sl.sample, source, counter.add(found, truth, name=sl.scan.path)
             )
         )
     return out
@@ -296,7 +286,6 @@ def reviewed_calibration(
         k: pooled([s.counts[k] for s in kept], kind=k) for k in KINDS
     }
     sources = sorted({s.source for s in kept})
-    per_area = all(c.per_area for c in kinds.values())
     return Calibration(
         kinds,
         "reviewed",
@@ -308,7 +297,6 @@ def reviewed_calibration(
             "held_out": "the corrected sample's own scans are left out",
         },
         "every defect in a person's exhaustive labels",
-        METHOD if per_area else PRECISION_METHOD,
     )
 
 

@@ -130,7 +130,6 @@ def _density(
             (
                 {"trough": g.trough, "peak": g.peak},
                 {k: (cal.kinds.get(k) if cal is not None else None) for k in ("trough", "peak")},
-                g.area_nm2,
             )
             for g, cal in used
         ]

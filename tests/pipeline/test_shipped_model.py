@@ -150,9 +150,8 @@ def test_the_default_carries_a_calibration_that_corrects_held_out_counts(ensembl
         found = ensemble.predict_scan(case.scan).defects(
             threshold=ensemble.config.threshold_for(case.scan.channel)
         )
-        area = float(case.scan.acquired_area_nm2)
-        counts = counter.add(found, case.labels, area_nm2=area)
-        est = corrected_interval([({k: counts[k].detected for k in corrected}, cal.kinds, area)])
+        counts = counter.add(found, case.labels)
+        est = corrected_interval([({k: counts[k].detected for k in corrected}, cal.kinds)])
         for k in corrected:
             corrected[k] += est[k].count
             inside.append(est[k].low <= counts[k].true <= est[k].high)

@@ -119,16 +119,15 @@ def test_density_json_reports_the_corrected_density_beside_the_detected_one(db):
     assert a["density_per_cm2"]["trough"] == pytest.approx(6e10)
     lo, hi = poisson_ci95(6)
     assert a["ci95_per_cm2"]["trough"] == pytest.approx([lo * 1e10, hi * 1e10])
-    # S: corrected by the 3 reviewed scans of R, per area (troughs: 9 matched of 12 detected,
-    # 15 true on 7500 nm^2 -> 3 false per 7500 nm^2, recall 0.6: (10 - 3/7500 x 1e4) / 0.6 = 10
-    # on S's 1e4 nm^2; peaks: 6 of 6, 6 true, none false -> x 1)
+    # S: corrected by the 3 reviewed scans of R (troughs: 9 matched of 12 detected, 15 true ->
+    # x 0.75 / 0.6 = 1.25; peaks: 6 of 6, 6 true -> x 1)
     s = report["S"]
     assert s["calibration"] == "calibrated on 3 reviewed scans (v2)"
     assert s["counts"] == {"trough": 10, "peak": 4, "total": 14}
     assert s["raw_density_per_cm2"]["trough"] == pytest.approx(1e11)
-    assert s["density_per_cm2"]["trough"] == pytest.approx(1.0e11)
+    assert s["density_per_cm2"]["trough"] == pytest.approx(1.25e11)
     assert s["density_per_cm2"]["peak"] == pytest.approx(4e10)
-    assert s["density_per_cm2"]["total"] == pytest.approx(1.4e11)
+    assert s["density_per_cm2"]["total"] == pytest.approx(1.65e11)
     for k in ("trough", "peak", "total"):
         lo, hi = s["ci95_per_cm2"][k]
         assert lo < s["density_per_cm2"][k] < hi

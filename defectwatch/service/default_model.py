@@ -2,7 +2,11 @@
 
 ``make default-model`` runs ``python -m defectwatch.service.default_model``: it simulates a wide
 mix of scans (materials, modes, sizes, pixel sizes, artifacts), prepares them exactly as
-inference does, trains the members and writes the version directory inside the package.
+inference does, trains the members, writes the version directory inside the package, and then
+chooses its threshold and report rule and measures its calibration on simulated validation
+scans (`finish_version`). ``--broad-share``, ``--member-scans-share`` and ``--broad-validation``
+give the widened recipe of the default-sim-8 candidate (measured, not shipped);
+``--broad-exclude`` leaves families out (`benchmarks/leave_one_family_out.py`).
 """
 
 from __future__ import annotations

@@ -64,7 +64,10 @@ class TrainingRecipe:
 
 class CropSampler:
     """Random ``crop_px`` squares from examples chosen in proportion to their area; examples
-    smaller than a crop are reflect-padded (their mask padded with IGNORE)."""
+    smaller than a crop are reflect-padded (their mask padded with IGNORE). ``label_share`` of
+    the crops (0-1) are instead centred, give or take a quarter crop, on a labelled pixel of a
+    class drawn uniformly among the labelled classes (rare classes seen as often as common
+    ones); with 0 no extra random numbers are drawn, so earlier recipes are reproduced."""
 
     def __init__(
         self,

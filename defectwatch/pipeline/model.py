@@ -248,6 +248,17 @@ def save_version(
     return out
 
 
+def _replace_config_field(
+    directory: str | os.PathLike[str], field_name: str, value: Mapping[str, Any]
+) -> None:
+    """Replace one top-level object of a saved version's config.json (weights and hashes
+    untouched)."""
+    path = Path(directory) / CONFIG_NAME
+    stored = json.loads(path.read_text())
+    stored[field_name] = dict(value)
+    path.write_text(json.dumps(stored, indent=2))
+
+
 def write_calibration(directory: str | os.PathLike[str], calibration: Mapping[str, Any]) -> None:
     """Replace the ``calibration`` of a saved version's config.json (weights untouched).
 
@@ -259,10 +270,7 @@ def write_calibration(directory: str | os.PathLike[str], calibration: Mapping[st
         ``pipeline.calibration.Calibration.to_json()`` of the calibration measured for it
         (e.g. by ``service.calibration.simulated_calibration``).
     """
-    path = Path(directory) / CONFIG_NAME
-    stored = json.loads(path.read_text())
-    stored["calibration"] = dict(calibration)
-    path.write_text(json.dumps(stored, indent=2))
+    _replace_config_field(directory, "calibration", calibration)
 
 
 def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any]) -> None:
@@ -276,10 +284,7 @@ def write_metrics(directory: str | os.PathLike[str], metrics: Mapping[str, Any])
     metrics : mapping
         JSON-serialisable (thresholds, validation tables, scores).
     """
-    path = Path(directory) / CONFIG_NAME
-    stored = json.loads(path.read_text())
-    stored["metrics"] = dict(metrics)
-    path.write_text(json.dumps(stored, indent=2))
+    _replace_config_field(directory, "metrics", metrics)
 
 
 def write_detection(directory: str | os.PathLike[str], detection: Mapping[str, Any]) -> None:
@@ -295,10 +300,7 @@ def write_detection(directory: str | os.PathLike[str], detection: Mapping[str, A
     """
     if "report_contrast" not in detection:
         raise ValueError("a detection rule needs report_contrast")
-    path = Path(directory) / CONFIG_NAME
-    stored = json.loads(path.read_text())
-    stored["detection"] = dict(detection)
-    path.write_text(json.dumps(stored, indent=2))
+    _replace_config_field(directory, "detection", detection)
 
 
 def load_version(directory: str | os.PathLike[str]) -> tuple[ModelConfig, list[dict[str, Any]]]:

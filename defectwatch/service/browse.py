@@ -17,7 +17,7 @@ from defectwatch.db.labels import file_name
 from defectwatch.db.models import STATUSES, utcnow
 from defectwatch.errors import ConfigError, NotFoundError
 from defectwatch.pipeline.density import NM2_PER_CM2
-from defectwatch.service.queries import samples_overview, status_report
+from defectwatch.service.queries import defect_row, samples_overview, status_report
 
 KINDS = ("trough", "peak", "total")
 MAX_PAGE = 500
@@ -171,21 +171,7 @@ def scan_detail(engine: Engine, scan_id: int) -> dict[str, Any]:
                 "finished_at": _iso(run.finished_at) if run is not None else None,
                 "uncertainty_sum": run.uncertainty_sum if run is not None else None,
                 "near_threshold_nm2": run.near_threshold_nm2 if run is not None else None,
-                "defects": [
-                    {
-                        "id": d.id,
-                        "row": d.row,
-                        "col": d.col,
-                        "x_nm": d.x_nm,
-                        "y_nm": d.y_nm,
-                        "kind": d.kind,
-                        "confidence": d.confidence,
-                        "uncertainty": d.uncertainty,
-                        "contrast": d.contrast,
-                        "area_nm2": d.area_nm2,
-                    }
-                    for d in defects
-                ],
+                "defects": [{"id": d.id, **defect_row(d)} for d in defects],
                 "review": None
                 if review is None
                 else {

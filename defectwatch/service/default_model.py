@@ -239,37 +239,21 @@ def train_default(
     return out
 
 
-def validation_thresholds(
-    directory: Path, *, channels_only: bool = False, by_channel=VALIDATION_BY_CHANNEL
-) -> dict:
-    """The ``metrics`` a shipped version carries: its threshold and per-channel thresholds,
-    each the best mean object F1 on its validation scans, with the F1 tables."""
-    from defectwatch.pipeline.inference import Ensemble
+def channel_thresholds(ensemble: Any, by_channel=VALIDATION_BY_CHANNEL) -> dict[str, Any]:
+    """Per-channel thresholds (C-AFM current maps: "Current"), each the best mean object F1 on
+    its own validation scans -> ``{"threshold_by_channel": {...},
+    "validation_mean_f1_<channel>": {threshold: F1}}``."""
     from defectwatch.service.evaluation import choose_threshold, simulated_cases
 
-    ensemble = Ensemble.load(directory)
-
-    def best(validation) -> tuple[float, dict[float, float]]:
-        cases = [c for kwargs, seeds in validation for c in simulated_cases(seeds, **kwargs)]
-        return choose_threshold(ensemble, cases)
-
     metrics: dict[str, Any] = {"threshold_by_channel": {}}
-    if not channels_only:
-        threshold, table = best(VALIDATION)
-        metrics["threshold"] = threshold
-        metrics["threshold_chosen_on"] = VALIDATION_NOTE
-        metrics["validation_mean_f1"] = {f"{t:.2f}": round(f, 4) for t, f in table.items()}
     for channel, validation in by_channel.items():
-        t_c, table_c = best(validation)
+        cases = [c for kwargs, seeds in validation for c in simulated_cases(seeds, **kwargs)]
+        t_c, table_c = choose_threshold(ensemble, cases)
         metrics["threshold_by_channel"][channel] = t_c
         metrics[f"validation_mean_f1_{channel}"] = {
             f"{t:.2f}": round(f, 4) for t, f in table_c.items()
         }
-    log.info(
-        "thresholds chosen on validation: %s, by channel %s",
-        metrics.get("threshold", "(not chosen here)"),
-        metrics["threshold_by_channel"],
-    )
+    log.info("thresholds by channel chosen on validation: %s", metrics["threshold_by_channel"])
     return metrics
 
 
@@ -287,7 +271,7 @@ def finish_version(
     1. Every `VALIDATION` scan is predicted once; the shared threshold and each kind's report
        limit are those with the best mean object F1 over kinds
        (`operating_points.choose`; the count-unbiased point per kind is recorded beside it).
-    2. The C-AFM threshold (`VALIDATION_BY_CHANNEL`) by mean F1 (`validation_thresholds`).
+    2. The C-AFM threshold (`VALIDATION_BY_CHANNEL`) by mean F1 (`channel_thresholds`).
     3. The simulated calibration (`service.calibration.simulated_calibration`) at that rule.
 
     Writes ``metrics``, ``detection`` and ``calibration`` into ``directory/config.json``.
@@ -337,7 +321,7 @@ def finish_version(
         else "simulated validation (not training, not test): "
         + "; ".join(describe_sets(validation))
     )
-    metrics = validation_thresholds(directory, channels_only=True, by_channel=validation_by_channel)
+    metrics = channel_thresholds(ensemble, validation_by_channel)
     metrics.update(
         {
             "threshold": float(shared["threshold"]),

@@ -25,6 +25,7 @@ from defectwatch.db.engine import read_transaction, write_transaction
 from defectwatch.db.models import DetectionRun, ScanRow
 from defectwatch.db.records import rename_sample
 from defectwatch.db.registry import active_version
+from defectwatch.domain import DEFECT_TABLE_COLUMNS
 from defectwatch.errors import ConfigError, NotFoundError
 from defectwatch.pipeline.calibration import Calibration, corrected_interval
 from defectwatch.pipeline.density import NM2_PER_CM2, density
@@ -100,6 +101,12 @@ class _Calibrations:
             if found is not None:
                 return found
         return self.own.get(version)
+
+
+def defect_row(d: Any) -> dict[str, Any]:
+    """One recorded defect (``x_nm, y_nm, kind, ...`` attributes) as a table row: the
+    columns of `domain.DEFECT_TABLE_COLUMNS`, in that order."""
+    return {c: getattr(d, c) for c in DEFECT_TABLE_COLUMNS}
 
 
 def _density(
@@ -349,20 +356,7 @@ def defects_report(engine: Engine, scan_ref: str) -> tuple[dict[str, Any], list[
             "model_version": run.model_version if run else None,
             "run_id": run.id if run else None,
         }
-        rows = [
-            {
-                "row": d.row,
-                "col": d.col,
-                "x_nm": d.x_nm,
-                "y_nm": d.y_nm,
-                "kind": d.kind,
-                "confidence": d.confidence,
-                "uncertainty": d.uncertainty,
-                "area_nm2": d.area_nm2,
-                "contrast": d.contrast,
-            }
-            for d in defects
-        ]
+        rows = [defect_row(d) for d in defects]
     return info, rows
 
 

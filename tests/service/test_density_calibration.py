@@ -23,18 +23,10 @@ from defectwatch.pipeline.density import poisson_ci95
 from defectwatch.service.cli import app
 from defectwatch.service.queries import density_report
 from tests.db.factories import detection, record
+from tests.service.test_record_cli import JSON_KEYS
 
 runner = CliRunner()
-KEYS = {
-    "sample",
-    "scans",
-    "area_nm2",
-    "counts",
-    "density_per_cm2",
-    "ci95_per_cm2",
-    "raw_density_per_cm2",
-    "calibration",
-}
+KEYS = JSON_KEYS  # density --json keeps its keys
 # the version's own calibration: troughs precision 0.9, recall 0.6; peaks precision 0.8,
 # recall 0.4 (as written into config.json by `service.calibration`)
 SIMULATED = Calibration(

@@ -86,17 +86,44 @@ def build_examples(
     params: PreprocessParams = PreprocessParams(),
     radius_nm: dict[str, float] = MASK_RADIUS_NM,
     on_progress=None,
+    jobs: int = 1,
+    chunk: int = 10,
 ) -> list[Example]:
-    return list(
-        simulated_examples(
-            list(seeds),
-            target_nm=target_nm,
-            mix=mix,
-            params=params,
-            radius_nm=radius_nm,
-            on_progress=on_progress,
-        )
-    )
+    """Simulate and prepare one training example per seed, in seed order.
+
+    Each scan depends on its seed alone, so ``jobs`` processes (``chunk`` seeds at a time)
+    give exactly the examples one process gives. ``on_progress(done, total)`` after each chunk
+    (after each scan with ``jobs=1``).
+    """
+    seeds = [int(s) for s in seeds]
+    kwargs: dict[str, Any] = {
+        "target_nm": target_nm,
+        "mix": mix,
+        "params": params,
+        "radius_nm": radius_nm,
+    }
+    if jobs <= 1 or len(seeds) <= chunk:
+        return list(simulated_examples(seeds, on_progress=on_progress, **kwargs))
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    chunks = [seeds[i : i + chunk] for i in range(0, len(seeds), chunk)]
+    examples: list[Example] = []
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for part in pool.map(_simulate_chunk, [(c, kwargs) for c in chunks]):
+            examples.extend(part)
+            if on_progress:
+                on_progress(len(examples), len(seeds))
+    return examples
+
+
+def _simulate_chunk(args: tuple) -> list[Example]:
+    """Worker of `build_examples`: one chunk of seeds on one CPU thread."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    seeds, kwargs = args
+    return list(simulated_examples(seeds, **kwargs))
 
 
 def save_examples(path: Path, examples: list[Example]) -> None:
@@ -159,13 +186,15 @@ def train_default(
     device: str = "auto",
     version: str = DEFAULT_VERSION,
     jobs: int = 1,
+    data_jobs: int = 1,
     radius_nm: dict[str, float] = MASK_RADIUS_NM,
     on_data=None,
     mix: SimulationMix = DEFAULT_MIX,
     thresholds: bool = True,
     broad_validation: bool = False,
 ) -> Path:
-    """Simulate, prepare, train (``jobs`` members at a time, one thread each) and save."""
+    """Simulate (``data_jobs`` processes), prepare, train (``jobs`` members at a time, one
+    thread each; on a GPU they share it) and save."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -187,7 +216,7 @@ def train_default(
         examples = load_examples(cache)
     else:
         examples = build_examples(
-            seeds, mix=mix, params=params, radius_nm=radius_nm, on_progress=on_data
+            seeds, mix=mix, params=params, radius_nm=radius_nm, on_progress=on_data, jobs=data_jobs
         )
         save_examples(cache, examples)
     t_data = time.perf_counter() - t0
@@ -424,8 +453,15 @@ def main() -> None:
     parser.add_argument(
         "--jobs",
         type=int,
+        default=None,
+        help="members trained side by side, one CPU thread each (default: one per CPU core; "
+        "on a GPU, every member at once: these small U-Nets leave most of it idle)",
+    )
+    parser.add_argument(
+        "--data-jobs",
+        type=int,
         default=max(1, (os.cpu_count() or 1)),
-        help="members trained side by side, one CPU thread each",
+        help="processes simulating the training scans (the scans do not depend on it)",
     )
     parser.add_argument(
         "--cluster-share",
@@ -495,7 +531,9 @@ def main() -> None:
         if i % 20 == 0 or i == n:
             log.info("simulated %d/%d scans", i, n)
 
-    jobs = 1 if resolve_device(args.device).type == "cuda" else args.jobs
+    jobs = args.jobs or (
+        args.members if resolve_device(args.device).type == "cuda" else max(1, os.cpu_count() or 1)
+    )
     trough_r, peak_r = (float(v) for v in args.mask_radius_nm.split(","))
     out = train_default(
         args.out,
@@ -504,6 +542,7 @@ def main() -> None:
         seeds=seeds,
         device=args.device,
         jobs=jobs,
+        data_jobs=args.data_jobs,
         version=args.version or args.out.name,
         radius_nm={"trough": trough_r, "peak": peak_r},
         on_data=data,

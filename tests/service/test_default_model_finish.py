@@ -33,3 +33,14 @@ def test_finishing_a_version_writes_its_rule_thresholds_and_calibration(tmp_path
     cal = config.calibration
     assert cal["source"] == "simulated" and cal["kinds"]["trough"]["scans"] == 2
     assert "finish-me" in cal["description"]
+
+
+def test_training_scans_simulated_in_parallel_are_the_scans_of_one_process():
+    from defectwatch.service.default_model import DEFAULT_MIX, build_examples
+
+    seeds = range(1_000_000, 1_000_003)
+    one = build_examples(seeds, mix=DEFAULT_MIX)
+    several = build_examples(seeds, mix=DEFAULT_MIX, jobs=2, chunk=1)
+    assert [e.source for e in several] == [e.source for e in one] == [f"sim-{s}" for s in seeds]
+    for a, b in zip(one, several, strict=True):
+        assert (a.image01 == b.image01).all() and (a.mask == b.mask).all()

@@ -21,8 +21,8 @@ test: $(STAMP)  ## the whole test suite, layer contracts included
 bench: $(STAMP)  ## heavy measurements (not part of the tests)
 	$(BIN)/python -m benchmarks
 
-default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 40 min on 2 CPU cores with bf16)
-	$(BIN)/python -m defectwatch.service.default_model
+default-model: $(STAMP)  ## retrain the shipped ensemble from the simulator (about 90 min on 2 CPU cores with bf16; ARGS="--device cuda": about 5 min on one H200)
+	$(BIN)/python -m defectwatch.service.default_model $(ARGS)
 
 lint: $(STAMP)  ## ruff (format check + lint), mypy on the package, import-linter contracts
 	$(BIN)/ruff format --check .

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_VERSION = "default-sim-7"
+DEFAULT_VERSION = "default-sim-9"
 SHIPPED_DIR = Path(__file__).resolve().parent
 
 

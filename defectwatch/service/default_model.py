@@ -4,9 +4,12 @@
 mix of scans (materials, modes, sizes, pixel sizes, artifacts), prepares them exactly as
 inference does, trains the members, writes the version directory inside the package, and then
 chooses its threshold and report rule and measures its calibration on simulated validation
-scans (`finish_version`). ``--broad-share``, ``--member-scans-share`` and ``--broad-validation``
-give the widened recipe of the default-sim-8 candidate (measured, not shipped);
-``--broad-exclude`` leaves families out (`benchmarks/leave_one_family_out.py`).
+scans (`finish_version`). The shipped default-sim-9 recipe: 1200 scans, 70% of them widened by
+random subsets of the broadened families, each member on its own 80% of them, 10 members x 5000
+mini-batches; about 5 min on one H200 (``--device cuda``: the members share the GPU side by
+side) and about 90 min on 2 CPU cores (bf16). ``--broad-share 0 --member-scans-share 1 --scans
+300 --iterations 2000 --plain-validation`` is default-sim-7's recipe; ``--broad-exclude``
+leaves families out (`benchmarks/leave_one_family_out.py`).
 """
 
 from __future__ import annotations
@@ -37,18 +40,23 @@ log = logging.getLogger(__name__)
 
 MODEL_PIXEL_NM = 0.1
 DEFAULT_SPEC = UnetSpec(nb_filters=8)
-# the shipped default's recipe: 2000 mini-batches per member under bf16 autocast (about 2x
-# faster per step where the CPU computes bf16 natively; `--no-bf16` elsewhere)
-# (`--member-scans-share 0.8` gives each member its own 80% of the scans: the measured
-# default-sim-8 candidate, docs/model-card-calibration.md; not shipped)
+# the shipped default's recipe (default-sim-9): 5000 mini-batches per member under bf16
+# autocast (about 2x faster per step where the CPU computes bf16 natively; `--no-bf16`
+# elsewhere), each member drawing its crops from its own 80% of the scans (members see
+# different draws: docs/model-card-calibration.md)
 DEFAULT_RECIPE = TrainingRecipe(
-    members=10, iterations=2000, batch_size=4, crop_px=256, seed=0, bf16=True
+    members=10,
+    iterations=5000,
+    batch_size=4,
+    crop_px=256,
+    seed=0,
+    bf16=True,
+    member_scans_share=0.8,
 )
-TRAINING_SEEDS = range(1_000_000, 1_000_300)  # held-out evaluation uses seeds below 1e6
-# the shipped default's scans: a third of the STM ones also hold adsorbate clusters.
-# `--broad-share 0.7` widens 70% of them by random subsets of the broadened families (issue 15;
-# the default-sim-8 candidate, measured and not shipped: docs/model-card-calibration.md)
-DEFAULT_MIX = SimulationMix(cluster_share=0.3)
+TRAINING_SEEDS = range(1_000_000, 1_001_200)  # held-out evaluation uses seeds below 1e6
+# the shipped default's scans: a third of the STM ones also hold adsorbate clusters, and 70%
+# of all are widened by random subsets of the nine broadened families (issue 15)
+DEFAULT_MIX = SimulationMix(cluster_share=0.3, broad_share=0.7)
 
 
 MASK_RADIUS_NM = {"trough": 0.6, "peak": 0.7}  # disc radius per class in the training masks
@@ -66,11 +74,16 @@ VALIDATION_NOTE = (
     "simulated seeds 200-235 (validation; not training, not test): WSe2 50 nm "
     "(36) and 25 nm (18), MoSe2 50 nm (18), 512 px"
 )
-# the default-sim-8 candidate's validation added WSe2 50 nm scans widened by every broadened
-# family at once (seeds 236-253); `finish_version(validation=VALIDATION_BROAD)`
+# the shipped default's validation (default-sim-8 and -9) adds WSe2 50 nm scans widened by
+# every broadened family at once (seeds 236-253): `finish_version(broad=True)`, the default
 VALIDATION_BROAD = (
     *VALIDATION,
     ({"material": "wse2", "size_nm": 50.0, "pixels": 512, "broad": True}, range(236, 254)),
+)
+VALIDATION_BROAD_NOTE = (
+    "simulated seeds 200-253 (validation; not training, not test): WSe2 50 nm (36) and 25 nm "
+    "(18), MoSe2 50 nm (18), 512 px, and WSe2 50 nm widened by all nine broadened families "
+    "(18, seeds 236-253)"
 )
 # C-AFM current maps get their own threshold (the members are less confident on them)
 VALIDATION_BY_CHANNEL = {
@@ -191,7 +204,7 @@ def train_default(
     on_data=None,
     mix: SimulationMix = DEFAULT_MIX,
     thresholds: bool = True,
-    broad_validation: bool = False,
+    broad_validation: bool = True,
 ) -> Path:
     """Simulate (``data_jobs`` processes), prepare, train (``jobs`` members at a time, one
     thread each; on a GPU they share it) and save."""
@@ -289,15 +302,15 @@ def channel_thresholds(ensemble: Any, by_channel=VALIDATION_BY_CHANNEL) -> dict[
 def finish_version(
     directory: Path,
     *,
-    validation=VALIDATION,
+    validation=None,
     validation_by_channel=VALIDATION_BY_CHANNEL,
     calibration_sets=None,
-    broad: bool = False,
+    broad: bool = True,
     on_progress=None,
 ) -> dict:
     """Choose a trained version's threshold and report rule, and measure its calibration.
 
-    1. Every `VALIDATION` scan is predicted once; the shared threshold and each kind's report
+    1. Every validation scan is predicted once; the shared threshold and each kind's report
        limit are those with the best mean object F1 over kinds
        (`operating_points.choose`; the count-unbiased point per kind is recorded beside it).
     2. The C-AFM threshold (`VALIDATION_BY_CHANNEL`) by mean F1 (`channel_thresholds`).
@@ -310,11 +323,12 @@ def finish_version(
     directory : Path
         A saved version directory.
     validation, validation_by_channel, calibration_sets
-        The simulated scans used ((kwargs for `simulate`, seeds) pairs); the shipped sets by
-        default (`VALIDATION`, `VALIDATION_BY_CHANNEL`, `calibration.CALIBRATION_SETS`).
+        The simulated scans used ((kwargs for `simulate`, seeds) pairs); None: the shipped
+        sets (`VALIDATION_BROAD` and `calibration.CALIBRATION_SETS_BROAD`, or `VALIDATION`
+        and `calibration.CALIBRATION_SETS` with ``broad=False``).
     broad : bool
-        Validate and calibrate with the widened sets added (`VALIDATION_BROAD`,
-        `calibration.CALIBRATION_SETS_BROAD`), as for the default-sim-8 candidate.
+        Whether the default sets include the widened scans (default-sim-8 and -9: yes;
+        default-sim-7: no). Sets passed explicitly are used as they are.
     on_progress : callable, optional
         ``(done, total)`` after each validation or calibration scan.
 
@@ -332,9 +346,10 @@ def finish_version(
         simulated_calibration,
     )
 
-    if broad:
-        validation = VALIDATION_BROAD
-        calibration_sets = calibration_sets or CALIBRATION_SETS_BROAD
+    if validation is None:
+        validation = VALIDATION_BROAD if broad else VALIDATION
+    if calibration_sets is None:
+        calibration_sets = CALIBRATION_SETS_BROAD if broad else CALIBRATION_SETS
     from defectwatch.service.evaluation import simulated_cases
     from defectwatch.service.operating_points import choose, counts
 
@@ -344,11 +359,10 @@ def finish_version(
     table = counts(ensemble, cases, on_case=(lambda i: on_progress(i, n)) if on_progress else None)
     chosen = choose(table)
     shared = chosen["shared_threshold"]
-    note = (
-        VALIDATION_NOTE
-        if validation is VALIDATION
-        else "simulated validation (not training, not test): "
-        + "; ".join(describe_sets(validation))
+    notes = {id(VALIDATION): VALIDATION_NOTE, id(VALIDATION_BROAD): VALIDATION_BROAD_NOTE}
+    note = notes.get(
+        id(validation),
+        "simulated validation (not training, not test): " + "; ".join(describe_sets(validation)),
     )
     metrics = channel_thresholds(ensemble, validation_by_channel)
     metrics.update(
@@ -404,9 +418,7 @@ def finish_version(
         shared["peak"]["limit"],
         shared["mean_f1"],
     )
-    calibration = simulated_calibration(
-        directory, sets=calibration_sets or CALIBRATION_SETS, on_progress=on_progress
-    )
+    calibration = simulated_calibration(directory, sets=calibration_sets, on_progress=on_progress)
     write_calibration(directory, calibration.to_json())
     return metrics
 
@@ -493,10 +505,10 @@ def main() -> None:
         "version already in --out (after training, or after an interrupted run)",
     )
     parser.add_argument(
-        "--broad-validation",
+        "--plain-validation",
         action="store_true",
-        help="choose the rule and calibrate with widened validation and calibration scans "
-        "added (the default-sim-8 candidate)",
+        help="choose the rule and calibrate without the widened validation and calibration "
+        "scans (default-sim-7's sets)",
     )
     parser.add_argument(
         "--skip-thresholds",
@@ -508,7 +520,7 @@ def main() -> None:
     if args.finish_only:
         finish_version(
             args.out,
-            broad=args.broad_validation,
+            broad=not args.plain_validation,
             on_progress=lambda i, n: (
                 log.info("validation/calibration scan %d", i) if i % 10 == 0 else None
             ),
@@ -552,7 +564,7 @@ def main() -> None:
             broad_exclude=tuple(f for f in args.broad_exclude.split(",") if f),
         ),
         thresholds=not args.skip_thresholds,
-        broad_validation=args.broad_validation,
+        broad_validation=not args.plain_validation,
     )
     log.info("wrote %s", out)
 

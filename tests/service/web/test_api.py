@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from defectwatch.db import open_database
+from defectwatch.models import DEFAULT_VERSION
 from defectwatch.service.cli import app as cli
 from defectwatch.service.scan_images import image_cache_dir
 from defectwatch.service.web import create_app
@@ -286,7 +287,7 @@ def test_read_only_serves_no_write(record):
     for path in (
         f"/api/scans/{scan_id}/review",
         "/api/models/rollback",
-        "/api/models/default-sim-7/activate",
+        f"/api/models/{DEFAULT_VERSION}/activate",
         "/login",
     ):
         assert c.post(path, json={"defects": []}).status_code == 403, path

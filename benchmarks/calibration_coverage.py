@@ -64,7 +64,8 @@ def run_set(ensemble: Ensemble, calibration: Calibration | None, cases) -> dict[
         true = {k: per[k].true for k in KINDS}
         true["total"] = sum(true.values())
         detected["total"] = sum(detected[k] for k in KINDS)
-        cals = {k: calibration.kinds.get(k) if calibration else None for k in KINDS}
+        cal = calibration.for_channel(case.scan.channel) if calibration else None
+        cals = {k: cal.kinds.get(k) if cal else None for k in KINDS}
         est = corrected_interval([(detected, cals)])
         for k in (*KINDS, "total"):
             e = est[k]
@@ -110,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--pixels", type=int, default=SETTINGS["pixels"], help="simulated pixels per side"
     )
+    parser.add_argument(
+        "--mode",
+        default="stm",
+        choices=("stm", "cafm"),
+        help="cafm: C-AFM current maps (corrected by the version's current-map calibration)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--real",
@@ -118,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "may be fitted on them)",
     )
     args = parser.parse_args(argv)
-    settings = {**SETTINGS, "size_nm": args.size_nm, "pixels": args.pixels}
+    settings = {**SETTINGS, "size_nm": args.size_nm, "pixels": args.pixels, "mode": args.mode}
     ensemble = Ensemble.load(args.model, device="cpu")
     calibration = read_calibration(args.model)
     seeds = range(args.scans)

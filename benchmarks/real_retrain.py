@@ -7,7 +7,7 @@ the candidate with the default on the frames held out as the frozen test split.
                                       [--iterations N] [--learning-rate LR] [--model DIR]
                                       [--no-spare-unlabelled] [--rehearsal SHARE]
                                       [--label-crops SHARE]
-                                      [--partial] [--out DIR]
+                                      [--partial] [--fold K --folds N] [--out DIR]
 
 It runs, in a fresh folder, what a lab types (and what ``service install`` schedules)::
 
@@ -18,7 +18,9 @@ It runs, in a fresh folder, what a lab types (and what ``service install`` sched
 Each frame becomes a scan of the size its name gives (``..._30x30_...`` nm); its VIA boxes
 become point labels marked exhaustive (the paper trained on them as such; ``--partial`` marks
 them partial). The frozen split holds out 4 of the 15 labelled frames (``db.splits``: by
-content hash); the nightly recipe holds out 3 of the other 11 as its validation split. The
+content hash; ``--fold K --folds N`` holds out the K-th of N parts instead, so N runs hold
+out every frame once); the nightly recipe holds out a quarter of the rest as its validation
+split. The
 active version is the shipped default (registered by the first command that needs it), or
 ``--model DIR``. Options left out are the command's defaults (the nightly recipe). Prints a
 markdown table (object level, matching within 1 nm, per class precision / recall / F1 / AP,
@@ -69,6 +71,34 @@ def register_active(db: Path, model: Path) -> None:
             model_version_name(model), session=session, directory=str(model), activate=True
         )
     engine.dispose()
+
+
+def assign_fold(db: Path, fold: int, folds: int) -> list[str]:
+    """Freeze the record's split as cross-validation fold ``fold`` of ``folds``: the labelled
+    scans in content-hash order (the order ``db.splits`` assigns in), cut into ``folds``
+    contiguous parts; part ``fold`` is the test split, the rest train. Returns the test
+    scans' names. Every labelled frame is held out by exactly one fold."""
+    from sqlalchemy import select
+
+    from defectwatch.db import open_database, write_transaction
+    from defectwatch.db.models import SplitAssignment
+    from defectwatch.db.splits import trainable_scans
+
+    if not 0 <= fold < folds:
+        raise SystemExit(f"--fold must lie in 0..{folds - 1}")
+    engine = open_database(db)
+    with write_transaction(engine) as session:
+        if session.scalars(select(SplitAssignment)).first() is not None:
+            raise SystemExit("the record already has a frozen split")
+        scans = sorted(trainable_scans(session=session), key=lambda r: (r.sha256, r.id))
+        bounds = [round(i * len(scans) / folds) for i in range(folds + 1)]
+        test = scans[bounds[fold] : bounds[fold + 1]]
+        for row in scans:
+            split = "test" if row in test else "train"
+            session.add(SplitAssignment(scan_id=row.id, split=split))
+        names = [Path(r.path).name for r in test]
+    engine.dispose()
+    return names
 
 
 def table(result: dict) -> str:
@@ -123,6 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="hold out cross-validation fold K of --folds (content-hash order) as the test "
+        "split instead of the record's own first assignment",
+    )
+    parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     model = (args.model or default_model_dir()).resolve()
@@ -154,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     )
     t_import = time.perf_counter() - t0
+    if args.fold is not None:
+        held_out = assign_fold(db, args.fold, args.folds)
+        print(f"fold {args.fold} of {args.folds} held out: {', '.join(held_out)}")
     retrain = [
         "retrain",
         "--seed",

@@ -134,13 +134,15 @@ class VersionTotals:
     trough: int
     peak: int
     scan_ids: tuple[int, ...]
+    channel: str | None = None  # the scans' recorded channel (Z, Current, ...)
 
 
 def sample_version_totals(
     *, session: Session, samples: Sequence[str] | None = None, instrument: str | None = None
 ) -> list[VersionTotals]:
-    """Per sample and model version of the latest run: done scans, area and counts (each
-    sample's done scans split by the version that counted them), sorted by sample, version;
+    """Per sample, model version of the latest run and channel: done scans, area and counts
+    (each sample's done scans split by the version that counted them and the channel they
+    were recorded on: current maps are calibrated apart), sorted by sample, version, channel;
     with ``instrument``, that instrument's scans only."""
     latest = latest_runs()
     query = (
@@ -151,6 +153,7 @@ def sample_version_totals(
             DetectionRun.area_nm2,
             DetectionRun.trough_count,
             DetectionRun.peak_count,
+            ScanRow.channel,
         )
         .select_from(ScanRow)
         .outerjoin(Sample, Sample.id == ScanRow.sample_id)
@@ -162,9 +165,9 @@ def sample_version_totals(
         query = query.where(Sample.name.in_(list(samples)))
     if instrument is not None:
         query = query.where(ScanRow.instrument == instrument)
-    groups: dict[tuple[str | None, str], list] = {}
-    for name, version, scan_id, area, trough, peak in session.execute(query):
-        groups.setdefault((name, version), []).append((scan_id, area, trough, peak))
+    groups: dict[tuple[str | None, str, str | None], list] = {}
+    for name, version, scan_id, area, trough, peak, channel in session.execute(query):
+        groups.setdefault((name, version, channel), []).append((scan_id, area, trough, peak))
     return [
         VersionTotals(
             name,
@@ -174,9 +177,11 @@ def sample_version_totals(
             int(sum(r[2] or 0 for r in rows)),
             int(sum(r[3] or 0 for r in rows)),
             tuple(sorted(r[0] for r in rows)),
+            channel,
         )
-        for (name, version), rows in sorted(
-            groups.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1])
+        for (name, version, channel), rows in sorted(
+            groups.items(),
+            key=lambda kv: (kv[0][0] is None, kv[0][0] or "", kv[0][1], kv[0][2] or ""),
         )
     ]
 

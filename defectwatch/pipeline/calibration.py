@@ -159,10 +159,18 @@ class Calibration:
         default_factory=dict, compare=False, repr=False
     )
     scan_names: list[str] = field(default_factory=list, compare=False, repr=False)
+    # calibrations measured apart for other channels (C-AFM current maps: "Current"), each a
+    # Calibration of its own; a channel not in it is corrected by this one
+    by_channel: dict[str, Calibration] = field(default_factory=dict)
 
     @property
     def scans(self) -> int:
         return max((k.scans for k in self.kinds.values()), default=0)
+
+    def for_channel(self, channel: str | None) -> Calibration:
+        """The calibration that corrects counts of scans recorded on ``channel``: its own
+        (``by_channel``) where one was measured, else this one."""
+        return self.by_channel.get(channel or "", self)
 
     def to_json(self) -> dict[str, Any]:
         """The ``calibration`` object of a version's config.json."""
@@ -173,6 +181,11 @@ class Calibration:
             "method": self.method,
             "data": dict(self.data),
             "kinds": {k: c.to_json() for k, c in self.kinds.items()},
+            **(
+                {"by_channel": {ch: c.to_json() for ch, c in self.by_channel.items()}}
+                if self.by_channel
+                else {}
+            ),
         }
 
     @classmethod
@@ -187,6 +200,13 @@ class Calibration:
             dict(d.get("data", {})),
             str(d.get("truth", "")),
             str(d.get("method", METHOD)),
+            by_channel={
+                str(ch): c
+                for ch, c in (
+                    (ch, cls.from_json(v)) for ch, v in (d.get("by_channel") or {}).items()
+                )
+                if c is not None
+            },
         )
 
 

@@ -93,14 +93,19 @@ class _Calibrations:
             else []
         )
 
-    def for_group(self, sample: str | None, version: str) -> Calibration | None:
+    def for_group(
+        self, sample: str | None, version: str, channel: str | None = None
+    ) -> Calibration | None:
+        """The reviewed calibration (any channel) where there is one, else the version's own
+        for the scans' ``channel`` (current maps have their own: `Calibration.for_channel`)."""
         from defectwatch.service.calibration import reviewed_calibration
 
         if version == self.active and self.reviewed:
             found = reviewed_calibration(self.reviewed, version=version, exclude_sample=sample)
             if found is not None:
                 return found
-        return self.own.get(version)
+        own = self.own.get(version)
+        return own.for_channel(channel) if own is not None else None
 
 
 def defect_row(d: Any) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def _density(
     per = {k: density(n, t.area_nm2, kind=k) for k, n in counts.items()}
     raw = {k: d.per_cm2 for k, d in per.items()}
     used = [
-        (g, calibrations.for_group(t.sample, g.model_version) if calibrations else None)
+        (g, calibrations.for_group(t.sample, g.model_version, g.channel) if calibrations else None)
         for g in groups
     ]
     if t.area_nm2 <= 0 or not any(cal is not None for _, cal in used):

@@ -10,7 +10,8 @@ to a few hundred labelled scans can train on a CPU overnight without making thin
    the lab's crops, so a night's few labels do not wash out what the parent knew.
 4. **Incomplete labels (positive-unlabelled).** Human label sets marked exhaustive are often
    not (the paper's own 200 nm frame: about half as dense as its neighbours). A confident
-   detection of the parent (mean probability >= ``SPARE_THRESHOLD``) that no label marks
+   detection of the parent (mean probability >= ``SPARE_THRESHOLD``, or the parent's own
+   threshold where that is lower: whatever it reports counts) that no label marks
    within ``SPARE_MATCH_NM`` is not taught as background: its disc is IGNORE
    (`training_data.spare_detections`). Labelled defects and the rest of the frame are taught
    as before.
@@ -150,6 +151,13 @@ def rehearsal_examples(
         else ("the default simulator mix (the parent records none)")
     )
     return examples, f"{n} simulated scans (seeds {first}-{first + n - 1}) from {where}"
+
+
+def spare_threshold(parent_threshold: float) -> float:
+    """The mean probability from which a parent's unlabelled detection is spared: the lower of
+    ``SPARE_THRESHOLD`` and the parent's own threshold for the scan's channel (a detection the
+    parent reports is never taught as background)."""
+    return min(SPARE_THRESHOLD, float(parent_threshold))
 
 
 def spare_unlabelled(

@@ -1033,15 +1033,21 @@ def _train_finetune(
     def tick(task: str) -> Callable[[int, int], None]:
         return lambda done, total: on_progress(task, done, total) if on_progress else None
 
-    # the lab's examples, with the parent's confident unlabelled detections spared
+    # the lab's examples, with the parent's unlabelled detections spared
     examples, spared = [], 0
     for k, item in enumerate(fit_items):
         ex = example_from_labels(
             item, target_nm=target_nm, params=parent.params, default_radius_nm=radius
         )
         if options.spare_unlabelled and item.exhaustive:
+            spare_at = rr.spare_threshold(parent.config.threshold_for(item.scan.channel))
             ex, n = rr.spare_unlabelled(
-                ex, item, parent_ens.predict_scan(item.scan), radius_nm=radius, target_nm=target_nm
+                ex,
+                item,
+                parent_ens.predict_scan(item.scan),
+                radius_nm=radius,
+                target_nm=target_nm,
+                threshold=spare_at,
             )
             spared += n
         examples.append(ex)
@@ -1121,7 +1127,8 @@ def _train_finetune(
         "rehearsal": rehearsal_note,
         "unlabelled": (
             f"spared: {spared} confident detections of {parent.name} "
-            f"(mean probability >= {rr.SPARE_THRESHOLD}) with no label "
+            f"(mean probability >= the lower of {rr.SPARE_THRESHOLD} and its own "
+            "threshold) with no label "
             f"within {rr.SPARE_MATCH_NM:g} nm made IGNORE on exhaustive "
             "label sets"
             if options.spare_unlabelled

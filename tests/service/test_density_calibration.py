@@ -158,3 +158,42 @@ def test_density_table_says_the_density_is_corrected_and_by_what(db):
     csv_out = runner.invoke(app, ["density", "S", "--csv", "--db", db]).stdout.splitlines()
     assert csv_out[0].endswith("raw_density_per_cm2,calibration")
     assert csv_out[1].startswith("S,trough,1,10,") and "reviewed scans" in csv_out[1]
+
+
+def test_current_maps_are_corrected_by_their_own_calibration(tmp_path):
+    """A version calibrated apart on C-AFM current maps: a sample's topography scan is
+    corrected by the topography calibration, its current map by the current one, and
+    `calibration` names both; the JSON round trip keeps ``by_channel``."""
+    current = Calibration(
+        {
+            "trough": KindCalibration("trough", 80, 100, 80, 16, 0.0, 0.0),  # P 0.8, R 1.0
+            "peak": KindCalibration("peak", 50, 50, 100, 16, 0.0, 0.0),  # P 1.0, R 0.5
+        },
+        "simulated",
+        "simulated validation, v3, 16 Current maps",
+    )
+    cal = Calibration(dict(SIMULATED.kinds), "simulated", "simulated validation, v3, 40 scans")
+    cal.by_channel["Current"] = current
+    assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal
+    assert cal.for_channel("Current") is current and cal.for_channel("Z") is cal
+    url = f"sqlite:///{tmp_path / 'record.db'}"
+    engine = open_database(url)
+    with write_transaction(engine) as s:
+        register_version(
+            "v3", session=s, directory=_version(tmp_path, "v3", cal), members=1, activate=True
+        )
+    topo = record(engine, "/w/M/z.sxm", sample="M", runs=[detection(6, 4, 10_000.0, version="v3")])
+    cafm = record(engine, "/w/M/i.sxm", sample="M", runs=[detection(8, 5, 10_000.0, version="v3")])
+    with write_transaction(engine) as s:
+        s.execute(update(ScanRow).where(ScanRow.id == topo).values(channel="Z"))
+        s.execute(update(ScanRow).where(ScanRow.id == cafm).values(channel="Current"))
+    (m,) = density_report(engine, ["M"])
+    # topography: 6 x 0.9 / 0.6 = 9 troughs, 4 x 0.8 / 0.4 = 8 peaks; current: 8 x 0.8 = 6.4
+    # troughs, 5 / 0.5 = 10 peaks; over 2e4 nm^2
+    assert m.counts == {"trough": 14, "peak": 9, "total": 23}
+    assert m.density_per_cm2["trough"] == pytest.approx((9 + 6.4) / 2e4 * 1e14)
+    assert m.density_per_cm2["peak"] == pytest.approx((8 + 10) / 2e4 * 1e14)
+    assert (
+        m.calibration
+        == "simulated validation, v3, 16 Current maps; simulated validation, v3, 40 scans"
+    )

@@ -407,3 +407,12 @@ def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
             predictions=[p],
         )
         assert choice.report_contrast["peak"] == expect, (n, choice)
+
+
+def test_what_the_parent_reports_is_spared_even_below_the_usual_confidence():
+    """Sparing starts at 0.5 mean probability, or at the parent's own threshold where that is
+    lower: a detection the parent reports is never taught as background."""
+    from defectwatch.service.retrain_recipe import SPARE_THRESHOLD, spare_threshold
+
+    assert spare_threshold(0.40) == 0.40
+    assert spare_threshold(0.60) == SPARE_THRESHOLD == 0.5

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rehearsal", type=float, default=None)
     parser.add_argument("--label-crops", type=float, default=None)
     parser.add_argument("--no-spare-unlabelled", action="store_true")
+    parser.add_argument("--keep-rule", action="store_true")
     parser.add_argument("--filters", type=int, default=None, help="only with --recipe scratch")
     parser.add_argument("--from-active", action="store_true", help="with --recipe scratch")
     parser.add_argument("--partial", action="store_true", help="import labels as partial")
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
             retrain += [flag, str(value)]
     if args.no_spare_unlabelled:
         retrain.append("--no-spare-unlabelled")
+    if args.keep_rule:
+        retrain.append("--keep-rule")
     if args.from_active:
         retrain.append("--from-active")
     import resource

@@ -115,7 +115,9 @@ class RetrainOptions:
     ``rehearsal_share``: share of each fine-tuning mini-batch that is simulated;
     ``spare_unlabelled``: the positive-unlabelled masks (`retrain_recipe.spare_unlabelled`);
     ``label_crop_share``: share of the lab's crops centred on a label (None:
-    `retrain_recipe.LABEL_CROP_SHARE`).
+    `retrain_recipe.LABEL_CROP_SHARE`); ``keep_rule``: the candidate keeps the active
+    version's threshold and report rule (the rate and steps are still chosen on validation,
+    scored at that rule) instead of choosing them on the validation split.
     """
 
     members: int | None = None
@@ -136,6 +138,7 @@ class RetrainOptions:
     rehearsal_share: float | None = None
     label_crop_share: float | None = None
     spare_unlabelled: bool = True
+    keep_rule: bool = False
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None
 
@@ -1091,6 +1094,7 @@ def _train_finetune(
             device=options.device,
             on_progress=on_progress,
             train_member=train_member,
+            grids=_rule_grids(options),
         )
     recipe = replace(base, learning_rate=rate, iterations=steps)
     t0 = time.perf_counter()
@@ -1114,6 +1118,7 @@ def _train_finetune(
             val_cases,
             parent_threshold=parent.threshold,
             parent_rule=parent.config.report_contrast,
+            **_rule_grids(options),
         )
     training = {
         **recipe.to_dict(),
@@ -1152,6 +1157,12 @@ def _train_finetune(
     return _Trained(states, training, detection, list(val_items))
 
 
+def _rule_grids(options: RetrainOptions) -> dict[str, Any]:
+    """`retrain_recipe.choose_detection` grids: empty ones (the parent's threshold and rule
+    alone) with ``keep_rule``, the recipe's otherwise."""
+    return {"thresholds": (), "contrast_grid": {}} if options.keep_rule else {}
+
+
 def _search(
     examples: Sequence[Example],
     rehearsal: Sequence[Example],
@@ -1163,6 +1174,7 @@ def _search(
     device: str,
     on_progress: Progress | None,
     train_member: Callable[..., Any],
+    grids: Mapping[str, Any] | None = None,
 ) -> tuple[float, int, dict[str, Any]]:
     """One probe member (member 0, from the parent's member 0) per rate in
     `retrain_recipe.RATES`, scored on the validation cases after half and all the steps, each
@@ -1177,6 +1189,7 @@ def _search(
             val_cases,
             parent_threshold=parent.threshold,
             parent_rule=parent.config.report_contrast,
+            **(grids or {}),
         ).mean_f1
 
     marks = sorted({max(1, base.iterations // 2), base.iterations})

@@ -407,6 +407,20 @@ def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
             predictions=[p],
         )
         assert choice.report_contrast["peak"] == expect, (n, choice)
+    # `retrain --keep-rule`: the parent's threshold and rule even where another would score more
+    from defectwatch.service.retraining import RetrainOptions, _rule_grids
+
+    c, p = case(30)
+    kept = rr.choose_detection(
+        None,
+        [c],
+        parent_threshold=0.45,
+        parent_rule={"trough": -1.0, "peak": 2.5},
+        predictions=[p],
+        **_rule_grids(RetrainOptions(keep_rule=True)),
+    )
+    assert (kept.threshold, kept.report_contrast["peak"]) == (0.45, 2.5)
+    assert kept.mean_f1 < choice.mean_f1
 
 
 def test_what_the_parent_reports_is_spared_even_below_the_usual_confidence():

@@ -140,6 +140,15 @@ def retrain(
             "marks as background (labels may be incomplete).",
         ),
     ] = True,
+    keep_rule: Annotated[
+        bool,
+        typer.Option(
+            "--keep-rule",
+            help="finetune: keep the active version's threshold and report rule rather than "
+            "choosing them on the validation split (with incomplete labels that choice favours "
+            "missing defects).",
+        ),
+    ] = False,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -176,6 +185,7 @@ def retrain(
         rehearsal_share=rehearsal,
         label_crop_share=label_crops,
         spare_unlabelled=spare_unlabelled,
+        keep_rule=keep_rule,
         threads=threads,
     )
 

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--label-crops", type=float, default=None)
     parser.add_argument("--no-spare-unlabelled", action="store_true")
     parser.add_argument("--keep-rule", action="store_true")
+    parser.add_argument("--pu-validation", action="store_true")
     parser.add_argument("--filters", type=int, default=None, help="only with --recipe scratch")
     parser.add_argument("--from-active", action="store_true", help="with --recipe scratch")
     parser.add_argument("--partial", action="store_true", help="import labels as partial")
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         retrain.append("--no-spare-unlabelled")
     if args.keep_rule:
         retrain.append("--keep-rule")
+    if args.pu_validation:
+        retrain.append("--pu-validation")
     if args.from_active:
         retrain.append("--from-active")
     import resource

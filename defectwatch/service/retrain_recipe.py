@@ -197,6 +197,29 @@ def spare_unlabelled(
     return Example(example.image01, mask, example.source), len(keep)
 
 
+def unlabelled_as_dont_care(
+    truth: Sequence[Any], prediction: Any, *, threshold: float, match_nm: float = SPARE_MATCH_NM
+) -> list[Any]:
+    """Validation truth for choosing a rule when labels may be incomplete: ``truth`` (a scan's
+    labels, `TruthPoint`) plus a "don't care" point (``visible=False``: neither a hit nor a
+    false detection) at each of the parent's detections (``prediction``, mean probability >=
+    ``threshold``) that no label marks within ``match_nm`` -- the detections training spares.
+    """
+    from defectwatch.pipeline.metrics import TruthPoint
+
+    labelled = np.array([(t.x_nm, t.y_nm) for t in truth], float).reshape(-1, 2)
+    out = list(truth)
+    for d in prediction.defects(threshold=threshold, marked_only=False):
+        if (
+            labelled.size
+            and float(np.min(np.hypot(labelled[:, 0] - d.x_nm, labelled[:, 1] - d.y_nm)))
+            <= match_nm
+        ):
+            continue
+        out.append(TruthPoint(d.x_nm, d.y_nm, d.kind, visible=False))
+    return out
+
+
 # -- choosing on the validation split -----------------------------------------------------------
 
 

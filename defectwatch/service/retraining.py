@@ -117,7 +117,10 @@ class RetrainOptions:
     ``label_crop_share``: share of the lab's crops centred on a label (None:
     `retrain_recipe.LABEL_CROP_SHARE`); ``keep_rule``: the candidate keeps the active
     version's threshold and report rule (the rate and steps are still chosen on validation,
-    scored at that rule) instead of choosing them on the validation split.
+    scored at that rule) instead of choosing them on the validation split;
+    ``pu_validation``: on the validation split, the parent's detections that no label marks
+    are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate, steps and rule
+    are chosen; the gate's test split always counts them as false.
     """
 
     members: int | None = None
@@ -139,6 +142,7 @@ class RetrainOptions:
     label_crop_share: float | None = None
     spare_unlabelled: bool = True
     keep_rule: bool = False
+    pu_validation: bool = False
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None
 
@@ -1080,7 +1084,20 @@ def _train_finetune(
             rr.LABEL_CROP_SHARE if options.label_crop_share is None else options.label_crop_share
         ),
     )
-    val_cases = [Case(i.name, i.scan, i.truth()) for i in val_items]
+    val_cases = [
+        Case(
+            i.name,
+            i.scan,
+            rr.unlabelled_as_dont_care(
+                i.truth(),
+                parent_ens.predict_scan(i.scan),
+                threshold=rr.spare_threshold(parent.config.threshold_for(i.scan.channel)),
+            )
+            if options.pu_validation and options.spare_unlabelled and i.exhaustive
+            else i.truth(),
+        )
+        for i in val_items
+    ]
     search: dict[str, Any] = {}
     rate = base.learning_rate
     if val_cases and options.learning_rate is None:

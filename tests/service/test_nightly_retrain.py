@@ -430,3 +430,26 @@ def test_what_the_parent_reports_is_spared_even_below_the_usual_confidence():
 
     assert spare_threshold(0.40) == 0.40
     assert spare_threshold(0.60) == SPARE_THRESHOLD == 0.5
+
+
+def test_unlabelled_parent_detections_are_dont_care_on_validation():
+    """`--pu-validation`: a parent detection near a label stays a normal match; one far from
+    every label becomes a "don't care" point (neither a hit nor a false detection)."""
+    from types import SimpleNamespace
+
+    from defectwatch.pipeline.metrics import ObjectEvaluation, TruthPoint
+
+    truth = [TruthPoint(5.0, 5.0, "trough")]
+    dets = [
+        SimpleNamespace(x_nm=5.2, y_nm=5.0, kind="trough", confidence=0.9, contrast=-2.0),
+        SimpleNamespace(x_nm=20.0, y_nm=20.0, kind="trough", confidence=0.9, contrast=-2.0),
+    ]
+    pred = SimpleNamespace(defects=lambda threshold, marked_only: dets)
+    out = rr.unlabelled_as_dont_care(truth, pred, threshold=0.4)
+    assert out[0] == truth[0] and len(out) == 2
+    assert (out[1].x_nm, out[1].visible) == (20.0, False)
+    strict, lenient = ObjectEvaluation(kinds=("trough",)), ObjectEvaluation(kinds=("trough",))
+    strict.add(dets, truth, area_nm2=1e3)
+    lenient.add(dets, out, area_nm2=1e3)
+    assert strict.scores()["trough"].fp == 1 and lenient.scores()["trough"].fp == 0
+    assert strict.scores()["trough"].tp == lenient.scores()["trough"].tp == 1

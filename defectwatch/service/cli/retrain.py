@@ -149,6 +149,15 @@ def retrain(
             "missing defects).",
         ),
     ] = False,
+    pu_validation: Annotated[
+        bool,
+        typer.Option(
+            "--pu-validation/--no-pu-validation",
+            help="finetune: when choosing the rate, steps and rule on the validation split, "
+            "the active version's detections that no label marks count neither as hits nor as "
+            "false (labels may be incomplete); the test split is judged as labelled.",
+        ),
+    ] = False,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -186,6 +195,7 @@ def retrain(
         label_crop_share=label_crops,
         spare_unlabelled=spare_unlabelled,
         keep_rule=keep_rule,
+        pu_validation=pu_validation,
         threads=threads,
     )
 

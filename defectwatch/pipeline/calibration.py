@@ -202,10 +202,8 @@ class Calibration:
             str(d.get("method", METHOD)),
             by_channel={
                 str(ch): c
-                for ch, c in (
-                    (ch, cls.from_json(v)) for ch, v in (d.get("by_channel") or {}).items()
-                )
-                if c is not None
+                for ch, v in (d.get("by_channel") or {}).items()
+                if (c := cls.from_json(v)) is not None
             },
         )
 

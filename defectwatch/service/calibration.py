@@ -142,7 +142,7 @@ def simulated_calibration(
         description=f"simulated validation, {ensemble.version}, {n} scans",
         note="simulated STM topography; seeds disjoint from training, threshold validation "
         "and test",
-        on_progress=_offset(on_progress, 0, total) if channel_sets else on_progress,
+        on_progress=_offset(on_progress, 0, total),
     )
     done = n
     for channel, csets in channel_sets.items():

@@ -345,13 +345,13 @@ def finish_version(
         describe_sets,
         simulated_calibration,
     )
+    from defectwatch.service.evaluation import simulated_cases
+    from defectwatch.service.operating_points import choose, counts
 
     if validation is None:
         validation = VALIDATION_BROAD if broad else VALIDATION
     if calibration_sets is None:
         calibration_sets = CALIBRATION_SETS_BROAD if broad else CALIBRATION_SETS
-    from defectwatch.service.evaluation import simulated_cases
-    from defectwatch.service.operating_points import choose, counts
 
     ensemble = Ensemble.load(directory, device="cpu")
     n = sum(len(seeds) for _, seeds in validation)
@@ -359,9 +359,9 @@ def finish_version(
     table = counts(ensemble, cases, on_case=(lambda i: on_progress(i, n)) if on_progress else None)
     chosen = choose(table)
     shared = chosen["shared_threshold"]
-    notes = {id(VALIDATION): VALIDATION_NOTE, id(VALIDATION_BROAD): VALIDATION_BROAD_NOTE}
-    note = notes.get(
-        id(validation),
+    named = ((VALIDATION, VALIDATION_NOTE), (VALIDATION_BROAD, VALIDATION_BROAD_NOTE))
+    note = next(
+        (text for sets, text in named if tuple(validation) == sets),
         "simulated validation (not training, not test): " + "; ".join(describe_sets(validation)),
     )
     metrics = channel_thresholds(ensemble, validation_by_channel)

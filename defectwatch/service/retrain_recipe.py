@@ -175,17 +175,11 @@ def spare_unlabelled(
     (everything away from a mark is IGNORE already)."""
     if not item.exhaustive:
         return example, 0
-    found = prediction.defects(threshold=threshold, marked_only=False)
-    if not found:
-        return example, 0
     px, py = item.scan.pixel_size_x_nm, item.scan.pixel_size_y_nm
-    lx = (np.asarray(item.cols, float) + 0.5) * px
-    ly = (np.asarray(item.rows, float) + 0.5) * py
-    keep = []
-    for d in found:
-        if lx.size and float(np.min(np.hypot(lx - d.x_nm, ly - d.y_nm))) <= SPARE_MATCH_NM:
-            continue
-        keep.append(d)
+    labelled = np.column_stack(
+        [(np.asarray(item.cols, float) + 0.5) * px, (np.asarray(item.rows, float) + 0.5) * py]
+    )
+    keep = unlabelled_detections(prediction, labelled, threshold=threshold)
     if not keep:
         return example, 0
     mapping = Resampling(tuple(item.scan.data.shape), tuple(example.image01.shape))
@@ -197,27 +191,32 @@ def spare_unlabelled(
     return Example(example.image01, mask, example.source), len(keep)
 
 
-def unlabelled_as_dont_care(
-    truth: Sequence[Any], prediction: Any, *, threshold: float, match_nm: float = SPARE_MATCH_NM
-) -> list[Any]:
+def unlabelled_detections(prediction: Any, labelled_nm: np.ndarray, *, threshold: float) -> list:
+    """The parent's detections (``prediction``, mean probability >= ``threshold``, contrast not
+    judged) with no label (``labelled_nm``: (n, 2) x, y in nm) within ``SPARE_MATCH_NM``."""
+    found = prediction.defects(threshold=threshold, marked_only=False)
+    if not len(labelled_nm):
+        return list(found)
+    return [
+        d
+        for d in found
+        if float(np.min(np.hypot(labelled_nm[:, 0] - d.x_nm, labelled_nm[:, 1] - d.y_nm)))
+        > SPARE_MATCH_NM
+    ]
+
+
+def unlabelled_as_dont_care(truth: Sequence[Any], prediction: Any, *, threshold: float) -> list:
     """Validation truth for choosing a rule when labels may be incomplete: ``truth`` (a scan's
     labels, `TruthPoint`) plus a "don't care" point (``visible=False``: neither a hit nor a
-    false detection) at each of the parent's detections (``prediction``, mean probability >=
-    ``threshold``) that no label marks within ``match_nm`` -- the detections training spares.
-    """
+    false detection) at each of the parent's `unlabelled_detections`, the detections training
+    spares."""
     from defectwatch.pipeline.metrics import TruthPoint
 
     labelled = np.array([(t.x_nm, t.y_nm) for t in truth], float).reshape(-1, 2)
-    out = list(truth)
-    for d in prediction.defects(threshold=threshold, marked_only=False):
-        if (
-            labelled.size
-            and float(np.min(np.hypot(labelled[:, 0] - d.x_nm, labelled[:, 1] - d.y_nm)))
-            <= match_nm
-        ):
-            continue
-        out.append(TruthPoint(d.x_nm, d.y_nm, d.kind, visible=False))
-    return out
+    return list(truth) + [
+        TruthPoint(d.x_nm, d.y_nm, d.kind, visible=False)
+        for d in unlabelled_detections(prediction, labelled, threshold=threshold)
+    ]
 
 
 # -- choosing on the validation split -----------------------------------------------------------

@@ -1040,6 +1040,9 @@ def _train_finetune(
     def tick(task: str) -> Callable[[int, int], None]:
         return lambda done, total: on_progress(task, done, total) if on_progress else None
 
+    def spare_at(scan: Any) -> float:  # whatever the parent reports, and from 0.5 anyway
+        return rr.spare_threshold(parent.config.threshold_for(scan.channel))
+
     # the lab's examples, with the parent's unlabelled detections spared
     examples, spared = [], 0
     for k, item in enumerate(fit_items):
@@ -1047,14 +1050,13 @@ def _train_finetune(
             item, target_nm=target_nm, params=parent.params, default_radius_nm=radius
         )
         if options.spare_unlabelled and item.exhaustive:
-            spare_at = rr.spare_threshold(parent.config.threshold_for(item.scan.channel))
             ex, n = rr.spare_unlabelled(
                 ex,
                 item,
                 parent_ens.predict_scan(item.scan),
                 radius_nm=radius,
                 target_nm=target_nm,
-                threshold=spare_at,
+                threshold=spare_at(item.scan),
             )
             spared += n
         examples.append(ex)
@@ -1091,7 +1093,7 @@ def _train_finetune(
             rr.unlabelled_as_dont_care(
                 i.truth(),
                 parent_ens.predict_scan(i.scan),
-                threshold=rr.spare_threshold(parent.config.threshold_for(i.scan.channel)),
+                threshold=spare_at(i.scan),
             )
             if options.pu_validation and options.spare_unlabelled and i.exhaustive
             else i.truth(),

@@ -6,7 +6,7 @@ the candidate with the default on the frames held out as the frozen test split.
     python -m benchmarks.real_retrain [--recipe finetune|scratch] [--members N]
                                       [--iterations N] [--learning-rate LR] [--model DIR]
                                       [--no-spare-unlabelled] [--rehearsal SHARE]
-                                      [--label-crops SHARE]
+                                      [--label-crops SHARE] [--rule-choice clear|validation|parent]
                                       [--partial] [--fold K --folds N] [--out DIR]
 
 It runs, in a fresh folder, what a lab types (and what ``service install`` schedules)::
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--label-crops", type=float, default=None)
     parser.add_argument("--no-spare-unlabelled", action="store_true")
     parser.add_argument("--keep-rule", action="store_true")
+    parser.add_argument("--rule-choice", default=None, help="clear (default), validation, parent")
     parser.add_argument("--pu-validation", action="store_true")
     parser.add_argument("--filters", type=int, default=None, help="only with --recipe scratch")
     parser.add_argument("--from-active", action="store_true", help="with --recipe scratch")
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("--label-crops", args.label_crops),
         ("--filters", args.filters),
         ("--threads", args.threads),
+        ("--rule-choice", args.rule_choice),
     ):
         if value is not None:
             retrain += [flag, str(value)]

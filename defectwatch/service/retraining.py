@@ -82,6 +82,8 @@ RING_NM = 1.0  # partial labels: background taught this far beyond each marked d
 RADIUS_RANGE = (0.5, 1.0)  # label radius clipped to these multiples of the class default
 LOCK_NAME = ".retrain.lock"
 PROMOTE_MODES = ("auto", "never", "force")
+# the candidate's threshold and rule (`RetrainOptions.rule_choice`)
+RULE_CHOICES = ("clear", "validation", "parent")
 DEFAULT_THRESHOLD = 0.5
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -107,17 +109,20 @@ class RetrainOptions:
     paper's: new members from random weights; ``from_active`` starts them from the active
     members instead, without rehearsal or search). ``members`` / ``iterations`` / ``crop_px``
     / ``batch_size`` / ``learning_rate``: None takes the recipe's default (fine-tune: the
-    ``MEMBERS`` of the parent's, ``STEPS``, ``CROP_PX``, ``BATCH``, a search over ``RATES`` on the
-    validation split; scratch: 10, 500, 256, 4, 1e-3). ``filters``: U-Net width (scratch
-    only; None: the active version's); ``tolerance``: largest F1 drop of one class the gate
-    accepts; ``version``: the new version's name (default ``retrain-<UTC time>``); ``force``:
-    train even when no label changed since the active version was trained;
+    parent's members (``MEMBERS``), ``STEPS``, ``CROP_PX``, ``BATCH``, a search over
+    ``RATES`` on the validation split; scratch: 10, 500, 256, 4, 1e-3). ``filters``: U-Net
+    width (scratch only; None: the active version's); ``tolerance``: largest F1 drop of one
+    class the gate accepts; ``version``: the new version's name (default
+    ``retrain-<UTC time>``); ``force``: train even when no label changed since the active
+    version was trained;
     ``rehearsal_share``: share of each fine-tuning mini-batch that is simulated;
     ``spare_unlabelled``: the positive-unlabelled masks (`retrain_recipe.spare_unlabelled`);
     ``label_crop_share``: share of the lab's crops centred on a label (None:
-    `retrain_recipe.LABEL_CROP_SHARE`); ``keep_rule``: the candidate keeps the active
-    version's threshold and report rule (the rate and steps are still chosen on validation,
-    scored at that rule) instead of choosing them on the validation split;
+    `retrain_recipe.LABEL_CROP_SHARE`); ``rule_choice``: the candidate's threshold and
+    report rule: ``clear`` (default) the validation split's best where it is clearly better
+    than the active version's (`retrain_recipe.clear_or_parent`), else the active version's;
+    ``validation`` the validation split's best; ``parent`` the active version's (the rate and
+    steps are still chosen on validation, scored at that rule; ``keep_rule`` is this);
     ``pu_validation``: on the validation split, the parent's detections that no label marks
     are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate, steps and rule
     are chosen; the gate's test split always counts them as false.
@@ -141,7 +146,7 @@ class RetrainOptions:
     rehearsal_share: float | None = None
     label_crop_share: float | None = None
     spare_unlabelled: bool = True
-    keep_rule: bool = False
+    rule_choice: str = "clear"
     pu_validation: bool = False
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None
@@ -150,6 +155,10 @@ class RetrainOptions:
         """ConfigError naming the first unusable value."""
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe {self.recipe!r}: choose {' or '.join(RECIPES)}")
+        if self.rule_choice not in RULE_CHOICES:
+            raise ConfigError(
+                f"--rule-choice {self.rule_choice!r}: choose {', '.join(RULE_CHOICES)}"
+            )
         if self.promote not in PROMOTE_MODES:
             raise ConfigError(f"--promote {self.promote!r}: choose auto, never or force")
         if (self.members is not None and self.members < 1) or (
@@ -173,6 +182,11 @@ class RetrainOptions:
             raise ConfigError(
                 f"--rehearsal {self.rehearsal_share}: a share of the mini-batch in [0, 1)"
             )
+
+    @property
+    def keep_rule(self) -> bool:
+        """The active version's threshold and rule, never re-chosen (``--keep-rule``)."""
+        return self.rule_choice == "parent"
 
     @property
     def fine_tune(self) -> bool:
@@ -1033,7 +1047,7 @@ def _train_finetune(
             f"only {len(train_items)} training scan(s): no validation split, so the learning "
             "rate, steps and detection rule are not chosen (defaults and the parent's rule)"
         )
-    members = options.members or min(rr.MEMBERS, len(parent.states))
+    members = options.members or min(rr.MEMBERS or len(parent.states), len(parent.states))
     init_states = parent.states[:members] if members <= len(parent.states) else parent.states
     parent_ens = Ensemble(parent.config, init_states, device=options.device)
 
@@ -1132,13 +1146,25 @@ def _train_finetune(
         candidate = Ensemble(
             replace(parent.config, version="candidate"), states, device=options.device
         )
+        val_preds = [candidate.predict_scan(c.scan) for c in val_cases]
         detection = rr.choose_detection(
             candidate,
             val_cases,
             parent_threshold=parent.threshold,
             parent_rule=parent.config.report_contrast,
+            predictions=val_preds,
             **_rule_grids(options),
         )
+        if options.rule_choice == "clear":
+            detection, _ = rr.clear_or_parent(
+                detection,
+                val_cases,
+                val_preds,
+                parent_threshold=parent.threshold,
+                parent_rule=parent.config.report_contrast,
+            )
+            if detection.basis.startswith("the parent's:"):
+                note(f"threshold and report rule: {detection.basis}")
     training = {
         **recipe.to_dict(),
         "from": f"active version {parent.name}",
@@ -1172,6 +1198,12 @@ def _train_finetune(
         ),
         "loss": "cross-entropy (IGNORE excluded)",
         "optimizer": "Adam",
+        "rule_choice": options.rule_choice,
+        "operating_point": (
+            detection.basis or "the best on validation"
+            if detection is not None
+            else "the parent's (no validation split)"
+        ),
     }
     return _Trained(states, training, detection, list(val_items))
 
@@ -1281,6 +1313,7 @@ def _build_and_judge(
                 "threshold_chosen_on": (
                     f"{len(trained.validation)} validation scans of the lab's training split (not "
                     "trained on, not the test split), jointly with the report rule"
+                    + (f"; {choice.basis}" if choice.basis else "")
                 ),
                 "threshold_table": choice.table,
                 "validation_f1": choice.f1,

@@ -316,7 +316,12 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     assert data["validation"]["scans"] == 1 and data["train"]["scans"] == 4
     assert set(data["validation"]["scan_names"]) <= set(data["train"]["scan_names"])
     assert not set(data["validation"]["scan_names"]) & set(data["test"]["scan_names"])
+    # 1 validation scan: too few to move the operating point (`clear_or_parent`)
+    assert t["rule_choice"] == "clear" and t["operating_point"].startswith("the parent's")
     cfg = json.loads((models / "n1" / "config.json").read_text())
+    parent_cfg = json.loads((tiny_mix_parent / "config.json").read_text())
+    assert cfg["metrics"]["threshold"] == parent_cfg["metrics"].get("threshold", 0.5)
+    assert cfg["detection"]["report_contrast"] == parent_cfg["detection"]["report_contrast"]
     assert "validation scans" in cfg["metrics"]["threshold_chosen_on"]
     assert set(cfg["detection"]["report_contrast"]) == {"trough", "peak"}
     # its own calibration (issue 15), measured on the validation scan, not the test split
@@ -407,9 +412,12 @@ def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
             predictions=[p],
         )
         assert choice.report_contrast["peak"] == expect, (n, choice)
-    # `retrain --keep-rule`: the parent's threshold and rule even where another would score more
+    # `retrain --rule-choice parent` (`--keep-rule`): the parent's threshold and rule even
+    # where another would score more
     from defectwatch.service.retraining import RetrainOptions, _rule_grids
 
+    assert RetrainOptions(rule_choice="parent").keep_rule
+    assert RetrainOptions().rule_choice == "clear" and not RetrainOptions().keep_rule
     c, p = case(30)
     kept = rr.choose_detection(
         None,
@@ -417,10 +425,89 @@ def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
         parent_threshold=0.45,
         parent_rule={"trough": -1.0, "peak": 2.5},
         predictions=[p],
-        **_rule_grids(RetrainOptions(keep_rule=True)),
+        **_rule_grids(RetrainOptions(rule_choice="parent")),
     )
     assert (kept.threshold, kept.report_contrast["peak"]) == (0.45, 2.5)
     assert kept.mean_f1 < choice.mean_f1
+
+
+def _peak_scan(
+    weak_true: int = 0, strong_noise: int = 0, strong_true: int = 0, weak_noise: int = 0
+):
+    """A validation scan of peaks: labelled ones found weakly (+1.2 sigma) or strongly (+3),
+    and unlabelled spots found weakly or strongly."""
+    from types import SimpleNamespace
+
+    def spot(x, contrast):
+        return SimpleNamespace(x_nm=x, y_nm=5.0, kind="peak", confidence=0.9, contrast=contrast)
+
+    xs = iter(2.0 * i for i in range(1000))
+    true = [(next(xs), 1.2) for _ in range(weak_true)] + [
+        (next(xs), 3.0) for _ in range(strong_true)
+    ]
+    noise = [(next(xs), 3.0) for _ in range(strong_noise)] + [
+        (next(xs), 1.2) for _ in range(weak_noise)
+    ]
+    labels = [SimpleNamespace(x_nm=x, y_nm=5.0, kind="peak", visible=True) for x, _ in true]
+    dets = [spot(x, c) for x, c in true + noise]
+    scan = SimpleNamespace(acquired_area_nm2=1e4)
+    pred = SimpleNamespace(defects=lambda threshold, marked_only: dets)
+    return SimpleNamespace(scan=scan, labels=labels), pred
+
+
+def test_the_operating_point_moves_only_on_a_clear_gain_over_enough_validation_scans():
+    """The validation split's best rule replaces the parent's only when the paired bootstrap
+    over at least `MIN_CHOICE_SCANS` validation scans puts the gain above zero: not on 3
+    frames however large the gain, not when one frame of ten carries it, yes when every frame
+    of ten shows it."""
+    parent = {"trough": -1.0, "peak": 2.5}  # reports only the strong spots: misses true peaks
+
+    def settle(scans):
+        cases, preds = zip(*scans)
+        best = rr.choose_detection(
+            None,
+            cases,
+            parent_threshold=0.5,
+            parent_rule=parent,
+            thresholds=(0.5,),
+            predictions=preds,
+            min_labels=1,
+        )
+        assert best.report_contrast["peak"] == 1.0  # +1.0 finds the true peaks
+        return rr.clear_or_parent(best, cases, preds, parent_threshold=0.5, parent_rule=parent)
+
+    few, diff = settle([_peak_scan(weak_true=10, strong_noise=2) for _ in range(3)])
+    assert few.report_contrast == parent and few.threshold == 0.5
+    assert "fewer than 8 validation scans" in few.basis and diff.delta > 0.5
+    assert few.f1 == {"peak": 0.0}  # the parent's rule scored: it finds no true peak
+
+    # one frame of ten holds weak true peaks; on the nine others the weak spots are unlabelled
+    # and +1.0 loses: pooled, +1.0 wins, but a resample without that frame says otherwise
+    one = [_peak_scan(weak_true=20)] + [_peak_scan(strong_true=2, weak_noise=4) for _ in range(9)]
+    lucky, diff = settle(one)
+    assert lucky.report_contrast == parent and diff.low <= 0 < diff.delta
+    assert lucky.basis.startswith("the parent's: ") and "fewer than" not in lucky.basis
+
+    every, diff = settle([_peak_scan(weak_true=4, strong_noise=1) for _ in range(10)])
+    assert every.report_contrast["peak"] == 1.0 and diff.low > 0
+    assert every.basis.startswith("chosen on validation: clearly better")
+
+
+def test_the_parents_operating_point_is_kept_when_it_is_the_validations_best():
+    c, p = _peak_scan(strong_true=3)  # +2.5 and +1.0 tie, ties go to the parent
+    best = rr.choose_detection(
+        None,
+        [c],
+        parent_threshold=0.5,
+        parent_rule={"trough": -1.0, "peak": 2.5},
+        thresholds=(0.5,),
+        predictions=[p],
+        min_labels=1,
+    )
+    same, diff = rr.clear_or_parent(
+        best, [c], [p], parent_threshold=0.5, parent_rule={"trough": -1.0, "peak": 2.5}
+    )
+    assert diff is None and same.basis == "the parent's, also the best on validation"
 
 
 def test_what_the_parent_reports_is_spared_even_below_the_usual_confidence():

@@ -427,6 +427,7 @@ def test_partial_labels_leave_unmarked_areas_ignored(sim_scans):
         (["--crop", "60"], "--crop 60: use a multiple of 8"),
         (["--promote", "sometimes"], "--promote 'sometimes': choose auto, never or force"),
         (["--device", "tpu"], "--device 'tpu': use auto, cpu or cuda"),
+        (["--rule-choice", "best"], "--rule-choice 'best': choose clear, validation, parent"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_1(record, args, message):

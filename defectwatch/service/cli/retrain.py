@@ -43,7 +43,7 @@ def retrain(
         int | None,
         typer.Option(
             min=1,
-            help="Ensemble members (default: finetune the active version's first 5; scratch 10).",
+            help="Ensemble members (default: finetune all of the active version's; scratch 10).",
         ),
     ] = None,
     iterations: Annotated[
@@ -140,13 +140,22 @@ def retrain(
             "marks as background (labels may be incomplete).",
         ),
     ] = True,
+    rule_choice: Annotated[
+        str,
+        typer.Option(
+            "--rule-choice",
+            help="finetune: the candidate's threshold and report rule. clear (default): the "
+            "validation split's best where its gain over the active version's is clear (90% "
+            "bootstrap interval above 0), else the active version's; validation: the "
+            "validation split's best; parent: the active version's.",
+        ),
+    ] = "clear",
     keep_rule: Annotated[
         bool,
         typer.Option(
             "--keep-rule",
-            help="finetune: keep the active version's threshold and report rule rather than "
-            "choosing them on the validation split (with incomplete labels that choice favours "
-            "missing defects).",
+            help="finetune: the same as --rule-choice parent (with incomplete labels, a choice "
+            "on a few validation frames favours missing defects).",
         ),
     ] = False,
     pu_validation: Annotated[
@@ -194,7 +203,7 @@ def retrain(
         rehearsal_share=rehearsal,
         label_crop_share=label_crops,
         spare_unlabelled=spare_unlabelled,
-        keep_rule=keep_rule,
+        rule_choice="parent" if keep_rule else rule_choice.lower(),
         pu_validation=pu_validation,
         threads=threads,
     )

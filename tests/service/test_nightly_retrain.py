@@ -381,56 +381,6 @@ def test_label_centred_crops_show_a_rare_kind_as_often_as_a_common_one():
         MixedSampler(lab, [], share=0.0, crop_px=32, rng=rng, label_share=1.5)
 
 
-def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
-    """3 validation frames hold about 6 peaks: one match more or less would choose the rule.
-    Below `MIN_RULE_LABELS` the parent's limit stays; with enough labels it is chosen."""
-    from types import SimpleNamespace
-
-    def truth(x, kind):
-        return SimpleNamespace(x_nm=x, y_nm=5.0, kind=kind, visible=True)
-
-    def found(x, kind, contrast):
-        return SimpleNamespace(x_nm=x, y_nm=5.0, kind=kind, confidence=0.9, contrast=contrast)
-
-    def case(n_peaks):
-        # every true peak is found, weakly (+1.2 sigma); strong bright noise at +3 sigma
-        labels = [truth(2.0 * i, "peak") for i in range(n_peaks)]
-        dets = [found(2.0 * i, "peak", 1.2) for i in range(n_peaks)]
-        dets += [found(100.0 + 2.0 * i, "peak", 3.0) for i in range(n_peaks // 3)]
-        scan = SimpleNamespace(acquired_area_nm2=1e4)
-        pred = SimpleNamespace(defects=lambda threshold, marked_only: dets)
-        return SimpleNamespace(scan=scan, labels=labels), pred
-
-    for n, expect in ((6, 2.5), (30, 1.0)):
-        c, p = case(n)
-        choice = rr.choose_detection(
-            None,
-            [c],
-            parent_threshold=0.5,
-            parent_rule={"trough": -1.0, "peak": 2.5},
-            thresholds=(0.5,),
-            predictions=[p],
-        )
-        assert choice.report_contrast["peak"] == expect, (n, choice)
-    # `retrain --rule-choice parent` (`--keep-rule`): the parent's threshold and rule even
-    # where another would score more
-    from defectwatch.service.retraining import RetrainOptions, _rule_grids
-
-    assert RetrainOptions(rule_choice="parent").keep_rule
-    assert RetrainOptions().rule_choice == "clear" and not RetrainOptions().keep_rule
-    c, p = case(30)
-    kept = rr.choose_detection(
-        None,
-        [c],
-        parent_threshold=0.45,
-        parent_rule={"trough": -1.0, "peak": 2.5},
-        predictions=[p],
-        **_rule_grids(RetrainOptions(rule_choice="parent")),
-    )
-    assert (kept.threshold, kept.report_contrast["peak"]) == (0.45, 2.5)
-    assert kept.mean_f1 < choice.mean_f1
-
-
 def _peak_scan(
     weak_true: int = 0, strong_noise: int = 0, strong_true: int = 0, weak_noise: int = 0
 ):
@@ -455,24 +405,59 @@ def _peak_scan(
     return SimpleNamespace(scan=scan, labels=labels), pred
 
 
+PARENT_RULE = {"trough": -1.0, "peak": 2.5}  # reports only the strong spots: misses weak peaks
+
+
+def _choose(cases, preds, **kwargs):
+    """`choose_detection` at threshold 0.5 from a parent reporting peaks from +2.5 sigma."""
+    return rr.choose_detection(
+        None,
+        cases,
+        parent_threshold=0.5,
+        parent_rule=PARENT_RULE,
+        thresholds=(0.5,),
+        predictions=preds,
+        **kwargs,
+    )
+
+
+def test_a_kind_with_few_validation_labels_keeps_the_parents_rule():
+    """3 validation frames hold about 6 peaks: one match more or less would choose the rule.
+    Below `MIN_RULE_LABELS` the parent's limit stays; with enough labels it is chosen."""
+    # every true peak is found, weakly (+1.2 sigma); strong bright noise at +3 sigma
+    for n, expect in ((6, 2.5), (30, 1.0)):
+        c, p = _peak_scan(weak_true=n, strong_noise=n // 3)
+        choice = _choose([c], [p])
+        assert choice.report_contrast["peak"] == expect, (n, choice)
+    # `retrain --rule-choice parent` (`--keep-rule`): the parent's threshold and rule even
+    # where another would score more
+    from defectwatch.service.retraining import RetrainOptions, _rule_grids
+
+    assert RetrainOptions(rule_choice="parent").keep_rule
+    assert RetrainOptions().rule_choice == "clear" and not RetrainOptions().keep_rule
+    c, p = _peak_scan(weak_true=30, strong_noise=10)
+    kept = rr.choose_detection(
+        None,
+        [c],
+        parent_threshold=0.45,
+        parent_rule={"trough": -1.0, "peak": 2.5},
+        predictions=[p],
+        **_rule_grids(RetrainOptions(rule_choice="parent")),
+    )
+    assert (kept.threshold, kept.report_contrast["peak"]) == (0.45, 2.5)
+    assert kept.mean_f1 < choice.mean_f1
+
+
 def test_the_operating_point_moves_only_on_a_clear_gain_over_enough_validation_scans():
     """The validation split's best rule replaces the parent's only when the paired bootstrap
     over at least `MIN_CHOICE_SCANS` validation scans puts the gain above zero: not on 3
     frames however large the gain, not when one frame of ten carries it, yes when every frame
     of ten shows it."""
-    parent = {"trough": -1.0, "peak": 2.5}  # reports only the strong spots: misses true peaks
+    parent = PARENT_RULE
 
     def settle(scans):
         cases, preds = zip(*scans)
-        best = rr.choose_detection(
-            None,
-            cases,
-            parent_threshold=0.5,
-            parent_rule=parent,
-            thresholds=(0.5,),
-            predictions=preds,
-            min_labels=1,
-        )
+        best = _choose(cases, preds, min_labels=1)
         assert best.report_contrast["peak"] == 1.0  # +1.0 finds the true peaks
         return rr.clear_or_parent(best, cases, preds, parent_threshold=0.5, parent_rule=parent)
 
@@ -495,18 +480,8 @@ def test_the_operating_point_moves_only_on_a_clear_gain_over_enough_validation_s
 
 def test_the_parents_operating_point_is_kept_when_it_is_the_validations_best():
     c, p = _peak_scan(strong_true=3)  # +2.5 and +1.0 tie, ties go to the parent
-    best = rr.choose_detection(
-        None,
-        [c],
-        parent_threshold=0.5,
-        parent_rule={"trough": -1.0, "peak": 2.5},
-        thresholds=(0.5,),
-        predictions=[p],
-        min_labels=1,
-    )
-    same, diff = rr.clear_or_parent(
-        best, [c], [p], parent_threshold=0.5, parent_rule={"trough": -1.0, "peak": 2.5}
-    )
+    best = _choose([c], [p], min_labels=1)
+    same, diff = rr.clear_or_parent(best, [c], [p], parent_threshold=0.5, parent_rule=PARENT_RULE)
     assert diff is None and same.basis == "the parent's, also the best on validation"
 
 

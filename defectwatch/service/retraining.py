@@ -125,7 +125,9 @@ class RetrainOptions:
     steps are still chosen on validation, scored at that rule; ``keep_rule`` is this);
     ``pu_validation``: on the validation split, the parent's detections that no label marks
     are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate, steps and rule
-    are chosen; the gate's test split always counts them as false.
+    are chosen; ``pu_gate``: the gate also refuses a candidate that fails its rule with the
+    active version's unlabelled detections as "don't care" on the test split
+    (`_with_unlabelled_check`), besides the test split as labelled.
     """
 
     members: int | None = None
@@ -148,6 +150,7 @@ class RetrainOptions:
     spare_unlabelled: bool = True
     rule_choice: str = "clear"
     pu_validation: bool = False
+    pu_gate: bool = True
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None
 
@@ -1431,6 +1434,9 @@ def _judge(
         reports[label] = evaluation_metrics(report)
         counts[label] = scan_counts(report.objects["scans"], KINDS)
     cand_m, act_m = reports["candidate"], reports["active"]
+    unlabelled: dict[str, Any] | None = None
+    if options.pu_gate:
+        unlabelled = _unlabelled_dont_care_scores(candidate, active, test_items, on_progress)
     n_labels = Counter(k for i in test_items for k in i.kinds)
     judged = [j for j, k in enumerate(KINDS) if _has_truth(cand_m["kinds"][k])]
     uncertainty: dict[str, F1Difference] = {}
@@ -1451,6 +1457,8 @@ def _judge(
         uncertainty=uncertainty,
         min_labels=options.min_test_labels,
     )
+    if unlabelled is not None:
+        decision = _with_unlabelled_check(decision, unlabelled, tolerance=options.tolerance)
     metrics = {
         "test_split": {
             "scans": len(test_items),
@@ -1461,7 +1469,59 @@ def _judge(
         "compared_with": {"version": parent, **act_m},
         "gate": {**asdict(decision), "summary": decision.summary()},
     }
+    if unlabelled is not None:
+        metrics["gate"]["unlabelled_dont_care"] = unlabelled
     return decision, metrics, cand_m, act_m
+
+
+def _unlabelled_dont_care_scores(
+    candidate: Any,
+    active: Any,
+    test_items: Sequence[LabelledScan],
+    on_progress: Progress | None,
+) -> dict[str, Any]:
+    """Both versions' F1 per kind on the test split with the active version's unlabelled
+    detections (`retrain_recipe.unlabelled_as_dont_care`, from its spare threshold) as "don't
+    care": a candidate gains nothing there by reporting less than the active version where no
+    label is, and loses for what it adds there."""
+    from defectwatch.service import retrain_recipe as rr
+    from defectwatch.service.evaluation import evaluate
+
+    cases = []
+    for i in test_items:
+        found = active.predict_scan(i.scan)
+        at = rr.spare_threshold(active.config.threshold_for(i.scan.channel))
+        cases.append(
+            Case(i.name, i.scan, rr.unlabelled_as_dont_care(i.truth(), found, threshold=at))
+        )
+        if on_progress:
+            on_progress("unlabelled detections of the active version", len(cases), len(test_items))
+    out: dict[str, Any] = {}
+    for label, ens in (("candidate", candidate), ("active", active)):
+        kinds = evaluate(ens, cases).objects["kinds"]
+        out[label] = {k: (kinds.get(k) or {}).get("f1") for k in KINDS}
+    out["dont_care"] = sum(not t.visible for c in cases for t in c.labels)
+    return out
+
+
+def _with_unlabelled_check(
+    decision: GateDecision, unlabelled: Mapping[str, Any], *, tolerance: float
+) -> GateDecision:
+    """``decision`` (the gate on the test split as labelled), refused as well when the same
+    rule fails with the active version's unlabelled detections as "don't care"
+    (`_unlabelled_dont_care_scores`). Labels are often incomplete: scored as labelled, a
+    candidate that stops reporting real, unlabelled defects looks more precise, and would pass."""
+    check = gate(unlabelled["candidate"], unlabelled["active"], tolerance=tolerance)
+    if not decision.judged or check.would_promote or not check.judged:
+        return decision
+    failed = [r for r in check.reasons if "drops" in r or "below" in r]
+    why = (
+        "with the active version's unlabelled detections as don't care (labels may be "
+        f"incomplete): {'; '.join(failed)}"
+    )
+    # a passing verdict's first reason is its "mean F1 ... and no class drops" sentence (`gate`)
+    reasons = (why, *decision.reasons[1:]) if decision.would_promote else (*decision.reasons, why)
+    return replace(decision, would_promote=False, promote=decision.mode == "force", reasons=reasons)
 
 
 def _register(

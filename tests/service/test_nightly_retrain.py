@@ -155,6 +155,38 @@ def test_a_small_test_split_is_judged_with_a_stated_uncertainty():
     assert big.small == () and not any(r.startswith("rough") for r in big.reasons)
 
 
+def test_a_candidate_that_only_reports_less_where_no_label_is_is_refused():
+    """As labelled, a candidate that stops reporting real but unlabelled troughs looks more
+    precise and passes; with the active version's unlabelled detections as don't care, the
+    labelled troughs it lost show, and the gate refuses it (`--pu-gate`, the default)."""
+    from defectwatch.service.retraining import _with_unlabelled_check
+
+    labelled = gate(
+        {"trough": 0.60, "peak": 0.50},
+        {"trough": 0.57, "peak": 0.50},
+        test_labels={"trough": 200, "peak": 10},
+    )
+    assert labelled.promote and labelled.small == ("peak",)
+    worse = {"candidate": {"trough": 0.83, "peak": 0.95}, "active": {"trough": 0.96, "peak": 0.95}}
+    refused = _with_unlabelled_check(labelled, worse, tolerance=0.02)
+    assert not refused.promote and not refused.would_promote
+    assert refused.reasons[0].startswith(
+        "with the active version's unlabelled detections as don't care (labels may be "
+        "incomplete): trough F1 drops from 0.960 to 0.830"
+    )
+    assert refused.reasons[1].startswith("rough for peak")  # the caveat stays; the pass goes
+    assert not any(" vs " in r for r in refused.reasons)
+    # as good there too: the verdict stands; --promote force still forces
+    same = {"candidate": {"trough": 0.96, "peak": 0.95}, "active": {"trough": 0.96, "peak": 0.95}}
+    assert _with_unlabelled_check(labelled, same, tolerance=0.02) == labelled
+    forced = gate({"trough": 0.60}, {"trough": 0.57}, mode="force")
+    assert _with_unlabelled_check(forced, worse, tolerance=0.02).promote
+    # refused as labelled already: refused, with both grounds
+    both = _with_unlabelled_check(gate({"trough": 0.50}, {"trough": 0.57}), worse, tolerance=0.02)
+    assert not both.promote and both.reasons[0].startswith("trough F1 drops")
+    assert both.reasons[-1].startswith("with the active version's unlabelled detections")
+
+
 def test_the_bootstrap_separates_a_clear_difference_from_none():
     same = np.array([[5, 1, 1]] * 6)
     d = bootstrap_f1_difference(same, same)
@@ -323,6 +355,11 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
     assert cfg["metrics"]["threshold"] == parent_cfg["metrics"].get("threshold", 0.5)
     assert cfg["detection"]["report_contrast"] == parent_cfg["detection"]["report_contrast"]
     assert "validation scans" in cfg["metrics"]["threshold_chosen_on"]
+    # the gate also scored both versions with the active version's unlabelled detections as
+    # don't care (`--pu-gate`)
+    pu = cfg["metrics"]["gate"]["unlabelled_dont_care"]
+    assert set(pu["candidate"]) == set(pu["active"]) == {"trough", "peak"}
+    assert pu["dont_care"] >= 0
     assert set(cfg["detection"]["report_contrast"]) == {"trough", "peak"}
     # its own calibration (issue 15), measured on the validation scan, not the test split
     cal = cfg["calibration"]
@@ -341,6 +378,7 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
         "--rehearsal",
         "0",
         "--no-spare-unlabelled",
+        "--no-pu-gate",
         "--learning-rate",
         "1e-4",
         "--promote",
@@ -348,9 +386,12 @@ def test_the_finetune_recipe_runs_end_to_end_with_rehearsal_and_spared_labels(
         "--json",
     )
     assert off.exit_code == 0, off.output
-    t = json.loads(off.stdout)["training"]
+    off_report = json.loads(off.stdout)
+    t = off_report["training"]
     assert t["rehearsal"] == "none" and t["unlabelled"].startswith("taught as background")
     assert t["search"].startswith("not searched: --learning-rate given")
+    off_cfg = json.loads((Path(off_report["directory"]) / "config.json").read_text())
+    assert "unlabelled_dont_care" not in off_cfg["metrics"]["gate"]
 
 
 def test_label_centred_crops_show_a_rare_kind_as_often_as_a_common_one():

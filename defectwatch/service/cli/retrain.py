@@ -167,6 +167,15 @@ def retrain(
             "false (labels may be incomplete); the test split is judged as labelled.",
         ),
     ] = False,
+    pu_gate: Annotated[
+        bool,
+        typer.Option(
+            "--pu-gate/--no-pu-gate",
+            help="Also refuse a candidate that fails the gate with the active version's "
+            "unlabelled detections as don't care on the test split (labels may be incomplete: "
+            "a candidate that stops reporting real, unlabelled defects looks more precise).",
+        ),
+    ] = True,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -205,6 +214,7 @@ def retrain(
         spare_unlabelled=spare_unlabelled,
         rule_choice="parent" if keep_rule else rule_choice.lower(),
         pu_validation=pu_validation,
+        pu_gate=pu_gate,
         threads=threads,
     )
 

@@ -7,6 +7,7 @@ the candidate with the default on the frames held out as the frozen test split.
                                       [--iterations N] [--learning-rate LR] [--model DIR]
                                       [--no-spare-unlabelled] [--rehearsal SHARE]
                                       [--label-crops SHARE] [--rule-choice clear|validation|parent]
+                                      [--no-pu-validation] [--no-pu-gate]
                                       [--partial] [--fold K --folds N] [--out DIR]
 
 It runs, in a fresh folder, what a lab types (and what ``service install`` schedules)::
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-spare-unlabelled", action="store_true")
     parser.add_argument("--keep-rule", action="store_true")
     parser.add_argument("--rule-choice", default=None, help="clear (default), validation, parent")
-    parser.add_argument("--pu-validation", action="store_true")
+    parser.add_argument("--no-pu-validation", action="store_true")
+    parser.add_argument("--no-pu-gate", action="store_true")
     parser.add_argument("--filters", type=int, default=None, help="only with --recipe scratch")
     parser.add_argument("--from-active", action="store_true", help="with --recipe scratch")
     parser.add_argument("--partial", action="store_true", help="import labels as partial")
@@ -228,8 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
         retrain.append("--no-spare-unlabelled")
     if args.keep_rule:
         retrain.append("--keep-rule")
-    if args.pu_validation:
-        retrain.append("--pu-validation")
+    if args.no_pu_validation:
+        retrain.append("--no-pu-validation")
+    if args.no_pu_gate:
+        retrain.append("--no-pu-gate")
     if args.from_active:
         retrain.append("--from-active")
     import resource

@@ -123,10 +123,11 @@ class RetrainOptions:
     than the active version's (`retrain_recipe.clear_or_parent`), else the active version's;
     ``validation`` the validation split's best; ``parent`` the active version's (the rate and
     steps are still chosen on validation, scored at that rule; ``keep_rule`` is this);
-    ``pu_validation``: on the validation split, the parent's detections that no label marks
-    are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate, steps and rule
-    are chosen; ``pu_gate``: the gate also refuses a candidate that fails its rule with the
-    active version's unlabelled detections as "don't care" on the test split
+    ``pu_validation`` (default): on the validation split, the parent's detections that no
+    label marks are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate,
+    steps and rule are chosen; ``pu_gate`` (default): the gate also refuses a candidate that
+    fails its rule with the active version's unlabelled detections as "don't care" on the
+    test split
     (`_with_unlabelled_check`), besides the test split as labelled.
     """
 
@@ -149,7 +150,7 @@ class RetrainOptions:
     label_crop_share: float | None = None
     spare_unlabelled: bool = True
     rule_choice: str = "clear"
-    pu_validation: bool = False
+    pu_validation: bool = True
     pu_gate: bool = True
     min_test_labels: int = MIN_TEST_LABELS
     threads: int | None = None

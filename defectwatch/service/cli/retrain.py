@@ -164,9 +164,10 @@ def retrain(
             "--pu-validation/--no-pu-validation",
             help="finetune: when choosing the rate, steps and rule on the validation split, "
             "the active version's detections that no label marks count neither as hits nor as "
-            "false (labels may be incomplete); the test split is judged as labelled.",
+            "false (labels may be incomplete: counted as false, they push the choice towards "
+            "reporting less).",
         ),
-    ] = False,
+    ] = True,
     pu_gate: Annotated[
         bool,
         typer.Option(

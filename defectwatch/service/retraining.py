@@ -125,10 +125,9 @@ class RetrainOptions:
     steps are still chosen on validation, scored at that rule; ``keep_rule`` is this);
     ``pu_validation`` (default): on the validation split, the parent's detections that no
     label marks are "don't care" (`retrain_recipe.unlabelled_as_dont_care`) when the rate,
-    steps and rule are chosen; ``pu_gate`` (default): the gate also refuses a candidate that
-    fails its rule with the active version's unlabelled detections as "don't care" on the
-    test split
-    (`_with_unlabelled_check`), besides the test split as labelled.
+    steps and rule are chosen; ``pu_gate`` (default): besides the test split as labelled, the
+    gate also refuses a candidate that fails its rule with the active version's unlabelled
+    detections as "don't care" there (`_with_unlabelled_check`).
     """
 
     members: int | None = None

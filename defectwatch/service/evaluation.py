@@ -197,22 +197,25 @@ def evaluate(
     truth: str = "reported",
     on_progress: Progress | None = None,
     n_cases: int | None = None,
+    predictions: Iterable[Prediction] | None = None,
 ) -> Report:
     """Score ``ensemble`` on ``cases`` at ``threshold`` (None: the version's own threshold for
     each scan's channel, `ModelConfig.threshold_for`); with ``baseline`` also tune the LoG
     baseline on the same cases and score it. ``truth``: "reported" scores against the defects
     the version claims to report (`reported_truth`), "marked" against every simulated defect a
-    labeller would mark."""
+    labeller would mark. ``predictions``: the ensemble's `Prediction` of each case, in order
+    (a generator keeps it streaming), instead of predicting here."""
     if truth not in ("reported", "marked"):
         raise ValueError(f"truth must be 'reported' or 'marked', not {truth!r}")
     objects = ObjectEvaluation()
     pixels = PixelAccumulator(classes=tuple(ensemble.classes))
     kept: list[Case] = []
     used: set[float] = set()
+    given = iter(predictions) if predictions is not None else None
     for i, case in enumerate(cases):
         if truth == "reported":
             case = reported_truth(case, ensemble.config.report_contrast)
-        pred = ensemble.predict_scan(case.scan)
+        pred = next(given) if given is not None else ensemble.predict_scan(case.scan)
         case_thr = (
             threshold if threshold is not None else ensemble.config.threshold_for(case.scan.channel)
         )

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from defectwatch.pipeline.compare import bootstrap_f1_difference
+from defectwatch.pipeline.compare import bootstrap_f1_difference, scan_counts
 from defectwatch.pipeline.contrast import marked
 from defectwatch.pipeline.metrics import ObjectEvaluation
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
@@ -338,28 +338,16 @@ def operating_point_counts(
     rule: Mapping[str, float],
     radius_nm: float = 1.0,
 ) -> np.ndarray:
-    """(n_scans, len(KINDS), 3) TP, FP, FN per scan of ``cases`` and kind, detections of
-    ``predictions`` (one per case) kept from mean probability ``threshold`` and contrast
-    ``rule`` {kind: weakest contrast}; matched within ``radius_nm``."""
-    out = np.zeros((len(cases), len(KINDS), 3))
-    for i, (case, pred) in enumerate(zip(cases, predictions)):
+    """(n_scans, len(KINDS), 3) TP, FP, FN per scan of ``cases`` and kind
+    (`compare.scan_counts`), detections of ``predictions`` (one per case) kept from mean
+    probability ``threshold`` and contrast ``rule`` {kind: weakest contrast}; matched within
+    ``radius_nm``."""
+    ev = ObjectEvaluation(kinds=KINDS)
+    for case, pred in zip(cases, predictions):
         found = pred.defects(threshold=threshold, marked_only=False)
-        for j, k in enumerate(KINDS):
-            ev = ObjectEvaluation(kinds=(k,))
-            kept = [
-                d
-                for d in found
-                if d.kind == k and marked(k, float(d.contrast), {k: float(rule.get(k, 0.0))})
-            ]
-            ev.add(
-                kept,
-                [lab for lab in case.labels if lab.kind == k],
-                area_nm2=case.scan.acquired_area_nm2,
-                radius_nm=radius_nm,
-            )
-            s = ev.scores()[k]
-            out[i, j] = (s.tp, s.fp, s.fn)
-    return out
+        kept = [d for d in found if d.kind in KINDS and marked(d.kind, float(d.contrast), rule)]
+        ev.add(kept, case.labels, area_nm2=case.scan.acquired_area_nm2, radius_nm=radius_nm)
+    return scan_counts(ev.summary()["scans"], KINDS)
 
 
 def clear_or_parent(
@@ -404,18 +392,18 @@ def clear_or_parent(
     enough = len(cases) >= min_scans
     if enough and math.isfinite(diff.low) and diff.low > 0:
         return replace(choice, basis=f"chosen on validation: clearly better, {gain}"), diff
-    pooled = theirs.sum(axis=0)
-    f1 = {
-        k: float(2 * tp / (2 * tp + fp + fn))
-        for k, (tp, fp, fn) in zip(KINDS, pooled)
-        if tp + fn > 0
-    }
-    kept = DetectionChoice(
-        float(parent_threshold),
-        full_parent,
-        float(np.mean(list(f1.values()))) if f1 else 0.0,
-        f1,
-        choice.table,
+    at_parent = choose_detection(
+        None,
+        cases,
+        parent_threshold=parent_threshold,
+        parent_rule=full_parent,
+        thresholds=(),
+        contrast_grid={},
+        predictions=predictions,
+    )
+    kept = replace(
+        at_parent,
+        table=choice.table,
         basis=(
             f"the parent's: the validation's best (threshold {choice.threshold:.2f}, "
             f"rule {choice.report_contrast}) is not clearly better, {gain}"

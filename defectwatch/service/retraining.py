@@ -63,7 +63,7 @@ from defectwatch.pipeline.labels import (
     IGNORE,
     circle_mask,
 )
-from defectwatch.pipeline.metrics import TruthPoint
+from defectwatch.pipeline.metrics import ObjectEvaluation, TruthPoint
 from defectwatch.pipeline.preprocess import PreprocessParams, Resampling
 from defectwatch.pipeline.training_data import Example, example_from_points
 from defectwatch.service.evaluation import Case
@@ -1424,19 +1424,36 @@ def _judge(
 
     cases = [Case(i.name, i.scan, i.truth()) for i in test_items]
     reports, counts = {}, {}
+    # each test scan is predicted once per version; what the unlabelled check needs of the
+    # predictions (the detections each version reports, the active version's unlabelled
+    # ones) is kept on the way
+    reported: dict[str, list[list[Any]]] = {"candidate": [], "active": []}
+    dont_care: list[list[Any]] = []
     for label, ens in (("candidate", candidate), ("active", active)):
 
         def eval_progress(done: int, total: int, label: str = label) -> None:
             if on_progress:
                 on_progress(f"evaluating {label}", done, total)
 
-        report = evaluate(ens, cases, on_progress=eval_progress, n_cases=len(cases))
+        def predictions(ens: Any = ens, label: str = label) -> Iterator[Any]:
+            for case in cases:
+                found = ens.predict_scan(case.scan)
+                reported[label].append(
+                    found.defects(threshold=ens.config.threshold_for(case.scan.channel))
+                )
+                if label == "active" and options.pu_gate:
+                    dont_care.append(_unlabelled_dont_care(case, found, active))
+                yield found
+
+        report = evaluate(
+            ens, cases, on_progress=eval_progress, n_cases=len(cases), predictions=predictions()
+        )
         reports[label] = evaluation_metrics(report)
         counts[label] = scan_counts(report.objects["scans"], KINDS)
     cand_m, act_m = reports["candidate"], reports["active"]
     unlabelled: dict[str, Any] | None = None
     if options.pu_gate:
-        unlabelled = _unlabelled_dont_care_scores(candidate, active, test_items, on_progress)
+        unlabelled = _unlabelled_dont_care_scores(cases, dont_care, reported)
     n_labels = Counter(k for i in test_items for k in i.kinds)
     judged = [j for j, k in enumerate(KINDS) if _has_truth(cand_m["kinds"][k])]
     uncertainty: dict[str, F1Difference] = {}
@@ -1474,33 +1491,33 @@ def _judge(
     return decision, metrics, cand_m, act_m
 
 
-def _unlabelled_dont_care_scores(
-    candidate: Any,
-    active: Any,
-    test_items: Sequence[LabelledScan],
-    on_progress: Progress | None,
-) -> dict[str, Any]:
-    """Both versions' F1 per kind on the test split with the active version's unlabelled
-    detections (`retrain_recipe.unlabelled_as_dont_care`, from its spare threshold) as "don't
-    care": a candidate gains nothing there by reporting less than the active version where no
-    label is, and loses for what it adds there."""
+def _unlabelled_dont_care(case: Case, found: Any, active: Any) -> list[Any]:
+    """``case``'s labels plus a "don't care" point at each of the active version's unlabelled
+    detections (``found``: its `Prediction`; from its spare threshold,
+    `retrain_recipe.unlabelled_as_dont_care`)."""
     from defectwatch.service import retrain_recipe as rr
-    from defectwatch.service.evaluation import evaluate
 
-    cases = []
-    for i in test_items:
-        found = active.predict_scan(i.scan)
-        at = rr.spare_threshold(active.config.threshold_for(i.scan.channel))
-        cases.append(
-            Case(i.name, i.scan, rr.unlabelled_as_dont_care(i.truth(), found, threshold=at))
-        )
-        if on_progress:
-            on_progress("unlabelled detections of the active version", len(cases), len(test_items))
+    at = rr.spare_threshold(active.config.threshold_for(case.scan.channel))
+    return rr.unlabelled_as_dont_care(case.labels, found, threshold=at)
+
+
+def _unlabelled_dont_care_scores(
+    cases: Sequence[Case],
+    truths: Sequence[Sequence[Any]],
+    reported: Mapping[str, Sequence[Sequence[Any]]],
+) -> dict[str, Any]:
+    """Both versions' F1 per kind on the test ``cases`` with ``truths`` (their labels and the
+    active version's unlabelled detections as "don't care", `_unlabelled_dont_care`), from the
+    defects each version ``reported`` on each case: a candidate gains nothing there by
+    reporting less than the active version where no label is, and loses for what it adds."""
     out: dict[str, Any] = {}
-    for label, ens in (("candidate", candidate), ("active", active)):
-        kinds = evaluate(ens, cases).objects["kinds"]
-        out[label] = {k: (kinds.get(k) or {}).get("f1") for k in KINDS}
-    out["dont_care"] = sum(not t.visible for c in cases for t in c.labels)
+    for label, found in reported.items():
+        ev = ObjectEvaluation(kinds=KINDS)
+        for case, truth, defects in zip(cases, truths, found):
+            ev.add(defects, truth, area_nm2=case.scan.acquired_area_nm2, radius_nm=1.0)
+        scores = ev.scores()
+        out[label] = {k: (scores[k].f1 if scores[k].tp + scores[k].fn > 0 else None) for k in KINDS}
+    out["dont_care"] = sum(not t.visible for truth in truths for t in truth)
     return out
 
 

@@ -13,6 +13,7 @@ the setting where the shipped default is weakest (model-card-calibration.md: pea
 
     python -m benchmarks.sim_lab_retrain [--scans 16] [--test-scans 30] [--keep 0.7]
                                          [--seed 7000] [--model DIR] [--out DIR]
+                                         [--size-nm 50 --pixels 512]
                                          [-- any option of defectwatch retrain]
 
 Prints a markdown table and writes ``sim_lab_retrain.json`` to ``--out``. Not a test: about
@@ -63,15 +64,15 @@ def write_lab_labels(lab: Path, out: Path, *, keep: float, seed: int) -> dict[st
     return counts
 
 
-def score(directory: Path, seeds: range) -> dict[str, Any]:
-    """Object scores of the version in ``directory`` on simulated scans ``seeds`` of `SETTING`,
-    widened, against every marked defect."""
+def score(directory: Path, seeds: range, setting: dict[str, Any] = SETTING) -> dict[str, Any]:
+    """Object scores of the version in ``directory`` on simulated scans ``seeds`` of
+    ``setting`` (kwargs of `simulate`), widened, against every marked defect."""
     from defectwatch.pipeline.inference import Ensemble
     from defectwatch.service.evaluation import evaluate, headline, simulated_cases
 
     ensemble = Ensemble.load(directory, device="cpu")
     report = evaluate(
-        ensemble, simulated_cases(seeds, broad=True, **SETTING), truth="marked", n_cases=len(seeds)
+        ensemble, simulated_cases(seeds, broad=True, **setting), truth="marked", n_cases=len(seeds)
     )
     kinds = report.objects["kinds"]
     out: dict[str, Any] = {}
@@ -99,10 +100,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--model", type=Path, default=None, help="active version (default: shipped)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the retrain")
+    parser.add_argument(
+        "--size-nm", type=float, default=SETTING["size_nm"], help="side of each simulated frame, nm"
+    )
+    parser.add_argument(
+        "--pixels", type=int, default=SETTING["pixels"], help="pixels per side of each frame"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(own)
     if not 0.0 < args.keep <= 1.0 or args.scans < 4:
         raise SystemExit("--keep must be in (0, 1] and --scans at least 4")
+    setting = {**SETTING, "size_nm": args.size_nm, "pixels": args.pixels}
     model = (args.model or default_model_dir()).resolve()
     out = (args.out or Path(tempfile.mkdtemp(prefix="sim-lab-retrain-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     defectwatch(
         "simulate", str(lab), "--n", str(args.scans), "--seed", str(args.seed), "--broad",
-        "--density", str(SETTING["density_per_cm2"]), "--size-nm", str(SETTING["size_nm"]),
-        "--pixels", str(SETTING["pixels"]), env=env,
+        "--density", str(setting["density_per_cm2"]), "--size-nm", str(setting["size_nm"]),
+        "--pixels", str(setting["pixels"]), env=env,
     )  # fmt: skip
     defectwatch("process", str(lab), "--db", str(db), "--json", env=env)
     counts = write_lab_labels(lab, out / "labels.csv", keep=args.keep, seed=args.seed)
@@ -131,11 +139,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"the retrain was skipped: {result.get('reason')}")
     test = range(args.seed + 1000, args.seed + 1000 + args.test_scans)
     t0 = time.perf_counter()
-    scores = {"active": score(model, test), "candidate": score(Path(result["directory"]), test)}
+    scores = {
+        "active": score(model, test, setting),
+        "candidate": score(Path(result["directory"]), test, setting),
+    }
     t_score = time.perf_counter() - t0
     options = " ".join(extra) or "the defaults (the nightly recipe)"
     print(
-        f"# A simulated lab's night: {args.scans} widened WSe2 scans, {args.keep:.0%} of "
+        f"# A simulated lab's night: {args.scans} widened WSe2 scans ({args.size_nm:g} nm, "
+        f"{args.pixels} px), {args.keep:.0%} of "
         f"{counts['marked']} marked defects labelled ({counts['trough']} troughs, "
         f"{counts['peak']} peaks); retrain with {options}\n"
     )
@@ -169,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "options": extra,
         "labels": counts,
         "keep": args.keep,
+        "setting": setting,
         "scores": scores,
         "outcome": result["outcome"],
         "activated": result["activated"],

@@ -9,11 +9,15 @@ the commands a lab types, labels them from the simulator's truth keeping only a 
 the nightly command; then the candidate and the active version are scored on ``--test-scans``
 further simulated scans of the same kind against every marked defect (``evaluate --truth
 marked``). The scans are widened by every broadened family at once (``simulate --broad``),
-the setting where the shipped default is weakest (model-card-calibration.md: peaks F1 0.69).
+the setting where the shipped default is weakest (model-card-calibration.md: peaks F1 0.69),
+or by the ``--families`` named (``simulate --family``): with ``--model`` a version that never
+saw a family (`benchmarks.leave_one_family_out`), a lab whose scans the active version reads
+badly.
 
     python -m benchmarks.sim_lab_retrain [--scans 16] [--test-scans 30] [--keep 0.7]
                                          [--seed 7000] [--model DIR] [--out DIR]
                                          [--size-nm 50 --pixels 512]
+                                         [--families all|lattice,tips,...]
                                          [-- any option of defectwatch retrain]
 
 Prints a markdown table and writes ``sim_lab_retrain.json`` to ``--out``. Not a test: about
@@ -64,15 +68,24 @@ def write_lab_labels(lab: Path, out: Path, *, keep: float, seed: int) -> dict[st
     return counts
 
 
-def score(directory: Path, seeds: range, setting: dict[str, Any] = SETTING) -> dict[str, Any]:
+def score(
+    directory: Path,
+    seeds: range,
+    setting: dict[str, Any] = SETTING,
+    families: bool | tuple[str, ...] = True,
+) -> dict[str, Any]:
     """Object scores of the version in ``directory`` on simulated scans ``seeds`` of
-    ``setting`` (kwargs of `simulate`), widened, against every marked defect."""
+    ``setting`` (kwargs of `simulate`), widened by ``families`` (True: all), against every
+    marked defect."""
     from defectwatch.pipeline.inference import Ensemble
     from defectwatch.service.evaluation import evaluate, headline, simulated_cases
 
     ensemble = Ensemble.load(directory, device="cpu")
     report = evaluate(
-        ensemble, simulated_cases(seeds, broad=True, **setting), truth="marked", n_cases=len(seeds)
+        ensemble,
+        simulated_cases(seeds, broad=families, **setting),
+        truth="marked",
+        n_cases=len(seeds),
     )
     kinds = report.objects["kinds"]
     out: dict[str, Any] = {}
@@ -106,8 +119,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--pixels", type=int, default=SETTING["pixels"], help="pixels per side of each frame"
     )
+    parser.add_argument(
+        "--families", default="all", help="broadened families to widen by, comma-separated"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(own)
+    from defectwatch.pipeline.simulate import BROAD_FAMILIES
+
+    named = tuple(f for f in args.families.split(",") if f and f != "all")
+    if args.families != "all" and (not named or set(named) - set(BROAD_FAMILIES)):
+        raise SystemExit(f"--families: 'all' or names from {', '.join(BROAD_FAMILIES)}")
+    families: bool | tuple[str, ...] = named or True
+    widen = [a for f in named for a in ("--family", f)] or ["--broad"]
     if not 0.0 < args.keep <= 1.0 or args.scans < 4:
         raise SystemExit("--keep must be in (0, 1] and --scans at least 4")
     setting = {**SETTING, "size_nm": args.size_nm, "pixels": args.pixels}
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         register_active(db, model)
     t0 = time.perf_counter()
     defectwatch(
-        "simulate", str(lab), "--n", str(args.scans), "--seed", str(args.seed), "--broad",
+        "simulate", str(lab), "--n", str(args.scans), "--seed", str(args.seed), *widen,
         "--density", str(setting["density_per_cm2"]), "--size-nm", str(setting["size_nm"]),
         "--pixels", str(setting["pixels"]), env=env,
     )  # fmt: skip
@@ -140,14 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = range(args.seed + 1000, args.seed + 1000 + args.test_scans)
     t0 = time.perf_counter()
     scores = {
-        "active": score(model, test, setting),
-        "candidate": score(Path(result["directory"]), test, setting),
+        "active": score(model, test, setting, families),
+        "candidate": score(Path(result["directory"]), test, setting, families),
     }
     t_score = time.perf_counter() - t0
     options = " ".join(extra) or "the defaults (the nightly recipe)"
     print(
-        f"# A simulated lab's night: {args.scans} widened WSe2 scans ({args.size_nm:g} nm, "
-        f"{args.pixels} px), {args.keep:.0%} of "
+        f"# A simulated lab's night: {args.scans} WSe2 scans widened by {args.families} "
+        f"({args.size_nm:g} nm, {args.pixels} px), {args.keep:.0%} of "
         f"{counts['marked']} marked defects labelled ({counts['trough']} troughs, "
         f"{counts['peak']} peaks); retrain with {options}\n"
     )
@@ -182,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "labels": counts,
         "keep": args.keep,
         "setting": setting,
+        "families": list(named) or "all",
         "scores": scores,
         "outcome": result["outcome"],
         "activated": result["activated"],

@@ -147,6 +147,30 @@ def test_simulate_can_add_adsorbate_clusters(tmp_path):
     assert "adsorbate" not in plain and sum(r["subtype"] == "adsorbate" for r in rows) >= 5
 
 
+def test_simulate_widens_by_the_families_asked_for(tmp_path):
+    from defectwatch.service.simulation import write_simulated_scans
+
+    args = ["--n", "1", "--pixels", "96", "--size-nm", "20", "--density", "1e13", "--seed", "4"]
+    lat = runner.invoke(app, ["simulate", str(tmp_path / "lat"), *args, "--family", "Lattice"])
+    assert lat.exit_code == 0, lat.output
+    assert runner.invoke(app, ["simulate", str(tmp_path / "plain"), *args]).exit_code == 0
+    write_simulated_scans(
+        tmp_path / "api", n=1, pixels=96, size_nm=20.0, density_per_cm2=1e13, seed=4,
+        broad=("lattice",),
+    )  # fmt: skip
+    name = "WSe2-sim_stm_20nm_0004.sxm"
+    lattice = (tmp_path / "lat" / name).read_bytes()
+    assert lattice == (tmp_path / "api" / name).read_bytes()
+    assert lattice != (tmp_path / "plain" / name).read_bytes()
+
+    bad = runner.invoke(app, ["simulate", str(tmp_path / "bad"), *args, "--family", "moire"])
+    assert bad.exit_code == 1 and "--family 'moire'" in bad.output and "lattice" in bad.output
+    both = runner.invoke(
+        app, ["simulate", str(tmp_path / "x"), *args, "--broad", "--family", "tips"]
+    )
+    assert both.exit_code == 1 and not (tmp_path / "bad").exists()
+
+
 def test_simulate_rejects_unknown_material(tmp_path):
     result = _cli("simulate", str(tmp_path), "--material", "graphene")
     assert result.returncode == 1 and "wse2 or mose2" in result.stderr

@@ -111,8 +111,17 @@ def simulate(
             "lattice and moire, 2-D 1/f and line noise, tips and ghosts, drift, quantised)."
         ),
     ] = False,
+    family: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--family",
+            help="Widen every scan by this broadened family only (repeat for several): "
+            "shapes, halos, rings, lattice, noise, line_noise, tips, drift, quantised.",
+        ),
+    ] = None,
 ) -> None:
     """Write realistic simulated STM / C-AFM scans with their ground truth."""
+    from defectwatch.pipeline.simulate import BROAD_FAMILIES
     from defectwatch.service.simulation import write_simulated_scans
 
     material = material.lower()
@@ -122,6 +131,14 @@ def simulate(
         raise typer.Exit(1)
     if mode not in ("stm", "cafm"):
         _fail(f"--mode {mode!r}: choose stm or cafm")
+        raise typer.Exit(1)
+    families = tuple(dict.fromkeys(f.lower() for f in family or ()))
+    unknown = [f for f in families if f not in BROAD_FAMILIES]
+    if unknown:
+        _fail(f"--family {unknown[0]!r}: choose from {', '.join(BROAD_FAMILIES)}")
+        raise typer.Exit(1)
+    if families and broad:
+        _fail("--broad widens by every family; give it or --family, not both")
         raise typer.Exit(1)
     if density is not None and not (1e8 <= density <= 1e14):
         _fail(f"--density {density:g}: expected defects per cm^2 between 1e8 and 1e14")
@@ -140,7 +157,7 @@ def simulate(
             preview=preview,
             artifacts=not clean,
             clusters=clusters,
-            broad=broad,
+            broad=families or broad,
             on_progress=lambda done, total: bar.update(task, completed=done),
         )
     for w in written:

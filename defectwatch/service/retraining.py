@@ -1531,10 +1531,10 @@ def _with_unlabelled_check(
     check = gate(unlabelled["candidate"], unlabelled["active"], tolerance=tolerance)
     if not decision.judged or check.would_promote or not check.judged:
         return decision
-    failed = [r for r in check.reasons if "drops" in r or "below" in r]
+    # judged without test_labels, a failing check's reasons are its drops and its mean alone
     why = (
         "with the active version's unlabelled detections as don't care (labels may be "
-        f"incomplete): {'; '.join(failed)}"
+        f"incomplete): {'; '.join(check.reasons)}"
     )
     # a passing verdict's first reason is its "mean F1 ... and no class drops" sentence (`gate`)
     reasons = (why, *decision.reasons[1:]) if decision.would_promote else (*decision.reasons, why)

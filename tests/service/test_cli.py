@@ -168,7 +168,8 @@ def test_simulate_widens_by_the_families_asked_for(tmp_path):
     both = runner.invoke(
         app, ["simulate", str(tmp_path / "x"), *args, "--broad", "--family", "tips"]
     )
-    assert both.exit_code == 1 and not (tmp_path / "bad").exists()
+    assert both.exit_code == 1 and "not both" in both.output
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
 
 
 def test_simulate_rejects_unknown_material(tmp_path):
